@@ -1,0 +1,254 @@
+//! The YAML document as written: serde types that keep each value's line,
+//! converted into the [`crate::model`] types while collecting every problem.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::error::Problem;
+use crate::model::{self, Config};
+use crate::validate::SourceMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Document {
+    #[serde(default)]
+    admin: AdminDocument,
+    #[serde(default)]
+    log: LogDocument,
+    #[serde(default)]
+    drain: DrainDocument,
+    #[serde(default)]
+    listeners: Vec<ListenerDocument>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, UpstreamDocument>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminDocument {
+    listen: Option<Spanned<String>>,
+    #[serde(default)]
+    shutdown_endpoint: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogDocument {
+    #[serde(default)]
+    level: model::LogLevel,
+    #[serde(default)]
+    format: model::LogFormat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainDocument {
+    min_delay: Option<Spanned<String>>,
+    grace_period: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerDocument {
+    name: Option<Spanned<String>>,
+    listen: Spanned<String>,
+    protocol: model::Protocol,
+    upstream: Spanned<String>,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    keep_accepting_while_draining: bool,
+    #[serde(default)]
+    unsafe_plaintext: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamDocument {
+    endpoints: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    balance: model::Balance,
+    connect_timeout: Option<Spanned<String>>,
+}
+
+/// Collects conversion problems and the line of each key path.
+#[derive(Default)]
+struct Converter {
+    lines: HashMap<String, u64>,
+    problems: Vec<Problem>,
+}
+
+impl Converter {
+    /// Records where `path` was written and returns the value.
+    fn note<'a, T>(&mut self, path: &str, spanned: &'a Spanned<T>) -> &'a T {
+        self.lines
+            .insert(path.to_owned(), spanned.referenced.line());
+        &spanned.value
+    }
+
+    fn problem(&mut self, path: &str, message: String) {
+        let line = self.lines.get(path).copied();
+        self.problems.push(Problem::new(path, line, message));
+    }
+
+    fn duration(
+        &mut self,
+        path: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        let text = self.note(path, value);
+        humantime::parse_duration(text.trim()).unwrap_or_else(|error| {
+            self.problem(
+                path,
+                format!("{text:?} is not a duration such as 250ms, 10s or 1h ({error})"),
+            );
+            default
+        })
+    }
+
+    fn socket_address(&mut self, path: &str, value: &Spanned<String>) -> Option<SocketAddr> {
+        let text = self.note(path, value);
+        let parsed = text.trim().parse().ok();
+        if parsed.is_none() {
+            self.problem(
+                path,
+                format!("{text:?} is not an IP:PORT address (IPv6 as [ADDR]:PORT; names are not allowed here)"),
+            );
+        }
+        parsed
+    }
+}
+
+impl Document {
+    /// Converts to the model. Values that do not convert are reported and
+    /// replaced by a placeholder so that validation can still run on the rest.
+    pub(crate) fn into_config(self) -> (Config, SourceMap, Vec<Problem>) {
+        let mut converter = Converter::default();
+        let admin = model::Admin {
+            listen: match &self.admin.listen {
+                None => Some(model::DEFAULT_ADMIN_LISTEN),
+                Some(listen) if listen.value.trim() == "off" => {
+                    converter.note("admin.listen", listen);
+                    None
+                }
+                Some(listen) => converter.socket_address("admin.listen", listen),
+            },
+            shutdown_endpoint: self.admin.shutdown_endpoint,
+        };
+        let drain = model::Drain {
+            min_delay: converter.duration(
+                "drain.min_delay",
+                self.drain.min_delay.as_ref(),
+                model::DEFAULT_DRAIN_MIN_DELAY,
+            ),
+            grace_period: converter.duration(
+                "drain.grace_period",
+                self.drain.grace_period.as_ref(),
+                model::DEFAULT_DRAIN_GRACE_PERIOD,
+            ),
+        };
+        let listeners = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                listener.convert(&format!("listeners[{index}]"), &mut converter)
+            })
+            .collect();
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| upstream.convert(name, &mut converter))
+            .collect();
+        let config = Config {
+            admin,
+            log: model::Log {
+                level: self.log.level,
+                format: self.log.format,
+            },
+            drain,
+            listeners,
+            upstreams,
+        };
+        let reported = converter
+            .problems
+            .iter()
+            .map(|problem| problem.path.clone())
+            .collect();
+        (
+            config,
+            SourceMap::new(converter.lines, reported),
+            converter.problems,
+        )
+    }
+}
+
+impl ListenerDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::Listener {
+        let upstream = converter
+            .note(&format!("{path}.upstream"), &self.upstream)
+            .clone();
+        let name = match &self.name {
+            Some(name) => converter.note(&format!("{path}.name"), name).clone(),
+            None => upstream.clone(),
+        };
+        let listen = converter
+            .socket_address(&format!("{path}.listen"), &self.listen)
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let max_connections = match &self.max_connections {
+            Some(value) => *converter.note(&format!("{path}.max_connections"), value),
+            None => model::DEFAULT_MAX_CONNECTIONS,
+        };
+        model::Listener {
+            name,
+            listen,
+            protocol: self.protocol,
+            upstream,
+            max_connections,
+            idle_timeout: converter.duration(
+                &format!("{path}.idle_timeout"),
+                self.idle_timeout.as_ref(),
+                model::DEFAULT_IDLE_TIMEOUT,
+            ),
+            keep_accepting_while_draining: self.keep_accepting_while_draining,
+            unsafe_plaintext: self.unsafe_plaintext,
+        }
+    }
+}
+
+impl UpstreamDocument {
+    fn convert(&self, name: &str, converter: &mut Converter) -> model::Upstream {
+        let path = format!("upstreams.{name}");
+        converter.note(&format!("{path}.endpoints"), &self.endpoints);
+        let endpoints = self
+            .endpoints
+            .value
+            .iter()
+            .enumerate()
+            .filter_map(|(index, endpoint)| {
+                let endpoint_path = format!("{path}.endpoints[{index}]");
+                let text = converter.note(&endpoint_path, endpoint);
+                text.trim()
+                    .parse()
+                    .map_err(|error| converter.problem(&endpoint_path, format!("{error}")))
+                    .ok()
+            })
+            .collect();
+        model::Upstream {
+            name: name.to_owned(),
+            endpoints,
+            balance: self.balance,
+            connect_timeout: converter.duration(
+                &format!("{path}.connect_timeout"),
+                self.connect_timeout.as_ref(),
+                model::DEFAULT_CONNECT_TIMEOUT,
+            ),
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The validated configuration the runtime consumes. Every default lives
+//! here, in the `DEFAULT_*` constants, and `docs/config.md` quotes them.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where the admin server listens unless told otherwise.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9901);
+/// Upstream TCP connect timeout (Envoy's default too).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A proxied connection with no bytes in either direction for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Concurrent client connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Time between SIGTERM and when listeners stop accepting.
+pub const DEFAULT_DRAIN_MIN_DELAY: Duration = Duration::ZERO;
+/// Longest wait for in-flight connections after SIGTERM; below Kubernetes'
+/// default `terminationGracePeriodSeconds` of 30 s so attache exits on its own.
+pub const DEFAULT_DRAIN_GRACE_PERIOD: Duration = Duration::from_secs(25);
+
+/// A whole, validated attache configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The admin HTTP server.
+    pub admin: Admin,
+    /// Logging.
+    pub log: Log,
+    /// What happens on SIGTERM.
+    pub drain: Drain,
+    /// Where attache accepts connections.
+    pub listeners: Vec<Listener>,
+    /// Where attache forwards them.
+    pub upstreams: Vec<Upstream>,
+}
+
+impl Config {
+    /// The upstream called `name`.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|upstream| upstream.name == name)
+    }
+}
+
+/// The admin HTTP server (`/live`, `/ready`, `/startup`, `/metrics`, `/shutdown`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    /// Listen address; `None` disables the admin server.
+    pub listen: Option<SocketAddr>,
+    /// Whether `POST /shutdown` (loopback callers only) is served.
+    pub shutdown_endpoint: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: Some(DEFAULT_ADMIN_LISTEN),
+            shutdown_endpoint: false,
+        }
+    }
+}
+
+/// Logging settings; `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Log {
+    /// Least severe level that is written.
+    pub level: LogLevel,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// A log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including per-read details.
+    Trace,
+    /// Per-connection events.
+    Debug,
+    /// Lifecycle events and failures (the default).
+    #[default]
+    Info,
+    /// Failures only.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+impl LogLevel {
+    /// The level's name as `tracing` filters spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, pretty text when it is.
+    #[default]
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Pretty,
+}
+
+/// Shutdown behaviour on SIGTERM / SIGINT / `POST /shutdown`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Listeners keep accepting for this long after the signal (readiness is
+    /// already failing), for callers that still route to this pod.
+    pub min_delay: Duration,
+    /// The process exits when the last connection closes, or after this long.
+    pub grace_period: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            min_delay: DEFAULT_DRAIN_MIN_DELAY,
+            grace_period: DEFAULT_DRAIN_GRACE_PERIOD,
+        }
+    }
+}
+
+/// One listening socket and what to do with its connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Name used in logs and metric labels.
+    pub name: String,
+    /// Address to bind; port 0 picks a free port (logged at start).
+    pub listen: SocketAddr,
+    /// The protocol spoken on accepted connections (declared, never sniffed).
+    pub protocol: Protocol,
+    /// Name of the upstream that connections are forwarded to.
+    pub upstream: String,
+    /// Concurrent connections; excess ones are closed at once and counted.
+    pub max_connections: usize,
+    /// Close a connection with no traffic in either direction for this long.
+    pub idle_timeout: Duration,
+    /// While draining, keep accepting connections from loopback peers (the
+    /// app in the same pod) instead of closing the listener.
+    pub keep_accepting_while_draining: bool,
+    /// Allow plaintext on a non-loopback address.
+    pub unsafe_plaintext: bool,
+}
+
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes both ways, unchanged (L4).
+    Tcp,
+}
+
+/// A named group of endpoints that listeners forward to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Name referenced by listeners and used in metric labels.
+    pub name: String,
+    /// Where the upstream service runs; hostnames resolve at each connect.
+    pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is picked for each connection.
+    pub balance: Balance,
+    /// Limit on one TCP connect attempt to one endpoint.
+    pub connect_timeout: Duration,
+}
+
+/// How an endpoint is picked for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each endpoint in turn.
+    #[default]
+    RoundRobin,
+    /// The endpoint with the fewest active connections (ties in turn).
+    LeastConnections,
+}
+
+/// A `host:port` an upstream runs on. The host may be a name, resolved at
+/// every connect, or an IP literal (IPv6 in brackets).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Hostname or IP address, without brackets.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a string is not a `host:port` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not HOST:PORT (IPv6 as [ADDR]:PORT)")]
+pub struct EndpointSyntaxError(pub String);
+
+impl FromStr for Endpoint {
+    type Err = EndpointSyntaxError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let error = || EndpointSyntaxError(text.to_owned());
+        let (host, port) = text.rsplit_once(':').ok_or_else(error)?;
+        let host = match host.strip_prefix('[') {
+            Some(bracketed) => bracketed
+                .strip_suffix(']')
+                .filter(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok())
+                .ok_or_else(error)?,
+            None if host.contains(':') => return Err(error()),
+            None => host,
+        };
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(error)?;
+        let host_is_valid = !host.is_empty()
+            && host
+                .chars()
+                .all(|character| character.is_ascii_alphanumeric() || "-._:".contains(character));
+        if !host_is_valid {
+            return Err(error());
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_names_ipv4_and_bracketed_ipv6() {
+        let parsed: Endpoint = "mariadb.default.svc:3306".parse().unwrap();
+        assert_eq!(
+            (parsed.host.as_str(), parsed.port),
+            ("mariadb.default.svc", 3306)
+        );
+        let parsed: Endpoint = "[::1]:6379".parse().unwrap();
+        assert_eq!((parsed.host.as_str(), parsed.port), ("::1", 6379));
+        assert_eq!(parsed.to_string(), "[::1]:6379");
+        assert_eq!(
+            "10.0.0.7:5432".parse::<Endpoint>().unwrap().to_string(),
+            "10.0.0.7:5432"
+        );
+    }
+
+    #[test]
+    fn malformed_endpoints_are_rejected() {
+        for text in [
+            "redis",
+            "redis:",
+            ":6379",
+            "redis:0",
+            "redis:70000",
+            "::1:6379",
+            "[db]:1",
+            "a b:1",
+        ] {
+            assert!(
+                text.parse::<Endpoint>().is_err(),
+                "{text} should be rejected"
+            );
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Parsing and validation through the public API: defaults, interpolation,
+//! and every kind of problem reported with its key path and line.
+
+use std::time::Duration;
+
+use attache_config::{Balance, ConfigError, Problem, parse};
+
+fn problems(text: &str) -> Vec<Problem> {
+    match parse(text, "test.yaml", &|_| None) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+fn rendered(text: &str) -> Vec<String> {
+    problems(text).iter().map(ToString::to_string).collect()
+}
+
+const VALID: &str = "\
+listeners:
+  - listen: 127.0.0.1:13306
+    protocol: tcp
+    upstream: db
+upstreams:
+  db:
+    endpoints: [\"${DB_HOST:-mariadb}:${DB_PORT:-3306}\", \"[::1]:3307\"]
+    balance: least_connections
+";
+
+#[test]
+fn a_minimal_config_gets_documented_defaults() {
+    let config = parse(VALID, "test.yaml", &|name| {
+        (name == "DB_PORT").then(|| "4406".into())
+    })
+    .unwrap();
+    let listener = &config.listeners[0];
+    assert_eq!(
+        listener.name, "db",
+        "a listener is named after its upstream by default"
+    );
+    assert_eq!(listener.max_connections, 4096);
+    assert_eq!(listener.idle_timeout, Duration::from_secs(3600));
+    let upstream = config.upstream("db").unwrap();
+    assert_eq!(upstream.endpoints[0].to_string(), "mariadb:4406");
+    assert_eq!(upstream.endpoints[1].to_string(), "[::1]:3307");
+    assert_eq!(upstream.balance, Balance::LeastConnections);
+    assert_eq!(upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(config.admin.listen, Some("127.0.0.1:9901".parse().unwrap()));
+    assert_eq!(config.drain.grace_period, Duration::from_secs(25));
+}
+
+#[test]
+fn every_validation_problem_is_reported_at_once_with_path_and_line() {
+    let text = "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:7000
+    protocol: tcp
+    upstream: db
+    idle_timeout: 0s
+  - name: b
+    listen: 127.0.0.1:7000
+    protocol: tcp
+    upstream: nope
+  - name: b
+    listen: 0.0.0.0:7001
+    protocol: tcp
+    upstream: db
+    max_connections: 0
+upstreams:
+  db:
+    endpoints: []
+    connect_timeout: 0ms
+drain:
+  grace_period: 0s
+";
+    assert_eq!(
+        rendered(text),
+        vec![
+            "listeners[0].idle_timeout: must be greater than zero (line 6)",
+            "listeners[1].listen: 127.0.0.1:7000 is already the address of listeners[0] (line 8)",
+            "listeners[1].upstream: no upstream named \"nope\" (upstreams: db) (line 10)",
+            "listeners[2].name: listener name \"b\" is already used by listeners[1]; give each listener its own `name` (line 11)",
+            "listeners[2].listen: 0.0.0.0:7001 is not a loopback address and this listener is plaintext; set `unsafe_plaintext: true` on the listener to accept plaintext from the network (line 12)",
+            "listeners[2].max_connections: must be greater than zero (line 15)",
+            "upstreams.db.endpoints: an upstream needs at least one endpoint (line 18)",
+            "upstreams.db.connect_timeout: must be greater than zero (line 19)",
+            "drain.grace_period: must be greater than zero (line 21)",
+        ]
+    );
+}
+
+#[test]
+fn malformed_values_name_their_key_and_line_and_are_not_reported_twice() {
+    let text = "\
+listeners:
+  - listen: localhost:80
+    protocol: tcp
+    upstream: db
+    idle_timeout: 10
+upstreams:
+  db:
+    endpoints: [\"db\"]
+";
+    assert_eq!(
+        rendered(text),
+        vec![
+            "listeners[0].listen: \"localhost:80\" is not an IP:PORT address (IPv6 as [ADDR]:PORT; names are not allowed here) (line 2)",
+            "listeners[0].idle_timeout: \"10\" is not a duration such as 250ms, 10s or 1h (time unit needed, for example 10sec or 10ms) (line 5)",
+            "upstreams.db.endpoints[0]: \"db\" is not HOST:PORT (IPv6 as [ADDR]:PORT) (line 8)",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_carry_their_line() {
+    let unknown = problems(
+        "listeners:\n  - listen: 127.0.0.1:1\n    protocol: tcp\n    upstream: db\n    retries: 3\n",
+    );
+    assert_eq!(unknown.len(), 1);
+    assert_eq!(unknown[0].line, Some(5));
+    assert!(
+        unknown[0].message.contains("unknown field `retries`"),
+        "{}",
+        unknown[0]
+    );
+
+    let syntax = problems("listeners: [\n");
+    assert_eq!(syntax[0].line, Some(1));
+
+    let protocol =
+        problems("listeners:\n  - listen: 127.0.0.1:1\n    protocol: smtp\n    upstream: db\n");
+    assert_eq!(protocol[0].line, Some(3));
+    assert!(protocol[0].message.contains("smtp"), "{}", protocol[0]);
+}
+
+#[test]
+fn unset_variables_fail_before_parsing() {
+    let rendered = rendered("listeners:\n  - listen: ${LISTEN}\n");
+    assert_eq!(
+        rendered,
+        vec![
+            "environment variable LISTEN is not set (use `${LISTEN:-default}` to give a default) (line 2)"
+        ]
+    );
+}
+
+#[test]
+fn the_error_names_the_source_and_counts_problems() {
+    let error = parse("listeners: []\n", "/etc/attache/config.yaml", &|_| None).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "/etc/attache/config.yaml: 1 problem\n  listeners: at least one listener is required"
+    );
+}
