@@ -1,2 +1,25 @@
-//! tmp
-fn main() {}
+//! attache: a sidecar proxy in Rust. The app talks plaintext to localhost;
+//! attache forwards to the real service and turns every connection into
+//! metrics.
+//!
+//! # Layout
+//! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
+//! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
+//!   phase, open-connection count.
+//! - `listener`: bind and accept; `tcp`: L4 forwarding.
+//! - `upstream`: endpoints, balancing, connecting.
+//! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
+
+mod admin;
+mod cli;
+mod lifecycle;
+mod listener;
+mod runtime;
+mod tcp;
+mod telemetry;
+mod upstream;
+mod wait;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

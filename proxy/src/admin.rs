@@ -1,0 +1,177 @@
+//! The admin HTTP server (default `127.0.0.1:9901`):
+//!
+//! | endpoint | answers |
+//! |---|---|
+//! | `GET /live` | 200 while the process runs |
+//! | `GET /startup` | 200 once every listener is bound, 503 before |
+//! | `GET /ready` | 200 when started and not draining, 503 otherwise; never depends on upstream health |
+//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `POST /shutdown` | starts the drain, as SIGTERM does; 404 unless enabled, 403 for non-loopback callers |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::lifecycle::Lifecycle;
+use crate::telemetry::metrics::Metrics;
+
+/// Limit on reading a request's headers (slow clients hold no task for long).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// What the admin handlers read.
+pub(crate) struct AdminState {
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) shutdown_endpoint: bool,
+}
+
+/// Serves admin requests on `socket` until the process exits.
+pub(crate) async fn serve(socket: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&state, peer, &request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, client = %peer, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Response<Full<Bytes>> {
+    let lifecycle = &state.lifecycle;
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::GET, "/startup") if lifecycle.is_started() => text(StatusCode::OK, "started\n"),
+        (&Method::GET, "/startup") => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        (&Method::GET, "/ready") if lifecycle.is_ready() => text(StatusCode::OK, "ready\n"),
+        (&Method::GET, "/ready") if !lifecycle.is_started() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+        }
+        (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
+            .body(Full::new(Bytes::from(state.metrics.encode())))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")),
+        (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
+            StatusCode::NOT_FOUND,
+            "shutdown endpoint disabled (admin.shutdown_endpoint: true enables it)\n",
+        ),
+        (&Method::POST, "/shutdown") if !peer.ip().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "shutdown is for loopback callers only\n",
+        ),
+        (&Method::POST, "/shutdown") => {
+            tracing::info!(client = %peer, "shutdown requested on the admin port");
+            lifecycle.request_shutdown();
+            text(StatusCode::ACCEPTED, "draining\n")
+        }
+        (_, "/live" | "/startup" | "/ready" | "/metrics" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /live /startup /ready /metrics /shutdown\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(state: &AdminState, method: Method, path: &str, peer: &str) -> StatusCode {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap();
+        respond(state, peer.parse().unwrap(), &request).status()
+    }
+
+    fn state(shutdown_endpoint: bool) -> AdminState {
+        AdminState {
+            lifecycle: Arc::new(Lifecycle::new()),
+            metrics: Arc::new(Metrics::new()),
+            shutdown_endpoint,
+        }
+    }
+
+    #[test]
+    fn startup_and_ready_fail_until_listeners_are_bound() {
+        let state = state(false);
+        let local = "127.0.0.1:50000";
+        assert_eq!(status(&state, Method::GET, "/live", local), StatusCode::OK);
+        assert_eq!(
+            status(&state, Method::GET, "/startup", local),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(&state, Method::GET, "/ready", local),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state.lifecycle.mark_started();
+        assert_eq!(
+            status(&state, Method::GET, "/startup", local),
+            StatusCode::OK
+        );
+        assert_eq!(status(&state, Method::GET, "/ready", local), StatusCode::OK);
+    }
+
+    #[test]
+    fn shutdown_is_opt_in_and_loopback_only() {
+        assert_eq!(
+            status(&state(false), Method::POST, "/shutdown", "127.0.0.1:1"),
+            StatusCode::NOT_FOUND
+        );
+        let enabled = state(true);
+        assert_eq!(
+            status(&enabled, Method::POST, "/shutdown", "10.1.2.3:1"),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(&enabled, Method::GET, "/shutdown", "127.0.0.1:1"),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(&enabled, Method::POST, "/shutdown", "[::1]:1"),
+            StatusCode::ACCEPTED
+        );
+    }
+}

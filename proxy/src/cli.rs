@@ -1,0 +1,277 @@
+//! Command-line parsing (clap) and dispatch to the subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use attache_config::model::{self, LogFormat, LogLevel};
+use attache_config::{Balance, Config, Endpoint};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::telemetry::logging;
+use crate::{runtime, wait};
+
+/// attache: a sidecar proxy that runs beside one application.
+///
+/// The app talks plaintext to localhost; attache forwards to the real
+/// service with timeouts, balancing and metrics, and drains cleanly on
+/// SIGTERM. Start with `attache tcp --help` for a one-liner, or
+/// `attache run -c FILE` with a config (examples in config/examples/).
+#[derive(Debug, Parser)]
+#[command(name = "attache", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy described by a YAML config file (the main job).
+    Run {
+        /// The config file; `${VAR}` and `${VAR:-default}` are read from the environment.
+        #[arg(short, long, env = "ATTACHE_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Validate a config file: exit 0, or print every problem with its key path and line and exit 1.
+    Check {
+        /// The config file to validate.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Forward TCP from a local address to one or more upstream endpoints, without a config file.
+    ///
+    /// Example: attache tcp --listen 127.0.0.1:16379 --upstream 127.0.0.1:6379
+    Tcp(TcpArgs),
+    /// Wait until every target accepts a TCP connection, then exit 0 (for init containers).
+    ///
+    /// Example: attache wait tcp://mariadb:3306 tcp://redis:6379 --timeout 60s
+    Wait {
+        /// Targets as tcp://HOST:PORT (or HOST:PORT).
+        #[arg(required = true, value_name = "TARGET")]
+        targets: Vec<wait::Target>,
+        /// Give up, exiting 1, after this long.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Time between two rounds of connection attempts.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Where the admin server listens.
+#[derive(Debug, Clone, Copy)]
+enum AdminAddress {
+    Listen(SocketAddr),
+    Off,
+}
+
+impl std::str::FromStr for AdminAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text == "off" {
+            return Ok(Self::Off);
+        }
+        text.parse()
+            .map(Self::Listen)
+            .map_err(|_| format!("{text:?} is not IP:PORT or `off`"))
+    }
+}
+
+#[derive(Debug, Args)]
+struct AdminArgs {
+    /// Admin server address (/live /startup /ready /metrics); port 0 picks a
+    /// free port and logs it; `off` disables it. Overrides the config's
+    /// `admin.listen` (default 127.0.0.1:9901).
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<AdminAddress>,
+    /// Serve POST /shutdown (loopback callers only), so a Job can stop its sidecar.
+    #[arg(long)]
+    admin_shutdown: bool,
+}
+
+impl AdminArgs {
+    fn apply(&self, admin: &mut model::Admin) {
+        match self.admin {
+            Some(AdminAddress::Listen(address)) => admin.listen = Some(address),
+            Some(AdminAddress::Off) => admin.listen = None,
+            None => {}
+        }
+        admin.shutdown_endpoint |= self.admin_shutdown;
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalanceArg {
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Debug, Args)]
+struct TcpArgs {
+    /// Local address to accept connections on, e.g. 127.0.0.1:6379 or [::1]:6379.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Upstream endpoint HOST:PORT; repeat for several. Hostnames resolve at every connect.
+    #[arg(long, required = true, value_name = "HOST:PORT")]
+    upstream: Vec<Endpoint>,
+    /// How an endpoint is picked for each connection.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    balance: BalanceArg,
+    /// Limit on one connect attempt to one endpoint.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Close a connection that moved no byte in either direction for this long.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Concurrent client connections; excess ones are closed at once and counted.
+    #[arg(long, default_value_t = model::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Allow plaintext on a non-loopback listen address.
+    #[arg(long)]
+    unsafe_plaintext: bool,
+    /// While draining, keep accepting connections from loopback clients (classic sidecars).
+    #[arg(long)]
+    keep_accepting_while_draining: bool,
+    /// After SIGTERM, keep accepting for this long before closing the listener.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    drain_min_delay: Duration,
+    /// After SIGTERM, exit when the last connection closes or after this long.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    drain_grace_period: Duration,
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Log level (RUST_LOG overrides it).
+    #[arg(long, value_enum, default_value = "info")]
+    log_level: LogLevelArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogLevelArg {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl TcpArgs {
+    fn into_config(self) -> Config {
+        let mut admin = model::Admin::default();
+        self.admin.apply(&mut admin);
+        let name = "tcp".to_owned();
+        Config {
+            admin,
+            log: model::Log {
+                level: match self.log_level {
+                    LogLevelArg::Trace => LogLevel::Trace,
+                    LogLevelArg::Debug => LogLevel::Debug,
+                    LogLevelArg::Info => LogLevel::Info,
+                    LogLevelArg::Warn => LogLevel::Warn,
+                    LogLevelArg::Error => LogLevel::Error,
+                },
+                format: LogFormat::Auto,
+            },
+            drain: model::Drain {
+                min_delay: self.drain_min_delay,
+                grace_period: self.drain_grace_period,
+            },
+            listeners: vec![model::Listener {
+                name: name.clone(),
+                listen: self.listen,
+                protocol: model::Protocol::Tcp,
+                upstream: name.clone(),
+                max_connections: self.max_connections,
+                idle_timeout: self.idle_timeout,
+                keep_accepting_while_draining: self.keep_accepting_while_draining,
+                unsafe_plaintext: self.unsafe_plaintext,
+            }],
+            upstreams: vec![model::Upstream {
+                name,
+                endpoints: self.upstream,
+                balance: match self.balance {
+                    BalanceArg::RoundRobin => Balance::RoundRobin,
+                    BalanceArg::LeastConnections => Balance::LeastConnections,
+                },
+                connect_timeout: self.connect_timeout,
+            }],
+        }
+    }
+}
+
+/// Parses the command line and runs the chosen subcommand.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("attache {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => match attache_config::load(&config) {
+            Ok(loaded) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams)",
+                    config.display(),
+                    loaded.listeners.len(),
+                    loaded.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(&error),
+        },
+        Command::Run { config, admin } => match attache_config::load(&config) {
+            Ok(mut loaded) => {
+                admin.apply(&mut loaded.admin);
+                serve(loaded)
+            }
+            Err(error) => fail(&error),
+        },
+        Command::Tcp(arguments) => {
+            let config = arguments.into_config();
+            let problems = attache_config::validate::validate(&config, &Default::default());
+            if let Some(problem) = problems.first() {
+                eprintln!("attache: invalid arguments: {problem}");
+                return ExitCode::FAILURE;
+            }
+            serve(config)
+        }
+        Command::Wait {
+            targets,
+            timeout,
+            interval,
+        } => {
+            logging::init(LogLevel::Info, LogFormat::Auto);
+            match block_on(wait::wait(targets, timeout, interval)) {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(error)) => fail(&error),
+                Err(error) => fail(&*error),
+            }
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    logging::init(config.log.level, config.log.format);
+    match block_on(runtime::run(config)) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => fail(&*error),
+        Err(error) => fail(&*error),
+    }
+}
+
+fn block_on<F: Future>(future: F) -> Result<F::Output, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(future))
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("attache: {error}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,147 @@
+//! Listening sockets: bind, accept, enforce `max_connections`, follow the
+//! drain phase, and hand each accepted connection to its protocol handler
+//! in a task of its own. A connection's failure never stops the listener.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::tcp::{self, TcpRoute};
+
+/// Pending connections the kernel queues before `accept`.
+const ACCEPT_BACKLOG: i32 = 1024;
+/// Back-off bounds after an accept error (for example out of file descriptors).
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A bound listener, ready to serve.
+pub(crate) struct Listener {
+    socket: TcpListener,
+    local_address: SocketAddr,
+    max_connections: usize,
+    keep_accepting_while_draining: bool,
+    route: Arc<TcpRoute>,
+}
+
+/// The listen address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name:?} cannot listen on {address}: {source}")]
+pub(crate) struct BindError {
+    name: String,
+    address: SocketAddr,
+    source: io::Error,
+}
+
+impl Listener {
+    /// Binds `config.listen`. IPv6 sockets are IPv6-only, so `[::1]:N` and
+    /// `127.0.0.1:N` can be two listeners.
+    ///
+    /// # Errors
+    /// [`BindError`] when the address is taken or not available.
+    pub(crate) fn bind(
+        config: &attache_config::Listener,
+        route: TcpRoute,
+    ) -> Result<Self, BindError> {
+        let bind_error = |source| BindError {
+            name: config.name.clone(),
+            address: config.listen,
+            source,
+        };
+        let socket = bind_socket(config.listen).map_err(bind_error)?;
+        let socket = TcpListener::from_std(socket.into()).map_err(bind_error)?;
+        let local_address = socket.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            socket,
+            local_address,
+            max_connections: config.max_connections,
+            keep_accepting_while_draining: config.keep_accepting_while_draining,
+            route: Arc::new(route),
+        })
+    }
+
+    pub(crate) fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// Accepts until the drain phase closes the listener.
+    pub(crate) async fn serve(self, lifecycle: Arc<Lifecycle>) {
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let mut phase = lifecycle.watch_phase();
+        let mut backoff = ACCEPT_BACKOFF_FIRST;
+        let name = &self.route.listener;
+        loop {
+            let accepted = tokio::select! {
+                accepted = self.socket.accept() => accepted,
+                changed = phase.changed() => {
+                    let closing = changed.is_err() || *phase.borrow_and_update() == Phase::Closing;
+                    if closing && !self.keep_accepting_while_draining {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff = ACCEPT_BACKOFF_FIRST;
+                    accepted
+                }
+                Err(error) => {
+                    tracing::warn!(listener = %name, %error, "accept failed; backing off for {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if lifecycle.phase() == Phase::Closing && !peer.ip().is_loopback() {
+                // Only a listener told to keep accepting gets here while closing.
+                self.route.metrics.refused_draining.inc();
+                tracing::debug!(listener = %name, client = %peer, "refused: draining, non-loopback client");
+                continue;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                self.route.metrics.refused_max_connections.inc();
+                tracing::debug!(listener = %name, client = %peer, max_connections = self.max_connections, "refused: max_connections reached");
+                continue;
+            };
+            self.spawn_connection(stream, peer, permit, &lifecycle);
+        }
+        tracing::info!(listener = %name, address = %self.local_address, "listener closed");
+    }
+
+    fn spawn_connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        lifecycle: &Arc<Lifecycle>,
+    ) {
+        tcp::tune(&stream);
+        let route = self.route.clone();
+        let tracked = lifecycle.track_connection();
+        route.metrics.opened.inc();
+        route.metrics.active.inc();
+        tokio::spawn(async move {
+            tcp::serve(stream, peer, route.clone()).await;
+            route.metrics.active.dec();
+            drop((permit, tracked));
+        });
+    }
+}
+
+fn bind_socket(address: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(ACCEPT_BACKLOG)?;
+    Ok(socket)
+}

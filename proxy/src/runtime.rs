@@ -1,0 +1,134 @@
+//! Boot from a validated config, then run until shutdown: bind the admin
+//! server and every listener, open the start-up latch, and on SIGTERM,
+//! SIGINT or `POST /shutdown` drain and exit.
+//!
+//! Drain order: `/ready` turns 503 at once; after `drain.min_delay`
+//! listeners stop accepting (those with `keep_accepting_while_draining` keep
+//! taking loopback clients); the process exits as soon as the last client
+//! connection closes, or when `drain.grace_period` (counted from the signal)
+//! ends. A second signal exits at once.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use attache_config::Config;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+
+use crate::admin::{self, AdminState};
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::listener::Listener;
+use crate::tcp::TcpRoute;
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// Runs the proxy described by `config` until it has drained.
+///
+/// # Errors
+/// When the admin address or a listen address cannot be bound, or signal
+/// handlers cannot be installed; nothing is served then.
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    let lifecycle = Arc::new(Lifecycle::new());
+    let metrics = Arc::new(Metrics::new());
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+
+    if let Some(address) = config.admin.listen {
+        let socket = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("admin server cannot listen on {address}"))?;
+        let bound = socket.local_addr()?;
+        tracing::info!(address = %bound, shutdown_endpoint = config.admin.shutdown_endpoint, "admin server listening");
+        let state = Arc::new(AdminState {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+            shutdown_endpoint: config.admin.shutdown_endpoint,
+        });
+        tokio::spawn(admin::serve(socket, state));
+    }
+
+    let listeners = bind_listeners(&config, &metrics)?;
+    for listener in listeners {
+        tokio::spawn(listener.serve(lifecycle.clone()));
+    }
+    lifecycle.mark_started();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache started");
+
+    let reason = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        () = lifecycle.shutdown_requested() => "POST /shutdown",
+    };
+    let drain = &config.drain;
+    let deadline = Instant::now() + drain.grace_period;
+    lifecycle.set_phase(Phase::Draining);
+    tracing::info!(
+        reason,
+        open_connections = lifecycle.open_connections(),
+        min_delay_ms = drain.min_delay.as_millis() as u64,
+        grace_period_ms = drain.grace_period.as_millis() as u64,
+        "draining: not ready"
+    );
+
+    let drained = async {
+        tokio::time::sleep(drain.min_delay).await;
+        lifecycle.set_phase(Phase::Closing);
+        tracing::info!(
+            open_connections = lifecycle.open_connections(),
+            "draining: listeners closed"
+        );
+        lifecycle.all_connections_closed().await;
+    };
+    tokio::select! {
+        () = drained => tracing::info!("drained: all connections closed; exiting"),
+        () = tokio::time::sleep_until(deadline) => tracing::warn!(
+            open_connections = lifecycle.open_connections(),
+            "grace period ended with connections open; exiting"
+        ),
+        _ = terminate.recv() => tracing::warn!("second SIGTERM: exiting now"),
+        _ = interrupt.recv() => tracing::warn!("second SIGINT: exiting now"),
+    }
+    Ok(())
+}
+
+fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Listener>> {
+    let upstreams: Vec<Arc<Upstream>> = config
+        .upstreams
+        .iter()
+        .map(|upstream| Arc::new(Upstream::new(upstream, metrics)))
+        .collect();
+    config
+        .listeners
+        .iter()
+        .map(|listener| {
+            let upstream = upstreams
+                .iter()
+                .find(|upstream| upstream.name() == listener.upstream)
+                .with_context(|| {
+                    format!(
+                        "listener {:?}: no upstream {:?}",
+                        listener.name, listener.upstream
+                    )
+                })?
+                .clone();
+            let route = TcpRoute {
+                listener: listener.name.clone(),
+                upstream,
+                idle_timeout: listener.idle_timeout,
+                metrics: metrics.listener(&listener.name),
+            };
+            let bound = Listener::bind(listener, route)?;
+            tracing::info!(
+                listener = %listener.name,
+                address = %bound.local_address(),
+                protocol = "tcp",
+                upstream = %listener.upstream,
+                "listener bound"
+            );
+            Ok(bound)
+        })
+        .collect()
+}
