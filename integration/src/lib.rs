@@ -1,1 +1,297 @@
-//! tmp
+//! Support for attache's end-to-end tests: build and spawn the real binary,
+//! learn its bound addresses from its JSON logs, read its admin endpoints,
+//! and run small upstream servers for the behaviours no database shows.
+//!
+//! # Layout
+//! - [`Attache`]: one running attache process (killed on drop).
+//! - [`http_request`] / [`Attache::metric`]: a minimal HTTP/1.1 client for the admin port.
+//! - [`servers`]: echo, source/sink and black-hole upstreams on port 0.
+
+pub mod servers;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a test waits for attache to start or for a log line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The attache binary, built once per test process (`cargo build` is a
+/// no-op when it is current).
+///
+/// # Panics
+/// When the build fails.
+pub fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ATTACHE_BIN") {
+            return PathBuf::from(path);
+        }
+        // Test executables live in target/<profile>/deps.
+        let profile_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+            .expect("test executable is in target/<profile>/deps");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "attache", "--bin", "attache"]);
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
+        assert!(status.success(), "building attache failed");
+        profile_dir.join("attache")
+    })
+}
+
+/// A running attache process; killed when dropped.
+pub struct Attache {
+    child: Child,
+    events: Arc<Mutex<Vec<Value>>>,
+    _config: Option<tempfile::NamedTempFile>,
+}
+
+impl Attache {
+    /// Runs `attache run -c <config>` with the admin server on a free port and
+    /// waits until it logged that it started.
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time (its stderr is included).
+    pub async fn run(config_yaml: &str) -> anyhow::Result<Self> {
+        let file = write_config(config_yaml)?;
+        let path = file.path().display().to_string();
+        Self::spawn(&["run", "-c", &path, "--admin", "127.0.0.1:0"], Some(file)).await
+    }
+
+    /// Runs attache with `arguments` and waits for "attache started".
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time.
+    pub async fn spawn(
+        arguments: &[&str],
+        config: Option<tempfile::NamedTempFile>,
+    ) -> anyhow::Result<Self> {
+        let mut child = Command::new(binary())
+            .args(arguments)
+            .env("RUST_LOG", "attache=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawn attache")?;
+        let stderr = child.stderr.take().context("stderr is piped")?;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let event = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().expect("log sink").push(event);
+            }
+        });
+        let mut attache = Self {
+            child,
+            events,
+            _config: config,
+        };
+        attache.wait_for_log("attache started").await?;
+        Ok(attache)
+    }
+
+    /// Every log event so far (JSON objects; non-JSON lines as strings).
+    pub fn events(&self) -> Vec<Value> {
+        self.events.lock().expect("log sink").clone()
+    }
+
+    /// Waits for an event whose `message` is `message`, and returns it.
+    ///
+    /// # Errors
+    /// When attache exits first or nothing matches in [`START_TIMEOUT`].
+    pub async fn wait_for_log(&mut self, message: &str) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(event) = self
+                .events()
+                .into_iter()
+                .find(|event| event["message"] == message)
+            {
+                return Ok(event);
+            }
+            if let Some(status) = self.child.try_wait()? {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                bail!(
+                    "attache exited ({status}) before logging {message:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {message:?} log event in time; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The log as text, for failure messages.
+    pub fn log_text(&self) -> String {
+        self.events()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn address_in(&self, message: &str, filter: impl Fn(&Value) -> bool) -> SocketAddr {
+        self.events()
+            .iter()
+            .find(|event| event["message"] == message && filter(event))
+            .and_then(|event| event["address"].as_str()?.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {message:?} event with an address; log:\n{}",
+                    self.log_text()
+                )
+            })
+    }
+
+    /// The address listener `name` is bound to.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.address_in("listener bound", |event| event["listener"] == name)
+    }
+
+    /// The admin server's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.address_in("admin server listening", |_| true)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid =
+            nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pids fit in i32"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .expect("SIGTERM is delivered");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    ///
+    /// # Errors
+    /// When it is still running after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "attache still running after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// GET `path` on the admin port: (status, body).
+    ///
+    /// # Errors
+    /// When the admin port does not answer.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_request(self.admin(), "GET", path).await
+    }
+
+    /// Every sample on `/metrics`, keyed by the sample as written before its
+    /// value, such as `attache_connections_total{listener="db"}`.
+    ///
+    /// # Errors
+    /// When `/metrics` does not answer 200.
+    pub async fn metrics(&self) -> anyhow::Result<HashMap<String, f64>> {
+        let (status, body) = self.admin_get("/metrics").await?;
+        if status != 200 {
+            bail!("/metrics answered {status}");
+        }
+        Ok(body
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (sample, value) = line.rsplit_once(' ')?;
+                Some((sample.to_owned(), value.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One sample's value; 0 when the sample is absent.
+    ///
+    /// # Errors
+    /// When `/metrics` does not answer.
+    pub async fn metric(&self, sample: &str) -> anyhow::Result<f64> {
+        Ok(self.metrics().await?.get(sample).copied().unwrap_or(0.0))
+    }
+}
+
+impl Drop for Attache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `yaml` to a temporary file.
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_config(yaml: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), yaml)?;
+    Ok(file)
+}
+
+/// Sends one HTTP/1.1 request without a body and returns (status, body).
+///
+/// # Errors
+/// When the server does not answer with a parseable response.
+pub async fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}

@@ -1,0 +1,188 @@
+//! Small upstream servers for behaviours no database shows on demand: echo,
+//! a source/sink that hashes both directions, a reply-after-EOF server for
+//! half-close, a slow source for drains, and a black hole for connect
+//! timeouts. Each listens on a free loopback port and lives until the test's
+//! runtime ends.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
+    let address = listener.local_addr().expect("bound address");
+    (listener, address)
+}
+
+fn serve_each<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
+        }
+    });
+}
+
+/// Echoes every byte back; half-closes after the client does.
+pub async fn echo() -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, |mut stream| async move {
+        let (mut read, mut write) = stream.split();
+        if tokio::io::copy(&mut read, &mut write).await.is_ok() {
+            let _ = write.shutdown().await;
+        }
+    });
+    address
+}
+
+/// Writes `greeting` to each client and closes (tells endpoints apart).
+pub async fn greeter(greeting: &'static str) -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, move |mut stream| async move {
+        let _ = stream.write_all(greeting.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+    address
+}
+
+/// `count` bytes, the same for a given `seed`.
+pub fn random_bytes(count: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0; count];
+    StdRng::seed_from_u64(seed).fill_bytes(&mut bytes);
+    bytes
+}
+
+/// SHA-256 as hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// What a source/sink connection saw: the hash of what it received and of
+/// what it sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub received: String,
+    pub sent: String,
+}
+
+/// Per connection: sends `count` random bytes (seeded by `seed`) while
+/// reading and hashing everything the client sends; reports both hashes.
+pub async fn source_sink(count: usize, seed: u64) -> (SocketAddr, mpsc::UnboundedReceiver<Hashes>) {
+    let (listener, address) = listen().await;
+    let (report, reports) = mpsc::unbounded_channel();
+    serve_each(listener, move |mut stream| {
+        let report = report.clone();
+        async move {
+            let payload = random_bytes(count, seed);
+            let sent = sha256_hex(&payload);
+            let (mut read, mut write) = stream.split();
+            let sending = async {
+                write.write_all(&payload).await?;
+                write.shutdown().await
+            };
+            let receiving = async {
+                let mut received = Vec::new();
+                read.read_to_end(&mut received).await.map(|_| received)
+            };
+            if let Ok(((), received)) = tokio::try_join!(sending, receiving) {
+                let _ = report.send(Hashes {
+                    received: sha256_hex(&received),
+                    sent,
+                });
+            }
+        }
+    });
+    (address, reports)
+}
+
+/// Reads until the client half-closes, then replies with
+/// `"<count> <sha256>\n"` of what it read followed by `tail` bytes of
+/// seeded data, and closes.
+pub async fn reply_after_eof(tail: usize) -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, move |mut stream| async move {
+        let mut received = Vec::new();
+        if stream.read_to_end(&mut received).await.is_err() {
+            return;
+        }
+        let mut reply = format!("{} {}\n", received.len(), sha256_hex(&received)).into_bytes();
+        reply.extend(random_bytes(tail, 7));
+        let _ = stream.write_all(&reply).await;
+        let _ = stream.shutdown().await;
+    });
+    address
+}
+
+/// Sends `count` seeded bytes in `chunk`-sized writes with `pause` between
+/// them, then closes: a transfer that takes a while.
+pub async fn slow_source(count: usize, chunk: usize, pause: std::time::Duration) -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, move |mut stream| async move {
+        let payload = random_bytes(count, 11);
+        for piece in payload.chunks(chunk) {
+            if stream.write_all(piece).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let _ = stream.shutdown().await;
+    });
+    address
+}
+
+/// A loopback address whose connects hang: a listener with a zero backlog
+/// whose only queue slot is taken, so the kernel drops further SYNs.
+/// Connects time out for as long as the value lives.
+pub struct BlackHole {
+    pub address: SocketAddr,
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+}
+
+impl BlackHole {
+    /// # Panics
+    /// When loopback sockets cannot be created.
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        socket.listen(0).expect("listen");
+        let address = socket
+            .local_addr()
+            .expect("address")
+            .as_socket()
+            .expect("inet address");
+        let filler = std::net::TcpStream::connect(address).expect("the one queue slot");
+        Self {
+            address,
+            _listener: socket,
+            _filler: filler,
+        }
+    }
+}
+
+impl Default for BlackHole {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A loopback port with nothing listening (connects are refused).
+pub fn closed_port() -> SocketAddr {
+    let listener = StdListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("bound address")
+}

@@ -1,0 +1,216 @@
+//! The command line: `attache check` on good and broken configs (every
+//! problem with key path and line, exit 1), `attache run` refusing a broken
+//! config, `attache wait`, `attache tcp` and `attache version`.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use attache_integration::{Attache, binary, servers, write_config};
+use tokio::io::AsyncReadExt;
+
+fn attache(arguments: &[&str]) -> Output {
+    Command::new(binary())
+        .args(arguments)
+        .output()
+        .expect("attache runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+const BROKEN: &str = "\
+listeners:
+  - name: a
+    listen: 127.0.0.1:7000
+    protocol: tcp
+    upstream: db
+  - name: b
+    listen: 127.0.0.1:7000
+    protocol: tcp
+    upstream: cache
+    idle_timeout: 0s
+upstreams:
+  db:
+    endpoints: []
+    connect_timeout: 0s
+";
+
+#[test]
+fn check_prints_every_problem_with_key_path_and_line_and_exits_one() {
+    let file = write_config(BROKEN).unwrap();
+    let output = attache(&["check", "-c", &file.path().display().to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    for expected in [
+        "listeners[1].listen: 127.0.0.1:7000 is already the address of listeners[0] (line 7)",
+        "listeners[1].upstream: no upstream named \"cache\" (upstreams: db) (line 9)",
+        "listeners[1].idle_timeout: must be greater than zero (line 10)",
+        "upstreams.db.endpoints: an upstream needs at least one endpoint (line 13)",
+        "upstreams.db.connect_timeout: must be greater than zero (line 14)",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(text.contains("5 problems"), "{text}");
+}
+
+#[test]
+fn check_reports_syntax_unknown_keys_and_unset_variables_with_lines() {
+    let cases = [
+        ("listeners: [\n", "(line 1)"),
+        (
+            "listeners:\n  - listen: 127.0.0.1:1\n    protocol: tcp\n    upstream: db\n    retry: 3\n",
+            "unknown field `retry`",
+        ),
+        (
+            "listeners:\n  - listen: ${ATTACHE_TEST_SURELY_UNSET}\n",
+            "ATTACHE_TEST_SURELY_UNSET is not set",
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let file = write_config(yaml).unwrap();
+        let output = attache(&["check", "-c", &file.path().display().to_string()]);
+        assert_eq!(output.status.code(), Some(1), "{yaml}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{expected:?} in {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn check_accepts_every_example() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        let output = attache(&["check", "-c", &path.display().to_string()]);
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            stderr(&output)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3);
+}
+
+#[test]
+fn run_refuses_to_start_on_a_broken_config() {
+    let file = write_config(BROKEN).unwrap();
+    let output = attache(&[
+        "run",
+        "-c",
+        &file.path().display().to_string(),
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no upstream named \"cache\""),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn tcp_refuses_a_plaintext_network_listener_without_opt_in() {
+    let output = attache(&[
+        "tcp",
+        "--listen",
+        "0.0.0.0:0",
+        "--upstream",
+        "127.0.0.1:6379",
+        "--admin",
+        "off",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("unsafe_plaintext"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = attache(&["version"]);
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("attache {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn tcp_one_liner_forwards() {
+    let upstream = servers::greeter("hello from upstream").await;
+    let upstream = upstream.to_string();
+    let attache = Attache::spawn(
+        &[
+            "tcp",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let mut client = tokio::net::TcpStream::connect(attache.listener("tcp"))
+        .await
+        .unwrap();
+    let mut greeting = String::new();
+    client.read_to_string(&mut greeting).await.unwrap();
+    assert_eq!(greeting, "hello from upstream");
+    assert_eq!(attache.admin_get("/ready").await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn wait_succeeds_once_every_target_listens() {
+    let first = servers::echo().await;
+    let second = servers::echo().await;
+    let output = tokio::process::Command::new(binary())
+        .args([
+            "wait",
+            &format!("tcp://{first}"),
+            &second.to_string(),
+            "--timeout",
+            "10s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn wait_fails_with_a_clear_message_after_its_timeout() {
+    let closed = servers::closed_port();
+    let started = std::time::Instant::now();
+    let output = attache(&[
+        "wait",
+        &format!("tcp://{closed}"),
+        "--timeout",
+        "1s",
+        "--interval",
+        "200ms",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "waited for its timeout"
+    );
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!(
+            "timed out after 1s waiting for tcp://{closed} (last error: Connection refused"
+        )),
+        "{text}"
+    );
+}
