@@ -218,7 +218,34 @@ async fn least_connections_avoids_the_endpoint_holding_a_connection() {
     held.write_all(b"x").await.unwrap();
     let mut byte = [0; 1];
     held.read_exact(&mut byte).await.unwrap();
-    assert_eq!(greetings(front, 3).await, ["free", "free", "free"]);
+    assert_eq!(
+        &byte, b"x",
+        "the first connection reached the echo endpoint"
+    );
+    for _ in 0..3 {
+        // Balance only once the previous greeting is closed on attache's side
+        // too, so the held connection is the only one counted.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while attache
+            .metric("attache_connections_active{listener=\"front\"}")
+            .await
+            .unwrap()
+            != 1.0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connections never settled"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let greeting = tokio::time::timeout(Duration::from_secs(20), greetings(front, 1)).await;
+        assert_eq!(
+            greeting.ok(),
+            Some(vec!["free".to_owned()]),
+            "log:\n{}",
+            attache.log_text()
+        );
+    }
 }
 
 #[tokio::test]

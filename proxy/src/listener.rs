@@ -121,7 +121,6 @@ impl Listener {
         permit: tokio::sync::OwnedSemaphorePermit,
         lifecycle: &Arc<Lifecycle>,
     ) {
-        tcp::tune(&stream);
         let route = self.route.clone();
         let tracked = lifecycle.track_connection();
         route.metrics.opened.inc();
@@ -140,6 +139,8 @@ fn bind_socket(address: SocketAddr) -> io::Result<Socket> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    // Accepted sockets inherit TCP_NODELAY and keepalive from here.
+    tcp::tune(socket2::SockRef::from(&socket));
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(ACCEPT_BACKLOG)?;

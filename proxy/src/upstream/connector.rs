@@ -55,7 +55,7 @@ pub(super) async fn connect(
     match &result {
         Ok(stream) => {
             metrics.duration.observe(started.elapsed().as_secs_f64());
-            tcp::tune(stream);
+            tcp::tune(socket2::SockRef::from(stream));
         }
         Err(error) => metrics.failed(error.kind()),
     }
