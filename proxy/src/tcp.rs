@@ -6,17 +6,18 @@
 //! buffer when its socket turns readable, drains what is there and gives the
 //! buffer back, so thousands of idle connections cost little.
 
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
 use socket2::{SockRef, TcpKeepalive};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
-use tokio::net::tcp::ReadHalf;
 use tokio::time::Instant;
 
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
@@ -63,7 +64,9 @@ pub(crate) async fn serve(
     route: Arc<TcpRoute>,
 ) {
     let started = Instant::now();
-    let mut upstream = match route.upstream.connect().await {
+    // Boxed: the connect state (resolution, timer) is freed once connected
+    // instead of sizing every long-lived connection's task.
+    let mut upstream = match Box::pin(route.upstream.connect()).await {
         Ok(connection) => connection,
         Err(error) => {
             tracing::warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable");
@@ -99,125 +102,142 @@ pub(crate) async fn serve(
 /// moved a byte for `idle_timeout`. A direction that reads end-of-stream
 /// shuts down the write side of the other socket and the opposite direction
 /// carries on: a client that half-closes still receives the whole reply.
+///
+/// One hand-polled loop over both directions, rather than a future per
+/// direction, keeps a connection's task small (a few hundred bytes).
 async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     idle_timeout: Duration,
     metrics: &ListenerMetrics,
 ) -> io::Result<CloseResult> {
-    let activity = Activity::new();
-    let (client_read, client_write) = client.split();
-    let (upstream_read, upstream_write) = upstream.split();
-    let both = async {
-        tokio::try_join!(
-            pump(
-                client_read,
-                upstream_write,
-                &metrics.to_upstream_bytes,
-                &activity
-            ),
-            pump(
-                upstream_read,
-                client_write,
-                &metrics.to_client_bytes,
-                &activity
-            ),
-        )
-    };
-    tokio::select! {
-        copied = both => copied.map(|_| CloseResult::Ok),
-        () = activity.idle_for(idle_timeout) => Ok(CloseResult::IdleTimeout),
-    }
-}
-
-/// Copies one direction until end-of-stream, then shuts the writer down
-/// (unless the other direction already ended: the sockets close next, which
-/// sends the FIN anyway).
-async fn pump<W: AsyncWrite + Unpin>(
-    mut reader: ReadHalf<'_>,
-    mut writer: W,
-    bytes: &Counter,
-    activity: &Activity,
-) -> io::Result<()> {
-    loop {
-        // Wait without a buffer: an idle connection holds no copy buffer.
-        reader.readable().await?;
-        let mut buffer = BytesMut::with_capacity(COPY_BUFFER_BYTES);
-        loop {
-            let read = reader.read_buf(&mut buffer).await?;
-            if read == 0 {
-                if !activity.end_direction() {
-                    writer.shutdown().await?;
-                }
-                return Ok(());
-            }
-            writer.write_all(&buffer).await?;
-            bytes.inc_by(read as u64);
-            activity.touch();
-            if read < COPY_BUFFER_BYTES {
-                // A short read drained the socket (tokio cleared its
-                // readiness): give the buffer back until more arrives.
-                break;
-            }
-            buffer.clear();
+    let mut to_upstream = Direction::new(&metrics.to_upstream_bytes);
+    let mut to_client = Direction::new(&metrics.to_client_bytes);
+    let mut last_activity = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    let mut idle = pin!(idle);
+    poll_fn(|cx| {
+        let other_done = to_client.is_done();
+        let upward = to_upstream.poll_copy(cx, client, upstream, other_done, &mut last_activity)?;
+        let other_done = to_upstream.is_done();
+        let downward = to_client.poll_copy(cx, upstream, client, other_done, &mut last_activity)?;
+        if upward.is_ready() && downward.is_ready() {
+            return Poll::Ready(Ok(CloseResult::Ok));
         }
-    }
-}
-
-/// When either direction last moved bytes.
-struct Activity {
-    origin: Instant,
-    last_millis: AtomicU64,
-    one_direction_ended: AtomicBool,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last_millis: AtomicU64::new(0),
-            one_direction_ended: AtomicBool::new(false),
-        }
-    }
-
-    /// Records that a direction reached end-of-stream; true when the other
-    /// one had already.
-    fn end_direction(&self) -> bool {
-        self.one_direction_ended.swap(true, Ordering::AcqRel)
-    }
-
-    fn touch(&self) {
-        let millis = self.origin.elapsed().as_millis() as u64;
-        self.last_millis.store(millis, Ordering::Relaxed);
-    }
-
-    /// Resolves once no byte moved for `timeout`. Sleeps at most once per
-    /// timeout period instead of resetting a timer on every read.
-    async fn idle_for(&self, timeout: Duration) {
-        loop {
-            let last =
-                self.origin + Duration::from_millis(self.last_millis.load(Ordering::Relaxed));
-            let deadline = last + timeout;
+        // The timer is re-armed from the last activity only when it fires,
+        // not on every read.
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = last_activity + idle_timeout;
             if Instant::now() >= deadline {
-                return;
+                return Poll::Ready(Ok(CloseResult::IdleTimeout));
             }
-            tokio::time::sleep_until(deadline).await;
+            idle.as_mut().reset(deadline);
         }
-    }
+        Poll::Pending
+    })
+    .await
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where one direction of a relay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Copying,
+    ShuttingDown,
+    Done,
+}
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_timer_restarts_from_the_last_activity() {
-        let activity = Activity::new();
-        let timeout = Duration::from_secs(10);
-        tokio::time::advance(Duration::from_secs(8)).await;
-        activity.touch();
-        let started = Instant::now();
-        activity.idle_for(timeout).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
+/// One direction of a relay: reads from one socket, writes to the other.
+struct Direction<'a> {
+    /// Held only while a burst is being copied: an idle connection holds no
+    /// copy buffer.
+    buffer: Option<BytesMut>,
+    /// Bytes of `buffer` already written.
+    written: usize,
+    stage: Stage,
+    bytes: &'a Counter,
+}
+
+impl<'a> Direction<'a> {
+    fn new(bytes: &'a Counter) -> Self {
+        Self {
+            buffer: None,
+            written: 0,
+            stage: Stage::Copying,
+            bytes,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
+    /// Copies until `reader` ends, then shuts `writer` down, unless the other
+    /// direction is already done (the sockets close next, which sends the FIN
+    /// anyway).
+    fn poll_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut TcpStream,
+        writer: &mut TcpStream,
+        other_done: bool,
+        last_activity: &mut Instant,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match self.stage {
+                Stage::Done => return Poll::Ready(Ok(())),
+                Stage::ShuttingDown => {
+                    ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                    self.stage = Stage::Done;
+                }
+                Stage::Copying => {
+                    if let Some(buffer) = &mut self.buffer {
+                        while self.written < buffer.len() {
+                            let wrote = ready!(
+                                Pin::new(&mut *writer).poll_write(cx, &buffer[self.written..])
+                            )?;
+                            if wrote == 0 {
+                                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                            }
+                            self.written += wrote;
+                        }
+                        // A short read means the socket was drained (tokio
+                        // cleared its readiness): give the buffer back until
+                        // more arrives. A full one means more is likely queued.
+                        let drained = buffer.len() < COPY_BUFFER_BYTES;
+                        buffer.clear();
+                        self.written = 0;
+                        if drained {
+                            self.buffer = None;
+                        }
+                    }
+                    if self.buffer.is_none() {
+                        ready!(reader.poll_read_ready(cx))?;
+                    }
+                    let buffer = self
+                        .buffer
+                        .get_or_insert_with(|| BytesMut::with_capacity(COPY_BUFFER_BYTES));
+                    let read =
+                        match tokio_util::io::poll_read_buf(Pin::new(&mut *reader), cx, buffer) {
+                            Poll::Ready(read) => read?,
+                            Poll::Pending => {
+                                // Readiness was spurious: wait without the buffer.
+                                self.buffer = None;
+                                return Poll::Pending;
+                            }
+                        };
+                    if read == 0 {
+                        self.buffer = None;
+                        self.stage = if other_done {
+                            Stage::Done
+                        } else {
+                            Stage::ShuttingDown
+                        };
+                    } else {
+                        self.bytes.inc_by(read as u64);
+                        *last_activity = Instant::now();
+                    }
+                }
+            }
+        }
     }
 }
