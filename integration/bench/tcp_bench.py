@@ -57,7 +57,8 @@ def rss_kib(pid):
 def iperf(port):
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port),
                           "-t", "5", "-J"], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 2**20  # MiB/s
+    received = json.loads(out)["end"]["sum_received"]
+    return received["bits_per_second"] / 8 / 2**20, received["bytes"] / 2**30  # MiB/s, GiB
 
 
 def conn_rate(port):
@@ -129,10 +130,14 @@ listen redis
             "attache": (a_bulk, a_redis, attache.pid),
             "haproxy": (h_bulk, h_redis, haproxy.pid),
         }
-        results = {name: {"bulk": [], "rate": [], "cpu_us": []} for name in targets}
+        results = {name: {"bulk": [], "rate": [], "cpu_us": [], "cpu_gib": []} for name in targets}
         for round_number in range(args.rounds):
             for name, (bulk_port, redis_port_through, pid) in targets.items():
-                results[name]["bulk"].append(iperf(bulk_port))
+                before = cpu_seconds(pid) if pid else 0
+                throughput, gib = iperf(bulk_port)
+                results[name]["bulk"].append(throughput)
+                if pid:
+                    results[name]["cpu_gib"].append((cpu_seconds(pid) - before) / gib)
                 before = cpu_seconds(pid) if pid else 0
                 results[name]["rate"].append(conn_rate(redis_port_through))
                 if pid:
@@ -156,12 +161,13 @@ listen redis
         direct_rate = statistics.median(results["direct"]["rate"])
         haproxy_rate = statistics.median(results["haproxy"]["rate"])
         print(f"\nrounds: {args.rounds}; medians; load on CPU {LOAD_CPU}, proxy + upstream on CPU {SERVER_CPU}\n")
-        print("| target | bulk MiB/s | bulk vs direct | conn/s | conn/s vs direct | conn/s vs HAProxy | proxy CPU µs/conn |")
-        print("|---|---|---|---|---|---|---|")
+        print("| target | bulk MiB/s | bulk vs direct | proxy CPU s/GiB | conn/s | conn/s vs direct | conn/s vs HAProxy | proxy CPU µs/conn |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, r in results.items():
             bulk, rate = statistics.median(r["bulk"]), statistics.median(r["rate"])
             cpu = f"{statistics.median(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
-            print(f"| {name} | {bulk:.0f} | {bulk / direct_bulk:.2f}x | {rate:.0f} | {rate / direct_rate:.2f}x "
+            cpu_gib = f"{statistics.median(r['cpu_gib']):.2f}" if r["cpu_gib"] else "-"
+            print(f"| {name} | {bulk:.0f} | {bulk / direct_bulk:.2f}x | {cpu_gib} | {rate:.0f} | {rate / direct_rate:.2f}x "
                   f"| {rate / haproxy_rate:.2f}x | {cpu} |")
         print(f"\nattache RSS idle: {idle_rss / 1024:.1f} MiB; with 1000 idle proxied connections: "
               f"{loaded_rss / 1024:.1f} MiB ({(loaded_rss - idle_rss) / 1000 * 1024:.0f} bytes per connection)")

@@ -29,6 +29,7 @@ use crate::upstream::Upstream;
 /// When the admin address or a listen address cannot be bound, or signal
 /// handlers cannot be installed; nothing is served then.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit(&config);
     let lifecycle = Arc::new(Lifecycle::new());
     let metrics = Arc::new(Metrics::new());
     let mut terminate =
@@ -92,6 +93,45 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         _ = interrupt.recv() => tracing::warn!("second SIGINT: exiting now"),
     }
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (container runtimes may
+/// leave it at 1024) and warns when it still cannot hold every listener's
+/// `max_connections`: each proxied connection takes two descriptors.
+fn raise_open_file_limit(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(error) => {
+                tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the open-file limit");
+            return;
+        }
+    };
+    // Listeners, the admin server, logs and the runtime need a few more.
+    let needed: u64 = config
+        .listeners
+        .iter()
+        .map(|listener| 2 * listener.max_connections as u64)
+        .sum::<u64>()
+        + 64;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below 2 x the sum of max_connections; accepts fail with EMFILE before max_connections is reached"
+        );
+    }
 }
 
 fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Listener>> {
