@@ -125,6 +125,28 @@ pub async fn reply_after_eof(tail: usize) -> SocketAddr {
     address
 }
 
+/// Writes `greeting`, shuts down its write side at once, then reads until
+/// the client's EOF and reports the SHA-256 of what it read.
+pub async fn greet_then_read(
+    greeting: &'static [u8],
+) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (listener, address) = listen().await;
+    let (report, reports) = mpsc::unbounded_channel();
+    serve_each(listener, move |mut stream| {
+        let report = report.clone();
+        async move {
+            if stream.write_all(greeting).await.is_err() || stream.shutdown().await.is_err() {
+                return;
+            }
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).await.is_ok() {
+                let _ = report.send(sha256_hex(&received));
+            }
+        }
+    });
+    (address, reports)
+}
+
 /// Sends `count` seeded bytes in `chunk`-sized writes with `pause` between
 /// them, then closes: a transfer that takes a while.
 pub async fn slow_source(count: usize, chunk: usize, pause: std::time::Duration) -> SocketAddr {

@@ -153,6 +153,35 @@ async fn a_client_that_half_closes_still_receives_the_whole_reply() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_half_closes_still_receives_everything_the_client_sends() {
+    let (upstream, mut received_hashes) = servers::greet_then_read(b"server done talking").await;
+    let attache = Attache::run(&one_listener(
+        "127.0.0.1:0",
+        &[upstream.to_string()],
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
+
+    let mut client = TcpStream::connect(attache.listener("front")).await.unwrap();
+    let mut greeting = Vec::new();
+    client.read_to_end(&mut greeting).await.unwrap();
+    assert_eq!(
+        greeting, b"server done talking",
+        "the upstream's EOF reached the client"
+    );
+    // The client keeps talking after the upstream's half-close.
+    let request = servers::random_bytes(3 * 1024 * 1024, 9);
+    client.write_all(&request).await.unwrap();
+    client.shutdown().await.unwrap();
+    assert_eq!(
+        received_hashes.recv().await.unwrap(),
+        servers::sha256_hex(&request)
+    );
+}
+
+#[tokio::test]
 async fn ipv6_loopback_listener_and_hostname_endpoint_work() {
     let upstream = servers::echo().await;
     // "localhost" is resolved at connect time, as a Kubernetes service name would be.
