@@ -268,6 +268,26 @@ pub fn write_config(yaml: &str) -> anyhow::Result<tempfile::NamedTempFile> {
     Ok(file)
 }
 
+/// Sends `payload` and half-closes while reading until the peer closes, both
+/// at once (so neither side's buffers can fill and stall the other), and
+/// returns what was read.
+///
+/// # Errors
+/// When reading or writing fails.
+pub async fn exchange(
+    stream: &mut tokio::net::TcpStream,
+    payload: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let (mut read, mut write) = stream.split();
+    let sending = async {
+        write.write_all(payload).await?;
+        write.shutdown().await
+    };
+    let mut received = Vec::new();
+    tokio::try_join!(sending, read.read_to_end(&mut received))?;
+    Ok(received)
+}
+
 /// Sends one HTTP/1.1 request without a body and returns (status, body).
 ///
 /// # Errors

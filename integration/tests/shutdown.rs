@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use attache_integration::{Attache, http_request, servers};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use attache_integration::{Attache, exchange, http_request, servers};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const TRANSFER: usize = 2 * 1024 * 1024;
@@ -103,11 +103,10 @@ async fn a_listener_told_to_keep_accepting_serves_loopback_clients_while_drainin
     let mut late = TcpStream::connect(app)
         .await
         .expect("the keep-accepting listener still accepts");
-    late.write_all(b"still here").await.unwrap();
-    late.shutdown().await.unwrap();
-    let mut echoed = Vec::new();
-    late.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, b"still here");
+    assert_eq!(
+        exchange(&mut late, b"still here").await.unwrap(),
+        b"still here"
+    );
     drop(late);
 
     let mut rest = Vec::new();

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use attache_integration::{Attache, servers};
+use std::net::SocketAddr;
+
+use attache_integration::{Attache, exchange, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -25,31 +27,27 @@ fn one_listener(
     )
 }
 
-#[tokio::test]
-async fn sixty_four_mib_both_ways_at_once_arrive_intact() {
-    const SIZE: usize = 64 * 1024 * 1024;
-    let (upstream, mut server_hashes) = servers::source_sink(SIZE, 1).await;
-    let attache = Attache::run(&one_listener(
+/// attache with one listener forwarding to `upstream`.
+async fn forward_to(upstream: SocketAddr) -> Attache {
+    Attache::run(&one_listener(
         "127.0.0.1:0",
         &[upstream.to_string()],
         "",
         "",
     ))
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sixty_four_mib_both_ways_at_once_arrive_intact() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let (upstream, mut server_hashes) = servers::source_sink(SIZE, 1).await;
+    let attache = forward_to(upstream).await;
 
     let mut client = TcpStream::connect(attache.listener("front")).await.unwrap();
     let payload = servers::random_bytes(SIZE, 2);
-    let (mut read, mut write) = client.split();
-    let sending = async {
-        write.write_all(&payload).await?;
-        write.shutdown().await
-    };
-    let receiving = async {
-        let mut received = Vec::with_capacity(SIZE);
-        read.read_to_end(&mut received).await.map(|_| received)
-    };
-    let ((), received) = tokio::try_join!(sending, receiving).unwrap();
+    let received = exchange(&mut client, &payload).await.unwrap();
 
     let server = server_hashes.recv().await.unwrap();
     assert_eq!(received.len(), SIZE);
@@ -73,28 +71,14 @@ async fn sixty_four_mib_both_ways_at_once_arrive_intact() {
 #[tokio::test]
 async fn two_hundred_concurrent_connections_each_get_their_own_bytes_back() {
     let upstream = servers::echo().await;
-    let attache = Attache::run(&one_listener(
-        "127.0.0.1:0",
-        &[upstream.to_string()],
-        "",
-        "",
-    ))
-    .await
-    .unwrap();
+    let attache = forward_to(upstream).await;
     let front = attache.listener("front");
 
     let clients = (0..200u64).map(|index| {
         tokio::spawn(async move {
             let payload = servers::random_bytes(32 * 1024 + index as usize, index);
             let mut stream = TcpStream::connect(front).await?;
-            let (mut read, mut write) = stream.split();
-            let sending = async {
-                write.write_all(&payload).await?;
-                write.shutdown().await
-            };
-            let mut echoed = Vec::new();
-            tokio::try_join!(sending, read.read_to_end(&mut echoed))?;
-            Ok::<_, std::io::Error>(echoed == payload)
+            Ok::<_, std::io::Error>(exchange(&mut stream, &payload).await? == payload)
         })
     });
     let results = futures_join(clients).await;
@@ -124,14 +108,7 @@ async fn futures_join(
 async fn a_client_that_half_closes_still_receives_the_whole_reply() {
     const TAIL: usize = 4 * 1024 * 1024;
     let upstream = servers::reply_after_eof(TAIL).await;
-    let attache = Attache::run(&one_listener(
-        "127.0.0.1:0",
-        &[upstream.to_string()],
-        "",
-        "",
-    ))
-    .await
-    .unwrap();
+    let attache = forward_to(upstream).await;
 
     let mut client = TcpStream::connect(attache.listener("front")).await.unwrap();
     let request = servers::random_bytes(100_000, 3);
@@ -155,14 +132,7 @@ async fn a_client_that_half_closes_still_receives_the_whole_reply() {
 #[tokio::test]
 async fn an_upstream_that_half_closes_still_receives_everything_the_client_sends() {
     let (upstream, mut received_hashes) = servers::greet_then_read(b"server done talking").await;
-    let attache = Attache::run(&one_listener(
-        "127.0.0.1:0",
-        &[upstream.to_string()],
-        "",
-        "",
-    ))
-    .await
-    .unwrap();
+    let attache = forward_to(upstream).await;
 
     let mut client = TcpStream::connect(attache.listener("front")).await.unwrap();
     let mut greeting = Vec::new();
@@ -193,11 +163,10 @@ async fn ipv6_loopback_listener_and_hostname_endpoint_work() {
     assert!(front.is_ipv6());
 
     let mut client = TcpStream::connect(front).await.unwrap();
-    client.write_all(b"over ipv6").await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut echoed = Vec::new();
-    client.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, b"over ipv6");
+    assert_eq!(
+        exchange(&mut client, b"over ipv6").await.unwrap(),
+        b"over ipv6"
+    );
 }
 
 async fn greetings(front: std::net::SocketAddr, count: usize) -> Vec<String> {
