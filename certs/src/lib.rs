@@ -1,9 +1,13 @@
 //! attache-certs: certificates for attache's TLS termination and origination.
 //!
-//! The L4 foundation runs plaintext on loopback only; this crate is where PEM
-//! loading, rustls configurations, peer identity checks, hot reload and the
-//! development CA land with the mutual-TLS work. It depends on
-//! `attache-config` and knows nothing about listeners.
+//! Today it holds the development CA behind `attache certs ca` and
+//! `attache certs issue`; PEM loading, rustls configurations, peer identity
+//! checks and hot reload land here with the rest of the mutual-TLS work. It
+//! knows nothing about listeners.
 //!
 //! # Layout
-//! Empty until the TLS work: nothing here is compiled into the binary yet.
+//! - [`dev_ca`]: a local CA and the leaf certificates it signs, for trying
+//!   mTLS in a minute and for tests. Production certificates come from
+//!   cert-manager, SPIRE or a company CA.
+
+pub mod dev_ca;

@@ -59,8 +59,58 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Make development certificates: a local CA and leaf certificates it signs.
+    ///
+    /// For trying mTLS in a minute and for tests; production certificates come
+    /// from cert-manager, SPIRE or a company CA.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write DIR/ca.crt and DIR/ca.key (mode 0600): a new development CA.
+    Ca {
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace an existing CA key (certificates it signed stop verifying).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write OUT/NAME.crt and OUT/NAME.key (mode 0600), signed by the CA in --ca,
+    /// usable as a server and as a client certificate.
+    ///
+    /// Example: attache certs issue --ca certs --out certs --name frontend
+    ///   --uri spiffe://cluster.local/ns/default/sa/frontend --dns frontend.default.svc
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// Directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// File name stem and subject common name.
+        #[arg(long)]
+        name: String,
+        /// DNS name SAN; repeatable. Without any --dns, --ip or --uri, NAME is used.
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// IP address SAN; repeatable.
+        #[arg(long, value_name = "ADDR")]
+        ip: Vec<std::net::IpAddr>,
+        /// URI SAN, such as a SPIFFE ID; repeatable.
+        #[arg(long, value_name = "URI")]
+        uri: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+    },
 }
 
 /// Where the admin server listens.
@@ -212,6 +262,7 @@ pub(crate) fn main() -> ExitCode {
             println!("attache {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Command::Certs(command) => certs(command),
         Command::Check { config } => match attache_config::load(&config) {
             Ok(loaded) => {
                 println!(
@@ -252,6 +303,40 @@ pub(crate) fn main() -> ExitCode {
                 Err(error) => fail(&*error),
             }
         }
+    }
+}
+
+fn certs(command: CertsCommand) -> ExitCode {
+    use attache_certs::dev_ca;
+
+    let written = match command {
+        CertsCommand::Ca { out, days, force } => dev_ca::create_ca(&out, days, force),
+        CertsCommand::Issue {
+            ca,
+            out,
+            name,
+            dns,
+            ip,
+            uri,
+            days,
+        } => dev_ca::issue(
+            &ca,
+            &out,
+            &dev_ca::LeafRequest {
+                name,
+                dns_names: dns,
+                ip_addresses: ip,
+                uris: uri,
+                days,
+            },
+        ),
+    };
+    match written {
+        Ok(certificate) => {
+            println!("wrote {} and its key", certificate.display());
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&error),
     }
 }
 
