@@ -89,8 +89,19 @@ pub fn create_ca(directory: &Path, days: u32, force: bool) -> Result<PathBuf, De
         return Err(DevCaError::CaExists(key_path));
     }
     fs::create_dir_all(directory).map_err(|source| io_error(directory, source))?;
+    let key = KeyPair::generate().map_err(|source| signing_error("generate the CA key", source))?;
+    // A name of its own (from its key), so verifiers never confuse two
+    // development CAs by name.
+    let fingerprint: String = key
+        .public_key_raw()
+        .iter()
+        .rev()
+        .take(4)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     let mut params = CertificateParams::default();
-    params.distinguished_name = distinguished_name("attache development CA");
+    params.distinguished_name =
+        distinguished_name(&format!("attache development CA {fingerprint}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -98,7 +109,6 @@ pub fn create_ca(directory: &Path, days: u32, force: bool) -> Result<PathBuf, De
         KeyUsagePurpose::DigitalSignature,
     ];
     set_validity(&mut params, days);
-    let key = KeyPair::generate().map_err(|source| signing_error("generate the CA key", source))?;
     let certificate = params
         .self_signed(&key)
         .map_err(|source| signing_error("self-sign the CA certificate", source))?;

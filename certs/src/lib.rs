@@ -1,8 +1,8 @@
 //! attache-certs: certificates for attache's TLS termination and origination.
 //!
 //! Today it holds the development CA behind `attache certs ca` and
-//! `attache certs issue`, and PEM loading; rustls configurations, peer
-//! identity checks and hot reload land here with the rest of the mutual-TLS
+//! `attache certs issue`, PEM loading, peer identity checks and the rustls
+//! configurations; hot reload lands here with the rest of the mutual-TLS
 //! work. It knows nothing about listeners.
 //!
 //! # Layout
@@ -11,6 +11,11 @@
 //!   cert-manager, SPIRE or a company CA.
 //! - [`pem`]: certificate chains, CA bundles and private keys from PEM files,
 //!   with errors that name the file.
+//! - [`identity`]: peer identity (SPIFFE ID, DNS SAN, CN) and allow-lists.
+//! - [`tls`]: rustls server and client configurations, with the allow-lists
+//!   enforced inside the certificate verifiers.
 
 pub mod dev_ca;
+pub mod identity;
 pub mod pem;
+pub mod tls;

@@ -64,6 +64,42 @@ struct ListenerDocument {
     keep_accepting_while_draining: bool,
     #[serde(default)]
     unsafe_plaintext: bool,
+    tls: Option<ListenerTlsDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerTlsDocument {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    client_auth: Option<Spanned<model::ClientAuth>>,
+    min_version: Option<Spanned<String>>,
+    #[serde(default)]
+    alpn: Vec<String>,
+    allow: Option<Spanned<AllowDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTlsDocument {
+    ca: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
+    allow: Option<Spanned<AllowDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowDocument {
+    #[serde(default)]
+    uris: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+    #[serde(default)]
+    cns: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +109,7 @@ struct UpstreamDocument {
     #[serde(default)]
     balance: model::Balance,
     connect_timeout: Option<Spanned<String>>,
+    tls: Option<UpstreamTlsDocument>,
 }
 
 /// Collects conversion problems and the line of each key path.
@@ -110,6 +147,41 @@ impl Converter {
             );
             default
         })
+    }
+
+    fn path(&mut self, path: &str, value: &Spanned<String>) -> std::path::PathBuf {
+        std::path::PathBuf::from(self.note(path, value).trim())
+    }
+
+    fn tls_version(&mut self, path: &str, value: Option<&Spanned<String>>) -> model::TlsVersion {
+        let Some(value) = value else {
+            return model::TlsVersion::default();
+        };
+        match self.note(path, value).trim() {
+            "1.2" => model::TlsVersion::Tls12,
+            "1.3" => model::TlsVersion::Tls13,
+            other => {
+                let message = format!("{other:?} is not a TLS version: use \"1.2\" or \"1.3\"");
+                self.problem(path, message);
+                model::TlsVersion::default()
+            }
+        }
+    }
+
+    fn allow(
+        &mut self,
+        path: &str,
+        value: Option<&Spanned<AllowDocument>>,
+    ) -> model::IdentityAllowList {
+        let Some(value) = value else {
+            return model::IdentityAllowList::default();
+        };
+        let allow = self.note(path, value);
+        model::IdentityAllowList {
+            uris: allow.uris.clone(),
+            dns: allow.dns.clone(),
+            cns: allow.cns.clone(),
+        }
     }
 
     fn socket_address(&mut self, path: &str, value: &Spanned<String>) -> Option<SocketAddr> {
@@ -218,6 +290,57 @@ impl ListenerDocument {
             ),
             keep_accepting_while_draining: self.keep_accepting_while_draining,
             unsafe_plaintext: self.unsafe_plaintext,
+            tls: self
+                .tls
+                .as_ref()
+                .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
+        }
+    }
+}
+
+impl ListenerTlsDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::ListenerTls {
+        model::ListenerTls {
+            cert: converter.path(&format!("{path}.cert"), &self.cert),
+            key: converter.path(&format!("{path}.key"), &self.key),
+            client_ca: self
+                .client_ca
+                .as_ref()
+                .map(|client_ca| converter.path(&format!("{path}.client_ca"), client_ca)),
+            client_auth: self
+                .client_auth
+                .as_ref()
+                .map(|client_auth| *converter.note(&format!("{path}.client_auth"), client_auth))
+                .unwrap_or_default(),
+            min_version: converter
+                .tls_version(&format!("{path}.min_version"), self.min_version.as_ref()),
+            alpn: self.alpn.clone(),
+            allow: converter.allow(&format!("{path}.allow"), self.allow.as_ref()),
+        }
+    }
+}
+
+impl UpstreamTlsDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::UpstreamTls {
+        model::UpstreamTls {
+            ca: converter.path(&format!("{path}.ca"), &self.ca),
+            cert: self
+                .cert
+                .as_ref()
+                .map(|cert| converter.path(&format!("{path}.cert"), cert)),
+            key: self
+                .key
+                .as_ref()
+                .map(|key| converter.path(&format!("{path}.key"), key)),
+            server_name: self.server_name.as_ref().map(|name| {
+                converter
+                    .note(&format!("{path}.server_name"), name)
+                    .trim()
+                    .to_owned()
+            }),
+            min_version: converter
+                .tls_version(&format!("{path}.min_version"), self.min_version.as_ref()),
+            allow: converter.allow(&format!("{path}.allow"), self.allow.as_ref()),
         }
     }
 }
@@ -249,6 +372,10 @@ impl UpstreamDocument {
                 self.connect_timeout.as_ref(),
                 model::DEFAULT_CONNECT_TIMEOUT,
             ),
+            tls: self
+                .tls
+                .as_ref()
+                .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
         }
     }
 }

@@ -25,7 +25,8 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Admin, Balance, Config, Drain, Endpoint, Listener, Log, LogFormat, Protocol, Upstream,
+    Admin, Balance, ClientAuth, Config, Drain, Endpoint, IdentityAllowList, Listener, ListenerTls,
+    Log, LogFormat, Protocol, TlsVersion, Upstream, UpstreamTls,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

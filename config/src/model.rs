@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -152,6 +153,91 @@ pub struct Listener {
     pub keep_accepting_while_draining: bool,
     /// Allow plaintext on a non-loopback address.
     pub unsafe_plaintext: bool,
+    /// TLS termination; `None` for plaintext.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Whether clients must present a certificate.
+    pub client_auth: ClientAuth,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in preference order; empty for none.
+    pub alpn: Vec<String>,
+    /// Which verified client identities are let in; empty lets in any
+    /// certificate that chains to `client_ca`.
+    pub allow: IdentityAllowList,
+}
+
+/// Whether a TLS listener asks for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// A certificate chaining to `client_ca` is required (the default).
+    #[default]
+    Required,
+    /// A certificate is verified when presented, not required.
+    Optional,
+    /// No client certificate is asked for.
+    None,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 (the default minimum).
+    #[default]
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+/// Identities a peer certificate may carry to be accepted: any match in any
+/// list lets the peer in. URIs may use `*` for one whole path segment
+/// (`spiffe://cluster.local/ns/*/sa/web`) or end in `/*` for any suffix.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdentityAllowList {
+    /// URI SANs, such as SPIFFE IDs.
+    pub uris: Vec<String>,
+    /// DNS SANs (exact, case-insensitive).
+    pub dns: Vec<String>,
+    /// Subject common names (exact).
+    pub cns: Vec<String>,
+}
+
+impl IdentityAllowList {
+    /// Whether no identity is listed (everything that verifies is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.uris.is_empty() && self.dns.is_empty() && self.cns.is_empty()
+    }
+}
+
+/// TLS origination to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// CA bundle the server's certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate chain for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    pub key: Option<PathBuf>,
+    /// Name sent as SNI and checked against the server certificate; the
+    /// endpoint's host when absent.
+    pub server_name: Option<String>,
+    /// Lowest TLS version offered.
+    pub min_version: TlsVersion,
+    /// Pin the server's identity (SPIFFE ID, DNS SAN or CN) on top of
+    /// chain verification; with URIs or CNs listed, the server name is not
+    /// required to appear in the certificate (SPIFFE SVIDs carry no DNS name).
+    pub allow: IdentityAllowList,
 }
 
 /// A listener's protocol.
@@ -173,6 +259,8 @@ pub struct Upstream {
     pub balance: Balance,
     /// Limit on one TCP connect attempt to one endpoint.
     pub connect_timeout: Duration,
+    /// TLS origination; `None` for plaintext.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// How an endpoint is picked for a new connection.

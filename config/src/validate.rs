@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
-use crate::model::Config;
+use crate::model::{ClientAuth, Config, IdentityAllowList, ListenerTls};
 
 /// Where each key path was written, and which paths already have a problem.
 #[derive(Debug, Default)]
@@ -19,8 +19,26 @@ impl SourceMap {
         Self { lines, reported }
     }
 
+    /// The line `path` was written on; for a key that was left out, the
+    /// first line written inside it, or else in its nearest written section.
     fn line(&self, path: &str) -> Option<u64> {
-        self.lines.get(path).copied()
+        let mut section = path;
+        loop {
+            if let Some(line) = self.lines.get(section) {
+                return Some(*line);
+            }
+            let prefix = format!("{section}.");
+            let inside = self
+                .lines
+                .iter()
+                .filter(|(noted, _)| noted.starts_with(&prefix))
+                .map(|(_, line)| *line)
+                .min();
+            if inside.is_some() {
+                return inside;
+            }
+            section = section.rsplit_once('.')?.0;
+        }
     }
 
     /// Whether a problem was already reported at `path` or below it.
@@ -110,7 +128,9 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 "must be greater than zero".into(),
             );
         }
-        if !listener.listen.ip().is_loopback() && !listener.unsafe_plaintext {
+        if let Some(tls) = &listener.tls {
+            validate_listener_tls(&path, tls, &mut report);
+        } else if !listener.listen.ip().is_loopback() && !listener.unsafe_plaintext {
             report(
                 format!("{path}.listen"),
                 format!(
@@ -136,6 +156,52 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 "must be greater than zero".into(),
             );
         }
+        if let Some(tls) = &upstream.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                report(
+                    format!("{path}.tls"),
+                    "a client certificate needs both `cert` and `key`".into(),
+                );
+            }
+            validate_allow_list(&format!("{path}.tls.allow"), &tls.allow, &mut report);
+        }
     }
     problems
+}
+
+fn validate_listener_tls(path: &str, tls: &ListenerTls, report: &mut impl FnMut(String, String)) {
+    if tls.client_auth != ClientAuth::None && tls.client_ca.is_none() {
+        report(
+            format!("{path}.tls.client_ca"),
+            "required to verify client certificates (or set `client_auth: none` to accept clients without one)"
+                .into(),
+        );
+    }
+    if tls.client_auth == ClientAuth::None && !tls.allow.is_empty() {
+        report(
+            format!("{path}.tls.allow"),
+            "an allow-list needs client certificates: remove `client_auth: none`".into(),
+        );
+    }
+    validate_allow_list(&format!("{path}.tls.allow"), &tls.allow, report);
+}
+
+fn validate_allow_list(
+    path: &str,
+    allow: &IdentityAllowList,
+    report: &mut impl FnMut(String, String),
+) {
+    for (index, uri) in allow.uris.iter().enumerate() {
+        let misplaced_wildcard = uri
+            .split('/')
+            .any(|segment| segment.contains('*') && segment != "*");
+        if !uri.contains("://") || misplaced_wildcard {
+            report(
+                format!("{path}.uris[{index}]"),
+                format!(
+                    "{uri:?} is not a URI pattern: `scheme://...`, where `*` stands for one whole path segment"
+                ),
+            );
+        }
+    }
 }

@@ -153,3 +153,69 @@ fn the_error_names_the_source_and_counts_problems() {
         "/etc/attache/config.yaml: 1 problem\n  listeners: at least one listener is required"
     );
 }
+
+#[test]
+fn tls_listener_and_upstream_parse_with_defaults() {
+    let text = "\
+listeners:
+  - name: front
+    listen: 0.0.0.0:8443
+    protocol: tcp
+    upstream: app
+    tls:
+      cert: /etc/attache/tls.crt
+      key: /etc/attache/tls.key
+      client_ca: /etc/attache/ca.crt
+      min_version: 1.3
+      allow:
+        uris: [\"spiffe://cluster.local/ns/*/sa/web\", \"spiffe://cluster.local/ns/jobs/*\"]
+upstreams:
+  app:
+    endpoints: [\"127.0.0.1:8080\"]
+    tls:
+      ca: /etc/attache/upstream-ca.crt
+      cert: /etc/attache/client.crt
+      key: /etc/attache/client.key
+      server_name: app.internal
+";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let tls = config.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(tls.client_auth, attache_config::ClientAuth::Required);
+    assert_eq!(tls.min_version, attache_config::TlsVersion::Tls13);
+    assert_eq!(tls.allow.uris.len(), 2);
+    let upstream_tls = config.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(upstream_tls.server_name.as_deref(), Some("app.internal"));
+    assert_eq!(upstream_tls.min_version, attache_config::TlsVersion::Tls12);
+}
+
+#[test]
+fn tls_problems_are_reported_with_path_and_line() {
+    let text = "\
+listeners:
+  - name: front
+    listen: 127.0.0.1:8443
+    protocol: tcp
+    upstream: app
+    tls:
+      cert: tls.crt
+      key: tls.key
+      min_version: \"1.1\"
+      allow:
+        uris: [\"spiffe://cluster.local/ns/team-*/sa/web\"]
+upstreams:
+  app:
+    endpoints: [\"127.0.0.1:8080\"]
+    tls:
+      ca: ca.crt
+      cert: client.crt
+";
+    assert_eq!(
+        rendered(text),
+        vec![
+            "listeners[0].tls.client_ca: required to verify client certificates (or set `client_auth: none` to accept clients without one) (line 7)",
+            "listeners[0].tls.min_version: \"1.1\" is not a TLS version: use \"1.2\" or \"1.3\" (line 9)",
+            "listeners[0].tls.allow.uris[0]: \"spiffe://cluster.local/ns/team-*/sa/web\" is not a URI pattern: `scheme://...`, where `*` stands for one whole path segment (line 11)",
+            "upstreams.app.tls: a client certificate needs both `cert` and `key` (line 16)",
+        ]
+    );
+}

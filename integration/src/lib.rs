@@ -242,6 +242,28 @@ impl Attache {
             .collect())
     }
 
+    /// Waits until `sample` equals `value` (metrics that a connection's task
+    /// updates after the client already saw the outcome).
+    ///
+    /// # Errors
+    /// When it does not get there within [`START_TIMEOUT`], with the last value.
+    pub async fn wait_for_metric(&self, sample: &str, value: f64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let current = self.metric(sample).await?;
+            if current == value {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{sample} is {current}, expected {value}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// One sample's value; 0 when the sample is absent.
     ///
     /// # Errors

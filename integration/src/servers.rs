@@ -54,6 +54,28 @@ pub async fn greeter(greeting: &'static str) -> SocketAddr {
     address
 }
 
+/// Answers every HTTP request with `200 OK` and `body`, then closes.
+pub async fn http_ok(body: &'static str) -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, move |mut stream| async move {
+        let mut request = Vec::new();
+        let mut chunk = [0; 1024];
+        while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => request.extend_from_slice(&chunk[..read]),
+            }
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+    address
+}
+
 /// `count` bytes, the same for a given `seed`.
 pub fn random_bytes(count: usize, seed: u64) -> Vec<u8> {
     let mut bytes = vec![0; count];

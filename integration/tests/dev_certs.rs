@@ -195,17 +195,16 @@ fn mutual_tls_handshake(ca: &Path, server: (&Path, &str), client: (&Path, &str))
         .args(["-CAfile", &path(ca, "ca.crt")])
         .args(["-cert", &path(client.0, &format!("{}.crt", client.1))])
         .args(["-key", &path(client.0, &format!("{}.key", client.1))])
+        // TLS 1.2: a refused client certificate fails the handshake on the
+        // client's side too (TLS 1.3 reports it only on a later read).
+        .arg("-tls1_2")
         .stdin(Stdio::null())
         .output()
         .expect("openssl s_client runs");
     let _ = s_server.kill();
     let _ = s_server.wait();
     let output = String::from_utf8_lossy(&s_client.stdout);
-    // TLS 1.3 reports a refused client certificate after the handshake, so
-    // also require that the server answered with its session data.
-    s_client.status.success()
-        && output.contains("Verify return code: 0 (ok)")
-        && !output.contains("alert")
+    s_client.status.success() && output.contains("Verify return code: 0 (ok)")
 }
 
 #[test]

@@ -240,6 +240,7 @@ impl TcpArgs {
                 idle_timeout: self.idle_timeout,
                 keep_accepting_while_draining: self.keep_accepting_while_draining,
                 unsafe_plaintext: self.unsafe_plaintext,
+                tls: None,
             }],
             upstreams: vec![model::Upstream {
                 name,
@@ -249,6 +250,7 @@ impl TcpArgs {
                     BalanceArg::LeastConnections => Balance::LeastConnections,
                 },
                 connect_timeout: self.connect_timeout,
+                tls: None,
             }],
         }
     }

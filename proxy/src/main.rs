@@ -6,7 +6,7 @@
 //! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
 //! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind and accept; `tcp`: L4 forwarding.
+//! - `listener`: bind and accept; `tcp`: L4 forwarding; `tls`: handshakes.
 //! - `upstream`: endpoints, balancing, connecting.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
 
@@ -17,6 +17,7 @@ mod listener;
 mod runtime;
 mod tcp;
 mod telemetry;
+mod tls;
 mod upstream;
 mod wait;
 

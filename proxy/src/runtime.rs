@@ -135,11 +135,15 @@ fn raise_open_file_limit(config: &Config) {
 }
 
 fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Listener>> {
-    let upstreams: Vec<Arc<Upstream>> = config
+    let upstreams = config
         .upstreams
         .iter()
-        .map(|upstream| Arc::new(Upstream::new(upstream, metrics)))
-        .collect();
+        .map(|upstream| {
+            Upstream::new(upstream, metrics)
+                .map(Arc::new)
+                .with_context(|| format!("upstream {:?}: TLS origination", upstream.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     config
         .listeners
         .iter()
@@ -154,17 +158,26 @@ fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<List
                     )
                 })?
                 .clone();
+            let tls = listener
+                .tls
+                .as_ref()
+                .map(|tls| attache_certs::tls::server_config(tls, &listener.name))
+                .transpose()
+                .with_context(|| format!("listener {:?}: TLS", listener.name))?
+                .map(tokio_rustls::TlsAcceptor::from);
             let route = TcpRoute {
                 listener: listener.name.clone(),
                 upstream,
                 idle_timeout: listener.idle_timeout,
                 metrics: metrics.listener(&listener.name),
+                tls,
             };
             let bound = Listener::bind(listener, route)?;
             tracing::info!(
                 listener = %listener.name,
                 address = %bound.local_address(),
                 protocol = "tcp",
+                tls = listener.tls.is_some(),
                 upstream = %listener.upstream,
                 "listener bound"
             );

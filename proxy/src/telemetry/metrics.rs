@@ -15,6 +15,11 @@
 //! - `upstream_connect_failures_total{upstream,endpoint,reason}`: reason is
 //!   `timeout`, `refused`, `resolve` or `error`
 //! - `upstream_connect_duration_seconds{upstream,endpoint}`: successful connects
+//! - `tls_handshakes_total{listener,result}`: TLS terminated on a listener
+//! - `upstream_tls_handshakes_total{upstream,endpoint,result}`: TLS originated
+//!   to an endpoint; result is `ok`, `no_client_cert`, `unknown_ca`,
+//!   `expired`, `not_yet_valid`, `identity_refused`, `protocol_version`,
+//!   `protocol_error`, `peer_alert`, `timeout` or `error`
 //! - `build_info{version}`: always 1
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -71,8 +76,23 @@ fn connect_duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 3.0, 11))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamHandshakeLabels {
+    upstream: String,
+    endpoint: String,
+    result: &'static str,
+}
+
 /// The metric registry and its families.
 pub(crate) struct Metrics {
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    upstream_tls_handshakes: Family<UpstreamHandshakeLabels, Counter>,
     registry: Registry,
     connections: Family<ListenerLabels, Counter>,
     connections_active: Family<ListenerLabels, Gauge>,
@@ -96,8 +116,20 @@ impl Metrics {
             connect_attempts: Family::default(),
             connect_failures: Family::default(),
             connect_duration: Family::new_with_constructor(connect_duration_histogram),
+            tls_handshakes: Family::default(),
+            upstream_tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes on listeners, by result",
+            metrics.tls_handshakes.clone(),
+        );
+        registry.register(
+            "upstream_tls_handshakes",
+            "TLS handshakes to upstream endpoints, by result",
+            metrics.upstream_tls_handshakes.clone(),
+        );
         registry.register(
             "connections",
             "Client connections accepted and handed to a protocol handler",
@@ -197,6 +229,14 @@ impl Metrics {
             }),
             to_upstream_bytes: bytes("to_upstream"),
             to_client_bytes: bytes("to_client"),
+            handshakes: HandshakeResult::ALL.map(|result| {
+                self.tls_handshakes
+                    .get_or_create(&HandshakeLabels {
+                        listener: listener.to_owned(),
+                        result: result.label(),
+                    })
+                    .clone()
+            }),
         }
     }
 
@@ -218,6 +258,15 @@ impl Metrics {
                     .clone()
             }),
             duration: self.connect_duration.get_or_create(&labels).clone(),
+            handshakes: HandshakeResult::ALL.map(|result| {
+                self.upstream_tls_handshakes
+                    .get_or_create(&UpstreamHandshakeLabels {
+                        upstream: upstream.to_owned(),
+                        endpoint: endpoint.to_owned(),
+                        result: result.label(),
+                    })
+                    .clone()
+            }),
         }
     }
 }
@@ -233,14 +282,17 @@ pub(crate) enum CloseResult {
     Error,
     /// No upstream endpoint could be connected.
     UpstreamUnavailable,
+    /// The client's TLS handshake failed or was refused.
+    TlsHandshakeFailed,
 }
 
 impl CloseResult {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Ok,
         Self::IdleTimeout,
         Self::Error,
         Self::UpstreamUnavailable,
+        Self::TlsHandshakeFailed,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -249,6 +301,7 @@ impl CloseResult {
             Self::IdleTimeout => "idle_timeout",
             Self::Error => "error",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::TlsHandshakeFailed => "tls_handshake_failed",
         }
     }
 }
@@ -262,18 +315,82 @@ pub(crate) enum ConnectFailure {
     Refused,
     /// The hostname did not resolve.
     Resolve,
+    /// The TLS handshake failed (counted by class in `upstream_tls_handshakes_total`).
+    Tls,
     /// Any other error (unreachable network, ...).
     Error,
 }
 
 impl ConnectFailure {
-    const ALL: [Self; 4] = [Self::Timeout, Self::Refused, Self::Resolve, Self::Error];
+    const ALL: [Self; 5] = [
+        Self::Timeout,
+        Self::Refused,
+        Self::Resolve,
+        Self::Tls,
+        Self::Error,
+    ];
 
     pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
             Self::Refused => "refused",
             Self::Resolve => "resolve",
+            Self::Tls => "tls",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandshakeResult {
+    Ok,
+    /// The client sent no certificate where one is required.
+    NoClientCert,
+    /// The peer's certificate does not chain to the configured CA (unknown
+    /// issuer, or a signature the CA did not make).
+    UnknownCa,
+    Expired,
+    NotYetValid,
+    /// The certificate verified but its identity is not on the allow-list.
+    IdentityRefused,
+    /// No TLS version in common (for example, a TLS 1.0 or 1.1 client).
+    ProtocolVersion,
+    /// Not TLS, or malformed (for example, plaintext sent to a TLS port).
+    ProtocolError,
+    /// The peer refused us with an alert (for example, our certificate).
+    PeerAlert,
+    Timeout,
+    Error,
+}
+
+impl HandshakeResult {
+    const ALL: [Self; 11] = [
+        Self::Ok,
+        Self::NoClientCert,
+        Self::UnknownCa,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::IdentityRefused,
+        Self::ProtocolVersion,
+        Self::ProtocolError,
+        Self::PeerAlert,
+        Self::Timeout,
+        Self::Error,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NoClientCert => "no_client_cert",
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IdentityRefused => "identity_refused",
+            Self::ProtocolVersion => "protocol_version",
+            Self::ProtocolError => "protocol_error",
+            Self::PeerAlert => "peer_alert",
+            Self::Timeout => "timeout",
             Self::Error => "error",
         }
     }
@@ -286,14 +403,19 @@ pub(crate) struct ListenerMetrics {
     pub(crate) active: Gauge,
     pub(crate) refused_max_connections: Counter,
     pub(crate) refused_draining: Counter,
-    closed: [Counter; 4],
+    closed: [Counter; 5],
     pub(crate) to_upstream_bytes: Counter,
     pub(crate) to_client_bytes: Counter,
+    handshakes: [Counter; 11],
 }
 
 impl ListenerMetrics {
     pub(crate) fn closed(&self, result: CloseResult) {
         self.closed[result as usize].inc();
+    }
+
+    pub(crate) fn handshake(&self, result: HandshakeResult) {
+        self.handshakes[result as usize].inc();
     }
 }
 
@@ -301,12 +423,17 @@ impl ListenerMetrics {
 #[derive(Clone)]
 pub(crate) struct EndpointMetrics {
     pub(crate) attempts: Counter,
-    failures: [Counter; 4],
+    failures: [Counter; 5],
     pub(crate) duration: Histogram,
+    handshakes: [Counter; 11],
 }
 
 impl EndpointMetrics {
     pub(crate) fn failed(&self, reason: ConnectFailure) {
         self.failures[reason as usize].inc();
+    }
+
+    pub(crate) fn handshake(&self, result: HandshakeResult) {
+        self.handshakes[result as usize].inc();
     }
 }

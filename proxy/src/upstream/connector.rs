@@ -1,16 +1,26 @@
 //! One connect attempt to one endpoint: resolve the hostname now (Kubernetes
-//! service IPs change), try its addresses in order, all within the connect
-//! timeout; count the attempt and its outcome.
+//! service IPs change), try its addresses in order, then originate TLS when
+//! configured, all within the connect timeout; count the attempt and its
+//! outcome.
 
 use std::io;
 use std::time::Duration;
 
 use attache_config::Endpoint;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::tcp;
-use crate::telemetry::metrics::{ConnectFailure, EndpointMetrics};
+use crate::tcp::stream::UpstreamStream;
+use crate::telemetry::metrics::{ConnectFailure, EndpointMetrics, HandshakeResult};
+use crate::tls::{self, HandshakeFailed};
+
+/// TLS to originate on a connected socket.
+pub(crate) struct Origination<'a> {
+    pub(crate) connector: &'a tokio_rustls::TlsConnector,
+    pub(crate) server_name: &'a ServerName<'static>,
+}
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +33,11 @@ pub(crate) enum ConnectError {
     NoAddress { endpoint: String },
     #[error("connect to {endpoint} failed: {source}")]
     Io { endpoint: String, source: io::Error },
+    #[error("{endpoint}: {source}")]
+    Tls {
+        endpoint: String,
+        source: HandshakeFailed,
+    },
 }
 
 impl ConnectError {
@@ -34,6 +49,7 @@ impl ConnectError {
                 ConnectFailure::Refused
             }
             Self::Io { .. } => ConnectFailure::Error,
+            Self::Tls { .. } => ConnectFailure::Tls,
         }
     }
 }
@@ -42,10 +58,37 @@ pub(super) async fn connect(
     endpoint: &Endpoint,
     timeout: Duration,
     metrics: &EndpointMetrics,
-) -> Result<TcpStream, ConnectError> {
+    origination: Option<Origination<'_>>,
+) -> Result<UpstreamStream, ConnectError> {
     metrics.attempts.inc();
     let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, resolve_and_connect(endpoint)).await {
+    let attempt = async {
+        let stream = resolve_and_connect(endpoint).await?;
+        tcp::tune(socket2::SockRef::from(&stream));
+        let Some(origination) = origination else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        match tls::connect(
+            origination.connector,
+            origination.server_name.clone(),
+            stream,
+        )
+        .await
+        {
+            Ok(stream) => {
+                metrics.handshake(HandshakeResult::Ok);
+                Ok(UpstreamStream::Tls(Box::new(stream)))
+            }
+            Err(source) => {
+                metrics.handshake(source.result);
+                Err(ConnectError::Tls {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })
+            }
+        }
+    };
+    let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_elapsed) => Err(ConnectError::Timeout {
             endpoint: endpoint.to_string(),
@@ -53,10 +96,7 @@ pub(super) async fn connect(
         }),
     };
     match &result {
-        Ok(stream) => {
-            metrics.duration.observe(started.elapsed().as_secs_f64());
-            tcp::tune(socket2::SockRef::from(stream));
-        }
+        Ok(_) => metrics.duration.observe(started.elapsed().as_secs_f64()),
         Err(error) => metrics.failed(error.kind()),
     }
     result

@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use attache_config::Endpoint as EndpointAddress;
-use tokio::net::TcpStream;
+use rustls::pki_types::ServerName;
 
+use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::metrics::{EndpointMetrics, Metrics};
 use balancer::Balancer;
+pub(crate) use connector::Origination;
 
 /// A named group of endpoints that listeners forward to.
 pub(crate) struct Upstream {
@@ -21,11 +23,15 @@ pub(crate) struct Upstream {
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
     connect_timeout: Duration,
+    /// Present when attache originates TLS to this upstream.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// One place an upstream runs.
 struct Endpoint {
     address: EndpointAddress,
+    /// Sent as SNI and verified, with TLS origination.
+    server_name: Option<ServerName<'static>>,
     /// Connections handed out and still open (for least-connections).
     active: AtomicUsize,
     metrics: EndpointMetrics,
@@ -44,7 +50,7 @@ pub(crate) struct UpstreamUnavailable {
 
 /// A connected upstream stream; the endpoint counts it as active until drop.
 pub(crate) struct UpstreamConnection {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: UpstreamStream,
     upstream: Arc<Upstream>,
     endpoint: usize,
 }
@@ -65,22 +71,45 @@ impl Drop for UpstreamConnection {
 }
 
 impl Upstream {
-    pub(crate) fn new(config: &attache_config::Upstream, metrics: &Metrics) -> Self {
+    /// # Errors
+    /// When TLS origination is configured and its files cannot be used, or an
+    /// endpoint's server name is not valid.
+    pub(crate) fn new(
+        config: &attache_config::Upstream,
+        metrics: &Metrics,
+    ) -> Result<Self, attache_certs::tls::TlsError> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| attache_certs::tls::client_config(tls, &config.name))
+            .transpose()?
+            .map(tokio_rustls::TlsConnector::from);
         let endpoints = config
             .endpoints
             .iter()
-            .map(|address| Endpoint {
-                metrics: metrics.endpoint(&config.name, &address.to_string()),
-                address: address.clone(),
-                active: AtomicUsize::new(0),
+            .map(|address| {
+                let server_name = config
+                    .tls
+                    .as_ref()
+                    .map(|tls| {
+                        attache_certs::tls::server_name(tls.server_name.as_deref(), &address.host)
+                    })
+                    .transpose()?;
+                Ok(Endpoint {
+                    metrics: metrics.endpoint(&config.name, &address.to_string()),
+                    address: address.clone(),
+                    server_name,
+                    active: AtomicUsize::new(0),
+                })
             })
-            .collect();
-        Self {
+            .collect::<Result<_, attache_certs::tls::TlsError>>()?;
+        Ok(Self {
             name: config.name.clone(),
             endpoints,
             balancer: Balancer::new(config.balance),
             connect_timeout: config.connect_timeout,
-        }
+            tls,
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -122,7 +151,15 @@ impl Upstream {
         index: usize,
     ) -> Result<UpstreamConnection, connector::ConnectError> {
         let endpoint = &self.endpoints[index];
-        let stream = connector::connect(&endpoint.address, self.connect_timeout, &endpoint.metrics)
+        let origination =
+            self.tls
+                .as_ref()
+                .zip(endpoint.server_name.as_ref())
+                .map(|(connector, server_name)| Origination {
+                    connector,
+                    server_name,
+                });
+        let stream = connector::connect(&endpoint.address, self.connect_timeout, &endpoint.metrics, origination)
             .await
             .inspect_err(|error| {
                 tracing::debug!(upstream = %self.name, endpoint = %endpoint.address, %error, "upstream connect failed");

@@ -1,102 +1,28 @@
-//! L4 forwarding: connect the client to its upstream, then copy bytes both
-//! ways with half-close, an idle timeout and byte counters. Also owns the
-//! socket options both legs get (TCP_NODELAY, keepalive).
+//! The relay: both directions of one connection copied in a single
+//! hand-polled loop (a few hundred bytes of task state), with an idle timer
+//! re-armed only when it fires. Generic over [`Stream`], so plain TCP and
+//! TLS legs share it.
 //!
-//! Memory: an idle connection holds no copy buffer. A direction takes a
-//! buffer when its socket turns readable, drains what is there and gives the
-//! buffer back, so thousands of idle connections cost little.
+//! Memory: a direction takes a copy buffer only when its source turns
+//! readable and gives it back once a short read shows it drained, so an
+//! idle connection holds none.
 
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use prometheus_client::metrics::counter::Counter;
-use socket2::{SockRef, TcpKeepalive};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::stream::Stream;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
-use crate::upstream::Upstream;
 
 /// Largest chunk read from one side before it is written to the other.
 const COPY_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Keepalive probes start after this much silence; dead peers are noticed
-/// within about a minute more, long before the idle timeout.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_RETRIES: u32 = 4;
-
-/// Sets TCP_NODELAY and keepalive on an upstream socket, or on a listening
-/// socket (Linux copies both to every socket it accepts, sparing five system
-/// calls per connection). Failures are logged and otherwise ignored: the
-/// connection still works without them.
-pub(crate) fn tune(socket: SockRef<'_>) {
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    if let Err(error) = socket
-        .set_tcp_nodelay(true)
-        .and_then(|()| socket.set_tcp_keepalive(&keepalive))
-    {
-        tracing::debug!(%error, "cannot set TCP_NODELAY or keepalive");
-    }
-}
-
-/// What a listener's connections share.
-pub(crate) struct TcpRoute {
-    pub(crate) listener: String,
-    pub(crate) upstream: Arc<Upstream>,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) metrics: ListenerMetrics,
-}
-
-/// Serves one accepted client connection to its end.
-pub(crate) async fn serve(
-    mut client: TcpStream,
-    client_address: std::net::SocketAddr,
-    route: Arc<TcpRoute>,
-) {
-    let started = Instant::now();
-    // Boxed: the connect state (resolution, timer) is freed once connected
-    // instead of sizing every long-lived connection's task.
-    let mut upstream = match Box::pin(route.upstream.connect()).await {
-        Ok(connection) => connection,
-        Err(error) => {
-            tracing::warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable");
-            route.metrics.closed(CloseResult::UpstreamUnavailable);
-            return;
-        }
-    };
-    let relayed = relay(
-        &mut client,
-        &mut upstream.stream,
-        route.idle_timeout,
-        &route.metrics,
-    )
-    .await;
-    let result = match &relayed {
-        Ok(result) => *result,
-        Err(_) => CloseResult::Error,
-    };
-    route.metrics.closed(result);
-    tracing::debug!(
-        listener = %route.listener,
-        client = %client_address,
-        upstream = route.upstream.name(),
-        endpoint = %upstream.endpoint(),
-        result = result.label(),
-        error = relayed.err().map(tracing::field::display),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "connection closed"
-    );
-}
 
 /// Copies both ways until both directions finished, one failed, or neither
 /// moved a byte for `idle_timeout`. A direction that reads end-of-stream
@@ -105,9 +31,9 @@ pub(crate) async fn serve(
 ///
 /// One hand-polled loop over both directions, rather than a future per
 /// direction, keeps a connection's task small (a few hundred bytes).
-async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
+pub(super) async fn relay<C: Stream, U: Stream>(
+    client: &mut C,
+    upstream: &mut U,
     idle_timeout: Duration,
     metrics: &ListenerMetrics,
 ) -> io::Result<CloseResult> {
@@ -174,11 +100,11 @@ impl<'a> Direction<'a> {
     /// Copies until `reader` ends, then shuts `writer` down, unless the other
     /// direction is already done (the sockets close next, which sends the FIN
     /// anyway).
-    fn poll_copy(
+    fn poll_copy<R: Stream, W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
-        reader: &mut TcpStream,
-        writer: &mut TcpStream,
+        reader: &mut R,
+        writer: &mut W,
         other_done: bool,
         last_activity: &mut Instant,
     ) -> Poll<io::Result<()>> {
@@ -200,6 +126,9 @@ impl<'a> Direction<'a> {
                             }
                             self.written += wrote;
                         }
+                        // TLS keeps records it could not send yet; plain TCP
+                        // has nothing to flush.
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))?;
                         // A short read means the socket was drained (tokio
                         // cleared its readiness): give the buffer back until
                         // more arrives. A full one means more is likely queued.

@@ -1,0 +1,317 @@
+//! rustls configurations for termination (listeners) and origination
+//! (upstreams), built from the configuration's TLS sections with the `ring`
+//! provider. Peer identity allow-lists are enforced inside the certificate
+//! verifiers, so a refused peer fails the handshake with an alert.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use attache_config::{ClientAuth, ListenerTls, TlsVersion, UpstreamTls};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore,
+    ServerConfig, SignatureScheme, SupportedProtocolVersion,
+};
+
+use crate::identity::{AllowList, PeerIdentity};
+use crate::pem::{self, PemError};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be used.
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    /// A CA bundle holds no usable certificate.
+    #[error("{path}: no usable CA certificate: {reason}")]
+    CaBundle {
+        /// The bundle.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// rustls refused the material (for example, a key that does not match its certificate).
+    #[error("{context}: {source}")]
+    Rustls {
+        /// What was being built.
+        context: String,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// A server name is not a valid DNS name or IP address.
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+}
+
+/// The process-wide crypto provider (ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
+fn versions(minimum: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    match minimum {
+        TlsVersion::Tls12 => rustls::ALL_VERSIONS,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in pem::load_certificates(path)? {
+        roots.add(certificate).map_err(|error| TlsError::CaBundle {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn rustls_error(context: String) -> impl FnOnce(rustls::Error) -> TlsError {
+    move |source| TlsError::Rustls { context, source }
+}
+
+/// The server configuration of a TLS listener called `listener`.
+///
+/// # Errors
+/// When a file cannot be loaded or rustls refuses the material.
+pub fn server_config(tls: &ListenerTls, listener: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let chain = pem::load_certificates(&tls.cert)?;
+    let key = pem::load_private_key(&tls.key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(tls.min_version))
+        .map_err(rustls_error(format!("listener {listener:?}")))?;
+    let builder = match (&tls.client_ca, tls.client_auth) {
+        (Some(client_ca), ClientAuth::Required | ClientAuth::Optional) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots(client_ca)?, provider.clone());
+            let verifier = if tls.client_auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let inner = verifier.build().map_err(|error| TlsError::CaBundle {
+                path: client_ca.display().to_string(),
+                reason: error.to_string(),
+            })?;
+            builder.with_client_cert_verifier(Arc::new(AllowListClientVerifier {
+                inner,
+                allow: AllowList::new(tls.allow.clone()),
+                listener: listener.to_owned(),
+            }))
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(rustls_error(format!(
+            "listener {listener:?}: certificate {} with key {}",
+            tls.cert.display(),
+            tls.key.display()
+        )))?;
+    config.alpn_protocols = tls
+        .alpn
+        .iter()
+        .map(|protocol| protocol.as_bytes().to_vec())
+        .collect();
+    Ok(Arc::new(config))
+}
+
+/// The client configuration for originating TLS to `upstream`.
+///
+/// # Errors
+/// When a file cannot be loaded or rustls refuses the material.
+pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let roots = roots(&tls.ca)?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|error| TlsError::CaBundle {
+            path: tls.ca.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    let verifier = Arc::new(PinnedServerVerifier {
+        roots,
+        webpki,
+        algorithms: provider.signature_verification_algorithms,
+        allow: AllowList::new(tls.allow.clone()),
+        upstream: upstream.to_owned(),
+    });
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(tls.min_version))
+        .map_err(rustls_error(format!("upstream {upstream:?}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(pem::load_certificates(cert)?, pem::load_private_key(key)?)
+            .map_err(rustls_error(format!(
+                "upstream {upstream:?}: client certificate {} with key {}",
+                cert.display(),
+                key.display()
+            )))?,
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The name to send as SNI and to verify: the configured one, or the host.
+///
+/// # Errors
+/// When the name is neither a DNS name nor an IP address.
+pub fn server_name(configured: Option<&str>, host: &str) -> Result<ServerName<'static>, TlsError> {
+    let name = configured.unwrap_or(host);
+    ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(name.to_owned()))
+}
+
+/// Verifies client chains with webpki, then the allow-list.
+#[derive(Debug)]
+struct AllowListClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allow: AllowList,
+    listener: String,
+}
+
+impl ClientCertVerifier for AllowListClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_identity(&self.allow, end_entity, "client", &self.listener)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies server chains, then either the server name (the usual check)
+/// or, when URIs or CNs are pinned, the allow-list instead: SPIFFE SVIDs
+/// carry no DNS name to match.
+#[derive(Debug)]
+struct PinnedServerVerifier {
+    roots: Arc<RootCertStore>,
+    webpki: Arc<WebPkiServerVerifier>,
+    algorithms: WebPkiSupportedAlgorithms,
+    allow: AllowList,
+    upstream: String,
+}
+
+impl ServerCertVerifier for PinnedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.allow.names_beyond_dns() {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &self.roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        } else {
+            self.webpki.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )?;
+        }
+        check_identity(&self.allow, end_entity, "server", &self.upstream)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// Refuses a verified peer whose identity is not allowed, logging who it was.
+fn check_identity(
+    allow: &AllowList,
+    end_entity: &CertificateDer<'_>,
+    role: &str,
+    place: &str,
+) -> Result<(), rustls::Error> {
+    if allow.is_empty() {
+        return Ok(());
+    }
+    let identity = PeerIdentity::from_certificate(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    if allow.allows(&identity) {
+        Ok(())
+    } else {
+        tracing::warn!(%identity, role, place, "peer identity not allowed");
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::ApplicationVerificationFailure,
+        ))
+    }
+}

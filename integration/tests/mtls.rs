@@ -1,0 +1,503 @@
+//! Mutual TLS through the real binary and real TLS stacks: a two-attache
+//! tunnel carrying Redis and MariaDB, interop with openssl s_client and curl,
+//! origination to a TLS redis-server, and every refusal class counted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use attache_integration::{Attache, binary, servers};
+
+/// A development PKI made with `attache certs`: our CA with a server
+/// certificate, the allowed client, a client with another SPIFFE ID, an
+/// expired client; and a stranger signed by another CA.
+struct Pki {
+    directory: tempfile::TempDir,
+}
+
+const ALLOWED_ID: &str = "spiffe://cluster.local/ns/default/sa/app";
+
+impl Pki {
+    fn new() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let pki = Self { directory };
+        pki.attache(&["certs", "ca", "--out", &pki.path("ca")]);
+        pki.attache(&["certs", "ca", "--out", &pki.path("other-ca")]);
+        pki.issue("ca", "server", &["--dns", "localhost", "--ip", "127.0.0.1"]);
+        pki.issue("ca", "app", &["--uri", ALLOWED_ID]);
+        pki.issue(
+            "ca",
+            "intruder",
+            &["--uri", "spiffe://cluster.local/ns/default/sa/intruder"],
+        );
+        pki.issue("ca", "expired", &["--uri", ALLOWED_ID, "--days", "0"]);
+        pki.issue("other-ca", "stranger", &["--uri", ALLOWED_ID]);
+        pki
+    }
+
+    fn attache(&self, arguments: &[&str]) {
+        let output = Command::new(binary()).args(arguments).output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn issue(&self, ca: &str, name: &str, extra: &[&str]) {
+        let (ca, out) = (self.path(ca), self.path("certs"));
+        let mut arguments = vec!["certs", "issue", "--ca", &ca, "--out", &out, "--name", name];
+        arguments.extend_from_slice(extra);
+        self.attache(&arguments);
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.directory.path().join(relative).display().to_string()
+    }
+
+    fn cert(&self, name: &str) -> String {
+        self.path(&format!("certs/{name}.crt"))
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.path(&format!("certs/{name}.key"))
+    }
+
+    fn ca(&self) -> String {
+        self.path("ca/ca.crt")
+    }
+}
+
+/// A front door: TLS listener `front` requiring a client certificate with
+/// the allowed SPIFFE ID, forwarding to `upstream`.
+async fn front_door(pki: &Pki, upstream: SocketAddr) -> Attache {
+    Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
+         \x20   tls:\n      cert: {}\n      key: {}\n      client_ca: {}\n      allow:\n        uris: [\"spiffe://cluster.local/ns/default/sa/*\"]\n        cns: []\n\
+         upstreams:\n  app:\n    endpoints: [\"{upstream}\"]\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca(),
+    ))
+    .await
+    .unwrap()
+}
+
+fn handshakes(result: &str) -> String {
+    format!("attache_tls_handshakes_total{{listener=\"front\",result=\"{result}\"}}")
+}
+
+/// A front door that lets only the exact allowed ID in.
+async fn strict_front_door(pki: &Pki, upstream: SocketAddr) -> Attache {
+    Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
+         \x20   tls:\n      cert: {}\n      key: {}\n      client_ca: {}\n      allow:\n        uris: [\"{ALLOWED_ID}\"]\n\
+         upstreams:\n  app:\n    endpoints: [\"{upstream}\"]\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca(),
+    ))
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_tunnel_of_two_attaches_carries_redis_and_mariadb() {
+    use mysql_async::prelude::Queryable;
+
+    let pki = Pki::new();
+    let redis_door = strict_front_door(&pki, "127.0.0.1:6379".parse().unwrap()).await;
+    let mariadb_door = strict_front_door(&pki, "127.0.0.1:3306".parse().unwrap()).await;
+    let ambassador = Attache::run(&format!(
+        "listeners:\n  - name: redis\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: redis\n\
+         \x20 - name: mariadb\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: mariadb\n\
+         upstreams:\n\
+         \x20 redis:\n    endpoints: [\"{}\"]\n    tls: {{ca: {ca}, cert: {cert}, key: {key}, server_name: localhost}}\n\
+         \x20 mariadb:\n    endpoints: [\"{}\"]\n    tls: {{ca: {ca}, cert: {cert}, key: {key}, server_name: localhost}}\n",
+        redis_door.listener("front"),
+        mariadb_door.listener("front"),
+        ca = pki.ca(),
+        cert = pki.cert("app"),
+        key = pki.key("app"),
+    ))
+    .await
+    .unwrap();
+
+    let client = redis::Client::open(format!("redis://{}/", ambassador.listener("redis"))).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    let key = format!(
+        "attache_mtls_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let value = servers::random_bytes(1024 * 1024, 21);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(&value)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(servers::sha256_hex(&back), servers::sha256_hex(&value));
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+
+    let address = ambassador.listener("mariadb");
+    let options = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(address.ip().to_string())
+        .tcp_port(address.port())
+        .user(Some("root"))
+        .db_name(Some("test"))
+        .prefer_socket(false);
+    let pool = mysql_async::Pool::new(options);
+    let mut mariadb = pool.get_conn().await.unwrap();
+    let answer: Option<i64> = mariadb.query_first("SELECT 41 + 1").await.unwrap();
+    assert_eq!(answer, Some(42));
+    drop(mariadb);
+    pool.disconnect().await.unwrap();
+
+    assert!(redis_door.metric(&handshakes("ok")).await.unwrap() >= 1.0);
+    let originated = "attache_upstream_tls_handshakes_total{upstream=\"redis\",endpoint=\"";
+    let metrics = ambassador.metrics().await.unwrap();
+    let ok: f64 = metrics
+        .iter()
+        .filter(|(sample, _)| sample.starts_with(originated) && sample.ends_with("result=\"ok\"}"))
+        .map(|(_, value)| value)
+        .sum();
+    assert!(ok >= 1.0, "originated handshakes: {metrics:?}");
+}
+
+/// Runs openssl s_client against `address` with `arguments`, sending
+/// `input`; it is killed after 20 s (`-quiet` waits for the server to close).
+fn s_client(address: SocketAddr, arguments: &[&str], input: &str) -> (bool, String) {
+    let mut child = Command::new("timeout")
+        .args([
+            "20",
+            "openssl",
+            "s_client",
+            "-connect",
+            &address.to_string(),
+            "-quiet",
+            "-servername",
+            "localhost",
+        ])
+        .args(arguments)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+// Blocking child processes run while in-process servers serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_s_client_with_an_allowed_certificate_reaches_redis() {
+    let pki = Pki::new();
+    let door = front_door(&pki, "127.0.0.1:6379".parse().unwrap()).await;
+    let (_, output) = s_client(
+        door.listener("front"),
+        &[
+            "-CAfile",
+            &pki.ca(),
+            "-cert",
+            &pki.cert("app"),
+            "-key",
+            &pki.key("app"),
+            "-verify_return_error",
+        ],
+        "PING\r\nQUIT\r\n",
+    );
+    assert!(output.contains("+PONG"), "s_client output: {output:?}");
+    door.wait_for_metric(&handshakes("ok"), 1.0).await.unwrap();
+}
+
+// Blocking child processes run while in-process servers serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_with_a_client_certificate_gets_through_the_front_door() {
+    let pki = Pki::new();
+    let app = servers::http_ok("hello over mtls").await;
+    let door = front_door(&pki, app).await;
+    let url = format!("https://localhost:{}/", door.listener("front").port());
+    let output = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--cacert",
+            &pki.ca(),
+            "--cert",
+            &pki.cert("app"),
+            "--key",
+            &pki.key("app"),
+        ])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", door.listener("front").port()),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hello over mtls");
+
+    let refused = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert", &pki.ca()])
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", door.listener("front").port()),
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "curl without a client certificate must fail"
+    );
+    door.wait_for_metric(&handshakes("no_client_cert"), 1.0)
+        .await
+        .unwrap();
+}
+
+// Blocking child processes run while in-process servers serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_refusal_is_classified_and_counted() {
+    let pki = Pki::new();
+    let door = strict_front_door(&pki, servers::echo().await).await;
+    let front = door.listener("front");
+    let ca = pki.ca();
+    let with = |name: &str| {
+        vec![
+            "-CAfile".to_owned(),
+            ca.clone(),
+            "-cert".into(),
+            pki.cert(name),
+            "-key".into(),
+            pki.key(name),
+        ]
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["-CAfile".into(), ca.clone()], "no_client_cert"),
+        (with("stranger"), "unknown_ca"),
+        (with("intruder"), "identity_refused"),
+        (with("expired"), "expired"),
+    ];
+    // `--days 0` ends validity at the issuing second. openssl calls that
+    // second expired, webpki still valid: wait until it is two seconds past.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-checkend",
+            "-2",
+            "-in",
+            &pki.cert("expired"),
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired certificate never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for (arguments, result) in &cases {
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        let (_, output) = s_client(front, &arguments, "never echoed\n");
+        assert!(
+            !output.contains("never echoed"),
+            "{result}: data must not pass: {output:?}; log:\n{}",
+            door.log_text()
+        );
+        door.wait_for_metric(&handshakes(result), 1.0)
+            .await
+            .unwrap();
+    }
+
+    // TLS 1.1 is below the 1.2 minimum.
+    let mut old = with("app");
+    old.extend([
+        "-tls1_1".into(),
+        "-cipher".into(),
+        "DEFAULT@SECLEVEL=0".into(),
+    ]);
+    let old: Vec<&str> = old.iter().map(String::as_str).collect();
+    let _ = s_client(front, &old, "");
+    door.wait_for_metric(&handshakes("protocol_version"), 1.0)
+        .await
+        .unwrap();
+
+    // Plaintext bytes sent to the TLS port.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut plain = tokio::net::TcpStream::connect(front).await.unwrap();
+    plain.write_all(b"PING\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer).await;
+    assert!(!answer.windows(5).any(|window| window == b"+PONG"));
+    door.wait_for_metric(&handshakes("protocol_error"), 1.0)
+        .await
+        .unwrap();
+
+    let refused =
+        "attache_connections_closed_total{listener=\"front\",result=\"tls_handshake_failed\"}";
+    door.wait_for_metric(refused, 6.0).await.unwrap();
+    assert_eq!(door.metric(&handshakes("ok")).await.unwrap(), 0.0);
+    assert!(
+        door.log_text()
+            .contains("spiffe://cluster.local/ns/default/sa/intruder"),
+        "refused identity is logged"
+    );
+}
+
+/// redis-server with TLS only, requiring client certificates from our CA.
+struct TlsRedis {
+    child: std::process::Child,
+    address: SocketAddr,
+}
+
+impl TlsRedis {
+    fn start(pki: &Pki) -> Self {
+        let port = servers::closed_port().port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--tls-cert-file",
+                &pki.cert("server"),
+                "--tls-key-file",
+                &pki.key("server"),
+            ])
+            .args(["--tls-ca-cert-file", &pki.ca(), "--tls-auth-clients", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                Path::new(&pki.path("")).to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "TLS redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, address }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Blocking child processes run while in-process servers serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn origination_reaches_a_tls_redis_server_that_requires_client_certificates() {
+    let pki = Pki::new();
+    let tls_redis = TlsRedis::start(&pki);
+    let ambassador = |cert: Option<(String, String)>| {
+        let client_cert = cert
+            .map(|(cert, key)| format!(", cert: {cert}, key: {key}"))
+            .unwrap_or_default();
+        format!(
+            "listeners:\n  - name: redis\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: redis\n\
+             upstreams:\n  redis:\n    endpoints: [\"{}\"]\n    tls: {{ca: {}, server_name: localhost{client_cert}}}\n",
+            tls_redis.address,
+            pki.ca(),
+        )
+    };
+    let with_cert = Attache::run(&ambassador(Some((pki.cert("app"), pki.key("app")))))
+        .await
+        .unwrap();
+    let client = redis::Client::open(format!("redis://{}/", with_cert.listener("redis"))).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(pong, "PONG");
+
+    // Without a client certificate redis-server refuses us; the client's
+    // connection is closed and the failure is counted as a TLS one.
+    let without_cert = Attache::run(&ambassador(None)).await.unwrap();
+    let client =
+        redis::Client::open(format!("redis://{}/", without_cert.listener("redis"))).unwrap();
+    let refused = client.get_multiplexed_async_connection().await;
+    let pinged = match refused {
+        Ok(mut connection) => redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!pinged, "no PING without a client certificate");
+    let endpoint = tls_redis.address.to_string();
+    let tls_failures = format!(
+        "attache_upstream_connect_failures_total{{upstream=\"redis\",endpoint=\"{endpoint}\",reason=\"tls\"}}"
+    );
+    // TLS 1.3 clients finish their side of the handshake before the server
+    // checks the client certificate: the refusal arrives as an alert on the
+    // first read, so it closes the connection as an error, with the alert
+    // in the log.
+    let errors = "attache_connections_closed_total{listener=\"redis\",result=\"error\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while without_cert.metric(errors).await.unwrap() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no errored connection; log:\n{}",
+            without_cert.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        without_cert.log_text().contains("CertificateRequired"),
+        "{}",
+        without_cert.log_text()
+    );
+    assert_eq!(
+        without_cert.metric(&tls_failures).await.unwrap(),
+        0.0,
+        "the TLS 1.3 handshake itself completed"
+    );
+}
