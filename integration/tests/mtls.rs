@@ -501,3 +501,90 @@ async fn origination_reaches_a_tls_redis_server_that_requires_client_certificate
         "the TLS 1.3 handshake itself completed"
     );
 }
+
+#[tokio::test]
+async fn one_liners_build_the_same_tunnel_without_config_files() {
+    let pki = Pki::new();
+    let (server_cert, server_key, ca) = (pki.cert("server"), pki.key("server"), pki.ca());
+    let door = Attache::spawn(
+        &[
+            "tcp",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:6379",
+            "--admin",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &server_cert,
+            "--tls-key",
+            &server_key,
+            "--tls-client-ca",
+            &ca,
+            "--allow-uri",
+            "spiffe://cluster.local/ns/*/sa/app",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let door_address = door.listener("tcp").to_string();
+    let (app_cert, app_key, intruder_cert, intruder_key) = (
+        pki.cert("app"),
+        pki.key("app"),
+        pki.cert("intruder"),
+        pki.key("intruder"),
+    );
+    let ambassador = |cert: &str, key: &str| {
+        vec![
+            "tcp".to_owned(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--upstream".into(),
+            door_address.clone(),
+            "--admin".into(),
+            "127.0.0.1:0".into(),
+            "--upstream-tls-ca".into(),
+            ca.clone(),
+            "--upstream-tls-cert".into(),
+            cert.to_owned(),
+            "--upstream-tls-key".into(),
+            key.to_owned(),
+            "--upstream-tls-server-name".into(),
+            "localhost".into(),
+        ]
+    };
+    let allowed = ambassador(&app_cert, &app_key);
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    let app = Attache::spawn(&allowed, None).await.unwrap();
+    let client = redis::Client::open(format!("redis://{}/", app.listener("tcp"))).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(pong, "PONG");
+
+    let refused = ambassador(&intruder_cert, &intruder_key);
+    let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
+    let intruder = Attache::spawn(&refused, None).await.unwrap();
+    let client = redis::Client::open(format!("redis://{}/", intruder.listener("tcp"))).unwrap();
+    let pinged = match client.get_multiplexed_async_connection().await {
+        Ok(mut connection) => redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!pinged, "the intruder's identity is refused");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let refusals = "attache_tls_handshakes_total{listener=\"tcp\",result=\"identity_refused\"}";
+    while door.metric(refusals).await.unwrap() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no identity refusal counted; log:\n{}",
+            door.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -44,6 +44,13 @@ enum Command {
     /// Forward TCP from a local address to one or more upstream endpoints, without a config file.
     ///
     /// Example: attache tcp --listen 127.0.0.1:16379 --upstream 127.0.0.1:6379
+    ///
+    /// mTLS front door: attache tcp --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080
+    ///   --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt
+    ///   --allow-uri 'spiffe://cluster.local/ns/default/sa/*'
+    ///
+    /// mTLS ambassador: attache tcp --listen 127.0.0.1:6379 --upstream redis.prod:6380
+    ///   --upstream-tls-ca ca.crt --upstream-tls-cert app.crt --upstream-tls-key app.key
     Tcp(TcpArgs),
     /// Wait until every target accepts a TCP connection, then exit 0 (for init containers).
     ///
@@ -195,10 +202,132 @@ struct TcpArgs {
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     drain_grace_period: Duration,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     admin: AdminArgs,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_enum, default_value = "info")]
     log_level: LogLevelArg,
+}
+
+/// TLS on either leg, in the spirit of ghostunnel.
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// Terminate TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        help_heading = "TLS front door"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "TLS front door"
+    )]
+    tls_key: Option<PathBuf>,
+    /// CA bundle that client certificates must chain to; without it, clients need no certificate.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        help_heading = "TLS front door"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// Let in clients whose certificate has this URI SAN (SPIFFE ID; `*` = one path segment); repeatable.
+    #[arg(
+        long,
+        value_name = "URI",
+        requires = "tls_client_ca",
+        help_heading = "TLS front door"
+    )]
+    allow_uri: Vec<String>,
+    /// Let in clients whose certificate has this DNS SAN; repeatable.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls_client_ca",
+        help_heading = "TLS front door"
+    )]
+    allow_dns: Vec<String>,
+    /// Let in clients whose certificate has this subject CN; repeatable.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "tls_client_ca",
+        help_heading = "TLS front door"
+    )]
+    allow_cn: Vec<String>,
+    /// Originate TLS to the upstream, verifying its certificate against this CA bundle.
+    #[arg(long, value_name = "FILE", help_heading = "TLS to the upstream")]
+    upstream_tls_ca: Option<PathBuf>,
+    /// Client certificate chain for mutual TLS to the upstream; needs --upstream-tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["upstream_tls_key", "upstream_tls_ca"], help_heading = "TLS to the upstream")]
+    upstream_tls_cert: Option<PathBuf>,
+    /// Private key for --upstream-tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "upstream_tls_cert",
+        help_heading = "TLS to the upstream"
+    )]
+    upstream_tls_key: Option<PathBuf>,
+    /// Name sent as SNI and verified (default: the upstream's host).
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "upstream_tls_ca",
+        help_heading = "TLS to the upstream"
+    )]
+    upstream_tls_server_name: Option<String>,
+    /// Accept only an upstream whose certificate has this URI SAN (SPIFFE ID); repeatable.
+    #[arg(
+        long,
+        value_name = "URI",
+        requires = "upstream_tls_ca",
+        help_heading = "TLS to the upstream"
+    )]
+    upstream_allow_uri: Vec<String>,
+}
+
+impl TlsArgs {
+    fn listener(&self) -> Option<model::ListenerTls> {
+        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        Some(model::ListenerTls {
+            cert,
+            key,
+            client_ca: self.tls_client_ca.clone(),
+            client_auth: if self.tls_client_ca.is_some() {
+                model::ClientAuth::Required
+            } else {
+                model::ClientAuth::None
+            },
+            min_version: model::TlsVersion::default(),
+            alpn: Vec::new(),
+            allow: model::IdentityAllowList {
+                uris: self.allow_uri.clone(),
+                dns: self.allow_dns.clone(),
+                cns: self.allow_cn.clone(),
+            },
+        })
+    }
+
+    fn upstream(&self) -> Option<model::UpstreamTls> {
+        Some(model::UpstreamTls {
+            ca: self.upstream_tls_ca.clone()?,
+            cert: self.upstream_tls_cert.clone(),
+            key: self.upstream_tls_key.clone(),
+            server_name: self.upstream_tls_server_name.clone(),
+            min_version: model::TlsVersion::default(),
+            allow: model::IdentityAllowList {
+                uris: self.upstream_allow_uri.clone(),
+                ..model::IdentityAllowList::default()
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -240,7 +369,7 @@ impl TcpArgs {
                 idle_timeout: self.idle_timeout,
                 keep_accepting_while_draining: self.keep_accepting_while_draining,
                 unsafe_plaintext: self.unsafe_plaintext,
-                tls: None,
+                tls: self.tls.listener(),
             }],
             upstreams: vec![model::Upstream {
                 name,
@@ -250,7 +379,7 @@ impl TcpArgs {
                     BalanceArg::LeastConnections => Balance::LeastConnections,
                 },
                 connect_timeout: self.connect_timeout,
-                tls: None,
+                tls: self.tls.upstream(),
             }],
         }
     }
