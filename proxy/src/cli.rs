@@ -51,7 +51,7 @@ enum Command {
     ///
     /// mTLS ambassador: attache tcp --listen 127.0.0.1:6379 --upstream redis.prod:6380
     ///   --upstream-tls-ca ca.crt --upstream-tls-cert app.crt --upstream-tls-key app.key
-    Tcp(TcpArgs),
+    Tcp(Box<TcpArgs>),
     /// Wait until every target accepts a TCP connection, then exit 0 (for init containers).
     ///
     /// Example: attache wait tcp://mariadb:3306 tcp://redis:6379 --timeout 60s
