@@ -46,6 +46,59 @@ pub enum TlsError {
     /// A server name is not a valid DNS name or IP address.
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
+    /// A certificate is outside its validity period now.
+    #[error(
+        "{path}: certificate is not valid now (valid from {not_before} to {not_after}, Unix seconds)"
+    )]
+    NotValidNow {
+        /// The certificate file.
+        path: String,
+        /// Start of validity, Unix seconds.
+        not_before: i64,
+        /// End of validity, Unix seconds.
+        not_after: i64,
+    },
+    /// A certificate cannot be parsed.
+    #[error("{path}: cannot parse the certificate")]
+    Unparsable {
+        /// The certificate file.
+        path: String,
+    },
+}
+
+/// A loaded configuration and when its own certificate expires.
+pub struct Loaded<T> {
+    /// The rustls configuration.
+    pub config: Arc<T>,
+    /// The leaf certificate's `notAfter`, Unix seconds; `None` without one
+    /// (an upstream without a client certificate).
+    pub expires_at: Option<i64>,
+}
+
+/// Loads a chain and refuses it unless its leaf is valid now; returns the
+/// chain and the leaf's `notAfter` in Unix seconds.
+fn load_valid_chain(path: &Path) -> Result<(Vec<CertificateDer<'static>>, i64), TlsError> {
+    let chain = pem::load_certificates(path)?;
+    let unparsable = || TlsError::Unparsable {
+        path: path.display().to_string(),
+    };
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|_| unparsable())?;
+    let validity = leaf.validity();
+    let (not_before, not_after) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64);
+    if now < not_before || now > not_after {
+        return Err(TlsError::NotValidNow {
+            path: path.display().to_string(),
+            not_before,
+            not_after,
+        });
+    }
+    Ok((chain, not_after))
 }
 
 /// The process-wide crypto provider (ring).
@@ -81,9 +134,9 @@ fn rustls_error(context: String) -> impl FnOnce(rustls::Error) -> TlsError {
 ///
 /// # Errors
 /// When a file cannot be loaded or rustls refuses the material.
-pub fn server_config(tls: &ListenerTls, listener: &str) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(tls: &ListenerTls, listener: &str) -> Result<Loaded<ServerConfig>, TlsError> {
     let provider = provider();
-    let chain = pem::load_certificates(&tls.cert)?;
+    let (chain, expires_at) = load_valid_chain(&tls.cert)?;
     let key = pem::load_private_key(&tls.key)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(tls.min_version))
@@ -121,14 +174,17 @@ pub fn server_config(tls: &ListenerTls, listener: &str) -> Result<Arc<ServerConf
         .iter()
         .map(|protocol| protocol.as_bytes().to_vec())
         .collect();
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        expires_at: Some(expires_at),
+    })
 }
 
 /// The client configuration for originating TLS to `upstream`.
 ///
 /// # Errors
 /// When a file cannot be loaded or rustls refuses the material.
-pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Arc<ClientConfig>, TlsError> {
+pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Loaded<ClientConfig>, TlsError> {
     let provider = provider();
     let roots = roots(&tls.ca)?;
     let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -149,17 +205,24 @@ pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Arc<ClientConf
         .map_err(rustls_error(format!("upstream {upstream:?}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let config = match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(pem::load_certificates(cert)?, pem::load_private_key(key)?)
-            .map_err(rustls_error(format!(
-                "upstream {upstream:?}: client certificate {} with key {}",
-                cert.display(),
-                key.display()
-            )))?,
-        _ => builder.with_no_client_auth(),
+    let (config, expires_at) = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let (chain, expires_at) = load_valid_chain(cert)?;
+            let config = builder
+                .with_client_auth_cert(chain, pem::load_private_key(key)?)
+                .map_err(rustls_error(format!(
+                    "upstream {upstream:?}: client certificate {} with key {}",
+                    cert.display(),
+                    key.display()
+                )))?;
+            (config, Some(expires_at))
+        }
+        _ => (builder.with_no_client_auth(), None),
     };
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        expires_at,
+    })
 }
 
 /// The name to send as SNI and to verify: the configured one, or the host.

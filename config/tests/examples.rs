@@ -23,7 +23,10 @@ fn every_example_loads_and_validates() {
                 _ => None,
             })
             .unwrap_or_else(|error| panic!("{error}"));
-            if ["DB_HOST", "REDIS_HOST", "PGHOST"].iter().any(|variable| text.contains(variable)) {
+            if ["DB_HOST", "REDIS_HOST", "PGHOST"]
+                .iter()
+                .any(|variable| text.contains(variable))
+            {
                 let endpoint = &with_env.upstreams[0].endpoints[0];
                 assert_eq!(endpoint.host, "db.prod.svc.cluster.local", "{name}");
             }

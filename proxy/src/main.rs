@@ -6,14 +6,16 @@
 //! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
 //! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind and accept; `tcp`: L4 forwarding; `tls`: handshakes.
+//! - `listener`: bind and accept; `tcp`: L4 forwarding.
 //! - `upstream`: endpoints, balancing, connecting.
+//! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
 
 mod admin;
 mod cli;
 mod lifecycle;
 mod listener;
+mod reload;
 mod runtime;
 mod tcp;
 mod telemetry;

@@ -6,7 +6,7 @@
 //! listeners stop accepting (those with `keep_accepting_while_draining` keep
 //! taking loopback clients); the process exits as soon as the last client
 //! connection closes, or when `drain.grace_period` (counted from the signal)
-//! ends. A second signal exits at once.
+//! ends. A second signal exits at once. SIGHUP reloads certificates.
 
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminState};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::listener::Listener;
+use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -51,17 +52,26 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(socket, state));
     }
 
-    let listeners = bind_listeners(&config, &metrics)?;
+    let material = Arc::new(TlsMaterial::load(&config, &metrics)?);
+    tokio::spawn(material.clone().watch());
+    let listeners = bind_listeners(&config, &material, &metrics)?;
     for listener in listeners {
         tokio::spawn(listener.serve(lifecycle.clone()));
     }
     lifecycle.mark_started();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache started");
 
-    let reason = tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
-        () = lifecycle.shutdown_requested() => "POST /shutdown",
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let reason = loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates");
+                material.reload();
+            }
+            _ = terminate.recv() => break "SIGTERM",
+            _ = interrupt.recv() => break "SIGINT",
+            () = lifecycle.shutdown_requested() => break "POST /shutdown",
+        }
     };
     let drain = &config.drain;
     let deadline = Instant::now() + drain.grace_period;
@@ -134,14 +144,18 @@ fn raise_open_file_limit(config: &Config) {
     }
 }
 
-fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<Listener>> {
+fn bind_listeners(
+    config: &Config,
+    material: &TlsMaterial,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Listener>> {
     let upstreams = config
         .upstreams
         .iter()
         .map(|upstream| {
-            Upstream::new(upstream, metrics)
+            Upstream::new(upstream, material.upstream(&upstream.name), metrics)
                 .map(Arc::new)
-                .with_context(|| format!("upstream {:?}: TLS origination", upstream.name))
+                .with_context(|| format!("upstream {:?}: TLS server name", upstream.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     config
@@ -158,13 +172,7 @@ fn bind_listeners(config: &Config, metrics: &Metrics) -> anyhow::Result<Vec<List
                     )
                 })?
                 .clone();
-            let tls = listener
-                .tls
-                .as_ref()
-                .map(|tls| attache_certs::tls::server_config(tls, &listener.name))
-                .transpose()
-                .with_context(|| format!("listener {:?}: TLS", listener.name))?
-                .map(tokio_rustls::TlsAcceptor::from);
+            let tls = material.listener(&listener.name);
             let route = TcpRoute {
                 listener: listener.name.clone(),
                 upstream,

@@ -17,6 +17,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::reload::SharedServerConfig;
 use crate::telemetry::metrics::{CloseResult, HandshakeResult, ListenerMetrics};
 use crate::tls;
 use crate::upstream::Upstream;
@@ -51,8 +52,8 @@ pub(crate) struct TcpRoute {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) idle_timeout: Duration,
     pub(crate) metrics: ListenerMetrics,
-    /// Present on a TLS listener.
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Present on a TLS listener; swapped on reload, read at every handshake.
+    pub(crate) tls: Option<SharedServerConfig>,
 }
 
 /// Serves one accepted client connection to its end: TLS first when the
@@ -66,18 +67,20 @@ pub(crate) async fn serve(
     let started = Instant::now();
     let mut client = match &route.tls {
         None => ClientStream::Plain(client),
-        Some(acceptor) => match tls::accept(acceptor, client).await {
-            Ok(stream) => {
-                route.metrics.handshake(HandshakeResult::Ok);
-                ClientStream::Tls(Box::new(stream))
+        Some(config) => {
+            match tls::accept(&tokio_rustls::TlsAcceptor::from(config.load_full()), client).await {
+                Ok(stream) => {
+                    route.metrics.handshake(HandshakeResult::Ok);
+                    ClientStream::Tls(Box::new(stream))
+                }
+                Err(failed) => {
+                    route.metrics.handshake(failed.result);
+                    route.metrics.closed(CloseResult::TlsHandshakeFailed);
+                    tracing::info!(listener = %route.listener, client = %client_address, error = %failed, "client TLS handshake failed");
+                    return;
+                }
             }
-            Err(failed) => {
-                route.metrics.handshake(failed.result);
-                route.metrics.closed(CloseResult::TlsHandshakeFailed);
-                tracing::info!(listener = %route.listener, client = %client_address, error = %failed, "client TLS handshake failed");
-                return;
-            }
-        },
+        }
     };
     // Boxed: the connect state (resolution, timer, TLS) is freed once
     // connected instead of sizing every long-lived connection's task.

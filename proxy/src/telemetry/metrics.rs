@@ -20,6 +20,10 @@
 //!   to an endpoint; result is `ok`, `no_client_cert`, `unknown_ca`,
 //!   `expired`, `not_yet_valid`, `identity_refused`, `protocol_version`,
 //!   `protocol_error`, `peer_alert`, `timeout` or `error`
+//! - `tls_reloads_total{result}`: certificate reloads, `ok` or `error`
+//!   (rejected; the previous material stays)
+//! - `tls_certificate_expiry_timestamp_seconds{kind,name}`: `notAfter` of the
+//!   certificate a listener or upstream presents
 //! - `build_info{version}`: always 1
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -89,8 +93,21 @@ struct UpstreamHandshakeLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    kind: &'static str,
+    name: String,
+}
+
 /// The metric registry and its families.
 pub(crate) struct Metrics {
+    tls_reloads: Family<ReloadLabels, Counter>,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
     upstream_tls_handshakes: Family<UpstreamHandshakeLabels, Counter>,
     registry: Registry,
@@ -118,8 +135,20 @@ impl Metrics {
             connect_duration: Family::new_with_constructor(connect_duration_histogram),
             tls_handshakes: Family::default(),
             upstream_tls_handshakes: Family::default(),
+            tls_reloads: Family::default(),
+            certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "tls_reloads",
+            "Certificate reloads by result (error: rejected, previous material kept)",
+            metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate a listener or upstream presents, Unix seconds",
+            metrics.certificate_expiry.clone(),
+        );
         registry.register(
             "tls_handshakes",
             "TLS handshakes on listeners, by result",
@@ -191,6 +220,29 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Handles for reload results.
+    pub(crate) fn reloads(&self) -> ReloadMetrics {
+        let counter = |result| {
+            self.tls_reloads
+                .get_or_create(&ReloadLabels { result })
+                .clone()
+        };
+        ReloadMetrics {
+            ok: counter("ok"),
+            error: counter("error"),
+        }
+    }
+
+    /// The expiry gauge of the certificate `kind` (`listener` / `upstream`) `name` presents.
+    pub(crate) fn certificate_expiry(&self, kind: &'static str, name: &str) -> Gauge {
+        self.certificate_expiry
+            .get_or_create(&CertificateLabels {
+                kind,
+                name: name.to_owned(),
+            })
+            .clone()
     }
 
     /// Handles for one listener's metrics.
@@ -394,6 +446,12 @@ impl HandshakeResult {
             Self::Error => "error",
         }
     }
+}
+
+/// Reload result counters.
+pub(crate) struct ReloadMetrics {
+    pub(crate) ok: Counter,
+    pub(crate) error: Counter,
 }
 
 /// One listener's metric handles.

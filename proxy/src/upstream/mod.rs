@@ -12,6 +12,7 @@ use std::time::Duration;
 use attache_config::Endpoint as EndpointAddress;
 use rustls::pki_types::ServerName;
 
+use crate::reload::SharedClientConfig;
 use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::metrics::{EndpointMetrics, Metrics};
 use balancer::Balancer;
@@ -23,8 +24,8 @@ pub(crate) struct Upstream {
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
     connect_timeout: Duration,
-    /// Present when attache originates TLS to this upstream.
-    tls: Option<tokio_rustls::TlsConnector>,
+    /// Present when attache originates TLS to this upstream; swapped on reload.
+    tls: Option<SharedClientConfig>,
 }
 
 /// One place an upstream runs.
@@ -76,14 +77,9 @@ impl Upstream {
     /// endpoint's server name is not valid.
     pub(crate) fn new(
         config: &attache_config::Upstream,
+        tls: Option<SharedClientConfig>,
         metrics: &Metrics,
     ) -> Result<Self, attache_certs::tls::TlsError> {
-        let tls = config
-            .tls
-            .as_ref()
-            .map(|tls| attache_certs::tls::client_config(tls, &config.name))
-            .transpose()?
-            .map(tokio_rustls::TlsConnector::from);
         let endpoints = config
             .endpoints
             .iter()
@@ -151,14 +147,16 @@ impl Upstream {
         index: usize,
     ) -> Result<UpstreamConnection, connector::ConnectError> {
         let endpoint = &self.endpoints[index];
-        let origination =
-            self.tls
-                .as_ref()
-                .zip(endpoint.server_name.as_ref())
-                .map(|(connector, server_name)| Origination {
-                    connector,
-                    server_name,
-                });
+        let connector = self
+            .tls
+            .as_ref()
+            .map(|config| tokio_rustls::TlsConnector::from(config.load_full()));
+        let origination = connector.as_ref().zip(endpoint.server_name.as_ref()).map(
+            |(connector, server_name)| Origination {
+                connector,
+                server_name,
+            },
+        );
         let stream = connector::connect(&endpoint.address, self.connect_timeout, &endpoint.metrics, origination)
             .await
             .inspect_err(|error| {
