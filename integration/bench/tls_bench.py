@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Drives the mutual-TLS benchmark (see tls.sh and docs/benchmarks.md).
+
+Each target is a tunnel: iperf3 client -> ambassador (plaintext in, mutual
+TLS out) -> front door (mutual TLS in, verifies the client certificate) ->
+iperf3 server, built from attache, stunnel or HAProxy on both sides.
+- tunnel throughput: iperf3, one stream, 5 s; ratio to direct plaintext.
+- handshakes/s: `openssl s_time -new` (full handshakes, client certificate)
+  against each front door for 5 s.
+Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
+"""
+import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+LOAD_CPU, SERVER_CPU = "0", "1"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def pinned(argv, **kw):
+    return subprocess.Popen(["taskset", "-c", SERVER_CPU] + argv, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, **kw)
+
+
+def iperf(port):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "5", "-J"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 2**20
+
+
+def handshakes(port, pki):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+                          "-time", "5", "-CAfile", f"{pki}/ca.crt", "-cert", f"{pki}/app.crt", "-key", f"{pki}/app.key"],
+                         capture_output=True, text=True).stdout
+    match = re.search(r"(\d+) connections in ([\d.]+)s", out)
+    return int(match.group(1)) / float(match.group(2)) if match else 0.0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--attache", required=True)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="attache-tls-bench-")
+    pki = os.path.join(work, "pki")
+    run = lambda *a: subprocess.run([args.attache, *a], check=True, capture_output=True)
+    run("certs", "ca", "--out", pki)
+    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "server", "--dns", "localhost", "--ip", "127.0.0.1")
+    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "app", "--uri", "spiffe://bench/app")
+    for name in ("server", "app"):
+        with open(f"{pki}/{name}.pem", "w") as f:
+            f.write(open(f"{pki}/{name}.crt").read() + open(f"{pki}/{name}.key").read())
+    stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
+
+    procs = []
+    try:
+        iperf_port = free_port()
+        procs.append(pinned(["iperf3", "-s", "-p", str(iperf_port)]))
+        wait_port(iperf_port)
+        tunnels = {}
+        # attache
+        door, amb = free_port(), free_port()
+        with open(f"{work}/door.yaml", "w") as f:
+            f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: door\n    listen: 127.0.0.1:{door}\n"
+                    f"    protocol: tcp\n    upstream: iperf\n    tls: {{cert: {pki}/server.crt, key: {pki}/server.key, client_ca: {pki}/ca.crt}}\n"
+                    f"upstreams:\n  iperf: {{endpoints: [\"127.0.0.1:{iperf_port}\"]}}\n")
+        with open(f"{work}/amb.yaml", "w") as f:
+            f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: amb\n    listen: 127.0.0.1:{amb}\n"
+                    f"    protocol: tcp\n    upstream: door\nupstreams:\n  door:\n    endpoints: [\"127.0.0.1:{door}\"]\n"
+                    f"    tls: {{ca: {pki}/ca.crt, cert: {pki}/app.crt, key: {pki}/app.key, server_name: localhost}}\n")
+        procs.append(pinned([args.attache, "run", "-c", f"{work}/door.yaml"]))
+        procs.append(pinned([args.attache, "run", "-c", f"{work}/amb.yaml"]))
+        tunnels["attache"] = (amb, door)
+        # stunnel
+        door, amb = free_port(), free_port()
+        with open(f"{work}/stunnel.conf", "w") as f:
+            f.write(f"foreground = yes\npid =\n[door]\naccept = 127.0.0.1:{door}\nconnect = 127.0.0.1:{iperf_port}\n"
+                    f"cert = {pki}/server.crt\nkey = {pki}/server.key\nCAfile = {pki}/ca.crt\nverify = 2\n"
+                    f"[amb]\nclient = yes\naccept = 127.0.0.1:{amb}\nconnect = 127.0.0.1:{door}\n"
+                    f"cert = {pki}/app.crt\nkey = {pki}/app.key\nCAfile = {pki}/ca.crt\nverify = 2\n")
+        procs.append(pinned([stunnel, f"{work}/stunnel.conf"]))
+        tunnels["stunnel"] = (amb, door)
+        # HAProxy
+        door, amb = free_port(), free_port()
+        with open(f"{work}/haproxy.cfg", "w") as f:
+            f.write(f"global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n"
+                    f"  timeout server 1h\nlisten door\n  bind 127.0.0.1:{door} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required\n"
+                    f"  server s1 127.0.0.1:{iperf_port}\nlisten amb\n  bind 127.0.0.1:{amb}\n"
+                    f"  server s1 127.0.0.1:{door} ssl crt {pki}/app.pem ca-file {pki}/ca.crt verify required sni str(localhost)\n")
+        procs.append(pinned(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"]))
+        tunnels["haproxy"] = (amb, door)
+        for amb, door in tunnels.values():
+            wait_port(amb); wait_port(door)
+
+        results = {name: {"bulk": [], "hs": []} for name in ["direct", *tunnels]}
+        for round_number in range(args.rounds):
+            results["direct"]["bulk"].append(iperf(iperf_port))
+            for name, (amb, door) in tunnels.items():
+                results[name]["bulk"].append(iperf(amb))
+                results[name]["hs"].append(handshakes(door, pki))
+                print(f"round {round_number + 1} {name}: tunnel {results[name]['bulk'][-1]:.0f} MiB/s, "
+                      f"{results[name]['hs'][-1]:.0f} handshakes/s", file=sys.stderr)
+        direct = statistics.median(results["direct"]["bulk"])
+        best_peer_bulk = max(statistics.median(results[p]["bulk"]) for p in ("stunnel", "haproxy"))
+        best_peer_hs = max(statistics.median(results[p]["hs"]) for p in ("stunnel", "haproxy"))
+        print(f"\nrounds: {args.rounds}; medians; load on CPU {LOAD_CPU}, proxies + iperf3 server on CPU {SERVER_CPU}\n")
+        print("| target | tunnel MiB/s | vs direct plaintext | vs best peer | full handshakes/s | vs best peer |")
+        print("|---|---|---|---|---|---|")
+        print(f"| direct (plaintext) | {direct:.0f} | 1.00x | - | - | - |")
+        for name in tunnels:
+            bulk, hs = statistics.median(results[name]["bulk"]), statistics.median(results[name]["hs"])
+            print(f"| {name} | {bulk:.0f} | {bulk / direct:.2f}x | {bulk / best_peer_bulk:.2f}x | {hs:.0f} | {hs / best_peer_hs:.2f}x |")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
