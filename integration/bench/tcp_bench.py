@@ -14,30 +14,13 @@ Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, json, os, socket, statistics, subprocess, sys, tempfile, time
 
-LOAD_CPU, SERVER_CPU = "0", "1"
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, wait_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_CONNECTIONS = 20000
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
-
-
-def pinned(cpu, argv, **kw):
-    return subprocess.Popen(["taskset", "-c", cpu] + argv, **kw)
 
 
 def cpu_seconds(pid):

@@ -9,31 +9,16 @@ iperf3 server, built from attache, stunnel or HAProxy on both sides.
   against each front door for 5 s.
 Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
-import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, statistics, subprocess, sys, tempfile, time
 
-LOAD_CPU, SERVER_CPU = "0", "1"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, wait_port
 
 
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
 
 
-def pinned(argv, **kw):
-    return subprocess.Popen(["taskset", "-c", SERVER_CPU] + argv, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, **kw)
+
+def server(argv):
+    return pinned(SERVER_CPU, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def iperf(port):
@@ -69,7 +54,7 @@ def main():
     procs = []
     try:
         iperf_port = free_port()
-        procs.append(pinned(["iperf3", "-s", "-p", str(iperf_port)]))
+        procs.append(server(["iperf3", "-s", "-p", str(iperf_port)]))
         wait_port(iperf_port)
         tunnels = {}
         # attache
@@ -82,8 +67,8 @@ def main():
             f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: amb\n    listen: 127.0.0.1:{amb}\n"
                     f"    protocol: tcp\n    upstream: door\nupstreams:\n  door:\n    endpoints: [\"127.0.0.1:{door}\"]\n"
                     f"    tls: {{ca: {pki}/ca.crt, cert: {pki}/app.crt, key: {pki}/app.key, server_name: localhost}}\n")
-        procs.append(pinned([args.attache, "run", "-c", f"{work}/door.yaml"]))
-        procs.append(pinned([args.attache, "run", "-c", f"{work}/amb.yaml"]))
+        procs.append(server([args.attache, "run", "-c", f"{work}/door.yaml"]))
+        procs.append(server([args.attache, "run", "-c", f"{work}/amb.yaml"]))
         tunnels["attache"] = (amb, door)
         # stunnel
         door, amb = free_port(), free_port()
@@ -92,7 +77,7 @@ def main():
                     f"cert = {pki}/server.crt\nkey = {pki}/server.key\nCAfile = {pki}/ca.crt\nverify = 2\n"
                     f"[amb]\nclient = yes\naccept = 127.0.0.1:{amb}\nconnect = 127.0.0.1:{door}\n"
                     f"cert = {pki}/app.crt\nkey = {pki}/app.key\nCAfile = {pki}/ca.crt\nverify = 2\n")
-        procs.append(pinned([stunnel, f"{work}/stunnel.conf"]))
+        procs.append(server([stunnel, f"{work}/stunnel.conf"]))
         tunnels["stunnel"] = (amb, door)
         # HAProxy
         door, amb = free_port(), free_port()
@@ -101,7 +86,7 @@ def main():
                     f"  timeout server 1h\nlisten door\n  bind 127.0.0.1:{door} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required\n"
                     f"  server s1 127.0.0.1:{iperf_port}\nlisten amb\n  bind 127.0.0.1:{amb}\n"
                     f"  server s1 127.0.0.1:{door} ssl crt {pki}/app.pem ca-file {pki}/ca.crt verify required sni str(localhost)\n")
-        procs.append(pinned(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"]))
+        procs.append(server(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"]))
         tunnels["haproxy"] = (amb, door)
         for amb, door in tunnels.values():
             wait_port(amb); wait_port(door)

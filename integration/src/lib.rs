@@ -264,6 +264,27 @@ impl Attache {
         }
     }
 
+    /// Waits until `sample` is at least `minimum`.
+    ///
+    /// # Errors
+    /// When it does not get there within [`START_TIMEOUT`], with the last value.
+    pub async fn wait_for_metric_at_least(&self, sample: &str, minimum: f64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let current = self.metric(sample).await?;
+            if current >= minimum {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{sample} is {current}, expected at least {minimum}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// One sample's value; 0 when the sample is absent.
     ///
     /// # Errors
@@ -308,6 +329,50 @@ pub async fn exchange(
     let mut received = Vec::new();
     tokio::try_join!(sending, read.read_to_end(&mut received))?;
     Ok(received)
+}
+
+/// PINGs the Redis (or Redis-speaking proxy) at `address` with the real client.
+///
+/// # Errors
+/// When the connection or the command fails.
+pub async fn redis_ping(address: SocketAddr) -> redis::RedisResult<String> {
+    let client = redis::Client::open(format!("redis://{address}/"))?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING").query_async(&mut connection).await
+}
+
+/// A MariaDB pool for root on database `test` at `address`.
+pub fn mariadb_pool(address: SocketAddr) -> mysql_async::Pool {
+    let options = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(address.ip().to_string())
+        .tcp_port(address.port())
+        .user(Some("root"))
+        .db_name(Some("test"))
+        .prefer_socket(false);
+    mysql_async::Pool::new(options)
+}
+
+/// Waits until the certificate at `path` expired more than two seconds ago.
+/// (openssl calls a certificate expired in its `notAfter` second, webpki
+/// still valid; the margin keeps both agreeing.)
+///
+/// # Panics
+/// When it has not expired within [`START_TIMEOUT`].
+pub async fn wait_until_expired(path: &str) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let still_valid = Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", "-2", "-in", path])
+            .output()
+            .expect("openssl runs")
+            .status
+            .success();
+        if !still_valid {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{path} never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Sends one HTTP/1.1 request without a body and returns (status, body).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use attache_integration::{Attache, binary, exchange, servers};
+use attache_integration::{Attache, binary, exchange, servers, wait_until_expired};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Pki {
@@ -255,17 +255,7 @@ async fn a_corrupt_or_mismatched_replacement_keeps_the_old_certificate() {
     // A matching pair that has expired.
     pki.issue("expired", "server", &["--dns", "localhost", "--days", "0"]);
     let expired = pki.path("expired/server.crt");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Command::new("openssl")
-        .args(["x509", "-noout", "-checkend", "-2", "-in", &expired])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "the certificate never expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_expired(&expired).await;
     let errors = door.metric(RELOADS_ERROR).await.unwrap();
     replace_atomically(
         &key,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use attache_integration::{Attache, binary, servers};
+use attache_integration::{Attache, binary, mariadb_pool, redis_ping, servers, wait_until_expired};
 
 /// A development PKI made with `attache certs`: our CA with a server
 /// certificate, the allowed client, a client with another SPIFFE ID, an
@@ -123,13 +123,12 @@ async fn a_tunnel_of_two_attaches_carries_redis_and_mariadb() {
     .await
     .unwrap();
 
+    assert_eq!(
+        redis_ping(ambassador.listener("redis")).await.unwrap(),
+        "PONG"
+    );
     let client = redis::Client::open(format!("redis://{}/", ambassador.listener("redis"))).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(pong, "PONG");
     let key = format!(
         "attache_mtls_{}_{}",
         std::process::id(),
@@ -155,13 +154,7 @@ async fn a_tunnel_of_two_attaches_carries_redis_and_mariadb() {
         .unwrap();
 
     let address = ambassador.listener("mariadb");
-    let options = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(address.ip().to_string())
-        .tcp_port(address.port())
-        .user(Some("root"))
-        .db_name(Some("test"))
-        .prefer_socket(false);
-    let pool = mysql_async::Pool::new(options);
+    let pool = mariadb_pool(address);
     let mut mariadb = pool.get_conn().await.unwrap();
     let answer: Option<i64> = mariadb.query_first("SELECT 41 + 1").await.unwrap();
     assert_eq!(answer, Some(42));
@@ -304,29 +297,8 @@ async fn each_refusal_is_classified_and_counted() {
         (with("intruder"), "identity_refused"),
         (with("expired"), "expired"),
     ];
-    // `--days 0` ends validity at the issuing second. openssl calls that
-    // second expired, webpki still valid: wait until it is two seconds past.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while Command::new("openssl")
-        .args([
-            "x509",
-            "-noout",
-            "-checkend",
-            "-2",
-            "-in",
-            &pki.cert("expired"),
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the expired certificate never expired"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // `--days 0` ends validity at the issuing second.
+    wait_until_expired(&pki.cert("expired")).await;
     for (arguments, result) in &cases {
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
         let (_, output) = s_client(front, &arguments, "never echoed\n");
@@ -450,27 +422,15 @@ async fn origination_reaches_a_tls_redis_server_that_requires_client_certificate
     let with_cert = Attache::run(&ambassador(Some((pki.cert("app"), pki.key("app")))))
         .await
         .unwrap();
-    let client = redis::Client::open(format!("redis://{}/", with_cert.listener("redis"))).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(pong, "PONG");
+    assert_eq!(
+        redis_ping(with_cert.listener("redis")).await.unwrap(),
+        "PONG"
+    );
 
     // Without a client certificate redis-server refuses us; the client's
     // connection is closed and the failure is counted as a TLS one.
     let without_cert = Attache::run(&ambassador(None)).await.unwrap();
-    let client =
-        redis::Client::open(format!("redis://{}/", without_cert.listener("redis"))).unwrap();
-    let refused = client.get_multiplexed_async_connection().await;
-    let pinged = match refused {
-        Ok(mut connection) => redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .is_ok(),
-        Err(_) => false,
-    };
+    let pinged = redis_ping(without_cert.listener("redis")).await.is_ok();
     assert!(!pinged, "no PING without a client certificate");
     let endpoint = tls_redis.address.to_string();
     let tls_failures = format!(
@@ -481,15 +441,10 @@ async fn origination_reaches_a_tls_redis_server_that_requires_client_certificate
     // first read, so it closes the connection as an error, with the alert
     // in the log.
     let errors = "attache_connections_closed_total{listener=\"redis\",result=\"error\"}";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while without_cert.metric(errors).await.unwrap() < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no errored connection; log:\n{}",
-            without_cert.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    without_cert
+        .wait_for_metric_at_least(errors, 1.0)
+        .await
+        .unwrap();
     assert!(
         without_cert.log_text().contains("CertificateRequired"),
         "{}",
@@ -557,34 +512,13 @@ async fn one_liners_build_the_same_tunnel_without_config_files() {
     let allowed = ambassador(&app_cert, &app_key);
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     let app = Attache::spawn(&allowed, None).await.unwrap();
-    let client = redis::Client::open(format!("redis://{}/", app.listener("tcp"))).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let pong: String = redis::cmd("PING")
-        .query_async(&mut connection)
-        .await
-        .unwrap();
-    assert_eq!(pong, "PONG");
+    assert_eq!(redis_ping(app.listener("tcp")).await.unwrap(), "PONG");
 
     let refused = ambassador(&intruder_cert, &intruder_key);
     let refused: Vec<&str> = refused.iter().map(String::as_str).collect();
     let intruder = Attache::spawn(&refused, None).await.unwrap();
-    let client = redis::Client::open(format!("redis://{}/", intruder.listener("tcp"))).unwrap();
-    let pinged = match client.get_multiplexed_async_connection().await {
-        Ok(mut connection) => redis::cmd("PING")
-            .query_async::<String>(&mut connection)
-            .await
-            .is_ok(),
-        Err(_) => false,
-    };
+    let pinged = redis_ping(intruder.listener("tcp")).await.is_ok();
     assert!(!pinged, "the intruder's identity is refused");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let refusals = "attache_tls_handshakes_total{listener=\"tcp\",result=\"identity_refused\"}";
-    while door.metric(refusals).await.unwrap() < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no identity refusal counted; log:\n{}",
-            door.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    door.wait_for_metric_at_least(refusals, 1.0).await.unwrap();
 }

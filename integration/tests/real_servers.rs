@@ -2,7 +2,7 @@
 //! (6379), MariaDB (3306, root, database `test`) and Postgres (5432, trust,
 //! database `test`). Each test uses its own keys and tables.
 
-use attache_integration::{Attache, servers};
+use attache_integration::{Attache, mariadb_pool, servers};
 
 async fn ambassador(upstream: &str) -> Attache {
     Attache::run(&format!(
@@ -70,13 +70,7 @@ async fn mariadb_select_create_insert_and_read_back() {
 
     let attache = ambassador("127.0.0.1:3306").await;
     let address = attache.listener("db");
-    let options = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(address.ip().to_string())
-        .tcp_port(address.port())
-        .user(Some("root"))
-        .db_name(Some("test"))
-        .prefer_socket(false);
-    let pool = mysql_async::Pool::new(options);
+    let pool = mariadb_pool(address);
     let mut connection = pool.get_conn().await.unwrap();
 
     let one: Option<i64> = connection.query_first("SELECT 1").await.unwrap();

@@ -68,7 +68,10 @@ pub(crate) async fn serve(
     let mut client = match &route.tls {
         None => ClientStream::Plain(client),
         Some(config) => {
-            match tls::accept(&tokio_rustls::TlsAcceptor::from(config.load_full()), client).await {
+            // Boxed like the connect below: once connected, a connection's
+            // task does not carry the handshake's state.
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+            match Box::pin(tls::accept(&acceptor, client)).await {
                 Ok(stream) => {
                     route.metrics.handshake(HandshakeResult::Ok);
                     ClientStream::Tls(Box::new(stream))

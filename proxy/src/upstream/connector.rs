@@ -68,13 +68,13 @@ pub(super) async fn connect(
         let Some(origination) = origination else {
             return Ok(UpstreamStream::Plain(stream));
         };
-        match tls::connect(
+        // Boxed: a plain connect does not allocate the handshake's state.
+        let handshake = tls::connect(
             origination.connector,
             origination.server_name.clone(),
             stream,
-        )
-        .await
-        {
+        );
+        match Box::pin(handshake).await {
             Ok(stream) => {
                 metrics.handshake(HandshakeResult::Ok);
                 Ok(UpstreamStream::Tls(Box::new(stream)))
