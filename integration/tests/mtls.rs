@@ -32,7 +32,77 @@ impl Pki {
         );
         pki.issue("ca", "expired", &["--uri", ALLOWED_ID, "--days", "0"]);
         pki.issue("other-ca", "stranger", &["--uri", ALLOWED_ID]);
+        pki.issue_future("future");
         pki
+    }
+
+    /// A client certificate from our CA that becomes valid only in 2099,
+    /// made with `openssl ca` (`attache certs` cannot postdate).
+    fn issue_future(&self, name: &str) {
+        let ca_dir = self.path("openssl-ca");
+        std::fs::create_dir_all(format!("{ca_dir}/new")).unwrap();
+        std::fs::write(format!("{ca_dir}/index.txt"), "").unwrap();
+        std::fs::write(format!("{ca_dir}/serial"), "1000\n").unwrap();
+        std::fs::write(
+            format!("{ca_dir}/ca.cnf"),
+            format!(
+                "[ca]\ndefault_ca = local\n[local]\ndatabase = {ca_dir}/index.txt\nnew_certs_dir = {ca_dir}/new\n\
+                 serial = {ca_dir}/serial\ndefault_md = sha256\npolicy = any\nx509_extensions = leaf\n\
+                 [any]\ncommonName = supplied\n[leaf]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n"
+            ),
+        )
+        .unwrap();
+        let (key, csr, cert) = (
+            self.key(name),
+            format!("{ca_dir}/{name}.csr"),
+            self.cert(name),
+        );
+        let run = |arguments: &[&str]| {
+            let output = Command::new("openssl").args(arguments).output().unwrap();
+            assert!(
+                output.status.success(),
+                "openssl {arguments:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &csr,
+        ]);
+        run(&[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            &format!("{ca_dir}/ca.cnf"),
+            "-cert",
+            &self.ca(),
+            "-keyfile",
+            &self.path("ca/ca.key"),
+            "-in",
+            &csr,
+            "-out",
+            &cert,
+            "-startdate",
+            "20990101000000Z",
+            "-enddate",
+            "20991231000000Z",
+        ]);
     }
 
     fn attache(&self, arguments: &[&str]) {
@@ -296,6 +366,7 @@ async fn each_refusal_is_classified_and_counted() {
         (with("stranger"), "unknown_ca"),
         (with("intruder"), "identity_refused"),
         (with("expired"), "expired"),
+        (with("future"), "not_yet_valid"),
     ];
     // `--days 0` ends validity at the issuing second.
     wait_until_expired(&pki.cert("expired")).await;
@@ -338,7 +409,7 @@ async fn each_refusal_is_classified_and_counted() {
 
     let refused =
         "attache_connections_closed_total{listener=\"front\",result=\"tls_handshake_failed\"}";
-    door.wait_for_metric(refused, 6.0).await.unwrap();
+    door.wait_for_metric(refused, 7.0).await.unwrap();
     assert_eq!(door.metric(&handshakes("ok")).await.unwrap(), 0.0);
     assert!(
         door.log_text()
