@@ -593,3 +593,74 @@ async fn one_liners_build_the_same_tunnel_without_config_files() {
     let refusals = "attache_tls_handshakes_total{listener=\"tcp\",result=\"identity_refused\"}";
     door.wait_for_metric_at_least(refusals, 1.0).await.unwrap();
 }
+
+#[tokio::test]
+async fn origination_pins_the_server_identity_and_refuses_a_wrong_san() {
+    let pki = Pki::new();
+    // A server whose certificate names it only by SPIFFE ID, as an SVID does.
+    pki.issue(
+        "ca",
+        "svid",
+        &["--uri", "spiffe://cluster.local/ns/data/sa/redis"],
+    );
+    let door = Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: redis\n\
+         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
+         upstreams:\n  redis:\n    endpoints: [\"127.0.0.1:6379\"]\n",
+        pki.cert("svid"),
+        pki.key("svid"),
+        pki.ca(),
+    ))
+    .await
+    .unwrap();
+    let ambassador = |tls_extra: &str| {
+        format!(
+            "listeners:\n  - name: app\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: door\n\
+             upstreams:\n  door:\n    endpoints: [\"{}\"]\n    tls: {{ca: {}, cert: {}, key: {}{tls_extra}}}\n",
+            door.listener("front"),
+            pki.ca(),
+            pki.cert("app"),
+            pki.key("app"),
+        )
+    };
+    let endpoint = door.listener("front").to_string();
+    let refused_as = |result: &str| {
+        format!(
+            "attache_upstream_tls_handshakes_total{{upstream=\"door\",endpoint=\"{endpoint}\",result=\"{result}\"}}"
+        )
+    };
+
+    let pinned = Attache::run(&ambassador(
+        ", allow: {uris: [\"spiffe://cluster.local/ns/data/sa/redis\"]}",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(redis_ping(pinned.listener("app")).await.unwrap(), "PONG");
+
+    let wrong_id = Attache::run(&ambassador(
+        ", allow: {uris: [\"spiffe://cluster.local/ns/data/sa/other\"]}",
+    ))
+    .await
+    .unwrap();
+    assert!(redis_ping(wrong_id.listener("app")).await.is_err());
+    wrong_id
+        .wait_for_metric_at_least(&refused_as("identity_refused"), 1.0)
+        .await
+        .unwrap();
+    assert!(
+        wrong_id
+            .log_text()
+            .contains("spiffe://cluster.local/ns/data/sa/redis"),
+        "the refused server identity is logged"
+    );
+
+    // Without pinning, the name is checked: the SVID has no DNS name.
+    let wrong_san = Attache::run(&ambassador(", server_name: redis.data.svc"))
+        .await
+        .unwrap();
+    assert!(redis_ping(wrong_san.listener("app")).await.is_err());
+    wrong_san
+        .wait_for_metric_at_least(&refused_as("identity_refused"), 1.0)
+        .await
+        .unwrap();
+}
