@@ -664,3 +664,67 @@ async fn origination_pins_the_server_identity_and_refuses_a_wrong_san() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_resume_and_alpn_is_negotiated() {
+    let pki = Pki::new();
+    let door = Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: redis\n\
+         \x20   tls: {{cert: {}, key: {}, client_ca: {}, alpn: [h2, http/1.1]}}\n\
+         upstreams:\n  redis:\n    endpoints: [\"127.0.0.1:6379\"]\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca(),
+    ))
+    .await
+    .unwrap();
+    let session = pki.path("session.pem");
+    let connect = |session_flag: &str| {
+        let output = Command::new("timeout")
+            .args([
+                "20",
+                "openssl",
+                "s_client",
+                "-connect",
+                &door.listener("front").to_string(),
+            ])
+            .args([
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.ca(),
+                "-cert",
+                &pki.cert("app"),
+            ])
+            .args([
+                "-key",
+                &pki.key("app"),
+                "-alpn",
+                "http/1.1",
+                "-ign_eof",
+                session_flag,
+                &session,
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(b"PING\r\nQUIT\r\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = connect("-sess_out");
+    assert!(
+        first.contains("New, TLSv1.3") && first.contains("+PONG"),
+        "{first}"
+    );
+    assert!(first.contains("ALPN protocol: http/1.1"), "{first}");
+    let second = connect("-sess_in");
+    assert!(
+        second.contains("Reused, TLSv1.3") && second.contains("+PONG"),
+        "{second}"
+    );
+}
