@@ -7,10 +7,19 @@ import time
 LOAD_CPU, SERVER_CPU = "0", "1"
 
 
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one handed out before in this run (the
+    kernel may offer a just-closed port again before its user binds it)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def wait_port(port, timeout=20):
@@ -27,3 +36,14 @@ def wait_port(port, timeout=20):
 def pinned(cpu, argv, **kw):
     """Starts argv pinned to `cpu`."""
     return subprocess.Popen(["taskset", "-c", cpu] + argv, **kw)
+
+
+def stop(procs):
+    """Terminates every process started here, killing any that lingers."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

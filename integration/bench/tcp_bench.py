@@ -14,7 +14,7 @@ Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, json, os, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_CONNECTIONS = 20000
@@ -155,13 +155,7 @@ listen redis
         print(f"\nattache RSS idle: {idle_rss / 1024:.1f} MiB; with 1000 idle proxied connections: "
               f"{loaded_rss / 1024:.1f} MiB ({(loaded_rss - idle_rss) / 1000 * 1024:.0f} bytes per connection)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
 
 if __name__ == "__main__":

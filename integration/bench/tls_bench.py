@@ -6,15 +6,15 @@ TLS out) -> front door (mutual TLS in, verifies the client certificate) ->
 iperf3 server, built from attache, stunnel or HAProxy on both sides.
 - tunnel throughput: iperf3, one stream, 5 s; ratio to direct plaintext.
 - handshakes/s: `openssl s_time -new` (full handshakes, client certificate)
-  against each front door for 5 s; nginx (`stream`, `ssl_verify_client on`)
-  joins here as a front door only.
+  for 5 s against front doors of attache, stunnel, HAProxy and nginx
+  (`stream`, `ssl_verify_client on`) in front of a private redis-server.
 - memory: RSS growth of attache's and HAProxy's front door with 500 mutual-TLS
-  connections held open (each did one PING to a private redis-server).
+  connections held open (each did one PING through to the redis-server).
 Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
 
 
 
@@ -27,7 +27,10 @@ def server(argv):
 def iperf(port):
     out = subprocess.run(["taskset", "-c", LOAD_CPU, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "5", "-J"],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 2**20
+    report = json.loads(out)
+    if "error" in report:
+        raise RuntimeError(f"iperf3 through port {port}: {report['error']}")
+    return report["end"]["sum_received"]["bits_per_second"] / 8 / 2**20
 
 
 def handshakes(port, pki):
@@ -43,47 +46,68 @@ def rss_kib(pid):
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def memory_per_connection(attache, work, pki, count=500):
-    """RSS growth per held mutual-TLS connection through attache's and
-    HAProxy's front doors to a private redis-server."""
+def front_doors(attache, stunnel, work, pki, rounds, count=500):
+    """Front doors of all four products in front of a private redis-server:
+    full-handshake rate for each (alternated, `rounds` times), then RSS
+    growth per held mutual-TLS connection for attache and HAProxy. (Doors to
+    a real service, not to iperf3: a handshake flood would wedge iperf3.)"""
     import ssl
-    redis_port, a_door, h_door = free_port(), free_port(), free_port()
+    redis_port = free_port()
+    ports = {name: free_port() for name in ("attache", "stunnel", "haproxy", "nginx")}
     procs = [server(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                      "--appendonly", "no", "--maxclients", "10000"])]
-    with open(f"{work}/mem.yaml", "w") as f:
-        f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: door\n    listen: 127.0.0.1:{a_door}\n"
+    with open(f"{work}/hs.yaml", "w") as f:
+        f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: door\n    listen: 127.0.0.1:{ports['attache']}\n"
                 f"    protocol: tcp\n    upstream: redis\n    tls: {{cert: {pki}/server.crt, key: {pki}/server.key, client_ca: {pki}/ca.crt}}\n"
                 f"upstreams:\n  redis: {{endpoints: [\"127.0.0.1:{redis_port}\"]}}\n")
-    with open(f"{work}/mem-haproxy.cfg", "w") as f:
+    with open(f"{work}/hs-stunnel.conf", "w") as f:
+        f.write(f"foreground = yes\npid =\n[door]\naccept = 127.0.0.1:{ports['stunnel']}\nconnect = 127.0.0.1:{redis_port}\n"
+                f"cert = {pki}/server.crt\nkey = {pki}/server.key\nCAfile = {pki}/ca.crt\nverify = 2\n")
+    with open(f"{work}/hs-haproxy.cfg", "w") as f:
         f.write(f"global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n"
-                f"  timeout server 1h\nlisten door\n  bind 127.0.0.1:{h_door} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required\n"
+                f"  timeout server 1h\nlisten door\n  bind 127.0.0.1:{ports['haproxy']} ssl crt {pki}/server.pem ca-file {pki}/ca.crt verify required\n"
                 f"  server s1 127.0.0.1:{redis_port}\n")
-    doors = {"attache": (server([attache, "run", "-c", f"{work}/mem.yaml"]), a_door),
-             "haproxy": (server(["haproxy", "-f", f"{work}/mem-haproxy.cfg", "-db"]), h_door)}
-    procs += [proc for proc, _ in doors.values()]
-    context = ssl.create_default_context(cafile=f"{pki}/ca.crt")
-    context.load_cert_chain(f"{pki}/app.crt", f"{pki}/app.key")
-    results = {}
+    with open(f"{work}/hs-nginx.conf", "w") as f:
+        f.write(f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\ndaemon off;\n"
+                f"pid {work}/nginx.pid;\nerror_log {work}/nginx.err;\nevents {{ worker_connections 4096; }}\n"
+                f"stream {{ server {{ listen 127.0.0.1:{ports['nginx']} ssl; ssl_certificate {pki}/server.crt; "
+                f"ssl_certificate_key {pki}/server.key; ssl_client_certificate {pki}/ca.crt; ssl_verify_client on; "
+                f"proxy_pass 127.0.0.1:{redis_port}; }} }}\n")
+    doors = {
+        "attache": server([attache, "run", "-c", f"{work}/hs.yaml"]),
+        "stunnel": server([stunnel, f"{work}/hs-stunnel.conf"]),
+        "haproxy": server(["haproxy", "-f", f"{work}/hs-haproxy.cfg", "-db"]),
+        "nginx": server(["nginx", "-e", f"{work}/nginx.err", "-p", work, "-c", f"{work}/hs-nginx.conf"]),
+    }
+    procs += list(doors.values())
     try:
         wait_port(redis_port)
-        for name, (proc, port) in doors.items():
+        for port in ports.values():
             wait_port(port)
-            before = rss_kib(proc.pid)
+        rates = {name: [] for name in doors}
+        for _ in range(rounds):
+            for name in doors:
+                rates[name].append(handshakes(ports[name], pki))
+        context = ssl.create_default_context(cafile=f"{pki}/ca.crt")
+        context.load_cert_chain(f"{pki}/app.crt", f"{pki}/app.key")
+        memory = {}
+        for name in ("attache", "haproxy"):
+            pid = doors[name].pid
+            before = rss_kib(pid)
             held = []
             for _ in range(count):
-                connection = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="localhost")
+                connection = context.wrap_socket(socket.create_connection(("127.0.0.1", ports[name])),
+                                                 server_hostname="localhost")
                 connection.sendall(b"PING\r\n")
                 connection.recv(16)
                 held.append(connection)
             time.sleep(0.5)
-            results[name] = (rss_kib(proc.pid) - before) * 1024 / count
+            memory[name] = (rss_kib(pid) - before) * 1024 / count
             for connection in held:
                 connection.close()
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=10)
-    return results
+        stop(procs)
+    return {name: statistics.median(values) for name, values in rates.items()}, memory
 
 
 def main():
@@ -141,48 +165,33 @@ def main():
         tunnels["haproxy"] = (amb, door)
         for amb, door in tunnels.values():
             wait_port(amb); wait_port(door)
-        nginx_door = free_port()
-        with open(f"{work}/nginx.conf", "w") as f:
-            f.write(f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\ndaemon off;\n"
-                    f"pid {work}/nginx.pid;\nerror_log {work}/nginx.err;\nevents {{ worker_connections 4096; }}\n"
-                    f"stream {{ server {{ listen 127.0.0.1:{nginx_door} ssl; ssl_certificate {pki}/server.crt; "
-                    f"ssl_certificate_key {pki}/server.key; ssl_client_certificate {pki}/ca.crt; ssl_verify_client on; "
-                    f"proxy_pass 127.0.0.1:{iperf_port}; }} }}\n")
-        procs.append(server(["nginx", "-e", f"{work}/nginx.err", "-p", work, "-c", f"{work}/nginx.conf"]))
-        wait_port(nginx_door)
 
-        results = {name: {"bulk": [], "hs": []} for name in ["direct", *tunnels, "nginx"]}
+        results = {name: [] for name in ["direct", *tunnels]}
         for round_number in range(args.rounds):
-            results["direct"]["bulk"].append(iperf(iperf_port))
-            for name, (amb, door) in tunnels.items():
-                results[name]["bulk"].append(iperf(amb))
-                results[name]["hs"].append(handshakes(door, pki))
-                print(f"round {round_number + 1} {name}: tunnel {results[name]['bulk'][-1]:.0f} MiB/s, "
-                      f"{results[name]['hs'][-1]:.0f} handshakes/s", file=sys.stderr)
-            results["nginx"]["hs"].append(handshakes(nginx_door, pki))
-        direct = statistics.median(results["direct"]["bulk"])
-        best_peer_bulk = max(statistics.median(results[p]["bulk"]) for p in ("stunnel", "haproxy"))
-        best_peer_hs = max(statistics.median(results[p]["hs"]) for p in ("stunnel", "haproxy", "nginx"))
-        print(f"\nrounds: {args.rounds}; medians; load on CPU {LOAD_CPU}, proxies + iperf3 server on CPU {SERVER_CPU}\n")
+            results["direct"].append(iperf(iperf_port))
+            for name, (amb, _door) in tunnels.items():
+                results[name].append(iperf(amb))
+                print(f"round {round_number + 1} {name}: tunnel {results[name][-1]:.0f} MiB/s", file=sys.stderr)
+        stop(procs)
+        procs = []
+        rates, memory = front_doors(args.attache, stunnel, work, pki, args.rounds)
+
+        bulk = {name: statistics.median(values) for name, values in results.items()}
+        best_peer_bulk = max(bulk["stunnel"], bulk["haproxy"])
+        best_peer_hs = max(rates["stunnel"], rates["haproxy"], rates["nginx"])
+        print(f"\nrounds: {args.rounds}; medians; load on CPU {LOAD_CPU}, proxies + servers on CPU {SERVER_CPU}\n")
         print("| target | tunnel MiB/s | vs direct plaintext | vs best peer | full handshakes/s | vs best peer |")
         print("|---|---|---|---|---|---|")
-        print(f"| direct (plaintext) | {direct:.0f} | 1.00x | - | - | - |")
+        print(f"| direct (plaintext) | {bulk['direct']:.0f} | 1.00x | - | - | - |")
         for name in tunnels:
-            bulk, hs = statistics.median(results[name]["bulk"]), statistics.median(results[name]["hs"])
-            print(f"| {name} | {bulk:.0f} | {bulk / direct:.2f}x | {bulk / best_peer_bulk:.2f}x | {hs:.0f} | {hs / best_peer_hs:.2f}x |")
-        nginx_hs = statistics.median(results["nginx"]["hs"])
-        print(f"| nginx (front door only) | - | - | - | {nginx_hs:.0f} | {nginx_hs / best_peer_hs:.2f}x |")
+            print(f"| {name} | {bulk[name]:.0f} | {bulk[name] / bulk['direct']:.2f}x | {bulk[name] / best_peer_bulk:.2f}x "
+                  f"| {rates[name]:.0f} | {rates[name] / best_peer_hs:.2f}x |")
+        print(f"| nginx (front door only) | - | - | - | {rates['nginx']:.0f} | {rates['nginx'] / best_peer_hs:.2f}x |")
         print()
-        for name, per_connection in memory_per_connection(args.attache, work, pki).items():
+        for name, per_connection in memory.items():
             print(f"{name}: {per_connection:.0f} bytes of RSS per held mutual-TLS connection")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -107,27 +107,6 @@ async fn front_door(pki: &Pki, cert: &str, key: &str) -> Attache {
     .unwrap()
 }
 
-async fn wait_until(
-    what: &str,
-    attache: &Attache,
-    mut done: impl FnMut(f64) -> bool,
-    sample: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let value = attache.metric(sample).await.unwrap();
-        if done(value) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {sample} is {value}; log:\n{}",
-            attache.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 const RELOADS_OK: &str = "attache_tls_reloads_total{result=\"ok\"}";
 const RELOADS_ERROR: &str = "attache_tls_reloads_total{result=\"error\"}";
 const EXPIRY: &str =
@@ -182,7 +161,9 @@ async fn rewritten_files_serve_new_handshakes_while_old_connections_keep_flowing
     pki.issue("tls", "server", &["--dns", "localhost", "--days", "60"]);
     let new_serial = file_serial(&cert);
     assert_ne!(new_serial, old_serial);
-    wait_until("reload", &door, |value| value >= 1.0, RELOADS_OK).await;
+    door.wait_for_metric_at_least(RELOADS_OK, 1.0)
+        .await
+        .unwrap();
     assert_eq!(
         served_serial(&pki, door.listener("front")),
         new_serial,
@@ -227,25 +208,17 @@ async fn a_corrupt_or_mismatched_replacement_keeps_the_old_certificate() {
         &cert,
         b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
     );
-    wait_until(
-        "corrupt file rejected",
-        &door,
-        |value| value >= 1.0,
-        RELOADS_ERROR,
-    )
-    .await;
+    door.wait_for_metric_at_least(RELOADS_ERROR, 1.0)
+        .await
+        .unwrap();
     assert_eq!(served_serial(&pki, door.listener("front")), serial);
 
     // A valid certificate whose key is not the one beside it.
     let errors = door.metric(RELOADS_ERROR).await.unwrap();
     replace_atomically(&cert, &std::fs::read(pki.path("other/server.crt")).unwrap());
-    wait_until(
-        "mismatched key rejected",
-        &door,
-        |value| value > errors,
-        RELOADS_ERROR,
-    )
-    .await;
+    door.wait_for_metric_at_least(RELOADS_ERROR, errors + 1.0)
+        .await
+        .unwrap();
     assert_eq!(
         served_serial(&pki, door.listener("front")),
         serial,
@@ -262,13 +235,9 @@ async fn a_corrupt_or_mismatched_replacement_keeps_the_old_certificate() {
         &std::fs::read(pki.path("expired/server.key")).unwrap(),
     );
     replace_atomically(&cert, &std::fs::read(&expired).unwrap());
-    wait_until(
-        "expired certificate rejected",
-        &door,
-        |value| value > errors,
-        RELOADS_ERROR,
-    )
-    .await;
+    door.wait_for_metric_at_least(RELOADS_ERROR, errors + 1.0)
+        .await
+        .unwrap();
     assert_eq!(
         served_serial(&pki, door.listener("front")),
         serial,
@@ -312,13 +281,9 @@ async fn a_kubernetes_secret_symlink_swap_is_picked_up() {
     let new_serial = file_serial(&cert);
     assert_ne!(new_serial, old_serial);
 
-    wait_until(
-        "reload after the swap",
-        &door,
-        |value| value >= 1.0,
-        RELOADS_OK,
-    )
-    .await;
+    door.wait_for_metric_at_least(RELOADS_OK, 1.0)
+        .await
+        .unwrap();
     assert_eq!(served_serial(&pki, door.listener("front")), new_serial);
 }
 
@@ -335,5 +300,5 @@ async fn sighup_reloads_the_certificates() {
     assert_eq!(door.metric(RELOADS_OK).await.unwrap(), 0.0);
     let pid = nix::unistd::Pid::from_raw(door.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-    wait_until("SIGHUP reload", &door, |value| value == 1.0, RELOADS_OK).await;
+    door.wait_for_metric(RELOADS_OK, 1.0).await.unwrap();
 }
