@@ -110,6 +110,59 @@ struct UpstreamDocument {
     balance: model::Balance,
     connect_timeout: Option<Spanned<String>>,
     tls: Option<UpstreamTlsDocument>,
+    warm_pool: Option<Spanned<WarmPoolDocument>>,
+    #[serde(default)]
+    limits: LimitsDocument,
+    #[serde(default)]
+    retry: RetryDocument,
+    #[serde(default)]
+    breaker: BreakerDocument,
+    health_check: Option<Spanned<HealthCheckDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmPoolDocument {
+    size: Option<Spanned<usize>>,
+    max_age: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsDocument {
+    max_connections: Option<Spanned<usize>>,
+    max_pending: Option<Spanned<usize>>,
+    queue_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryDocument {
+    attempts: Option<Spanned<u32>>,
+    backoff: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
+    deadline: Option<Spanned<String>>,
+    budget_percent: Option<Spanned<u32>>,
+    budget_min_per_second: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakerDocument {
+    consecutive_failures: Option<Spanned<u32>>,
+    open_for: Option<Spanned<String>>,
+    max_open_for: Option<Spanned<String>>,
+    max_ejected_percent: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckDocument {
+    probe: Spanned<model::Probe>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    healthy_threshold: Option<Spanned<u32>>,
+    unhealthy_threshold: Option<Spanned<u32>>,
 }
 
 /// Collects conversion problems and the line of each key path.
@@ -147,6 +200,11 @@ impl Converter {
             );
             default
         })
+    }
+
+    /// A plain value (a number) or its default, noting its line.
+    fn value<T: Copy>(&mut self, path: &str, value: Option<&Spanned<T>>, default: T) -> T {
+        value.map_or(default, |value| *self.note(path, value))
     }
 
     fn path(&mut self, path: &str, value: &Spanned<String>) -> std::path::PathBuf {
@@ -376,6 +434,152 @@ impl UpstreamDocument {
                 .tls
                 .as_ref()
                 .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
+            warm_pool: self.warm_pool.as_ref().map(|warm_pool| {
+                let section = format!("{path}.warm_pool");
+                converter
+                    .note(&section, warm_pool)
+                    .convert(&section, converter)
+            }),
+            limits: self.limits.convert(&format!("{path}.limits"), converter),
+            retry: self.retry.convert(&format!("{path}.retry"), converter),
+            breaker: self.breaker.convert(&format!("{path}.breaker"), converter),
+            health_check: self.health_check.as_ref().map(|health_check| {
+                let section = format!("{path}.health_check");
+                converter
+                    .note(&section, health_check)
+                    .convert(&section, converter)
+            }),
+        }
+    }
+}
+
+impl WarmPoolDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::WarmPool {
+        model::WarmPool {
+            size: converter.value(
+                &format!("{path}.size"),
+                self.size.as_ref(),
+                model::DEFAULT_WARM_POOL_SIZE,
+            ),
+            max_age: converter.duration(
+                &format!("{path}.max_age"),
+                self.max_age.as_ref(),
+                model::DEFAULT_WARM_POOL_MAX_AGE,
+            ),
+        }
+    }
+}
+
+impl LimitsDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::Limits {
+        model::Limits {
+            max_connections: converter.value(
+                &format!("{path}.max_connections"),
+                self.max_connections.as_ref(),
+                model::DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+            ),
+            max_pending: converter.value(
+                &format!("{path}.max_pending"),
+                self.max_pending.as_ref(),
+                model::DEFAULT_MAX_PENDING,
+            ),
+            queue_timeout: converter.duration(
+                &format!("{path}.queue_timeout"),
+                self.queue_timeout.as_ref(),
+                model::DEFAULT_QUEUE_TIMEOUT,
+            ),
+        }
+    }
+}
+
+impl RetryDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::Retry {
+        model::Retry {
+            attempts: converter.value(
+                &format!("{path}.attempts"),
+                self.attempts.as_ref(),
+                model::DEFAULT_RETRY_ATTEMPTS,
+            ),
+            backoff: converter.duration(
+                &format!("{path}.backoff"),
+                self.backoff.as_ref(),
+                model::DEFAULT_RETRY_BACKOFF,
+            ),
+            max_backoff: converter.duration(
+                &format!("{path}.max_backoff"),
+                self.max_backoff.as_ref(),
+                model::DEFAULT_RETRY_MAX_BACKOFF,
+            ),
+            deadline: converter.duration(
+                &format!("{path}.deadline"),
+                self.deadline.as_ref(),
+                model::DEFAULT_RETRY_DEADLINE,
+            ),
+            budget_percent: converter.value(
+                &format!("{path}.budget_percent"),
+                self.budget_percent.as_ref(),
+                model::DEFAULT_RETRY_BUDGET_PERCENT,
+            ),
+            budget_min_per_second: converter.value(
+                &format!("{path}.budget_min_per_second"),
+                self.budget_min_per_second.as_ref(),
+                model::DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+            ),
+        }
+    }
+}
+
+impl BreakerDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::Breaker {
+        model::Breaker {
+            consecutive_failures: converter.value(
+                &format!("{path}.consecutive_failures"),
+                self.consecutive_failures.as_ref(),
+                model::DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
+            ),
+            open_for: converter.duration(
+                &format!("{path}.open_for"),
+                self.open_for.as_ref(),
+                model::DEFAULT_BREAKER_OPEN_FOR,
+            ),
+            max_open_for: converter.duration(
+                &format!("{path}.max_open_for"),
+                self.max_open_for.as_ref(),
+                model::DEFAULT_BREAKER_MAX_OPEN_FOR,
+            ),
+            max_ejected_percent: converter.value(
+                &format!("{path}.max_ejected_percent"),
+                self.max_ejected_percent.as_ref(),
+                model::DEFAULT_BREAKER_MAX_EJECTED_PERCENT,
+            ),
+        }
+    }
+}
+
+impl HealthCheckDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::HealthCheck {
+        model::HealthCheck {
+            probe: *converter.note(&format!("{path}.probe"), &self.probe),
+            interval: converter.duration(
+                &format!("{path}.interval"),
+                self.interval.as_ref(),
+                model::DEFAULT_HEALTH_INTERVAL,
+            ),
+            timeout: converter.duration(
+                &format!("{path}.timeout"),
+                self.timeout.as_ref(),
+                model::DEFAULT_HEALTH_TIMEOUT,
+            ),
+            healthy_threshold: converter.value(
+                &format!("{path}.healthy_threshold"),
+                self.healthy_threshold.as_ref(),
+                model::DEFAULT_HEALTHY_THRESHOLD,
+            ),
+            unhealthy_threshold: converter.value(
+                &format!("{path}.unhealthy_threshold"),
+                self.unhealthy_threshold.as_ref(),
+                model::DEFAULT_UNHEALTHY_THRESHOLD,
+            ),
         }
     }
 }

@@ -25,8 +25,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Admin, Balance, ClientAuth, Config, Drain, Endpoint, IdentityAllowList, Listener, ListenerTls,
-    Log, LogFormat, Protocol, TlsVersion, Upstream, UpstreamTls,
+    Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck, IdentityAllowList,
+    Limits, Listener, ListenerTls, Log, LogFormat, Probe, Protocol, Retry, TlsVersion, Upstream,
+    UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

@@ -261,6 +261,190 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// TLS origination; `None` for plaintext.
     pub tls: Option<UpstreamTls>,
+    /// Pre-connected (and pre-handshaken) connections per endpoint; `None`
+    /// connects when a client arrives.
+    pub warm_pool: Option<WarmPool>,
+    /// Upstream connections handed to clients at once, and the queue behind them.
+    pub limits: Limits,
+    /// Connect retries and the budget that bounds them.
+    pub retry: Retry,
+    /// Per-endpoint circuit breaker on connect failures (outlier ejection).
+    pub breaker: Breaker,
+    /// Active health checks; `None` for none.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Warm connections per endpoint, made before clients arrive. At L4 each
+/// one serves a single client and is then closed; the pool refills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    /// Idle connections kept ready per endpoint.
+    pub size: usize,
+    /// A warm connection older than this is replaced, never handed out; keep
+    /// it below the server's pre-authentication timeout.
+    pub max_age: Duration,
+}
+
+/// Idle connections per endpoint when `warm_pool` gives no `size`.
+pub const DEFAULT_WARM_POOL_SIZE: usize = 2;
+/// Below Postgres' 60 s `authentication_timeout`; MariaDB needs less (10 s).
+pub const DEFAULT_WARM_POOL_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Envoy's circuit-breaker thresholds and HAProxy's `maxconn`/`maxqueue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Upstream connections handed to clients at once (warm idle ones are extra).
+    pub max_connections: usize,
+    /// Clients waiting for a connection slot; beyond that, refused at once.
+    pub max_pending: usize,
+    /// A waiting client is refused after this long.
+    pub queue_timeout: Duration,
+}
+
+/// Default of [`Limits::max_connections`].
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`Limits::max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 256;
+/// Default of [`Limits::queue_timeout`].
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+            max_pending: DEFAULT_MAX_PENDING,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        }
+    }
+}
+
+/// Connect retries: a failed connect (or TLS handshake) sent nothing
+/// upstream, so another attempt is always safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Connect attempts per client, the first included; 1 turns retries off.
+    pub attempts: u32,
+    /// Backoff before the first retry; doubles for each one, with full jitter.
+    pub backoff: Duration,
+    /// Ceiling of the backoff.
+    pub max_backoff: Duration,
+    /// All of one client's attempts and backoffs end within this.
+    pub deadline: Duration,
+    /// Retries may add this percentage to the first attempts of the last 10 s...
+    pub budget_percent: u32,
+    /// ...plus this many retries per second, whatever the traffic.
+    pub budget_min_per_second: u32,
+}
+
+/// Default of [`Retry::attempts`].
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
+/// Default of [`Retry::backoff`].
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(25);
+/// Default of [`Retry::max_backoff`].
+pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Default of [`Retry::deadline`].
+pub const DEFAULT_RETRY_DEADLINE: Duration = Duration::from_secs(10);
+/// Default of [`Retry::budget_percent`] (linkerd's and Finagle's 20 %).
+pub const DEFAULT_RETRY_BUDGET_PERCENT: u32 = 20;
+/// Default of [`Retry::budget_min_per_second`].
+pub const DEFAULT_RETRY_BUDGET_MIN_PER_SECOND: u32 = 10;
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: DEFAULT_RETRY_ATTEMPTS,
+            backoff: DEFAULT_RETRY_BACKOFF,
+            max_backoff: DEFAULT_RETRY_MAX_BACKOFF,
+            deadline: DEFAULT_RETRY_DEADLINE,
+            budget_percent: DEFAULT_RETRY_BUDGET_PERCENT,
+            budget_min_per_second: DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+        }
+    }
+}
+
+/// Per-endpoint circuit breaker: consecutive failures open it; after
+/// `open_for` (doubling on each failed probe, up to `max_open_for`) one probe
+/// is let through, and its success closes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Breaker {
+    /// Consecutive connect failures that open the breaker; 0 turns it off.
+    pub consecutive_failures: u32,
+    /// How long an endpoint stays out after it first opens.
+    pub open_for: Duration,
+    /// Ceiling of the doubling interval.
+    pub max_open_for: Duration,
+    /// Share of an upstream's endpoints that may be out at once (at least one may).
+    pub max_ejected_percent: u32,
+}
+
+/// Default of [`Breaker::consecutive_failures`] (Envoy's `consecutive_5xx`).
+pub const DEFAULT_BREAKER_CONSECUTIVE_FAILURES: u32 = 5;
+/// Default of [`Breaker::open_for`].
+pub const DEFAULT_BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// Default of [`Breaker::max_open_for`].
+pub const DEFAULT_BREAKER_MAX_OPEN_FOR: Duration = Duration::from_secs(60);
+/// Default of [`Breaker::max_ejected_percent`].
+pub const DEFAULT_BREAKER_MAX_EJECTED_PERCENT: u32 = 50;
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: DEFAULT_BREAKER_CONSECUTIVE_FAILURES,
+            open_for: DEFAULT_BREAKER_OPEN_FOR,
+            max_open_for: DEFAULT_BREAKER_MAX_OPEN_FOR,
+            max_ejected_percent: DEFAULT_BREAKER_MAX_EJECTED_PERCENT,
+        }
+    }
+}
+
+/// Active health checking of every endpoint of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a check sends and expects.
+    pub probe: Probe,
+    /// Time between checks of one endpoint.
+    pub interval: Duration,
+    /// Limit on one check.
+    pub timeout: Duration,
+    /// Consecutive passes that bring an unhealthy endpoint back.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a healthy endpoint out.
+    pub unhealthy_threshold: u32,
+}
+
+/// Default of [`HealthCheck::interval`].
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default of [`HealthCheck::timeout`].
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of [`HealthCheck::healthy_threshold`].
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default of [`HealthCheck::unhealthy_threshold`].
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+
+/// A health check's probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Probe {
+    /// The TCP connect (and TLS handshake, with origination) succeeds.
+    Tcp,
+    /// `PING` is answered with `+PONG` (or `-NOAUTH`: the server is up).
+    Redis,
+    /// The server greeting arrives and is not an error packet.
+    Mariadb,
+    /// An `SSLRequest` is answered with `S` or `N`.
+    Postgres,
+}
+
+impl Probe {
+    /// The probe's name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Redis => "redis",
+            Self::Mariadb => "mariadb",
+            Self::Postgres => "postgres",
+        }
+    }
 }
 
 /// How an endpoint is picked for a new connection.

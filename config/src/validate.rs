@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
-use crate::model::{ClientAuth, Config, IdentityAllowList, ListenerTls};
+use crate::model::{ClientAuth, Config, IdentityAllowList, ListenerTls, Probe, Upstream};
 
 /// Where each key path was written, and which paths already have a problem.
 #[derive(Debug, Default)]
@@ -165,8 +165,89 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
             }
             validate_allow_list(&format!("{path}.tls.allow"), &tls.allow, &mut report);
         }
+        validate_resilience(&path, upstream, &mut report);
     }
     problems
+}
+
+/// Zero values that would silently disable something, and settings that
+/// contradict each other.
+fn validate_resilience(path: &str, upstream: &Upstream, report: &mut impl FnMut(String, String)) {
+    let mut positive = |key: &str, is_zero: bool| {
+        if is_zero {
+            report(format!("{path}.{key}"), "must be greater than zero".into());
+        }
+    };
+    if let Some(warm_pool) = &upstream.warm_pool {
+        positive("warm_pool.size", warm_pool.size == 0);
+        positive("warm_pool.max_age", warm_pool.max_age.is_zero());
+    }
+    let limits = &upstream.limits;
+    positive("limits.max_connections", limits.max_connections == 0);
+    positive("limits.queue_timeout", limits.queue_timeout.is_zero());
+    let retry = &upstream.retry;
+    positive("retry.attempts", retry.attempts == 0);
+    positive("retry.deadline", retry.deadline.is_zero());
+    let breaker = &upstream.breaker;
+    positive("breaker.open_for", breaker.open_for.is_zero());
+    if let Some(health_check) = &upstream.health_check {
+        positive("health_check.interval", health_check.interval.is_zero());
+        positive("health_check.timeout", health_check.timeout.is_zero());
+        positive(
+            "health_check.healthy_threshold",
+            health_check.healthy_threshold == 0,
+        );
+        positive(
+            "health_check.unhealthy_threshold",
+            health_check.unhealthy_threshold == 0,
+        );
+    }
+    if retry.backoff > retry.max_backoff {
+        report(
+            format!("{path}.retry.max_backoff"),
+            format!(
+                "{:?} is below retry.backoff ({:?})",
+                retry.max_backoff, retry.backoff
+            ),
+        );
+    }
+    if breaker.max_open_for < breaker.open_for {
+        report(
+            format!("{path}.breaker.max_open_for"),
+            format!(
+                "{:?} is below breaker.open_for ({:?})",
+                breaker.max_open_for, breaker.open_for
+            ),
+        );
+    }
+    if breaker.max_ejected_percent > 100 {
+        report(
+            format!("{path}.breaker.max_ejected_percent"),
+            "is a percentage: 0 to 100".into(),
+        );
+    }
+    if let Some(health_check) = &upstream.health_check {
+        if health_check.timeout > health_check.interval {
+            report(
+                format!("{path}.health_check.timeout"),
+                format!(
+                    "{:?} is longer than health_check.interval ({:?})",
+                    health_check.timeout, health_check.interval
+                ),
+            );
+        }
+        if upstream.tls.is_some() && matches!(health_check.probe, Probe::Mariadb | Probe::Postgres)
+        {
+            report(
+                format!("{path}.health_check.probe"),
+                format!(
+                    "the {} probe speaks the server's plaintext greeting, but this upstream originates TLS \
+                     (MariaDB and Postgres negotiate TLS inside their protocol); use `probe: tcp`",
+                    health_check.probe.as_str()
+                ),
+            );
+        }
+    }
 }
 
 fn validate_listener_tls(path: &str, tls: &ListenerTls, report: &mut impl FnMut(String, String)) {

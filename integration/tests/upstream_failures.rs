@@ -1,12 +1,18 @@
 //! When no endpoint can be reached the client connection is closed promptly
 //! (never a hang), and the failure metrics move by exactly the number of
-//! connect attempts, by reason.
+//! connect attempts, by reason. Retries and the breaker are covered in
+//! `resilience.rs`; the first two tests here turn them off to count single
+//! attempts.
 
 use std::time::Duration;
 
 use attache_integration::{Attache, servers};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+
+/// No retries and no breaker: one attempt per client.
+const SINGLE_ATTEMPT: &str =
+    "    retry: { attempts: 1 }\n    breaker: { consecutive_failures: 0 }\n";
 
 fn config(endpoints: &[String], connect_timeout: &str) -> String {
     let endpoints: Vec<_> = endpoints
@@ -45,7 +51,7 @@ fn attempts(upstream_endpoint: &str) -> String {
 #[tokio::test]
 async fn a_closed_port_is_counted_as_refused_once_per_attempt() {
     let closed = servers::closed_port().to_string();
-    let attache = Attache::run(&config(std::slice::from_ref(&closed), "2s"))
+    let attache = Attache::run(&(config(std::slice::from_ref(&closed), "2s") + SINGLE_ATTEMPT))
         .await
         .unwrap();
     for _ in 0..3 {
@@ -65,7 +71,7 @@ async fn a_closed_port_is_counted_as_refused_once_per_attempt() {
 async fn a_black_holed_endpoint_times_out_and_the_client_is_closed() {
     let black_hole = servers::BlackHole::new();
     let address = black_hole.address.to_string();
-    let attache = Attache::run(&config(std::slice::from_ref(&address), "300ms"))
+    let attache = Attache::run(&(config(std::slice::from_ref(&address), "300ms") + SINGLE_ATTEMPT))
         .await
         .unwrap();
     expect_closed(attache.listener("db")).await;

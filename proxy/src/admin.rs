@@ -6,11 +6,12 @@
 //! | `GET /startup` | 200 once every listener is bound, 503 before |
 //! | `GET /ready` | 200 when started and not draining, 503 otherwise; never depends on upstream health |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `GET /upstreams` | JSON: every upstream's slots and queue, and per endpoint its breaker, health, active connections and warm pool |
 //! | `POST /shutdown` | starts the drain, as SIGTERM does; 404 unless enabled, 403 for non-loopback callers |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::metrics::Metrics;
+use crate::upstream::Upstream;
 
 /// Limit on reading a request's headers (slow clients hold no task for long).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +35,8 @@ pub(crate) struct AdminState {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown_endpoint: bool,
+    /// Set once the upstreams are built; `/upstreams` answers 503 before.
+    pub(crate) upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
 }
 
 /// Serves admin requests on `socket` until the process exits.
@@ -79,6 +83,7 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
             .body(Full::new(Bytes::from(state.metrics.encode())))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")),
+        (&Method::GET, "/upstreams") => upstreams(state),
         (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
             StatusCode::NOT_FOUND,
             "shutdown endpoint disabled (admin.shutdown_endpoint: true enables it)\n",
@@ -92,14 +97,31 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             lifecycle.request_shutdown();
             text(StatusCode::ACCEPTED, "draining\n")
         }
-        (_, "/live" | "/startup" | "/ready" | "/metrics" | "/shutdown") => {
+        (_, "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/shutdown") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /live /startup /ready /metrics /shutdown\n",
+            "not found: /live /startup /ready /metrics /upstreams /shutdown\n",
         ),
     }
+}
+
+fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(upstreams) = state.upstreams.get() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+    };
+    let statuses: Vec<_> = upstreams.iter().map(|upstream| upstream.status()).collect();
+    let body = serde_json::json!({ "upstreams": statuses });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap_or_else(|_| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode upstreams\n",
+            )
+        })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -130,6 +152,7 @@ mod tests {
             lifecycle: Arc::new(Lifecycle::new()),
             metrics: Arc::new(Metrics::new()),
             shutdown_endpoint,
+            upstreams: Arc::default(),
         }
     }
 

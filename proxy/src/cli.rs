@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use attache_config::model::{self, LogFormat, LogLevel};
-use attache_config::{Balance, Config, Endpoint};
+use attache_config::{Balance, Breaker, Config, Endpoint, Limits, Retry};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::telemetry::logging;
@@ -380,6 +380,11 @@ impl TcpArgs {
                 },
                 connect_timeout: self.connect_timeout,
                 tls: self.tls.upstream(),
+                warm_pool: None,
+                limits: Limits::default(),
+                retry: Retry::default(),
+                breaker: Breaker::default(),
+                health_check: None,
             }],
         }
     }

@@ -16,6 +16,7 @@ mod cli;
 mod lifecycle;
 mod listener;
 mod reload;
+mod resilience;
 mod runtime;
 mod tcp;
 mod telemetry;

@@ -38,6 +38,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let mut interrupt =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
+    let upstreams_view = Arc::new(std::sync::OnceLock::new());
     if let Some(address) = config.admin.listen {
         let socket = TcpListener::bind(address)
             .await
@@ -48,13 +49,30 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             shutdown_endpoint: config.admin.shutdown_endpoint,
+            upstreams: upstreams_view.clone(),
         });
         tokio::spawn(admin::serve(socket, state));
     }
 
     let material = Arc::new(TlsMaterial::load(&config, &metrics)?);
     tokio::spawn(material.clone().watch());
-    let listeners = bind_listeners(&config, &material, &metrics)?;
+    let upstreams = build_upstreams(&config, &material, &metrics)?;
+    metrics.watch_upstreams(upstreams.clone());
+    let _ = upstreams_view.set(upstreams.clone());
+    let listeners = bind_listeners(&config, &upstreams, &material, &metrics)?;
+    // Health checks start and warm pools fill (bounded by the connect
+    // timeout) before /startup reports success.
+    let starting: Vec<_> = upstreams
+        .iter()
+        .zip(&config.upstreams)
+        .map(|(upstream, settings)| {
+            let (upstream, wait) = (upstream.clone(), settings.connect_timeout);
+            tokio::spawn(async move { upstream.start(wait).await })
+        })
+        .collect();
+    for started in starting {
+        started.await.context("starting an upstream")?;
+    }
     for listener in listeners {
         tokio::spawn(listener.serve(lifecycle.clone()));
     }
@@ -144,12 +162,13 @@ fn raise_open_file_limit(config: &Config) {
     }
 }
 
-fn bind_listeners(
+/// Builds every upstream, in config order; their warm pools start filling.
+fn build_upstreams(
     config: &Config,
     material: &TlsMaterial,
     metrics: &Metrics,
-) -> anyhow::Result<Vec<Listener>> {
-    let upstreams = config
+) -> anyhow::Result<Vec<Arc<Upstream>>> {
+    config
         .upstreams
         .iter()
         .map(|upstream| {
@@ -157,7 +176,15 @@ fn bind_listeners(
                 .map(Arc::new)
                 .with_context(|| format!("upstream {:?}: TLS server name", upstream.name))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect()
+}
+
+fn bind_listeners(
+    config: &Config,
+    upstreams: &[Arc<Upstream>],
+    material: &TlsMaterial,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Listener>> {
     config
         .listeners
         .iter()

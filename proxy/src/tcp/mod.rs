@@ -96,7 +96,7 @@ pub(crate) async fn serve(
         }
     };
     let (timeout, metrics) = (route.idle_timeout, &route.metrics);
-    let relayed = match (&mut client, &mut upstream.stream) {
+    let relayed = match (&mut client, upstream.stream()) {
         (ClientStream::Plain(client), UpstreamStream::Plain(server)) => {
             relay::relay(client, server, timeout, metrics).await
         }

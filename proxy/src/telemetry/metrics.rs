@@ -24,14 +24,43 @@
 //!   (rejected; the previous material stays)
 //! - `tls_certificate_expiry_timestamp_seconds{kind,name}`: `notAfter` of the
 //!   certificate a listener or upstream presents
+//! - `upstream_connections_active{upstream}`, `upstream_pending_clients{upstream}`:
+//!   connection slots held, and clients queued for one (read at scrape)
+//! - `upstream_queue_wait_seconds{upstream}`: time clients waited for a slot
+//! - `upstream_refused_total{upstream,reason}`: clients given no connection
+//!   before any attempt: `overflow` (queue full), `queue_timeout`, or
+//!   `no_endpoint` (every endpoint ejected or unhealthy)
+//! - `upstream_retries_total{upstream}`, `upstream_retry_budget_exhausted_total{upstream}`
+//! - `upstream_breaker_state{upstream,endpoint,state}`: 1 for the current state
+//!   (`closed`, `open`, `half_open`), read at scrape
+//! - `upstream_breaker_transitions_total{upstream,endpoint,state}`: entries into a state
+//! - `upstream_endpoint_health{upstream,endpoint,state}`: 1 for `healthy`,
+//!   `unhealthy` or `unknown`, read at scrape
+//! - `upstream_health_checks_total{upstream,endpoint,result}`: `pass` / `fail`
+//! - `upstream_pool_idle_connections{upstream,endpoint}`: warm connections ready
+//! - `upstream_pool_connections_created_total{upstream,endpoint}`
+//! - `upstream_pool_connections_discarded_total{upstream,endpoint,reason}`:
+//!   `expired` (max_age) or `invalid` (closed, stale TLS, data) at checkout
+//! - `upstream_warm_connections_used_total{upstream,endpoint}`: clients served
+//!   from the warm pool
 //! - `build_info{version}`: always 1
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::resilience::breaker::State as BreakerState;
+use crate::upstream::status::UpstreamStatus;
+use crate::upstream::{Health, Upstream};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
@@ -64,6 +93,38 @@ struct EndpointLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
+    upstream: String,
+    endpoint: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamReasonLabels {
+    upstream: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointStateLabels {
+    upstream: String,
+    endpoint: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointResultLabels {
+    upstream: String,
+    endpoint: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointReasonLabels {
     upstream: String,
     endpoint: String,
     reason: &'static str,
@@ -104,8 +165,21 @@ struct CertificateLabels {
     name: String,
 }
 
+fn queue_wait_histogram() -> Histogram {
+    // 1 ms .. ~16 s; slots taken at once land in the first bucket.
+    Histogram::new(exponential_buckets(0.001, 4.0, 8))
+}
+
 /// The metric registry and its families.
 pub(crate) struct Metrics {
+    upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
+    queue_wait: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    upstream_refused: Family<UpstreamReasonLabels, Counter>,
+    retries: Family<UpstreamLabels, Counter>,
+    budget_exhausted: Family<UpstreamLabels, Counter>,
+    breaker_transitions: Family<EndpointStateLabels, Counter>,
+    health_checks: Family<EndpointResultLabels, Counter>,
+    warm_used: Family<EndpointLabels, Counter>,
     tls_reloads: Family<ReloadLabels, Counter>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -125,6 +199,14 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("attache");
         let metrics = Self {
+            upstreams: Arc::default(),
+            queue_wait: Family::new_with_constructor(queue_wait_histogram),
+            upstream_refused: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
+            breaker_transitions: Family::default(),
+            health_checks: Family::default(),
+            warm_used: Family::default(),
             connections: Family::default(),
             connections_active: Family::default(),
             connections_refused: Family::default(),
@@ -201,6 +283,45 @@ impl Metrics {
             Unit::Seconds,
             metrics.connect_duration.clone(),
         );
+        registry.register_with_unit(
+            "upstream_queue_wait",
+            "Time clients waited for an upstream connection slot",
+            Unit::Seconds,
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "upstream_refused",
+            "Clients given no upstream connection before any attempt, by reason",
+            metrics.upstream_refused.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Connect retries (attempts after a client's first)",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_budget_exhausted",
+            "Retries not made because the upstream's retry budget was spent",
+            metrics.budget_exhausted.clone(),
+        );
+        registry.register(
+            "upstream_breaker_transitions",
+            "Circuit breaker state changes, by the state entered",
+            metrics.breaker_transitions.clone(),
+        );
+        registry.register(
+            "upstream_health_checks",
+            "Active health check results",
+            metrics.health_checks.clone(),
+        );
+        registry.register(
+            "upstream_warm_connections_used",
+            "Client connections served from the warm pool",
+            metrics.warm_used.clone(),
+        );
+        registry.register_collector(Box::new(UpstreamStates {
+            upstreams: metrics.upstreams.clone(),
+        }));
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -292,6 +413,31 @@ impl Metrics {
         }
     }
 
+    /// Makes `upstreams` the source of the state gauges; later calls are ignored.
+    pub(crate) fn watch_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+        let _ = self.upstreams.set(upstreams);
+    }
+
+    /// Handles for one upstream's metrics.
+    pub(crate) fn upstream(&self, upstream: &str) -> UpstreamMetrics {
+        let labels = UpstreamLabels {
+            upstream: upstream.to_owned(),
+        };
+        UpstreamMetrics {
+            queue_wait: self.queue_wait.get_or_create(&labels).clone(),
+            refused: UpstreamRefusal::ALL.map(|reason| {
+                self.upstream_refused
+                    .get_or_create(&UpstreamReasonLabels {
+                        upstream: upstream.to_owned(),
+                        reason: reason.label(),
+                    })
+                    .clone()
+            }),
+            retries: self.retries.get_or_create(&labels).clone(),
+            budget_exhausted: self.budget_exhausted.get_or_create(&labels).clone(),
+        }
+    }
+
     /// Handles for one upstream endpoint's metrics.
     pub(crate) fn endpoint(&self, upstream: &str, endpoint: &str) -> EndpointMetrics {
         let labels = EndpointLabels {
@@ -299,6 +445,25 @@ impl Metrics {
             endpoint: endpoint.to_owned(),
         };
         EndpointMetrics {
+            warm_used: self.warm_used.get_or_create(&labels).clone(),
+            breaker_transitions: BreakerState::ALL.map(|state| {
+                self.breaker_transitions
+                    .get_or_create(&EndpointStateLabels {
+                        upstream: upstream.to_owned(),
+                        endpoint: endpoint.to_owned(),
+                        state: state.label(),
+                    })
+                    .clone()
+            }),
+            health_checks: [true, false].map(|passed| {
+                self.health_checks
+                    .get_or_create(&EndpointResultLabels {
+                        upstream: upstream.to_owned(),
+                        endpoint: endpoint.to_owned(),
+                        result: if passed { "pass" } else { "fail" },
+                    })
+                    .clone()
+            }),
             attempts: self.connect_attempts.get_or_create(&labels).clone(),
             failures: ConnectFailure::ALL.map(|reason| {
                 self.connect_failures
@@ -477,9 +642,49 @@ impl ListenerMetrics {
     }
 }
 
+/// Why a client got no upstream connection before any connect attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamRefusal {
+    /// Every slot taken and the queue full.
+    Overflow,
+    /// Queued past the queue timeout.
+    QueueTimeout,
+    /// Every endpoint ejected or unhealthy.
+    NoEndpoint,
+}
+
+impl UpstreamRefusal {
+    const ALL: [Self; 3] = [Self::Overflow, Self::QueueTimeout, Self::NoEndpoint];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Overflow => "overflow",
+            Self::QueueTimeout => "queue_timeout",
+            Self::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
+/// One upstream's metric handles.
+pub(crate) struct UpstreamMetrics {
+    pub(crate) queue_wait: Histogram,
+    refused: [Counter; 3],
+    pub(crate) retries: Counter,
+    pub(crate) budget_exhausted: Counter,
+}
+
+impl UpstreamMetrics {
+    pub(crate) fn refused(&self, reason: UpstreamRefusal) {
+        self.refused[reason as usize].inc();
+    }
+}
+
 /// One upstream endpoint's metric handles.
 #[derive(Clone)]
 pub(crate) struct EndpointMetrics {
+    pub(crate) warm_used: Counter,
+    breaker_transitions: [Counter; 3],
+    health_checks: [Counter; 2],
     pub(crate) attempts: Counter,
     failures: [Counter; 5],
     pub(crate) duration: Histogram,
@@ -487,11 +692,163 @@ pub(crate) struct EndpointMetrics {
 }
 
 impl EndpointMetrics {
+    pub(crate) fn breaker_transition(&self, entered: BreakerState) {
+        self.breaker_transitions[entered as usize].inc();
+    }
+
+    pub(crate) fn health_check(&self, passed: bool) {
+        self.health_checks[usize::from(!passed)].inc();
+    }
+
     pub(crate) fn failed(&self, reason: ConnectFailure) {
         self.failures[reason as usize].inc();
     }
 
     pub(crate) fn handshake(&self, result: HandshakeResult) {
         self.handshakes[result as usize].inc();
+    }
+}
+
+/// The state gauges, read from the upstreams at each scrape.
+#[derive(Debug)]
+struct UpstreamStates {
+    upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Upstream")
+            .field("name", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for UpstreamStates {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let Some(upstreams) = self.upstreams.get() else {
+            return Ok(());
+        };
+        let statuses: Vec<UpstreamStatus> =
+            upstreams.iter().map(|upstream| upstream.status()).collect();
+        let gauge = |value: usize| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+
+        let mut family = encoder.encode_descriptor(
+            "upstream_connections_active",
+            "Upstream connection slots held by clients",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &statuses {
+            gauge(status.active).encode(family.encode_family(&UpstreamLabels {
+                upstream: status.name.clone(),
+            })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "upstream_pending_clients",
+            "Clients queued for an upstream connection slot",
+            None,
+            MetricType::Gauge,
+        )?;
+        for status in &statuses {
+            gauge(status.pending).encode(family.encode_family(&UpstreamLabels {
+                upstream: status.name.clone(),
+            })?)?;
+        }
+
+        let endpoints = || {
+            statuses.iter().flat_map(|status| {
+                status
+                    .endpoints
+                    .iter()
+                    .map(move |endpoint| (status.name.as_str(), endpoint))
+            })
+        };
+        let one_hot = |current: &str, state: &str| gauge(usize::from(current == state));
+        let mut family = encoder.encode_descriptor(
+            "upstream_breaker_state",
+            "Circuit breaker state of an endpoint: 1 for the current state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, endpoint) in endpoints() {
+            for state in BreakerState::ALL.map(BreakerState::label) {
+                let labels = EndpointStateLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.address.clone(),
+                    state,
+                };
+                one_hot(endpoint.breaker, state).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "upstream_endpoint_health",
+            "Health check verdict on an endpoint: 1 for the current one",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, endpoint) in endpoints() {
+            for state in [Health::Healthy, Health::Unhealthy, Health::Unknown].map(Health::label) {
+                let labels = EndpointStateLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.address.clone(),
+                    state,
+                };
+                one_hot(endpoint.health, state).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let pools = || {
+            endpoints().filter_map(|(upstream, endpoint)| {
+                Some((
+                    upstream,
+                    endpoint.address.as_str(),
+                    endpoint.warm_pool.as_ref()?,
+                ))
+            })
+        };
+        let mut family = encoder.encode_descriptor(
+            "upstream_pool_idle_connections",
+            "Warm connections ready for clients",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, endpoint, pool) in pools() {
+            let labels = EndpointLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            };
+            gauge(pool.idle as usize).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "upstream_pool_connections_created",
+            "Warm connections made",
+            None,
+            MetricType::Counter,
+        )?;
+        for (upstream, endpoint, pool) in pools() {
+            let labels = EndpointLabels {
+                upstream: upstream.to_owned(),
+                endpoint: endpoint.to_owned(),
+            };
+            ConstCounter::new(pool.created).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "upstream_pool_connections_discarded",
+            "Warm connections dropped unused: expired (max_age) or invalid at checkout",
+            None,
+            MetricType::Counter,
+        )?;
+        for (upstream, endpoint, pool) in pools() {
+            for (reason, count) in [("expired", pool.expired), ("invalid", pool.invalid)] {
+                let labels = EndpointReasonLabels {
+                    upstream: upstream.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                    reason,
+                };
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
     }
 }

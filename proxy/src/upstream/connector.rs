@@ -1,7 +1,7 @@
 //! One connect attempt to one endpoint: resolve the hostname now (Kubernetes
 //! service IPs change), try its addresses in order, then originate TLS when
 //! configured, all within the connect timeout; count the attempt and its
-//! outcome.
+//! outcome (health probes connect the same way, uncounted).
 
 use std::io;
 use std::time::Duration;
@@ -57,10 +57,12 @@ impl ConnectError {
 pub(super) async fn connect(
     endpoint: &Endpoint,
     timeout: Duration,
-    metrics: &EndpointMetrics,
+    metrics: Option<&EndpointMetrics>,
     origination: Option<Origination<'_>>,
 ) -> Result<UpstreamStream, ConnectError> {
-    metrics.attempts.inc();
+    if let Some(metrics) = metrics {
+        metrics.attempts.inc();
+    }
     let started = Instant::now();
     let attempt = async {
         let stream = resolve_and_connect(endpoint).await?;
@@ -76,11 +78,15 @@ pub(super) async fn connect(
         );
         match Box::pin(handshake).await {
             Ok(stream) => {
-                metrics.handshake(HandshakeResult::Ok);
+                if let Some(metrics) = metrics {
+                    metrics.handshake(HandshakeResult::Ok);
+                }
                 Ok(UpstreamStream::Tls(Box::new(stream)))
             }
             Err(source) => {
-                metrics.handshake(source.result);
+                if let Some(metrics) = metrics {
+                    metrics.handshake(source.result);
+                }
                 Err(ConnectError::Tls {
                     endpoint: endpoint.to_string(),
                     source,
@@ -95,9 +101,10 @@ pub(super) async fn connect(
             timeout,
         }),
     };
-    match &result {
-        Ok(_) => metrics.duration.observe(started.elapsed().as_secs_f64()),
-        Err(error) => metrics.failed(error.kind()),
+    match (&result, metrics) {
+        (Ok(_), Some(metrics)) => metrics.duration.observe(started.elapsed().as_secs_f64()),
+        (Err(error), Some(metrics)) => metrics.failed(error.kind()),
+        (_, None) => {}
     }
     result
 }

@@ -1,85 +1,162 @@
-//! Upstreams: a named group of endpoints, the balancer that orders them for
-//! each new connection, and the connector that reaches one of them. Every
-//! protocol handler reaches its upstream through [`Upstream::connect`].
+//! Upstreams: a named group of endpoints and everything between a client
+//! and one of them. Every protocol handler reaches its upstream through
+//! [`Upstream::connect`], which
+//! 1. takes a connection slot (`limits`: at most `max_connections` at once,
+//!    up to `max_pending` clients queued for `queue_timeout`, the rest
+//!    refused at once),
+//! 2. picks endpoints in the balancer's order, skipping those whose breaker
+//!    is open or that health checks took out (none left: fail fast),
+//! 3. hands out a warm connection when the endpoint has one, or connects,
+//! 4. retries a failed connect on the next endpoint after a jittered
+//!    backoff, within `retry.attempts`, the client's `retry.deadline` and the
+//!    upstream's retry budget.
+//!
+//! # Layout
+//! - `balancer`: the first endpoint to try.
+//! - `connector`: one TCP (+TLS) connect attempt.
+//! - `endpoint`: one endpoint's breaker, health and counters.
+//! - `warm`: the per-endpoint warm pool (bb8).
+//! - `health`: active health checks.
+//! - `status`: the snapshot behind `/upstreams` and the state gauges.
 
 mod balancer;
 mod connector;
+mod endpoint;
+mod health;
+pub(crate) mod status;
+mod warm;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use attache_config::Endpoint as EndpointAddress;
-use rustls::pki_types::ServerName;
+use attache_config::{Endpoint as EndpointAddress, HealthCheck};
+use tokio::time::Instant;
 
 use crate::reload::SharedClientConfig;
+use crate::resilience::backoff::Backoff;
+use crate::resilience::breaker::{self, Permit};
+use crate::resilience::budget::RetryBudget;
+use crate::resilience::limit::{ConcurrencyLimit, Refusal, Slot};
 use crate::tcp::stream::UpstreamStream;
-use crate::telemetry::metrics::{EndpointMetrics, Metrics};
+use crate::telemetry::metrics::{Metrics, UpstreamMetrics, UpstreamRefusal};
 use balancer::Balancer;
-pub(crate) use connector::Origination;
+use connector::ConnectError;
+pub(crate) use endpoint::Health;
+use endpoint::{Ejections, EndpointSettings, EndpointState};
+use warm::{WarmCheckout, WarmConnector, WarmPool};
 
 /// A named group of endpoints that listeners forward to.
 pub(crate) struct Upstream {
-    name: String,
+    name: Arc<str>,
     endpoints: Vec<Endpoint>,
     balancer: Balancer,
-    connect_timeout: Duration,
-    /// Present when attache originates TLS to this upstream; swapped on reload.
-    tls: Option<SharedClientConfig>,
+    limit: ConcurrencyLimit,
+    attempts: u32,
+    backoff: Backoff,
+    deadline: Duration,
+    budget: RetryBudget,
+    health_check: Option<HealthCheck>,
+    warm_size: usize,
+    metrics: UpstreamMetrics,
 }
 
-/// One place an upstream runs.
 struct Endpoint {
-    address: EndpointAddress,
-    /// Sent as SNI and verified, with TLS origination.
-    server_name: Option<ServerName<'static>>,
-    /// Connections handed out and still open (for least-connections).
-    active: AtomicUsize,
-    metrics: EndpointMetrics,
+    state: Arc<EndpointState>,
+    warm: Option<WarmPool>,
+}
+
+/// Why a client got no upstream connection.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unavailable {
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    #[error("every endpoint is ejected by its circuit breaker or unhealthy; failing fast")]
+    NoEndpoint,
+    #[error("{attempts} connect attempt(s) failed, then {stopped}; last error: {}", last.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string))]
+    Failed {
+        attempts: u32,
+        stopped: Stop,
+        last: Option<ConnectError>,
+    },
+}
+
+/// Why retrying stopped.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+pub(crate) enum Stop {
+    #[error("no attempts left")]
+    Attempts,
+    #[error("the retry budget was spent")]
+    Budget,
+    #[error("the connect deadline passed")]
+    Deadline,
+    #[error("no endpoint was left to try")]
+    NoEndpoint,
 }
 
 /// No endpoint of an upstream could be connected.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "no endpoint of upstream {upstream:?} could be connected ({attempts} attempts; last: {last_error})"
-)]
+#[error("upstream {upstream:?}: {reason}")]
 pub(crate) struct UpstreamUnavailable {
-    upstream: String,
-    attempts: usize,
-    last_error: connector::ConnectError,
+    upstream: Arc<str>,
+    reason: Unavailable,
 }
 
-/// A connected upstream stream; the endpoint counts it as active until drop.
+/// How the upstream leg was obtained.
+enum Leg {
+    Fresh(UpstreamStream),
+    Warm(Box<WarmCheckout>),
+}
+
+/// A connected upstream stream. It holds its connection slot and counts as
+/// active on its endpoint until dropped.
 pub(crate) struct UpstreamConnection {
-    pub(crate) stream: UpstreamStream,
-    upstream: Arc<Upstream>,
-    endpoint: usize,
+    leg: Leg,
+    endpoint: Arc<EndpointState>,
+    _slot: Slot,
 }
 
 impl UpstreamConnection {
+    pub(crate) fn stream(&mut self) -> &mut UpstreamStream {
+        match &mut self.leg {
+            Leg::Fresh(stream) => stream,
+            Leg::Warm(checkout) => &mut checkout.stream,
+        }
+    }
+
     /// The endpoint this connection reached, as configured.
     pub(crate) fn endpoint(&self) -> &EndpointAddress {
-        &self.upstream.endpoints[self.endpoint].address
+        &self.endpoint.address
     }
 }
 
 impl Drop for UpstreamConnection {
     fn drop(&mut self) {
-        self.upstream.endpoints[self.endpoint]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Upstream {
+    /// Builds the upstream and starts its warm pools filling (so this runs
+    /// inside the Tokio runtime).
+    ///
     /// # Errors
-    /// When TLS origination is configured and its files cannot be used, or an
-    /// endpoint's server name is not valid.
+    /// When an endpoint's TLS server name is not valid.
     pub(crate) fn new(
         config: &attache_config::Upstream,
         tls: Option<SharedClientConfig>,
         metrics: &Metrics,
     ) -> Result<Self, attache_certs::tls::TlsError> {
+        let name: Arc<str> = Arc::from(config.name.as_str());
+        let ejections = Arc::new(Ejections::new(
+            config.endpoints.len(),
+            config.breaker.max_ejected_percent,
+        ));
+        let breaker = breaker::Settings {
+            consecutive_failures: config.breaker.consecutive_failures,
+            open_for: config.breaker.open_for,
+            max_open_for: config.breaker.max_open_for,
+        };
         let endpoints = config
             .endpoints
             .iter()
@@ -91,20 +168,47 @@ impl Upstream {
                         attache_certs::tls::server_name(tls.server_name.as_deref(), &address.host)
                     })
                     .transpose()?;
-                Ok(Endpoint {
-                    metrics: metrics.endpoint(&config.name, &address.to_string()),
+                let state = Arc::new(EndpointState::new(EndpointSettings {
+                    upstream: name.clone(),
                     address: address.clone(),
                     server_name,
-                    active: AtomicUsize::new(0),
-                })
+                    tls: tls.clone(),
+                    connect_timeout: config.connect_timeout,
+                    breaker,
+                    ejections: ejections.clone(),
+                    metrics: metrics.endpoint(&config.name, &address.to_string()),
+                }));
+                let warm = config.warm_pool.as_ref().map(|warm| {
+                    WarmConnector::pool(
+                        state.clone(),
+                        warm.size,
+                        warm.max_age,
+                        config.limits.max_connections,
+                    )
+                });
+                Ok(Endpoint { state, warm })
             })
             .collect::<Result<_, attache_certs::tls::TlsError>>()?;
+        let retry = &config.retry;
         Ok(Self {
-            name: config.name.clone(),
             endpoints,
             balancer: Balancer::new(config.balance),
-            connect_timeout: config.connect_timeout,
-            tls,
+            limit: ConcurrencyLimit::new(
+                config.limits.max_connections,
+                config.limits.max_pending,
+                config.limits.queue_timeout,
+            ),
+            attempts: retry.attempts,
+            backoff: Backoff {
+                base: retry.backoff,
+                max: retry.max_backoff,
+            },
+            deadline: retry.deadline,
+            budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
+            health_check: config.health_check.clone(),
+            warm_size: config.warm_pool.as_ref().map_or(0, |warm| warm.size),
+            metrics: metrics.upstream(&config.name),
+            name,
         })
     }
 
@@ -112,61 +216,131 @@ impl Upstream {
         &self.name
     }
 
-    /// Connects to one endpoint. Endpoints are tried in the balancer's order,
-    /// each at most once, each attempt bounded by the connect timeout; a
-    /// failed connect sent nothing upstream, so trying the next is always safe.
-    ///
-    /// # Errors
-    /// [`UpstreamUnavailable`] when every endpoint failed.
-    pub(crate) async fn connect(
-        self: &Arc<Self>,
-    ) -> Result<UpstreamConnection, UpstreamUnavailable> {
-        let count = self.endpoints.len();
-        let first = self.balancer.pick(count, |index| {
-            self.endpoints[index].active.load(Ordering::Relaxed)
-        });
-        let mut last_error = match self.connect_endpoint(first).await {
-            Ok(connection) => return Ok(connection),
-            Err(error) => error,
-        };
-        for offset in 1..count {
-            match self.connect_endpoint((first + offset) % count).await {
-                Ok(connection) => return Ok(connection),
-                Err(error) => last_error = error,
+    /// Starts the health checks, then waits until every warm pool is full,
+    /// or for at most `wait` (an upstream that is down must not hold up
+    /// start-up: its pool keeps refilling in the background).
+    pub(crate) async fn start(&self, wait: Duration) {
+        if let Some(check) = &self.health_check {
+            for endpoint in &self.endpoints {
+                tokio::spawn(health::run(endpoint.state.clone(), check.clone()));
             }
         }
-        Err(UpstreamUnavailable {
-            upstream: self.name.clone(),
-            attempts: count,
-            last_error,
-        })
+        let deadline = Instant::now() + wait;
+        let filled = || {
+            self.endpoints.iter().all(|endpoint| {
+                endpoint
+                    .warm
+                    .as_ref()
+                    .is_none_or(|pool| pool.state().idle_connections as usize >= self.warm_size)
+            })
+        };
+        while !filled() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !filled() {
+            tracing::warn!(upstream = %self.name, "warm pool not full at start-up; it keeps refilling");
+        }
     }
 
-    async fn connect_endpoint(
-        self: &Arc<Self>,
-        index: usize,
-    ) -> Result<UpstreamConnection, connector::ConnectError> {
-        let endpoint = &self.endpoints[index];
-        let connector = self
-            .tls
-            .as_ref()
-            .map(|config| tokio_rustls::TlsConnector::from(config.load_full()));
-        let origination = connector.as_ref().zip(endpoint.server_name.as_ref()).map(
-            |(connector, server_name)| Origination {
-                connector,
-                server_name,
-            },
-        );
-        let stream = connector::connect(&endpoint.address, self.connect_timeout, &endpoint.metrics, origination)
-            .await
-            .inspect_err(|error| {
-                tracing::debug!(upstream = %self.name, endpoint = %endpoint.address, %error, "upstream connect failed");
-            })?;
-        endpoint.active.fetch_add(1, Ordering::Relaxed);
-        Ok(UpstreamConnection {
-            stream,
-            upstream: self.clone(),
-            endpoint: index,
-        })
+    /// Connects a client to one endpoint (see the module documentation).
+    ///
+    /// # Errors
+    /// [`UpstreamUnavailable`] saying why no connection was made.
+    pub(crate) async fn connect(&self) -> Result<UpstreamConnection, UpstreamUnavailable> {
+        let slot = self.limit.acquire().await.map_err(|refusal| {
+            self.metrics.refused(match refusal {
+                Refusal::Overflow => UpstreamRefusal::Overflow,
+                Refusal::QueueTimeout => UpstreamRefusal::QueueTimeout,
+            });
+            self.unavailable(Unavailable::Refused(refusal))
+        })?;
+        self.metrics
+            .queue_wait
+            .observe(slot.queued_for.as_secs_f64());
+        let deadline = Instant::now() + self.deadline;
+        let count = self.endpoints.len();
+        let mut next = self.balancer.pick(count, |index| {
+            self.endpoints[index].state.active.load(Ordering::Relaxed)
+        });
+        let mut attempts = 0;
+        let mut last = None;
+        let stopped = loop {
+            if attempts == self.attempts {
+                break Stop::Attempts;
+            }
+            if attempts == 0 {
+                self.budget.deposit(Instant::now());
+            } else {
+                if !self.budget.withdraw(Instant::now()) {
+                    self.metrics.budget_exhausted.inc();
+                    break Stop::Budget;
+                }
+                let wake = Instant::now() + self.backoff.delay(attempts - 1);
+                if wake >= deadline {
+                    break Stop::Deadline;
+                }
+                tokio::time::sleep_until(wake).await;
+                self.metrics.retries.inc();
+            }
+            let Some((index, permit)) = self.admit_from(next) else {
+                if attempts == 0 {
+                    self.metrics.refused(UpstreamRefusal::NoEndpoint);
+                    return Err(self.unavailable(Unavailable::NoEndpoint));
+                }
+                break Stop::NoEndpoint;
+            };
+            next = (index + 1) % count;
+            attempts += 1;
+            let endpoint = &self.endpoints[index];
+            match tokio::time::timeout_at(deadline, endpoint.attempt(permit)).await {
+                Ok(Ok(leg)) => {
+                    endpoint.state.active.fetch_add(1, Ordering::Relaxed);
+                    return Ok(UpstreamConnection {
+                        leg,
+                        endpoint: endpoint.state.clone(),
+                        _slot: slot,
+                    });
+                }
+                Ok(Err(error)) => last = Some(error),
+                Err(_) => break Stop::Deadline,
+            }
+        };
+        Err(self.unavailable(Unavailable::Failed {
+            attempts,
+            stopped,
+            last,
+        }))
+    }
+
+    /// The first endpoint from `start` on (wrapping) that may be tried now.
+    fn admit_from(&self, start: usize) -> Option<(usize, Permit<'_>)> {
+        let count = self.endpoints.len();
+        (0..count)
+            .map(|offset| (start + offset) % count)
+            .find_map(|index| Some((index, self.endpoints[index].state.admit()?)))
+    }
+
+    fn unavailable(&self, reason: Unavailable) -> UpstreamUnavailable {
+        UpstreamUnavailable {
+            upstream: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+impl Endpoint {
+    /// A warm connection when one is idle (a half-open probe always
+    /// connects: it has to prove the endpoint is back), else a new one.
+    async fn attempt(&self, permit: Permit<'_>) -> Result<Leg, ConnectError> {
+        if let Some(pool) = &self.warm
+            && !permit.is_probe()
+            && pool.state().idle_connections > 0
+            && let Ok(checkout) = pool.get_owned().await
+        {
+            self.state.metrics.warm_used.inc();
+            return Ok(Leg::Warm(Box::new(checkout)));
+        }
+        let connected = self.state.connect(permit).await?;
+        Ok(Leg::Fresh(connected.stream))
     }
 }

@@ -1,0 +1,211 @@
+//! One endpoint of an upstream and everything that decides whether it gets
+//! traffic: its circuit breaker, its health, its share of the upstream's
+//! ejections. Client connects, warm-pool refills and health probes all
+//! reach the endpoint through here.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use attache_config::Endpoint as EndpointAddress;
+use rustls::pki_types::ServerName;
+use tokio::time::Instant;
+
+use super::connector::{self, ConnectError, Origination};
+use crate::reload::SharedClientConfig;
+use crate::resilience::breaker::{self, Breaker, Permit};
+use crate::tcp::stream::UpstreamStream;
+use crate::telemetry::metrics::EndpointMetrics;
+
+/// What active health checks last concluded about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// No health check is configured, or none has finished yet: routable.
+    Unknown = 0,
+    Healthy = 1,
+    /// Out of the balancer until enough checks pass.
+    Unhealthy = 2,
+}
+
+impl Health {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// How many endpoints of one upstream are ejected, against the most that may be.
+#[derive(Debug)]
+pub(super) struct Ejections {
+    ejected: AtomicUsize,
+    max: usize,
+}
+
+impl Ejections {
+    /// At most `percent`% of `endpoints`, and always at least one, so that a
+    /// single-endpoint upstream can fail fast.
+    pub(super) fn new(endpoints: usize, percent: u32) -> Self {
+        let share = endpoints * percent as usize / 100;
+        Self {
+            ejected: AtomicUsize::new(0),
+            max: share.max(1),
+        }
+    }
+
+    fn try_eject(&self) -> bool {
+        self.ejected
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |ejected| {
+                (ejected < self.max).then_some(ejected + 1)
+            })
+            .is_ok()
+    }
+
+    fn restore(&self) {
+        self.ejected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An endpoint, shared by the upstream, its warm pool and its health checker.
+pub(crate) struct EndpointState {
+    pub(super) upstream: Arc<str>,
+    pub(crate) address: EndpointAddress,
+    /// Sent as SNI and verified, with TLS origination.
+    server_name: Option<ServerName<'static>>,
+    /// Present when attache originates TLS; swapped on reload.
+    pub(super) tls: Option<SharedClientConfig>,
+    pub(super) connect_timeout: Duration,
+    breaker: Breaker,
+    ejections: Arc<Ejections>,
+    health: AtomicU8,
+    /// Connections handed to clients and still open (for least-connections).
+    pub(super) active: AtomicUsize,
+    pub(super) metrics: EndpointMetrics,
+}
+
+/// Settings an endpoint is built from.
+pub(super) struct EndpointSettings {
+    pub(super) upstream: Arc<str>,
+    pub(super) address: EndpointAddress,
+    pub(super) server_name: Option<ServerName<'static>>,
+    pub(super) tls: Option<SharedClientConfig>,
+    pub(super) connect_timeout: Duration,
+    pub(super) breaker: breaker::Settings,
+    pub(super) ejections: Arc<Ejections>,
+    pub(super) metrics: EndpointMetrics,
+}
+
+impl EndpointState {
+    pub(super) fn new(settings: EndpointSettings) -> Self {
+        Self {
+            upstream: settings.upstream,
+            address: settings.address,
+            server_name: settings.server_name,
+            tls: settings.tls,
+            connect_timeout: settings.connect_timeout,
+            breaker: Breaker::new(settings.breaker),
+            ejections: settings.ejections,
+            health: AtomicU8::new(Health::Unknown as u8),
+            active: AtomicUsize::new(0),
+            metrics: settings.metrics,
+        }
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub(super) fn set_health(&self, health: Health) {
+        self.health.store(health as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn breaker_state(&self) -> breaker::State {
+        self.breaker.state()
+    }
+
+    /// Leave to connect now, unless health checks took the endpoint out or
+    /// its breaker is open (or its single half-open probe is out).
+    pub(super) fn admit(&self) -> Option<Permit<'_>> {
+        if self.health() == Health::Unhealthy {
+            return None;
+        }
+        let (permit, changed) = self.breaker.try_acquire(Instant::now());
+        if let Some(state) = changed {
+            self.breaker_changed(state);
+        }
+        permit
+    }
+
+    /// One counted connect attempt under `permit`, its outcome fed to the breaker.
+    pub(super) async fn connect(&self, permit: Permit<'_>) -> Result<Connected, ConnectError> {
+        let result = self.connect_uncounted(Some(&self.metrics)).await;
+        let changed = match &result {
+            Ok(_) => permit.succeeded(),
+            Err(_) => permit.failed(Instant::now(), || self.ejections.try_eject()),
+        };
+        if let Some(state) = changed {
+            self.breaker_changed(state);
+        }
+        result
+    }
+
+    /// A connect (and TLS handshake, with origination) within the connect
+    /// timeout; `metrics` counts it when given. Health probes pass `None`.
+    pub(super) async fn connect_uncounted(
+        &self,
+        metrics: Option<&EndpointMetrics>,
+    ) -> Result<Connected, ConnectError> {
+        let tls_config = self.tls.as_ref().map(|config| config.load_full());
+        let connector = tls_config.clone().map(tokio_rustls::TlsConnector::from);
+        let origination =
+            connector
+                .as_ref()
+                .zip(self.server_name.as_ref())
+                .map(|(connector, server_name)| Origination {
+                    connector,
+                    server_name,
+                });
+        let stream = connector::connect(&self.address, self.connect_timeout, metrics, origination)
+            .await
+            .inspect_err(|error| {
+                tracing::debug!(upstream = %self.upstream, endpoint = %self.address, %error, "upstream connect failed");
+            })?;
+        Ok(Connected { stream, tls_config })
+    }
+
+    fn breaker_changed(&self, state: breaker::State) {
+        self.metrics.breaker_transition(state);
+        match state {
+            breaker::State::Open => tracing::warn!(
+                upstream = %self.upstream,
+                endpoint = %self.address,
+                "circuit breaker open: endpoint ejected after consecutive connect failures"
+            ),
+            breaker::State::HalfOpen => tracing::info!(
+                upstream = %self.upstream,
+                endpoint = %self.address,
+                "circuit breaker half-open: one probe connection allowed"
+            ),
+            breaker::State::Closed => {
+                self.ejections.restore();
+                tracing::info!(
+                    upstream = %self.upstream,
+                    endpoint = %self.address,
+                    "circuit breaker closed: endpoint back in rotation"
+                );
+            }
+        }
+    }
+}
+
+/// A fresh connection and the TLS client configuration it was made with.
+pub(super) struct Connected {
+    pub(super) stream: UpstreamStream,
+    pub(super) tls_config: Option<Arc<rustls::ClientConfig>>,
+}

@@ -1,0 +1,181 @@
+//! The warm pool of one endpoint (bb8): `size` idle connections made before
+//! any client asks, TLS already handshaken with origination. At L4 a
+//! connection serves one client and is then closed (a byte stream has no
+//! point where another client could safely take it over), and bb8 refills
+//! the pool in the background. A warm connection is checked before it is
+//! handed out: not older than `max_age` (servers close connections that do
+//! not authenticate in time), made with the current TLS client
+//! configuration (the pool key is address + SNI + client certificate +
+//! verification settings), and neither closed nor, with TLS, carrying data.
+//! Refills go through the endpoint's breaker and health, so a down server
+//! sees no connect storm.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::time::Instant;
+
+use super::connector::ConnectError;
+use super::endpoint::EndpointState;
+use crate::tcp::stream::UpstreamStream;
+
+pub(super) type WarmPool = bb8::Pool<WarmConnector>;
+pub(super) type WarmCheckout = bb8::PooledConnection<'static, WarmConnector>;
+
+/// Makes and checks one endpoint's warm connections.
+#[derive(Clone)]
+pub(super) struct WarmConnector {
+    endpoint: Arc<EndpointState>,
+    max_age: Duration,
+}
+
+/// An idle upstream connection waiting for a client.
+pub(crate) struct WarmConnection {
+    pub(crate) stream: UpstreamStream,
+    made_at: Instant,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Why a warm connection was not made or not handed out.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WarmError {
+    #[error("endpoint is ejected or unhealthy; not refilling")]
+    NotAdmitted,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("older than the warm pool's max_age")]
+    Expired,
+    #[error("made with a TLS configuration that has since been reloaded")]
+    StaleTls,
+    #[error("closed by the server")]
+    Closed,
+    #[error("the server sent data over TLS before any client did")]
+    UnexpectedData,
+    #[error("socket error: {0}")]
+    Io(io::Error),
+}
+
+/// What a non-blocking look at an idle connection found.
+enum Liveness {
+    Idle,
+    Data,
+    Closed,
+    Failed(io::Error),
+}
+
+impl WarmConnector {
+    pub(super) fn pool(
+        endpoint: Arc<EndpointState>,
+        size: usize,
+        max_age: Duration,
+        max_connections: usize,
+    ) -> WarmPool {
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let max_size = size.saturating_add(u32::try_from(max_connections).unwrap_or(u32::MAX));
+        // The reaper removes expired connections and retries failed refills;
+        // a quarter of max_age keeps expiry timely without spinning.
+        let reaper_rate = (max_age / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        bb8::Pool::builder()
+            .max_size(max_size)
+            .min_idle(size)
+            .max_lifetime(max_age)
+            .reaper_rate(reaper_rate)
+            .connection_timeout(endpoint.connect_timeout)
+            .retry_connection(false)
+            .test_on_check_out(true)
+            .queue_strategy(bb8::QueueStrategy::Fifo)
+            .error_sink(Box::new(LogRefillErrors {
+                upstream: endpoint.upstream.clone(),
+                endpoint: endpoint.address.to_string(),
+            }))
+            .build_unchecked(Self { endpoint, max_age })
+    }
+}
+
+impl bb8::ManageConnection for WarmConnector {
+    type Connection = WarmConnection;
+    type Error = WarmError;
+
+    async fn connect(&self) -> Result<WarmConnection, WarmError> {
+        let permit = self.endpoint.admit().ok_or(WarmError::NotAdmitted)?;
+        let connected = self.endpoint.connect(permit).await?;
+        Ok(WarmConnection {
+            stream: connected.stream,
+            made_at: Instant::now(),
+            tls_config: connected.tls_config,
+        })
+    }
+
+    async fn is_valid(&self, connection: &mut WarmConnection) -> Result<(), WarmError> {
+        if connection.made_at.elapsed() >= self.max_age {
+            return Err(WarmError::Expired);
+        }
+        let current = self.endpoint.tls.as_ref().map(|config| config.load_full());
+        let same_tls = match (&connection.tls_config, &current) {
+            (Some(made_with), Some(current)) => Arc::ptr_eq(made_with, current),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_tls {
+            return Err(WarmError::StaleTls);
+        }
+        match look(&mut connection.stream).await {
+            Liveness::Idle => Ok(()),
+            // A server-first protocol (MariaDB's greeting) has spoken on a
+            // plain connection: the bytes stay in the socket for the client.
+            Liveness::Data if matches!(connection.stream, UpstreamStream::Plain(_)) => Ok(()),
+            Liveness::Data => Err(WarmError::UnexpectedData),
+            Liveness::Closed => Err(WarmError::Closed),
+            Liveness::Failed(error) => Err(WarmError::Io(error)),
+        }
+    }
+
+    /// Always: a connection that served a client is never handed to another.
+    fn has_broken(&self, _: &mut WarmConnection) -> bool {
+        true
+    }
+}
+
+/// Looks at an idle connection without waiting. Plain sockets are peeked;
+/// TLS streams are read, which consumes session tickets and notices
+/// `close_notify`, and application data (which would then be lost) makes
+/// the connection unusable.
+async fn look(stream: &mut UpstreamStream) -> Liveness {
+    let mut byte = [0u8; 1];
+    std::future::poll_fn(|context| {
+        let mut buffer = ReadBuf::new(&mut byte);
+        let polled = match stream {
+            UpstreamStream::Plain(tcp) => tcp.poll_peek(context, &mut buffer).map_ok(|_| ()),
+            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(context, &mut buffer),
+        };
+        Poll::Ready(match polled {
+            Poll::Pending => Liveness::Idle,
+            Poll::Ready(Ok(())) if buffer.filled().is_empty() => Liveness::Closed,
+            Poll::Ready(Ok(())) => Liveness::Data,
+            Poll::Ready(Err(error)) => Liveness::Failed(error),
+        })
+    })
+    .await
+}
+
+/// Logs refill failures and discarded connections, one debug line each:
+/// breaker transitions and connect-failure metrics carry the signal.
+#[derive(Debug, Clone)]
+struct LogRefillErrors {
+    upstream: Arc<str>,
+    endpoint: String,
+}
+
+impl bb8::ErrorSink<WarmError> for LogRefillErrors {
+    fn sink(&self, error: WarmError) {
+        tracing::debug!(upstream = %self.upstream, endpoint = %self.endpoint, %error, "warm pool: connection not made or discarded");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<WarmError>> {
+        Box::new(self.clone())
+    }
+}
