@@ -6,7 +6,11 @@
 //! - [`Attache`]: one running attache process (killed on drop).
 //! - [`http_request`] / [`Attache::metric`]: a minimal HTTP/1.1 client for the admin port.
 //! - [`servers`]: echo, source/sink and black-hole upstreams on port 0.
+//! - [`pki`]: a development CA and certificates for TLS tests.
+//! - [`redis_server`]: a private, restartable `redis-server` (plain or TLS).
 
+pub mod pki;
+pub mod redis_server;
 pub mod servers;
 
 use std::collections::HashMap;

@@ -3,140 +3,11 @@
 //! origination to a TLS redis-server, and every refusal class counted.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
-use attache_integration::{Attache, binary, mariadb_pool, redis_ping, servers, wait_until_expired};
-
-/// A development PKI made with `attache certs`: our CA with a server
-/// certificate, the allowed client, a client with another SPIFFE ID, an
-/// expired client; and a stranger signed by another CA.
-struct Pki {
-    directory: tempfile::TempDir,
-}
-
-const ALLOWED_ID: &str = "spiffe://cluster.local/ns/default/sa/app";
-
-impl Pki {
-    fn new() -> Self {
-        let directory = tempfile::tempdir().unwrap();
-        let pki = Self { directory };
-        pki.attache(&["certs", "ca", "--out", &pki.path("ca")]);
-        pki.attache(&["certs", "ca", "--out", &pki.path("other-ca")]);
-        pki.issue("ca", "server", &["--dns", "localhost", "--ip", "127.0.0.1"]);
-        pki.issue("ca", "app", &["--uri", ALLOWED_ID]);
-        pki.issue(
-            "ca",
-            "intruder",
-            &["--uri", "spiffe://cluster.local/ns/default/sa/intruder"],
-        );
-        pki.issue("ca", "expired", &["--uri", ALLOWED_ID, "--days", "0"]);
-        pki.issue("other-ca", "stranger", &["--uri", ALLOWED_ID]);
-        pki.issue_future("future");
-        pki
-    }
-
-    /// A client certificate from our CA that becomes valid only in 2099,
-    /// made with `openssl ca` (`attache certs` cannot postdate).
-    fn issue_future(&self, name: &str) {
-        let ca_dir = self.path("openssl-ca");
-        std::fs::create_dir_all(format!("{ca_dir}/new")).unwrap();
-        std::fs::write(format!("{ca_dir}/index.txt"), "").unwrap();
-        std::fs::write(format!("{ca_dir}/serial"), "1000\n").unwrap();
-        std::fs::write(
-            format!("{ca_dir}/ca.cnf"),
-            format!(
-                "[ca]\ndefault_ca = local\n[local]\ndatabase = {ca_dir}/index.txt\nnew_certs_dir = {ca_dir}/new\n\
-                 serial = {ca_dir}/serial\ndefault_md = sha256\npolicy = any\nx509_extensions = leaf\n\
-                 [any]\ncommonName = supplied\n[leaf]\nbasicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n"
-            ),
-        )
-        .unwrap();
-        let (key, csr, cert) = (
-            self.key(name),
-            format!("{ca_dir}/{name}.csr"),
-            self.cert(name),
-        );
-        let run = |arguments: &[&str]| {
-            let output = Command::new("openssl").args(arguments).output().unwrap();
-            assert!(
-                output.status.success(),
-                "openssl {arguments:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        };
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &key,
-        ]);
-        run(&[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={name}"),
-            "-out",
-            &csr,
-        ]);
-        run(&[
-            "ca",
-            "-batch",
-            "-notext",
-            "-config",
-            &format!("{ca_dir}/ca.cnf"),
-            "-cert",
-            &self.ca(),
-            "-keyfile",
-            &self.path("ca/ca.key"),
-            "-in",
-            &csr,
-            "-out",
-            &cert,
-            "-startdate",
-            "20990101000000Z",
-            "-enddate",
-            "20991231000000Z",
-        ]);
-    }
-
-    fn attache(&self, arguments: &[&str]) {
-        let output = Command::new(binary()).args(arguments).output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    fn issue(&self, ca: &str, name: &str, extra: &[&str]) {
-        let (ca, out) = (self.path(ca), self.path("certs"));
-        let mut arguments = vec!["certs", "issue", "--ca", &ca, "--out", &out, "--name", name];
-        arguments.extend_from_slice(extra);
-        self.attache(&arguments);
-    }
-
-    fn path(&self, relative: &str) -> String {
-        self.directory.path().join(relative).display().to_string()
-    }
-
-    fn cert(&self, name: &str) -> String {
-        self.path(&format!("certs/{name}.crt"))
-    }
-
-    fn key(&self, name: &str) -> String {
-        self.path(&format!("certs/{name}.key"))
-    }
-
-    fn ca(&self) -> String {
-        self.path("ca/ca.crt")
-    }
-}
+use attache_integration::pki::{ALLOWED_ID, Pki};
+use attache_integration::redis_server::RedisServer;
+use attache_integration::{Attache, mariadb_pool, redis_ping, servers, wait_until_expired};
 
 /// A front door: TLS listener `front` requiring a client certificate with
 /// the allowed SPIFFE ID, forwarding to `upstream`.
@@ -418,67 +289,11 @@ async fn each_refusal_is_classified_and_counted() {
     );
 }
 
-/// redis-server with TLS only, requiring client certificates from our CA.
-struct TlsRedis {
-    child: std::process::Child,
-    address: SocketAddr,
-}
-
-impl TlsRedis {
-    fn start(pki: &Pki) -> Self {
-        let port = servers::closed_port().port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--tls-cert-file",
-                &pki.cert("server"),
-                "--tls-key-file",
-                &pki.key("server"),
-            ])
-            .args(["--tls-ca-cert-file", &pki.ca(), "--tls-auth-clients", "yes"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                Path::new(&pki.path("")).to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(address).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "TLS redis-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Self { child, address }
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // Blocking child processes run while in-process servers serve.
 #[tokio::test(flavor = "multi_thread")]
 async fn origination_reaches_a_tls_redis_server_that_requires_client_certificates() {
     let pki = Pki::new();
-    let tls_redis = TlsRedis::start(&pki);
+    let tls_redis = RedisServer::tls(&pki);
     let ambassador = |cert: Option<(String, String)>| {
         let client_cert = cert
             .map(|(cert, key)| format!(", cert: {cert}, key: {key}"))

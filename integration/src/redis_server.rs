@@ -1,0 +1,112 @@
+//! A private `redis-server` on a free loopback port, for tests that stop,
+//! restart or reconfigure their Redis (the shared one on 6379 must not be
+//! touched). No persistence; killed on drop.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::pki::Pki;
+use crate::servers;
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub address: SocketAddr,
+    arguments: Vec<String>,
+    directory: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Plaintext Redis.
+    pub fn plain() -> Self {
+        let port = servers::closed_port().port();
+        Self::start(vec!["--port".into(), port.to_string()], port)
+    }
+
+    /// Redis with TLS only, requiring client certificates from `pki`'s CA.
+    pub fn tls(pki: &Pki) -> Self {
+        let port = servers::closed_port().port();
+        let arguments = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &pki.cert("server"),
+            "--tls-key-file",
+            &pki.key("server"),
+            "--tls-ca-cert-file",
+            &pki.ca(),
+            "--tls-auth-clients",
+            "yes",
+        ];
+        Self::start(
+            arguments
+                .iter()
+                .map(|argument| (*argument).to_owned())
+                .collect(),
+            port,
+        )
+    }
+
+    fn start(mut arguments: Vec<String>, port: u16) -> Self {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let dir = directory.path().display().to_string();
+        arguments.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+            ]
+            .map(str::to_owned),
+        );
+        let mut server = Self {
+            child: None,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            arguments,
+            directory,
+        };
+        server.restart();
+        server
+    }
+
+    /// Kills the server (its clients see their connections closed).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and waits until it accepts.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(&self.arguments)
+            .current_dir(self.directory.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(self.address).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.address
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
