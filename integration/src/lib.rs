@@ -305,6 +305,41 @@ impl Drop for Attache {
     }
 }
 
+/// Connects to `front` and expects attache to close the connection without
+/// sending anything (upstream unavailable, refused, queue timeout).
+///
+/// # Panics
+/// When data arrives or the connection is still open after 20 s.
+pub async fn expect_closed(front: SocketAddr) {
+    let mut client = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect to attache");
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received)).await;
+    let closed = matches!(read, Ok(Ok(0))) || matches!(read, Ok(Err(_)));
+    assert!(
+        closed,
+        "client connection closed without data, got {read:?}"
+    );
+}
+
+/// Connects to `front` and reads until the upstream closes (a greeter's greeting).
+///
+/// # Panics
+/// When the connection fails or stays open for 20 s.
+pub async fn read_greeting(front: SocketAddr) -> String {
+    let mut client = tokio::net::TcpStream::connect(front)
+        .await
+        .expect("connect to attache");
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received))
+        .await
+        .expect("the greeting ends within 20 s")
+        .expect("read the greeting");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
 /// Writes `yaml` to a temporary file.
 ///
 /// # Errors

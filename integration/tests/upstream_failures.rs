@@ -4,9 +4,7 @@
 //! `resilience.rs`; the first two tests here turn them off to count single
 //! attempts.
 
-use std::time::Duration;
-
-use attache_integration::{Attache, servers};
+use attache_integration::{Attache, expect_closed, servers};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -24,16 +22,6 @@ fn config(endpoints: &[String], connect_timeout: &str) -> String {
          upstreams:\n  db:\n    endpoints: [{}]\n    connect_timeout: {connect_timeout}\n",
         endpoints.join(", ")
     )
-}
-
-/// Connects through attache and expects the connection to be closed without data.
-async fn expect_closed(front: std::net::SocketAddr) {
-    let mut client = TcpStream::connect(front).await.unwrap();
-    let mut received = Vec::new();
-    let read =
-        tokio::time::timeout(Duration::from_secs(20), client.read_to_end(&mut received)).await;
-    let closed = matches!(read, Ok(Ok(0))) || matches!(read, Ok(Err(_)));
-    assert!(closed, "client connection closed, got {read:?}");
 }
 
 fn failures(upstream_endpoint: &str, reason: &str) -> String {
