@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use attache_config::{Balance, ConfigError, Problem, parse};
+use attache_config::{Balance, ConfigError, Probe, Problem, parse};
 
 fn problems(text: &str) -> Vec<Problem> {
     match parse(text, "test.yaml", &|_| None) {
@@ -216,6 +216,88 @@ upstreams:
             "listeners[0].tls.min_version: \"1.1\" is not a TLS version: use \"1.2\" or \"1.3\" (line 9)",
             "listeners[0].tls.allow.uris[0]: \"spiffe://cluster.local/ns/team-*/sa/web\" is not a URI pattern: `scheme://...`, where `*` stands for one whole path segment (line 11)",
             "upstreams.app.tls: a client certificate needs both `cert` and `key` (line 16)",
+        ]
+    );
+}
+
+#[test]
+fn resilience_sections_parse_and_default() {
+    let text = "\
+listeners:
+  - listen: 127.0.0.1:15432
+    protocol: tcp
+    upstream: pg
+upstreams:
+  pg:
+    endpoints: [\"127.0.0.1:5432\"]
+    warm_pool: { size: 4 }
+    limits: { max_pending: 10 }
+    retry: { attempts: 5, deadline: 3s }
+    health_check: { probe: postgres }
+";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let upstream = config.upstream("pg").unwrap();
+    let warm = upstream.warm_pool.as_ref().unwrap();
+    assert_eq!((warm.size, warm.max_age), (4, Duration::from_secs(30)));
+    assert_eq!(upstream.limits.max_pending, 10);
+    assert_eq!(upstream.limits.max_connections, 4096);
+    assert_eq!(upstream.limits.queue_timeout, Duration::from_secs(5));
+    assert_eq!(upstream.retry.attempts, 5);
+    assert_eq!(upstream.retry.deadline, Duration::from_secs(3));
+    assert_eq!(upstream.retry.budget_percent, 20);
+    assert_eq!(upstream.breaker.consecutive_failures, 5);
+    assert_eq!(upstream.breaker.max_ejected_percent, 50);
+    let check = upstream.health_check.as_ref().unwrap();
+    assert_eq!(check.probe, Probe::Postgres);
+    assert_eq!(
+        (
+            check.interval,
+            check.timeout,
+            check.healthy_threshold,
+            check.unhealthy_threshold
+        ),
+        (Duration::from_secs(5), Duration::from_secs(2), 2, 3)
+    );
+
+    let without = parse(VALID, "test.yaml", &|_| None).unwrap();
+    let upstream = without.upstream("db").unwrap();
+    assert!(upstream.warm_pool.is_none() && upstream.health_check.is_none());
+}
+
+#[test]
+fn resilience_problems_are_reported_with_path_and_line() {
+    let text = "\
+listeners:
+  - listen: 127.0.0.1:15432
+    protocol: tcp
+    upstream: pg
+upstreams:
+  pg:
+    endpoints: [\"127.0.0.1:5432\"]
+    tls: { ca: ca.crt }
+    warm_pool:
+      size: 0
+      max_age: soon
+    limits: { max_connections: 0 }
+    retry:
+      backoff: 2s
+      max_backoff: 1s
+    breaker: { max_ejected_percent: 150 }
+    health_check:
+      probe: postgres
+      interval: 1s
+      timeout: 5s
+";
+    assert_eq!(
+        rendered(text),
+        vec![
+            "upstreams.pg.warm_pool.size: must be greater than zero (line 10)",
+            "upstreams.pg.warm_pool.max_age: \"soon\" is not a duration such as 250ms, 10s or 1h (expected number at 0) (line 11)",
+            "upstreams.pg.limits.max_connections: must be greater than zero (line 12)",
+            "upstreams.pg.retry.max_backoff: 1s is below retry.backoff (2s) (line 15)",
+            "upstreams.pg.breaker.max_ejected_percent: is a percentage: 0 to 100 (line 16)",
+            "upstreams.pg.health_check.probe: the postgres probe speaks the server's plaintext greeting, but this upstream originates TLS (MariaDB and Postgres negotiate TLS inside their protocol); use `probe: tcp` (line 18)",
+            "upstreams.pg.health_check.timeout: 5s is longer than health_check.interval (1s) (line 20)",
         ]
     );
 }

@@ -340,6 +340,48 @@ pub async fn read_greeting(front: SocketAddr) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
+/// Established TCP connections that process `pid` holds to `port` on
+/// loopback, counted with `ss` (iproute2).
+///
+/// # Panics
+/// When `ss` cannot run.
+pub fn established_to(pid: u32, port: u16) -> usize {
+    let output = Command::new("ss")
+        .args([
+            "-Htnp",
+            "state",
+            "established",
+            "dport",
+            "=",
+            &format!(":{port}"),
+        ])
+        .output()
+        .expect("ss (iproute2) runs");
+    let owner = format!("pid={pid},");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&owner))
+        .count()
+}
+
+/// Waits until [`established_to`] is `count`.
+///
+/// # Errors
+/// When it does not get there within [`START_TIMEOUT`], with the last count.
+pub async fn wait_for_established(pid: u32, port: u16, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let current = established_to(pid, port);
+        if current == count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{current} connections from pid {pid} to port {port}, expected {count}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes `yaml` to a temporary file.
 ///
 /// # Errors

@@ -35,7 +35,11 @@ pub(super) async fn run(endpoint: Arc<EndpointState>, check: HealthCheck) {
         let outcome = match tokio::time::timeout(check.timeout, probe(&endpoint, check.probe)).await
         {
             Ok(outcome) => outcome,
-            Err(_) => Err(format!("no answer within {:?}", check.timeout)),
+            Err(_) => Err(format!(
+                "{} probe: no answer within {:?}",
+                check.probe.as_str(),
+                check.timeout
+            )),
         };
         endpoint.metrics.health_check(outcome.is_ok());
         let Some(health) = streak.record(outcome.is_ok(), endpoint.health(), &check) else {
