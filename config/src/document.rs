@@ -163,6 +163,7 @@ struct HealthCheckDocument {
     timeout: Option<Spanned<String>>,
     healthy_threshold: Option<Spanned<u32>>,
     unhealthy_threshold: Option<Spanned<u32>>,
+    user: Option<Spanned<String>>,
 }
 
 /// Collects conversion problems and the line of each key path.
@@ -560,6 +561,10 @@ impl HealthCheckDocument {
     fn convert(&self, path: &str, converter: &mut Converter) -> model::HealthCheck {
         model::HealthCheck {
             probe: *converter.note(&format!("{path}.probe"), &self.probe),
+            user: self
+                .user
+                .as_ref()
+                .map(|user| converter.note(&format!("{path}.user"), user).clone()),
             interval: converter.duration(
                 &format!("{path}.interval"),
                 self.interval.as_ref(),

@@ -410,6 +410,10 @@ pub struct HealthCheck {
     pub healthy_threshold: u32,
     /// Consecutive failures that take a healthy endpoint out.
     pub unhealthy_threshold: u32,
+    /// For the `mariadb` probe: log in as this user (no password, no
+    /// privileges needed) and quit, so the server counts no aborted
+    /// handshake; without it the probe reads the greeting and hangs up.
+    pub user: Option<String>,
 }
 
 /// Default of [`HealthCheck::interval`].

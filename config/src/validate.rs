@@ -236,6 +236,15 @@ fn validate_resilience(path: &str, upstream: &Upstream, report: &mut impl FnMut(
                 ),
             );
         }
+        if health_check.user.is_some() && health_check.probe != Probe::Mariadb {
+            report(
+                format!("{path}.health_check.user"),
+                format!(
+                    "only the mariadb probe logs in; the {} probe has no use for a user",
+                    health_check.probe.as_str()
+                ),
+            );
+        }
         if upstream.tls.is_some() && matches!(health_check.probe, Probe::Mariadb | Probe::Postgres)
         {
             report(

@@ -287,6 +287,7 @@ upstreams:
       probe: postgres
       interval: 1s
       timeout: 5s
+      user: app
 ";
     assert_eq!(
         rendered(text),
@@ -298,6 +299,7 @@ upstreams:
             "upstreams.pg.breaker.max_ejected_percent: is a percentage: 0 to 100 (line 16)",
             "upstreams.pg.health_check.probe: the postgres probe speaks the server's plaintext greeting, but this upstream originates TLS (MariaDB and Postgres negotiate TLS inside their protocol); use `probe: tcp` (line 18)",
             "upstreams.pg.health_check.timeout: 5s is longer than health_check.interval (1s) (line 20)",
+            "upstreams.pg.health_check.user: only the mariadb probe logs in; the postgres probe has no use for a user (line 21)",
         ]
     );
 }

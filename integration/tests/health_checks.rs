@@ -1,6 +1,7 @@
 //! Active health checks against real servers: a stopped Redis leaves the
 //! rotation and returns when it is back; the MariaDB and Postgres probes
-//! pass against the real servers and fail against the wrong protocol.
+//! pass against the real servers and fail against the wrong protocol; the
+//! MariaDB probe logs in when given a user, and says why a login fails.
 //! Readiness never depends on them.
 
 use attache_integration::redis_server::RedisServer;
@@ -91,11 +92,15 @@ async fn mariadb_and_postgres_probes_pass_against_the_real_servers_only() {
          \x20 mariadb:\n    endpoints: [\"{mariadb}\"]\n{}\
          \x20 postgres:\n    endpoints: [\"{postgres}\"]\n{}\
          \x20 mariadb_probe_on_postgres:\n    endpoints: [\"{postgres}\"]\n{}\
-         \x20 postgres_probe_on_mariadb:\n    endpoints: [\"{mariadb}\"]\n{}",
+         \x20 postgres_probe_on_mariadb:\n    endpoints: [\"{mariadb}\"]\n{}\
+         \x20 mariadb_login:\n    endpoints: [\"{mariadb}\"]\n{}\
+         \x20 mariadb_login_refused:\n    endpoints: [\"{mariadb}\"]\n{}",
         check("mariadb"),
         check("postgres"),
         check("mariadb"),
         check("postgres"),
+        check("mariadb, user: root"),
+        check("mariadb, user: attache_no_such_user"),
     ))
     .await
     .unwrap();
@@ -104,6 +109,8 @@ async fn mariadb_and_postgres_probes_pass_against_the_real_servers_only() {
         ("postgres", postgres, "healthy"),
         ("mariadb_probe_on_postgres", postgres, "unhealthy"),
         ("postgres_probe_on_mariadb", mariadb, "unhealthy"),
+        ("mariadb_login", mariadb, "healthy"),
+        ("mariadb_login_refused", mariadb, "unhealthy"),
     ] {
         attache
             .wait_for_metric(&health(upstream, endpoint, state), 1.0)
@@ -118,4 +125,9 @@ async fn mariadb_and_postgres_probes_pass_against_the_real_servers_only() {
         "the failing probe says why"
     );
     assert!(log.contains("postgres probe: unexpected answer"));
+    // Unknown users get an error packet or, from some servers, a switch to
+    // another authentication method; either way the reason names the user.
+    let refused = log.contains("login as \\\"attache_no_such_user\\\" refused: Access denied")
+        || log.contains("asked \\\"attache_no_such_user\\\" for another authentication method");
+    assert!(refused, "{log}");
 }
