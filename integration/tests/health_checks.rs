@@ -131,3 +131,33 @@ async fn mariadb_and_postgres_probes_pass_against_the_real_servers_only() {
         || log.contains("asked \\\"attache_no_such_user\\\" for another authentication method");
     assert!(refused, "{log}");
 }
+
+#[tokio::test]
+async fn a_probe_failing_on_every_endpoint_does_not_take_the_upstream_down() {
+    use mysql_async::prelude::Queryable;
+
+    // A misconfigured check (the probe's user does not exist) fails on the
+    // only endpoint; health is then ignored and the app keeps its database.
+    let attache = Attache::run(
+        "listeners:\n  - {name: mariadb, listen: \"127.0.0.1:0\", protocol: tcp, upstream: mariadb}\n\
+         upstreams:\n  mariadb:\n    endpoints: [\"127.0.0.1:3306\"]\n\
+         \x20   health_check: {probe: mariadb, user: attache_no_such_user, interval: 200ms, timeout: 200ms}\n",
+    )
+    .await
+    .unwrap();
+    attache
+        .wait_for_metric(&health("mariadb", "127.0.0.1:3306", "unhealthy"), 1.0)
+        .await
+        .unwrap();
+    let pool = attache_integration::mariadb_pool(attache.listener("mariadb"));
+    let mut connection = pool.get_conn().await.unwrap();
+    let answer: Option<i64> = connection.query_first("SELECT 6 * 7").await.unwrap();
+    assert_eq!(answer, Some(42));
+    drop(connection);
+    pool.disconnect().await.unwrap();
+    assert!(
+        attache
+            .log_text()
+            .contains("every endpoint failed its health checks; ignoring them until one passes")
+    );
+}

@@ -129,10 +129,11 @@ impl EndpointState {
         self.breaker.state()
     }
 
-    /// Leave to connect now, unless health checks took the endpoint out or
-    /// its breaker is open (or its single half-open probe is out).
-    pub(super) fn admit(&self) -> Option<Permit<'_>> {
-        if self.health() == Health::Unhealthy {
+    /// Leave to connect now, unless health checks took the endpoint out
+    /// (and `ignore_health` is false) or its breaker is open (or its single
+    /// half-open probe is out).
+    pub(super) fn admit(&self, ignore_health: bool) -> Option<Permit<'_>> {
+        if !ignore_health && self.health() == Health::Unhealthy {
             return None;
         }
         let (permit, changed) = self.breaker.try_acquire(Instant::now());

@@ -5,7 +5,10 @@
 //!    up to `max_pending` clients queued for `queue_timeout`, the rest
 //!    refused at once),
 //! 2. picks endpoints in the balancer's order, skipping those whose breaker
-//!    is open or that health checks took out (none left: fail fast),
+//!    is open or that health checks took out (none left: fail fast). When
+//!    health checks took out every endpoint, they are ignored (Envoy's panic
+//!    routing): a misconfigured probe must not take the whole upstream down,
+//!    and the breakers still stop traffic to endpoints that really fail,
 //! 3. hands out a warm connection when the endpoint has one, or connects,
 //! 4. retries a failed connect on the next endpoint after a jittered
 //!    backoff, within `retry.attempts`, the client's `retry.deadline` and the
@@ -27,7 +30,7 @@ pub(crate) mod status;
 mod warm;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use attache_config::{Endpoint as EndpointAddress, HealthCheck};
@@ -58,6 +61,8 @@ pub(crate) struct Upstream {
     budget: RetryBudget,
     health_check: Option<HealthCheck>,
     warm_size: usize,
+    /// Every endpoint is unhealthy, so health is being ignored.
+    panicking: AtomicBool,
     metrics: UpstreamMetrics,
 }
 
@@ -207,6 +212,7 @@ impl Upstream {
             budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
             health_check: config.health_check.clone(),
             warm_size: config.warm_pool.as_ref().map_or(0, |warm| warm.size),
+            panicking: AtomicBool::new(false),
             metrics: metrics.upstream(&config.name),
             name,
         })
@@ -314,10 +320,27 @@ impl Upstream {
 
     /// The first endpoint from `start` on (wrapping) that may be tried now.
     fn admit_from(&self, start: usize) -> Option<(usize, Permit<'_>)> {
+        let ignore_health = self.all_unhealthy();
         let count = self.endpoints.len();
         (0..count)
             .map(|offset| (start + offset) % count)
-            .find_map(|index| Some((index, self.endpoints[index].state.admit()?)))
+            .find_map(|index| Some((index, self.endpoints[index].state.admit(ignore_health)?)))
+    }
+
+    /// Whether health checks took out every endpoint; logs when that starts and ends.
+    fn all_unhealthy(&self) -> bool {
+        let all = self
+            .endpoints
+            .iter()
+            .all(|endpoint| endpoint.state.health() == Health::Unhealthy);
+        if self.panicking.swap(all, Ordering::Relaxed) != all {
+            if all {
+                tracing::warn!(upstream = %self.name, "every endpoint failed its health checks; ignoring them until one passes (breakers still apply)");
+            } else {
+                tracing::info!(upstream = %self.name, "an endpoint passes its health checks again; unhealthy endpoints are skipped");
+            }
+        }
+        all
     }
 
     fn unavailable(&self, reason: Unavailable) -> UpstreamUnavailable {

@@ -101,7 +101,7 @@ impl bb8::ManageConnection for WarmConnector {
     type Error = WarmError;
 
     async fn connect(&self) -> Result<WarmConnection, WarmError> {
-        let permit = self.endpoint.admit().ok_or(WarmError::NotAdmitted)?;
+        let permit = self.endpoint.admit(false).ok_or(WarmError::NotAdmitted)?;
         let connected = self.endpoint.connect(permit).await?;
         Ok(WarmConnection {
             stream: connected.stream,
