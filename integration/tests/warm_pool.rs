@@ -150,3 +150,45 @@ async fn warm_tls_connections_are_handshaken_before_the_client_arrives() {
     assert_eq!(metrics[&created], 3.0);
     assert_eq!(metrics[&handshakes], 3.0);
 }
+
+#[tokio::test]
+async fn refills_failing_before_the_server_starts_do_not_eject_it() {
+    // attache starts first, as sidecars do; every warm connect fails.
+    let late = attache_integration::servers::closed_port();
+    let endpoint = late.to_string();
+    let attache = Attache::run(&config(
+        &endpoint,
+        "    connect_timeout: 200ms\n    warm_pool: {size: 8}\n",
+    ))
+    .await
+    .unwrap();
+    let attempts = format!(
+        "attache_upstream_connect_attempts_total{{upstream=\"db\",endpoint=\"{endpoint}\"}}"
+    );
+    attache
+        .wait_for_metric_at_least(&attempts, 8.0)
+        .await
+        .unwrap();
+    let open = pool_sample(
+        "upstream_breaker_transitions_total",
+        &endpoint,
+        ",state=\"open\"",
+    );
+    assert_eq!(
+        attache.metric(&open).await.unwrap(),
+        0.0,
+        "refills do not feed the breaker"
+    );
+
+    // The server comes up: the first client is served, not failed fast.
+    let listener = tokio::net::TcpListener::bind(late).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"late").await;
+        }
+    });
+    assert_eq!(
+        attache_integration::read_greeting(attache.listener("db")).await,
+        "late"
+    );
+}

@@ -129,9 +129,9 @@ impl EndpointState {
         self.breaker.state()
     }
 
-    /// Leave to connect now, unless health checks took the endpoint out
-    /// (and `ignore_health` is false) or its breaker is open (or its single
-    /// half-open probe is out).
+    /// Leave for a client to connect now, unless health checks took the
+    /// endpoint out (and `ignore_health` is false) or its breaker is open (or
+    /// its single half-open probe is out).
     pub(super) fn admit(&self, ignore_health: bool) -> Option<Permit<'_>> {
         if !ignore_health && self.health() == Health::Unhealthy {
             return None;
@@ -143,9 +143,19 @@ impl EndpointState {
         permit
     }
 
-    /// One counted connect attempt under `permit`, its outcome fed to the breaker.
+    /// Whether the warm pool may refill now: the endpoint is not unhealthy
+    /// and its breaker is closed. Refills take no breaker permit and do not
+    /// feed the breaker: a burst of refills failing together at start-up
+    /// (the server is not up yet) must not eject the endpoint before any
+    /// client has tried it; and while clients have it ejected, refills wait.
+    pub(super) fn accepts_refills(&self) -> bool {
+        self.health() != Health::Unhealthy && self.breaker.state() == breaker::State::Closed
+    }
+
+    /// One client's connect attempt under `permit`: counted, and its outcome
+    /// fed to the breaker.
     pub(super) async fn connect(&self, permit: Permit<'_>) -> Result<Connected, ConnectError> {
-        let result = self.connect_uncounted(Some(&self.metrics)).await;
+        let result = self.establish(Some(&self.metrics)).await;
         let changed = match &result {
             Ok(_) => permit.succeeded(),
             Err(_) => permit.failed(Instant::now(), || self.ejections.try_eject()),
@@ -157,8 +167,9 @@ impl EndpointState {
     }
 
     /// A connect (and TLS handshake, with origination) within the connect
-    /// timeout; `metrics` counts it when given. Health probes pass `None`.
-    pub(super) async fn connect_uncounted(
+    /// timeout; `metrics` counts it when given (warm-pool refills do, health
+    /// probes do not).
+    pub(super) async fn establish(
         &self,
         metrics: Option<&EndpointMetrics>,
     ) -> Result<Connected, ConnectError> {

@@ -7,8 +7,9 @@
 //! not authenticate in time), made with the current TLS client
 //! configuration (the pool key is address + SNI + client certificate +
 //! verification settings), and neither closed nor, with TLS, carrying data.
-//! Refills go through the endpoint's breaker and health, so a down server
-//! sees no connect storm.
+//! Refills pause while the endpoint is ejected or unhealthy; while it is
+//! not, a server that is down sees at most `size` connects per reaper tick
+//! (one second at most) from refills.
 
 use std::io;
 use std::pin::Pin;
@@ -101,8 +102,13 @@ impl bb8::ManageConnection for WarmConnector {
     type Error = WarmError;
 
     async fn connect(&self) -> Result<WarmConnection, WarmError> {
-        let permit = self.endpoint.admit(false).ok_or(WarmError::NotAdmitted)?;
-        let connected = self.endpoint.connect(permit).await?;
+        if !self.endpoint.accepts_refills() {
+            return Err(WarmError::NotAdmitted);
+        }
+        let connected = self
+            .endpoint
+            .establish(Some(&self.endpoint.metrics))
+            .await?;
         Ok(WarmConnection {
             stream: connected.stream,
             made_at: Instant::now(),
