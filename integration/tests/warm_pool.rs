@@ -79,10 +79,11 @@ async fn warm_connections_older_than_max_age_are_replaced() {
         .await
         .unwrap();
     let created = pool_sample("upstream_pool_connections_created_total", &endpoint, "");
-    assert!(
-        attache.metric(&created).await.unwrap() >= 6.0,
-        "replacements were made"
-    );
+    // Each expired connection is replaced.
+    attache
+        .wait_for_metric_at_least(&created, 6.0)
+        .await
+        .unwrap();
     wait_for_established(attache.pid(), redis.address.port(), 2)
         .await
         .unwrap();
@@ -149,6 +150,21 @@ async fn warm_tls_connections_are_handshaken_before_the_client_arrives() {
     let metrics = attache.metrics().await.unwrap();
     assert_eq!(metrics[&created], 3.0);
     assert_eq!(metrics[&handshakes], 3.0);
+
+    // Refills read the server's session tickets before joining the pool,
+    // so later refills resume instead of repeating full handshakes.
+    for _ in 0..4 {
+        assert_eq!(redis_ping(attache.listener("db")).await.unwrap(), "PONG");
+    }
+    attache.wait_for_metric(&idle, 2.0).await.unwrap();
+    let metrics = attache.metrics().await.unwrap();
+    let resumed = pool_sample("upstream_tls_resumptions_total", &endpoint, "");
+    assert!(metrics[&handshakes] >= 6.0);
+    assert_eq!(
+        metrics[&resumed],
+        metrics[&handshakes] - 2.0,
+        "every handshake after the first two resumed"
+    );
 }
 
 #[tokio::test]

@@ -480,7 +480,8 @@ fn serve(config: Config) -> ExitCode {
     logging::init(config.log.level, config.log.format);
     match block_on(runtime::run(config)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => fail(&*error),
+        // `{:#}`: the whole chain, "cannot listen on ...: Address in use".
+        Ok(Err(error)) => fail(&format_args!("{error:#}")),
         Err(error) => fail(&*error),
     }
 }

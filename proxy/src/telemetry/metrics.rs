@@ -20,6 +20,8 @@
 //!   to an endpoint; result is `ok`, `no_client_cert`, `unknown_ca`,
 //!   `expired`, `not_yet_valid`, `identity_refused`, `protocol_version`,
 //!   `protocol_error`, `peer_alert`, `timeout` or `error`
+//! - `upstream_tls_resumptions_total{upstream,endpoint}`: originated
+//!   handshakes that resumed a session (no certificate exchange)
 //! - `tls_reloads_total{result}`: certificate reloads, `ok` or `error`
 //!   (rejected; the previous material stays)
 //! - `tls_certificate_expiry_timestamp_seconds{kind,name}`: `notAfter` of the
@@ -180,6 +182,7 @@ pub(crate) struct Metrics {
     breaker_transitions: Family<EndpointStateLabels, Counter>,
     health_checks: Family<EndpointResultLabels, Counter>,
     warm_used: Family<EndpointLabels, Counter>,
+    resumptions: Family<EndpointLabels, Counter>,
     tls_reloads: Family<ReloadLabels, Counter>,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
@@ -207,6 +210,7 @@ impl Metrics {
             breaker_transitions: Family::default(),
             health_checks: Family::default(),
             warm_used: Family::default(),
+            resumptions: Family::default(),
             connections: Family::default(),
             connections_active: Family::default(),
             connections_refused: Family::default(),
@@ -313,6 +317,11 @@ impl Metrics {
             "upstream_health_checks",
             "Active health check results",
             metrics.health_checks.clone(),
+        );
+        registry.register(
+            "upstream_tls_resumptions",
+            "TLS handshakes to upstream endpoints that resumed a session",
+            metrics.resumptions.clone(),
         );
         registry.register(
             "upstream_warm_connections_used",
@@ -446,6 +455,7 @@ impl Metrics {
         };
         EndpointMetrics {
             warm_used: self.warm_used.get_or_create(&labels).clone(),
+            resumptions: self.resumptions.get_or_create(&labels).clone(),
             breaker_transitions: BreakerState::ALL.map(|state| {
                 self.breaker_transitions
                     .get_or_create(&EndpointStateLabels {
@@ -683,6 +693,7 @@ impl UpstreamMetrics {
 #[derive(Clone)]
 pub(crate) struct EndpointMetrics {
     pub(crate) warm_used: Counter,
+    pub(crate) resumptions: Counter,
     breaker_transitions: [Counter; 3],
     health_checks: [Counter; 2],
     pub(crate) attempts: Counter,

@@ -80,6 +80,9 @@ pub(super) async fn connect(
             Ok(stream) => {
                 if let Some(metrics) = metrics {
                     metrics.handshake(HandshakeResult::Ok);
+                    if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        metrics.resumptions.inc();
+                    }
                 }
                 Ok(UpstreamStream::Tls(Box::new(stream)))
             }
