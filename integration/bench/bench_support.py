@@ -1,5 +1,7 @@
 """Helpers shared by the benchmark drivers: free loopback ports, waiting for a
-port to open, and CPU pinning (load generators on CPU 0, servers on CPU 1)."""
+port to open, CPU pinning (load generators on CPU 0, servers on CPU 1), and a
+development PKI."""
+import os
 import socket
 import subprocess
 import time
@@ -47,3 +49,19 @@ def stop(procs):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def make_pki(attache, work):
+    """A CA, a server certificate (localhost, 127.0.0.1) and a client
+    certificate (spiffe://bench/app) made with `attache certs` under
+    work/pki, plus each leaf's certificate and key in one .pem (HAProxy's
+    form). Returns the directory."""
+    pki = os.path.join(work, "pki")
+    run = lambda *a: subprocess.run([attache, *a], check=True, capture_output=True)
+    run("certs", "ca", "--out", pki)
+    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "server", "--dns", "localhost", "--ip", "127.0.0.1")
+    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "app", "--uri", "spiffe://bench/app")
+    for name in ("server", "app"):
+        with open(f"{pki}/{name}.pem", "w") as f:
+            f.write(open(f"{pki}/{name}.crt").read() + open(f"{pki}/{name}.key").read())
+    return pki

@@ -14,7 +14,7 @@ Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, make_pki, pinned, stop, wait_port
 
 
 
@@ -116,14 +116,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="attache-tls-bench-")
-    pki = os.path.join(work, "pki")
-    run = lambda *a: subprocess.run([args.attache, *a], check=True, capture_output=True)
-    run("certs", "ca", "--out", pki)
-    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "server", "--dns", "localhost", "--ip", "127.0.0.1")
-    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "app", "--uri", "spiffe://bench/app")
-    for name in ("server", "app"):
-        with open(f"{pki}/{name}.pem", "w") as f:
-            f.write(open(f"{pki}/{name}.crt").read() + open(f"{pki}/{name}.key").read())
+    pki = make_pki(args.attache, work)
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
 
     procs = []

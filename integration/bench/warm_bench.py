@@ -14,15 +14,15 @@ has none to save. Routes to each server:
   warm pool.
 Measures, alternated per round:
 - conn/s on loopback: redis-benchmark -k 0 -c 8 (a new connection per PING);
-- time to first byte over the RTT: one client, connect + PING + first byte
-  of the answer, 1000 times, one connection every 10 ms (an app's pool
-  churning, not a flood); median and p99.
+- time to first byte, on loopback and over the RTT: one client, connect +
+  PING + first byte of the answer, 1000 times, one connection every 10 ms
+  (an app's pool churning, not a flood); median and p99.
 Load generators and the delay proxies run on CPU 0; proxies and servers on
 CPU 1.
 """
 import argparse, os, shutil, socket, ssl, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, make_pki, pinned, stop, wait_port
 
 CONNECTIONS = 20000
 TTFB_SAMPLES = 1000
@@ -72,13 +72,7 @@ def main():
     parser.add_argument("--rtt-ms", type=float, default=1.0)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="attache-warm-bench-")
-    pki = os.path.join(work, "pki")
-    run = lambda *a: subprocess.run([args.attache, *a], check=True, capture_output=True)
-    run("certs", "ca", "--out", pki)
-    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "server", "--dns", "localhost", "--ip", "127.0.0.1")
-    run("certs", "issue", "--ca", pki, "--out", pki, "--name", "app", "--uri", "spiffe://bench/app")
-    with open(f"{pki}/app.pem", "w") as f:
-        f.write(open(f"{pki}/app.crt").read() + open(f"{pki}/app.key").read())
+    pki = make_pki(args.attache, work)
     client_tls = ssl.create_default_context(cafile=f"{pki}/ca.crt")
     client_tls.load_cert_chain(f"{pki}/app.crt", f"{pki}/app.key")
     redis_tls_args = ["--tls", "--cacert", f"{pki}/ca.crt", "--cert", f"{pki}/app.crt", "--key", f"{pki}/app.key",
@@ -145,27 +139,37 @@ def main():
         near, far = targets("near", plain, tls), targets("far", far_plain, far_tls)
         rates = {name: [] for name in near}
         latencies = {name: {"p50": [], "p99": []} for name in far}
+        loopback = {name: {"p50": [], "p99": []} for name in near}
         for round_number in range(args.rounds):
             for name in near:
                 port, _, tls_args = near[name]
                 rates[name].append(conn_rate(port, tls_args))
                 time.sleep(1)  # let warm pools refill
+                port, context, _ = near[name]
+                near_p50, near_p99 = ttfb(port, context)
+                loopback[name]["p50"].append(near_p50)
+                loopback[name]["p99"].append(near_p99)
                 port, context, _ = far[name]
                 p50, p99 = ttfb(port, context)
                 latencies[name]["p50"].append(p50)
                 latencies[name]["p99"].append(p99)
                 print(f"round {round_number + 1} {name}: {rates[name][-1]:.0f} conn/s on loopback, "
-                      f"TTFB over {args.rtt_ms} ms RTT p50 {p50:.0f} µs p99 {p99:.0f} µs", file=sys.stderr)
+                      f"TTFB on loopback p50 {near_p50:.0f} µs p99 {near_p99:.0f} µs, "
+                      f"over {args.rtt_ms} ms RTT p50 {p50:.0f} µs p99 {p99:.0f} µs", file=sys.stderr)
 
         rate = {name: statistics.median(values) for name, values in rates.items()}
         p50 = {name: statistics.median(values["p50"]) for name, values in latencies.items()}
         p99 = {name: statistics.median(values["p99"]) for name, values in latencies.items()}
+        near_p50 = {name: statistics.median(values["p50"]) for name, values in loopback.items()}
+        near_p99 = {name: statistics.median(values["p99"]) for name, values in loopback.items()}
         print(f"\nrounds: {args.rounds}; medians; load on CPU {LOAD_CPU}, proxies + servers on CPU {SERVER_CPU}\n")
-        print(f"| target | conn/s (loopback) | vs direct | TTFB p50 µs ({args.rtt_ms} ms RTT) | vs direct | TTFB p99 µs |")
-        print("|---|---|---|---|---|---|")
+        print("| target | conn/s | vs direct | TTFB p50 µs | vs direct | TTFB p99 µs "
+              f"| TTFB p50 µs, {args.rtt_ms} ms RTT | vs direct | TTFB p99 µs, {args.rtt_ms} ms RTT |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name in rate:
             base = "direct TLS" if "TLS" in name else "direct"
             print(f"| {name} | {rate[name]:.0f} | {rate[name] / rate[base]:.2f}x "
+                  f"| {near_p50[name]:.0f} | {near_p50[name] / near_p50[base]:.2f}x | {near_p99[name]:.0f} "
                   f"| {p50[name]:.0f} | {p50[name] / p50[base]:.2f}x | {p99[name]:.0f} |")
         print("\n(TLS rows compare with direct TLS: the app doing its own mutual TLS to the server.)")
     finally:
