@@ -7,7 +7,8 @@
 //! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
 //! - `listener`: bind and accept; `tcp`: L4 forwarding.
-//! - `upstream`: endpoints, balancing, connecting.
+//! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
+//!   `resilience`: backoff, retry budget, breaker, concurrency limit.
 //! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
 
