@@ -225,8 +225,64 @@ impl Default for BlackHole {
     }
 }
 
-/// A loopback port with nothing listening (connects are refused).
+/// A loopback port with nothing listening (connects are refused), never
+/// one handed out before in this process: tests running in parallel start
+/// their own servers on these ports, and the kernel may offer a port it
+/// just freed to the next caller.
 pub fn closed_port() -> SocketAddr {
-    let listener = StdListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("bound address")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind a free port");
+        let address = listener.local_addr().expect("bound address");
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed_out.contains(&address.port()) {
+            handed_out.push(address.port());
+            return address;
+        }
+    }
+}
+
+/// A loopback port that is bound but not listening: connects are refused
+/// as at a closed port, yet no other socket (an outgoing connection's
+/// local port, another test's server) can take it before [`Self::listen`]
+/// opens it, on the same port, for a server that "comes back".
+pub struct ReservedPort {
+    socket: socket2::Socket,
+    pub address: SocketAddr,
+}
+
+impl ReservedPort {
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind a free port");
+        let address = socket
+            .local_addr()
+            .ok()
+            .and_then(|address| address.as_socket())
+            .expect("bound address");
+        Self { socket, address }
+    }
+
+    /// Starts listening on the reserved port.
+    ///
+    /// # Panics
+    /// When the socket cannot listen or join the Tokio runtime.
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(1024).expect("listen");
+        self.socket.set_nonblocking(true).expect("non-blocking");
+        TcpListener::from_std(self.socket.into()).expect("a Tokio listener")
+    }
+}
+
+impl Default for ReservedPort {
+    fn default() -> Self {
+        Self::new()
+    }
 }

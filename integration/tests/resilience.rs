@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use attache_integration::{Attache, expect_closed, read_greeting, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// One listener per upstream (listener name = upstream name); `upstreams`
 /// is the YAML of the `upstreams:` map, indented by four spaces per upstream.
@@ -195,7 +195,8 @@ async fn retries_stop_at_the_client_deadline() {
 
 #[tokio::test]
 async fn a_failing_endpoint_is_ejected_probed_once_after_the_interval_and_restored() {
-    let flaky = servers::closed_port();
+    let reserved = servers::ReservedPort::new();
+    let flaky = reserved.address;
     let steady = servers::greeter("steady").await;
     let attache = Attache::run(&config(
         &["db"],
@@ -230,7 +231,7 @@ async fn a_failing_endpoint_is_ejected_probed_once_after_the_interval_and_restor
 
     // The port opens again. After the interval a single probe goes there,
     // succeeds and closes the breaker.
-    let reopened = TcpListener::bind(flaky).await.unwrap();
+    let reopened = reserved.listen();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = reopened.accept().await {
             let _ = stream.write_all(b"flaky").await;

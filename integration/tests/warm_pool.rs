@@ -170,8 +170,8 @@ async fn warm_tls_connections_are_handshaken_before_the_client_arrives() {
 #[tokio::test]
 async fn refills_failing_before_the_server_starts_do_not_eject_it() {
     // attache starts first, as sidecars do; every warm connect fails.
-    let late = attache_integration::servers::closed_port();
-    let endpoint = late.to_string();
+    let late = attache_integration::servers::ReservedPort::new();
+    let endpoint = late.address.to_string();
     let attache = Attache::run(&config(
         &endpoint,
         "    connect_timeout: 200ms\n    warm_pool: {size: 8}\n",
@@ -197,7 +197,7 @@ async fn refills_failing_before_the_server_starts_do_not_eject_it() {
     );
 
     // The server comes up: the first client is served, not failed fast.
-    let listener = tokio::net::TcpListener::bind(late).await.unwrap();
+    let listener = late.listen();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"late").await;
