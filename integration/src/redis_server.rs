@@ -92,9 +92,15 @@ impl RedisServer {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs");
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(self.address).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "redis-server exited ({status}) before accepting on {}; is the port taken?",
+                    self.address
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start on {}",
