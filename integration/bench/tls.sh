@@ -9,16 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v iperf3 >/dev/null || need+=(iperf3)
-command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || need+=(stunnel4)
-command -v nginx >/dev/null || need+=(nginx)
-[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
-command -v redis-server >/dev/null || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source integration/bench/install.sh
+install haproxy=haproxy iperf3=iperf3 stunnel4=stunnel4 nginx=nginx \
+  /usr/lib/nginx/modules/ngx_stream_module.so=libnginx-mod-stream redis-server=redis-server
 cargo build --release --locked -q -p attache
 exec python3 integration/bench/tls_bench.py --attache target/release/attache --rounds "${1:-2}"

@@ -9,13 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-need=()
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-benchmark >/dev/null || need+=(redis-tools)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source integration/bench/install.sh
+install haproxy=haproxy redis-server=redis-server redis-benchmark=redis-tools
 cargo build --release --locked -q -p attache
 exec python3 integration/bench/warm_bench.py --attache target/release/attache --rounds "${1:-3}"

@@ -64,10 +64,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     // timeout) before /startup reports success.
     let starting: Vec<_> = upstreams
         .iter()
-        .zip(&config.upstreams)
-        .map(|(upstream, settings)| {
-            let (upstream, wait) = (upstream.clone(), settings.connect_timeout);
-            tokio::spawn(async move { upstream.start(wait).await })
+        .map(|upstream| {
+            let upstream = upstream.clone();
+            tokio::spawn(async move { upstream.start().await })
         })
         .collect();
     for started in starting {

@@ -223,14 +223,18 @@ impl Upstream {
     }
 
     /// Starts the health checks, then waits until every warm pool is full,
-    /// or for at most `wait` (an upstream that is down must not hold up
-    /// start-up: its pool keeps refilling in the background).
-    pub(crate) async fn start(&self, wait: Duration) {
+    /// or for at most the connect timeout (an upstream that is down must not
+    /// hold up start-up: its pool keeps refilling in the background).
+    pub(crate) async fn start(&self) {
         if let Some(check) = &self.health_check {
             for endpoint in &self.endpoints {
                 tokio::spawn(health::run(endpoint.state.clone(), check.clone()));
             }
         }
+        let wait = self
+            .endpoints
+            .first()
+            .map_or(Duration::ZERO, |endpoint| endpoint.state.connect_timeout);
         let deadline = Instant::now() + wait;
         let filled = || {
             self.endpoints.iter().all(|endpoint| {
@@ -333,7 +337,10 @@ impl Upstream {
             .endpoints
             .iter()
             .all(|endpoint| endpoint.state.health() == Health::Unhealthy);
-        if self.panicking.swap(all, Ordering::Relaxed) != all {
+        // Read first: the common case (no change) writes nothing shared.
+        if self.panicking.load(Ordering::Relaxed) != all
+            && self.panicking.swap(all, Ordering::Relaxed) != all
+        {
             if all {
                 tracing::warn!(upstream = %self.name, "every endpoint failed its health checks; ignoring them until one passes (breakers still apply)");
             } else {
