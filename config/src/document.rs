@@ -56,8 +56,8 @@ struct DrainDocument {
 struct ListenerDocument {
     name: Option<Spanned<String>>,
     listen: Spanned<String>,
-    protocol: model::Protocol,
-    upstream: Spanned<String>,
+    protocol: Spanned<model::Protocol>,
+    upstream: Option<Spanned<String>>,
     max_connections: Option<Spanned<usize>>,
     idle_timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -65,6 +65,64 @@ struct ListenerDocument {
     #[serde(default)]
     unsafe_plaintext: bool,
     tls: Option<ListenerTlsDocument>,
+    http: Option<Spanned<HttpDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpDocument {
+    #[serde(default)]
+    routes: Vec<Spanned<RouteDocument>>,
+    request_timeout: Option<Spanned<String>>,
+    per_try_timeout: Option<Spanned<String>>,
+    header_read_timeout: Option<Spanned<String>>,
+    max_header_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    retry_statuses: Option<Spanned<Vec<u16>>>,
+    #[serde(default)]
+    retry_non_idempotent: bool,
+    retry_buffer_bytes: Option<Spanned<usize>>,
+    upstream_time_header: Option<Spanned<String>>,
+    peer_identity_header: Option<Spanned<String>>,
+    #[serde(default)]
+    access_log: AccessLogDocument,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogDocument {
+    enabled: Option<bool>,
+    redact_headers: Option<Vec<String>>,
+    redact_query: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteDocument {
+    name: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    matches: MatchDocument,
+    upstream: Option<Spanned<String>>,
+    direct_response: Option<Spanned<DirectResponseDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchDocument {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    #[serde(default)]
+    method: Vec<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DirectResponseDocument {
+    status: Spanned<u16>,
+    #[serde(default)]
+    body: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +176,8 @@ struct UpstreamDocument {
     #[serde(default)]
     breaker: BreakerDocument,
     health_check: Option<Spanned<HealthCheckDocument>>,
+    #[serde(default)]
+    http_version: model::HttpVersion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +193,8 @@ struct LimitsDocument {
     max_connections: Option<Spanned<usize>>,
     max_pending: Option<Spanned<usize>>,
     queue_timeout: Option<Spanned<String>>,
+    max_requests: Option<Spanned<usize>>,
+    max_retries: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,12 +384,36 @@ impl Document {
 
 impl ListenerDocument {
     fn convert(&self, path: &str, converter: &mut Converter) -> model::Listener {
-        let upstream = converter
-            .note(&format!("{path}.upstream"), &self.upstream)
-            .clone();
-        let name = match &self.name {
-            Some(name) => converter.note(&format!("{path}.name"), name).clone(),
-            None => upstream.clone(),
+        let protocol = *converter.note(&format!("{path}.protocol"), &self.protocol);
+        let upstream = self.upstream.as_ref().map(|upstream| {
+            converter
+                .note(&format!("{path}.upstream"), upstream)
+                .clone()
+        });
+        let name = match (&self.name, &upstream) {
+            (Some(name), _) => converter.note(&format!("{path}.name"), name).clone(),
+            (None, Some(upstream)) => upstream.clone(),
+            (None, None) => format!(
+                "listener{}",
+                path.trim_start_matches("listeners[").trim_end_matches(']')
+            ),
+        };
+        let http = match (&self.http, protocol) {
+            (Some(http), model::Protocol::Http) => {
+                let section = format!("{path}.http");
+                Some(converter.note(&section, http).convert(&section, converter))
+            }
+            (None, model::Protocol::Http) => Some(model::HttpListener::default()),
+            (Some(http), model::Protocol::Tcp) => {
+                let section = format!("{path}.http");
+                converter.note(&section, http);
+                converter.problem(
+                    &section,
+                    "only a listener with `protocol: http` takes an `http` section".into(),
+                );
+                None
+            }
+            (None, model::Protocol::Tcp) => None,
         };
         let listen = converter
             .socket_address(&format!("{path}.listen"), &self.listen)
@@ -339,8 +425,9 @@ impl ListenerDocument {
         model::Listener {
             name,
             listen,
-            protocol: self.protocol,
+            protocol,
             upstream,
+            http,
             max_connections,
             idle_timeout: converter.duration(
                 &format!("{path}.idle_timeout"),
@@ -354,6 +441,161 @@ impl ListenerDocument {
                 .as_ref()
                 .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
         }
+    }
+}
+
+impl HttpDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::HttpListener {
+        let defaults = model::HttpListener::default();
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, route)| {
+                let route_path = format!("{path}.routes[{index}]");
+                converter
+                    .note(&route_path, route)
+                    .convert(&route_path, converter)
+            })
+            .collect();
+        let header = |converter: &mut Converter, key: &str, value: &Option<Spanned<String>>| {
+            value.as_ref().map(|value| {
+                converter
+                    .note(&format!("{path}.{key}"), value)
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+        };
+        let access_log = &self.access_log;
+        let lowercase = |names: &[String]| {
+            names
+                .iter()
+                .map(|name| name.trim().to_ascii_lowercase())
+                .collect()
+        };
+        model::HttpListener {
+            routes,
+            request_timeout: converter.duration(
+                &format!("{path}.request_timeout"),
+                self.request_timeout.as_ref(),
+                defaults.request_timeout,
+            ),
+            per_try_timeout: self.per_try_timeout.as_ref().map(|value| {
+                converter.duration(
+                    &format!("{path}.per_try_timeout"),
+                    Some(value),
+                    defaults.request_timeout,
+                )
+            }),
+            header_read_timeout: converter.duration(
+                &format!("{path}.header_read_timeout"),
+                self.header_read_timeout.as_ref(),
+                defaults.header_read_timeout,
+            ),
+            max_header_bytes: converter.value(
+                &format!("{path}.max_header_bytes"),
+                self.max_header_bytes.as_ref(),
+                defaults.max_header_bytes,
+            ),
+            max_headers: converter.value(
+                &format!("{path}.max_headers"),
+                self.max_headers.as_ref(),
+                defaults.max_headers,
+            ),
+            retry_statuses: match &self.retry_statuses {
+                Some(statuses) => converter
+                    .note(&format!("{path}.retry_statuses"), statuses)
+                    .clone(),
+                None => defaults.retry_statuses,
+            },
+            retry_non_idempotent: self.retry_non_idempotent,
+            retry_buffer_bytes: converter.value(
+                &format!("{path}.retry_buffer_bytes"),
+                self.retry_buffer_bytes.as_ref(),
+                defaults.retry_buffer_bytes,
+            ),
+            upstream_time_header: header(
+                converter,
+                "upstream_time_header",
+                &self.upstream_time_header,
+            ),
+            peer_identity_header: header(
+                converter,
+                "peer_identity_header",
+                &self.peer_identity_header,
+            ),
+            access_log: model::AccessLog {
+                enabled: access_log.enabled.unwrap_or(defaults.access_log.enabled),
+                redact_headers: access_log
+                    .redact_headers
+                    .as_deref()
+                    .map_or(defaults.access_log.redact_headers, lowercase),
+                redact_query: access_log
+                    .redact_query
+                    .as_deref()
+                    .map_or(defaults.access_log.redact_query, |names| {
+                        names.iter().map(|name| name.trim().to_owned()).collect()
+                    }),
+            },
+        }
+    }
+}
+
+impl RouteDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> Option<model::Route> {
+        let action = match (&self.upstream, &self.direct_response) {
+            (Some(upstream), None) => model::RouteAction::Upstream(
+                converter
+                    .note(&format!("{path}.upstream"), upstream)
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, Some(direct)) => {
+                let direct = converter.note(&format!("{path}.direct_response"), direct);
+                model::RouteAction::Direct {
+                    status: *converter
+                        .note(&format!("{path}.direct_response.status"), &direct.status),
+                    body: direct.body.clone(),
+                }
+            }
+            _ => {
+                converter.problem(
+                    path,
+                    "a route needs exactly one of `upstream` and `direct_response`".into(),
+                );
+                return None;
+            }
+        };
+        let name = match (&self.name, &action) {
+            (Some(name), _) => converter
+                .note(&format!("{path}.name"), name)
+                .trim()
+                .to_owned(),
+            (None, model::RouteAction::Upstream(upstream)) => upstream.clone(),
+            (None, model::RouteAction::Direct { .. }) => "direct".to_owned(),
+        };
+        let matches = &self.matches;
+        Some(model::Route {
+            name,
+            matches: model::RouteMatch {
+                host: matches
+                    .host
+                    .as_ref()
+                    .map(|host| host.trim().to_ascii_lowercase()),
+                path_prefix: matches.path_prefix.clone(),
+                methods: matches
+                    .method
+                    .iter()
+                    .map(|method| method.trim().to_ascii_uppercase())
+                    .collect(),
+                headers: matches
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.clone()))
+                    .collect(),
+            },
+            action,
+        })
     }
 }
 
@@ -450,6 +692,7 @@ impl UpstreamDocument {
                     .note(&section, health_check)
                     .convert(&section, converter)
             }),
+            http_version: self.http_version,
         }
     }
 }
@@ -488,6 +731,16 @@ impl LimitsDocument {
                 &format!("{path}.queue_timeout"),
                 self.queue_timeout.as_ref(),
                 model::DEFAULT_QUEUE_TIMEOUT,
+            ),
+            max_requests: converter.value(
+                &format!("{path}.max_requests"),
+                self.max_requests.as_ref(),
+                model::DEFAULT_MAX_REQUESTS,
+            ),
+            max_retries: converter.value(
+                &format!("{path}.max_retries"),
+                self.max_retries.as_ref(),
+                model::DEFAULT_MAX_RETRIES,
             ),
         }
     }

@@ -25,9 +25,10 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck, IdentityAllowList,
-    Limits, Listener, ListenerTls, Log, LogFormat, Probe, Protocol, Retry, TlsVersion, Upstream,
-    UpstreamTls, WarmPool,
+    AccessLog, Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck,
+    HttpListener, HttpVersion, IdentityAllowList, Limits, Listener, ListenerTls, Log, LogFormat,
+    Probe, Protocol, Retry, Route, RouteAction, RouteMatch, TlsVersion, Upstream, UpstreamTls,
+    WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

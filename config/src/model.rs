@@ -142,8 +142,9 @@ pub struct Listener {
     pub listen: SocketAddr,
     /// The protocol spoken on accepted connections (declared, never sniffed).
     pub protocol: Protocol,
-    /// Name of the upstream that connections are forwarded to.
-    pub upstream: String,
+    /// Name of the upstream that connections are forwarded to; on an
+    /// `http` listener, where requests no route matches go (`None`: 404).
+    pub upstream: Option<String>,
     /// Concurrent connections; excess ones are closed at once and counted.
     pub max_connections: usize,
     /// Close a connection with no traffic in either direction for this long.
@@ -155,6 +156,146 @@ pub struct Listener {
     pub unsafe_plaintext: bool,
     /// TLS termination; `None` for plaintext.
     pub tls: Option<ListenerTls>,
+    /// L7 settings; present exactly when `protocol` is `http`.
+    pub http: Option<HttpListener>,
+}
+
+/// Longest wait for a request's response headers, retries included (Envoy's route default).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A client must send a request's whole header block within this (slowloris).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request header block; larger ones get 431.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most request header fields; more get 431.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Largest request body kept in memory so that the request can be retried
+/// (linkerd's 64 KiB); bigger bodies stream and are not retried.
+pub const DEFAULT_RETRY_BUFFER_BYTES: usize = 64 * 1024;
+/// Statuses retried by default (Envoy's `gateway-error`).
+pub const DEFAULT_RETRY_STATUSES: [u16; 3] = [502, 503, 504];
+/// Headers whose values the access log never shows.
+pub const DEFAULT_REDACTED_HEADERS: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "set-cookie",
+    "proxy-authorization",
+];
+/// Query parameters whose values the access log never shows.
+pub const DEFAULT_REDACTED_QUERY: [&str; 5] =
+    ["token", "password", "access_token", "secret", "api_key"];
+
+/// An `http` listener's L7 behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpListener {
+    /// Evaluated in order; the first match decides. Unmatched requests go to
+    /// the listener's `upstream`.
+    pub routes: Vec<Route>,
+    /// Limit on waiting for the response headers, retries and backoff included; 504 after it.
+    pub request_timeout: Duration,
+    /// Limit on one upstream try; a try that runs out is retried (when the
+    /// request may be) on another endpoint. `None`: only `request_timeout`.
+    pub per_try_timeout: Option<Duration>,
+    /// The request line and headers must arrive within this.
+    pub header_read_timeout: Duration,
+    /// Largest request header block (bytes).
+    pub max_header_bytes: usize,
+    /// Most request header fields.
+    pub max_headers: usize,
+    /// When a try is retried: connect failures and resets always (if the
+    /// method allows), and responses with these statuses.
+    pub retry_statuses: Vec<u16>,
+    /// Retry methods that are not idempotent (POST, PATCH) too.
+    pub retry_non_idempotent: bool,
+    /// Largest request body held for a retry.
+    pub retry_buffer_bytes: usize,
+    /// Response header carrying the upstream's time to response headers
+    /// (seconds, like nginx's `$upstream_response_time`); `None`: not sent.
+    pub upstream_time_header: Option<String>,
+    /// Request header carrying the verified client certificate's identity
+    /// to the app (like Envoy's XFCC); `None`: not sent. Any value a client
+    /// sent in it is removed either way.
+    pub peer_identity_header: Option<String>,
+    /// One JSON line per request.
+    pub access_log: AccessLog,
+}
+
+impl Default for HttpListener {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            per_try_timeout: None,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            retry_statuses: DEFAULT_RETRY_STATUSES.to_vec(),
+            retry_non_idempotent: false,
+            retry_buffer_bytes: DEFAULT_RETRY_BUFFER_BYTES,
+            upstream_time_header: None,
+            peer_identity_header: None,
+            access_log: AccessLog::default(),
+        }
+    }
+}
+
+/// The per-request access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    /// Whether a line is written per request.
+    pub enabled: bool,
+    /// Header names (lowercase) logged as `[redacted]`.
+    pub redact_headers: Vec<String>,
+    /// Query parameter names whose values are logged as `[redacted]`.
+    pub redact_query: Vec<String>,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            redact_headers: DEFAULT_REDACTED_HEADERS.map(str::to_owned).to_vec(),
+            redact_query: DEFAULT_REDACTED_QUERY.map(str::to_owned).to_vec(),
+        }
+    }
+}
+
+/// One routing rule: a match and what to do with the requests it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Name used in metric labels and logs.
+    pub name: String,
+    /// Which requests the route takes.
+    pub matches: RouteMatch,
+    /// What it does with them.
+    pub action: RouteAction,
+}
+
+/// Conditions that must all hold; an empty match takes every request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteMatch {
+    /// The request's host (port ignored, case-insensitive); `*.example.com`
+    /// matches any subdomain.
+    pub host: Option<String>,
+    /// The path starts with this.
+    pub path_prefix: Option<String>,
+    /// The method is one of these (empty: any).
+    pub methods: Vec<String>,
+    /// Each header (lowercase name) is present with exactly this value.
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a route does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    /// Proxy to the named upstream.
+    Upstream(String),
+    /// Answer from attache itself (the guide's `/health` location).
+    Direct {
+        /// Response status.
+        status: u16,
+        /// Response body (`text/plain`).
+        body: String,
+    },
 }
 
 /// TLS termination on a listener.
@@ -246,6 +387,19 @@ pub struct UpstreamTls {
 pub enum Protocol {
     /// Bytes both ways, unchanged (L4).
     Tcp,
+    /// HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN over TLS), routed per request.
+    Http,
+}
+
+/// The HTTP version attache speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// HTTP/1.1 with keep-alive (the default).
+    #[default]
+    Http1,
+    /// HTTP/2: prior knowledge on plaintext, ALPN `h2` with TLS.
+    Http2,
 }
 
 /// A named group of endpoints that listeners forward to.
@@ -272,6 +426,8 @@ pub struct Upstream {
     pub breaker: Breaker,
     /// Active health checks; `None` for none.
     pub health_check: Option<HealthCheck>,
+    /// The HTTP version spoken to it by `http` listeners.
+    pub http_version: HttpVersion,
 }
 
 /// Warm connections per endpoint, made before clients arrive. At L4 each
@@ -299,6 +455,12 @@ pub struct Limits {
     pub max_pending: usize,
     /// A waiting client is refused after this long.
     pub queue_timeout: Duration,
+    /// HTTP requests in flight to the upstream at once (Envoy's
+    /// `max_requests`); beyond it they queue like connections do.
+    pub max_requests: usize,
+    /// HTTP retries in flight at once (Envoy's `max_retries`); a retry
+    /// beyond it is not made.
+    pub max_retries: usize,
 }
 
 /// Default of [`Limits::max_connections`].
@@ -307,6 +469,10 @@ pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_MAX_PENDING: usize = 256;
 /// Default of [`Limits::queue_timeout`].
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`Limits::max_requests`] (Envoy's).
+pub const DEFAULT_MAX_REQUESTS: usize = 1024;
+/// Default of [`Limits::max_retries`].
+pub const DEFAULT_MAX_RETRIES: usize = 16;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -314,6 +480,8 @@ impl Default for Limits {
             max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,
             max_pending: DEFAULT_MAX_PENDING,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_retries: DEFAULT_MAX_RETRIES,
         }
     }
 }
@@ -460,6 +628,9 @@ pub enum Balance {
     RoundRobin,
     /// The endpoint with the fewest active connections (ties in turn).
     LeastConnections,
+    /// The better of two random endpoints by peak-EWMA latency times
+    /// outstanding work (linkerd's and Finagle's power of two choices).
+    PeakEwma,
 }
 
 /// A `host:port` an upstream runs on. The host may be a name, resolved at

@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
-use crate::model::{ClientAuth, Config, IdentityAllowList, ListenerTls, Probe, Upstream};
+use crate::model::{
+    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerTls, Probe, RouteAction, Upstream,
+};
 
 /// Where each key path was written, and which paths already have a problem.
 #[derive(Debug, Default)]
@@ -97,24 +99,36 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        if config.upstream(&listener.upstream).is_none() {
-            let known: Vec<_> = config
-                .upstreams
-                .iter()
-                .map(|upstream| upstream.name.as_str())
-                .collect();
-            report(
+        match (&listener.upstream, &listener.http) {
+            (Some(upstream), _) => check_reference(config, format!("{path}.upstream"), upstream, &mut report),
+            (None, Some(http)) if !http.routes.is_empty() => {}
+            (None, _) => report(
                 format!("{path}.upstream"),
-                format!(
-                    "no upstream named {:?} (upstreams: {})",
-                    listener.upstream,
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
+                "required: the upstream that connections (on an http listener: unrouted requests) go to"
+                    .into(),
+            ),
+        }
+        if let Some(http) = &listener.http {
+            validate_http(config, &format!("{path}.http"), http, &mut report);
+            let routed = http.routes.iter().filter_map(|route| match &route.action {
+                RouteAction::Upstream(upstream) => Some(upstream),
+                RouteAction::Direct { .. } => None,
+            });
+            for upstream in listener.upstream.iter().chain(routed) {
+                if config
+                    .upstream(upstream)
+                    .is_some_and(|upstream| upstream.warm_pool.is_some())
+                {
+                    report(
+                        format!("upstreams.{upstream}.warm_pool"),
+                        format!(
+                            "http listener {:?} sends requests here over its own keep-alive pool; \
+                             a warm pool serves tcp listeners only",
+                            listener.name
+                        ),
+                    );
+                }
+            }
         }
         if listener.max_connections == 0 {
             report(
@@ -170,6 +184,122 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
     problems
 }
 
+fn check_reference(
+    config: &Config,
+    path: String,
+    upstream: &str,
+    report: &mut impl FnMut(String, String),
+) {
+    if config.upstream(upstream).is_some() {
+        return;
+    }
+    let known: Vec<_> = config
+        .upstreams
+        .iter()
+        .map(|upstream| upstream.name.as_str())
+        .collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    report(
+        path,
+        format!("no upstream named {upstream:?} (upstreams: {known})"),
+    );
+}
+
+fn validate_http(
+    config: &Config,
+    path: &str,
+    http: &HttpListener,
+    report: &mut impl FnMut(String, String),
+) {
+    for (index, route) in http.routes.iter().enumerate() {
+        let route_path = format!("{path}.routes[{index}]");
+        match &route.action {
+            RouteAction::Upstream(upstream) => {
+                check_reference(config, format!("{route_path}.upstream"), upstream, report);
+            }
+            RouteAction::Direct { status, .. } if !(200..=599).contains(status) => report(
+                format!("{route_path}.direct_response.status"),
+                format!("{status} is not a final HTTP status (200 to 599)"),
+            ),
+            RouteAction::Direct { .. } => {}
+        }
+        if let Some(prefix) = &route.matches.path_prefix
+            && !prefix.starts_with('/')
+        {
+            report(
+                format!("{route_path}.match.path_prefix"),
+                format!("{prefix:?} must start with `/`"),
+            );
+        }
+        for method in &route.matches.methods {
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                report(
+                    format!("{route_path}.match.method"),
+                    format!("{method:?} is not an HTTP method"),
+                );
+            }
+        }
+        for (name, _) in &route.matches.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                report(
+                    format!("{route_path}.match.headers"),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+        }
+    }
+    let mut positive = |key: &str, is_zero: bool| {
+        if is_zero {
+            report(format!("{path}.{key}"), "must be greater than zero".into());
+        }
+    };
+    positive("request_timeout", http.request_timeout.is_zero());
+    positive(
+        "per_try_timeout",
+        http.per_try_timeout
+            .is_some_and(|timeout| timeout.is_zero()),
+    );
+    positive("header_read_timeout", http.header_read_timeout.is_zero());
+    positive("max_headers", http.max_headers == 0);
+    if http.max_header_bytes < MIN_HEADER_BYTES {
+        report(
+            format!("{path}.max_header_bytes"),
+            format!(
+                "{} is below the smallest supported limit, {MIN_HEADER_BYTES}",
+                http.max_header_bytes
+            ),
+        );
+    }
+    for status in &http.retry_statuses {
+        if !(100..=599).contains(status) {
+            report(
+                format!("{path}.retry_statuses"),
+                format!("{status} is not an HTTP status"),
+            );
+        }
+    }
+    for (key, header) in [
+        ("upstream_time_header", &http.upstream_time_header),
+        ("peer_identity_header", &http.peer_identity_header),
+    ] {
+        if let Some(header) = header
+            && http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            report(
+                format!("{path}.{key}"),
+                format!("{header:?} is not a header name"),
+            );
+        }
+    }
+}
+
+/// The smallest request header limit hyper's HTTP/1 server accepts.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
 /// Zero values that would silently disable something, and settings that
 /// contradict each other.
 fn validate_resilience(path: &str, upstream: &Upstream, report: &mut impl FnMut(String, String)) {
@@ -185,6 +315,7 @@ fn validate_resilience(path: &str, upstream: &Upstream, report: &mut impl FnMut(
     let limits = &upstream.limits;
     positive("limits.max_connections", limits.max_connections == 0);
     positive("limits.queue_timeout", limits.queue_timeout.is_zero());
+    positive("limits.max_requests", limits.max_requests == 0);
     let retry = &upstream.retry;
     positive("retry.attempts", retry.attempts == 0);
     positive("retry.deadline", retry.deadline.is_zero());

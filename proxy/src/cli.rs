@@ -364,12 +364,13 @@ impl TcpArgs {
                 name: name.clone(),
                 listen: self.listen,
                 protocol: model::Protocol::Tcp,
-                upstream: name.clone(),
+                upstream: Some(name.clone()),
                 max_connections: self.max_connections,
                 idle_timeout: self.idle_timeout,
                 keep_accepting_while_draining: self.keep_accepting_while_draining,
                 unsafe_plaintext: self.unsafe_plaintext,
                 tls: self.tls.listener(),
+                http: None,
             }],
             upstreams: vec![model::Upstream {
                 name,
@@ -385,6 +386,7 @@ impl TcpArgs {
                 retry: Retry::default(),
                 breaker: Breaker::default(),
                 health_check: None,
+                http_version: model::HttpVersion::default(),
             }],
         }
     }

@@ -11,8 +11,10 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use crate::http::{self, HttpProxy};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::tcp::{self, TcpRoute};
+use crate::telemetry::metrics::ListenerMetrics;
 
 /// Pending connections the kernel queues before `accept`.
 const ACCEPT_BACKLOG: i32 = 1024;
@@ -26,7 +28,29 @@ pub(crate) struct Listener {
     local_address: SocketAddr,
     max_connections: usize,
     keep_accepting_while_draining: bool,
-    route: Arc<TcpRoute>,
+    handler: Handler,
+}
+
+/// The protocol handler a listener's connections go to.
+pub(crate) enum Handler {
+    Tcp(Arc<TcpRoute>),
+    Http(Arc<HttpProxy>),
+}
+
+impl Handler {
+    fn name(&self) -> &str {
+        match self {
+            Self::Tcp(route) => &route.listener,
+            Self::Http(proxy) => &proxy.listener,
+        }
+    }
+
+    fn metrics(&self) -> &ListenerMetrics {
+        match self {
+            Self::Tcp(route) => &route.metrics,
+            Self::Http(proxy) => &proxy.metrics,
+        }
+    }
 }
 
 /// The listen address could not be bound.
@@ -46,7 +70,7 @@ impl Listener {
     /// [`BindError`] when the address is taken or not available.
     pub(crate) fn bind(
         config: &attache_config::Listener,
-        route: TcpRoute,
+        handler: Handler,
     ) -> Result<Self, BindError> {
         let bind_error = |source| BindError {
             name: config.name.clone(),
@@ -61,7 +85,7 @@ impl Listener {
             local_address,
             max_connections: config.max_connections,
             keep_accepting_while_draining: config.keep_accepting_while_draining,
-            route: Arc::new(route),
+            handler,
         })
     }
 
@@ -74,7 +98,8 @@ impl Listener {
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let mut phase = lifecycle.watch_phase();
         let mut backoff = ACCEPT_BACKOFF_FIRST;
-        let name = &self.route.listener;
+        let name = self.handler.name();
+        let metrics = self.handler.metrics();
         loop {
             let accepted = tokio::select! {
                 accepted = self.socket.accept() => accepted,
@@ -100,12 +125,12 @@ impl Listener {
             };
             if lifecycle.phase() == Phase::Closing && !peer.ip().is_loopback() {
                 // Only a listener told to keep accepting gets here while closing.
-                self.route.metrics.refused_draining.inc();
+                metrics.refused_draining.inc();
                 tracing::debug!(listener = %name, client = %peer, "refused: draining, non-loopback client");
                 continue;
             }
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                self.route.metrics.refused_max_connections.inc();
+                metrics.refused_max_connections.inc();
                 tracing::debug!(listener = %name, client = %peer, max_connections = self.max_connections, "refused: max_connections reached");
                 continue;
             };
@@ -121,15 +146,28 @@ impl Listener {
         permit: tokio::sync::OwnedSemaphorePermit,
         lifecycle: &Arc<Lifecycle>,
     ) {
-        let route = self.route.clone();
         let tracked = lifecycle.track_connection();
-        route.metrics.opened.inc();
-        route.metrics.active.inc();
-        tokio::spawn(async move {
-            tcp::serve(stream, peer, route.clone()).await;
-            route.metrics.active.dec();
-            drop((permit, tracked));
-        });
+        let metrics = self.handler.metrics();
+        metrics.opened.inc();
+        metrics.active.inc();
+        match &self.handler {
+            Handler::Tcp(route) => {
+                let route = route.clone();
+                tokio::spawn(async move {
+                    tcp::serve(stream, peer, route.clone()).await;
+                    route.metrics.active.dec();
+                    drop((permit, tracked));
+                });
+            }
+            Handler::Http(proxy) => {
+                let (proxy, lifecycle) = (proxy.clone(), lifecycle.clone());
+                tokio::spawn(async move {
+                    http::serve(stream, peer, proxy.clone(), lifecycle).await;
+                    proxy.metrics.active.dec();
+                    drop((permit, tracked));
+                });
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod admin;
 mod cli;
+mod http;
 mod lifecycle;
 mod listener;
 mod reload;

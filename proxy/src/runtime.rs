@@ -11,14 +11,15 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use attache_config::Config;
+use attache_config::{Config, RouteAction};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::admin::{self, AdminState};
+use crate::http::{HttpProxy, HttpUpstream};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::listener::Listener;
+use crate::listener::{Handler, Listener};
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
 use crate::telemetry::metrics::Metrics;
@@ -184,35 +185,64 @@ fn bind_listeners(
     material: &TlsMaterial,
     metrics: &Metrics,
 ) -> anyhow::Result<Vec<Listener>> {
+    let find = |name: &str| {
+        upstreams
+            .iter()
+            .find(|upstream| upstream.name() == name)
+            .cloned()
+            .with_context(|| format!("no upstream {name:?}"))
+    };
+    // One set of pooled clients and limits per upstream, shared by every
+    // http listener that routes to it.
+    let mut http_upstreams: Vec<Arc<HttpUpstream>> = Vec::new();
+    for listener in &config.listeners {
+        let Some(http) = &listener.http else { continue };
+        let routed = http.routes.iter().filter_map(|route| match &route.action {
+            RouteAction::Upstream(name) => Some(name),
+            RouteAction::Direct { .. } => None,
+        });
+        for name in listener.upstream.iter().chain(routed) {
+            if http_upstreams.iter().any(|known| known.name() == name) {
+                continue;
+            }
+            let upstream_config = config
+                .upstream(name)
+                .with_context(|| format!("no upstream {name:?}"))?;
+            http_upstreams.push(Arc::new(HttpUpstream::new(find(name)?, upstream_config)));
+        }
+    }
     config
         .listeners
         .iter()
         .map(|listener| {
-            let upstream = upstreams
-                .iter()
-                .find(|upstream| upstream.name() == listener.upstream)
-                .with_context(|| {
-                    format!(
-                        "listener {:?}: no upstream {:?}",
-                        listener.name, listener.upstream
-                    )
-                })?
-                .clone();
             let tls = material.listener(&listener.name);
-            let route = TcpRoute {
-                listener: listener.name.clone(),
-                upstream,
-                idle_timeout: listener.idle_timeout,
-                metrics: metrics.listener(&listener.name),
-                tls,
+            let (handler, protocol) = match &listener.http {
+                Some(http) => {
+                    let proxy = HttpProxy::new(listener, http, &http_upstreams, tls, metrics);
+                    (Handler::Http(Arc::new(proxy)), "http")
+                }
+                None => {
+                    let name = listener
+                        .upstream
+                        .as_deref()
+                        .with_context(|| format!("listener {:?}: no upstream", listener.name))?;
+                    let route = TcpRoute {
+                        listener: listener.name.clone(),
+                        upstream: find(name)?,
+                        idle_timeout: listener.idle_timeout,
+                        metrics: metrics.listener(&listener.name),
+                        tls,
+                    };
+                    (Handler::Tcp(Arc::new(route)), "tcp")
+                }
             };
-            let bound = Listener::bind(listener, route)?;
+            let bound = Listener::bind(listener, handler)?;
             tracing::info!(
                 listener = %listener.name,
                 address = %bound.local_address(),
-                protocol = "tcp",
+                protocol,
                 tls = listener.tls.is_some(),
-                upstream = %listener.upstream,
+                upstream = listener.upstream.as_deref().unwrap_or(""),
                 "listener bound"
             );
             Ok(bound)

@@ -10,7 +10,9 @@ use rustls::{AlertDescription, CertificateError, Error as TlsError};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::telemetry::metrics::HandshakeResult;
+use crate::reload::SharedServerConfig;
+use crate::tcp::stream::ClientStream;
+use crate::telemetry::metrics::{CloseResult, HandshakeResult, ListenerMetrics};
 
 /// Limit on a client's TLS handshake on a listener.
 pub(crate) const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +56,36 @@ pub(crate) async fn accept(
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(error)) => Err(HandshakeFailed::new(error)),
         Err(_elapsed) => Err(HandshakeFailed::timeout(ACCEPT_HANDSHAKE_TIMEOUT)),
+    }
+}
+
+/// Terminates TLS on an accepted connection when the listener has a
+/// config (counting the handshake; a failure is logged and counted as a
+/// closed connection), or passes the plain stream through.
+pub(crate) async fn terminate(
+    config: Option<&SharedServerConfig>,
+    client: TcpStream,
+    client_address: std::net::SocketAddr,
+    listener: &str,
+    metrics: &ListenerMetrics,
+) -> Option<ClientStream> {
+    let Some(config) = config else {
+        return Some(ClientStream::Plain(client));
+    };
+    let acceptor = TlsAcceptor::from(config.load_full());
+    // Boxed: once connected, a connection's task does not carry the
+    // handshake's state.
+    match Box::pin(accept(&acceptor, client)).await {
+        Ok(stream) => {
+            metrics.handshake(HandshakeResult::Ok);
+            Some(ClientStream::Tls(Box::new(stream)))
+        }
+        Err(failed) => {
+            metrics.handshake(failed.result);
+            metrics.closed(CloseResult::TlsHandshakeFailed);
+            tracing::info!(listener = %listener, client = %client_address, error = %failed, "client TLS handshake failed");
+            None
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::reload::SharedServerConfig;
-use crate::telemetry::metrics::{CloseResult, HandshakeResult, ListenerMetrics};
+use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::tls;
 use crate::upstream::Upstream;
 use stream::{ClientStream, UpstreamStream};
@@ -65,25 +65,16 @@ pub(crate) async fn serve(
     route: Arc<TcpRoute>,
 ) {
     let started = Instant::now();
-    let mut client = match &route.tls {
-        None => ClientStream::Plain(client),
-        Some(config) => {
-            // Boxed like the connect below: once connected, a connection's
-            // task does not carry the handshake's state.
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
-            match Box::pin(tls::accept(&acceptor, client)).await {
-                Ok(stream) => {
-                    route.metrics.handshake(HandshakeResult::Ok);
-                    ClientStream::Tls(Box::new(stream))
-                }
-                Err(failed) => {
-                    route.metrics.handshake(failed.result);
-                    route.metrics.closed(CloseResult::TlsHandshakeFailed);
-                    tracing::info!(listener = %route.listener, client = %client_address, error = %failed, "client TLS handshake failed");
-                    return;
-                }
-            }
-        }
+    let Some(mut client) = tls::terminate(
+        route.tls.as_ref(),
+        client,
+        client_address,
+        &route.listener,
+        &route.metrics,
+    )
+    .await
+    else {
+        return;
     };
     // Boxed: the connect state (resolution, timer, TLS) is freed once
     // connected instead of sizing every long-lived connection's task.

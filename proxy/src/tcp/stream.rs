@@ -71,3 +71,88 @@ impl ClientStream {
         attache_certs::identity::PeerIdentity::from_certificate(leaf).ok()
     }
 }
+
+/// Delegates the tokio I/O traits to the variant, so L7 handlers (hyper)
+/// can run over either kind of stream.
+macro_rules! delegate_io {
+    ($stream:ident) => {
+        impl AsyncRead for $stream {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Plain(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
+                    Self::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_read(cx, buf),
+                }
+            }
+        }
+
+        impl AsyncWrite for $stream {
+            fn poll_write(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    Self::Plain(stream) => std::pin::Pin::new(stream).poll_write(cx, buf),
+                    Self::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_write_vectored(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    Self::Plain(stream) => std::pin::Pin::new(stream).poll_write_vectored(cx, bufs),
+                    Self::Tls(stream) => {
+                        std::pin::Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs)
+                    }
+                }
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                match self {
+                    Self::Plain(stream) => stream.is_write_vectored(),
+                    Self::Tls(stream) => stream.is_write_vectored(),
+                }
+            }
+
+            fn poll_flush(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Plain(stream) => std::pin::Pin::new(stream).poll_flush(cx),
+                    Self::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(
+                self: std::pin::Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    Self::Plain(stream) => std::pin::Pin::new(stream).poll_shutdown(cx),
+                    Self::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+delegate_io!(ClientStream);
+delegate_io!(UpstreamStream);
+
+impl UpstreamStream {
+    /// Whether TLS origination negotiated HTTP/2 through ALPN.
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            Self::Tls(stream) => stream.get_ref().1.alpn_protocol() == Some(b"h2"),
+        }
+    }
+}

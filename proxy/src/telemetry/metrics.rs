@@ -32,7 +32,15 @@
 //! - `upstream_refused_total{upstream,reason}`: clients given no connection
 //!   before any attempt: `overflow` (queue full), `queue_timeout`, or
 //!   `no_endpoint` (every endpoint ejected or unhealthy)
-//! - `upstream_retries_total{upstream}`, `upstream_retry_budget_exhausted_total{upstream}`
+//! - `upstream_retries_total{upstream}`, `upstream_retry_budget_exhausted_total{upstream}`:
+//!   connect retries and, for HTTP, request retries
+//! - `upstream_retry_overflow_total{upstream}`: HTTP retries not made because
+//!   `limits.max_retries` were already in flight
+//! - `http_requests_total{listener,route,upstream,status_class}`: requests
+//!   answered, by status class (`1xx`..`5xx`); `upstream` is empty for direct
+//!   responses and unrouted requests
+//! - `http_request_duration_seconds{listener,route,upstream}`: from the
+//!   request's headers to the end of the response body
 //! - `upstream_breaker_state{upstream,endpoint,state}`: 1 for the current state
 //!   (`closed`, `open`, `half_open`), read at scrape
 //! - `upstream_breaker_transitions_total{upstream,endpoint,state}`: entries into a state
@@ -133,6 +141,27 @@ struct EndpointReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    listener: String,
+    route: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatusLabels {
+    listener: String,
+    route: String,
+    upstream: String,
+    status_class: &'static str,
+}
+
+fn request_duration_histogram() -> Histogram {
+    // 250 µs .. ~65 s: proxied loopback requests land in the first buckets,
+    // request timeouts in the last ones.
+    Histogram::new(exponential_buckets(0.00025, 2.0, 19))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -179,6 +208,9 @@ pub(crate) struct Metrics {
     upstream_refused: Family<UpstreamReasonLabels, Counter>,
     retries: Family<UpstreamLabels, Counter>,
     budget_exhausted: Family<UpstreamLabels, Counter>,
+    retry_overflow: Family<UpstreamLabels, Counter>,
+    http_requests: Family<RouteStatusLabels, Counter>,
+    http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     breaker_transitions: Family<EndpointStateLabels, Counter>,
     health_checks: Family<EndpointResultLabels, Counter>,
     warm_used: Family<EndpointLabels, Counter>,
@@ -207,6 +239,9 @@ impl Metrics {
             upstream_refused: Family::default(),
             retries: Family::default(),
             budget_exhausted: Family::default(),
+            retry_overflow: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(request_duration_histogram),
             breaker_transitions: Family::default(),
             health_checks: Family::default(),
             warm_used: Family::default(),
@@ -300,8 +335,24 @@ impl Metrics {
         );
         registry.register(
             "upstream_retries",
-            "Connect retries (attempts after a client's first)",
+            "Retries: connect attempts after a client's first, and HTTP tries after a request's first",
             metrics.retries.clone(),
+        );
+        registry.register(
+            "upstream_retry_overflow",
+            "HTTP retries not made because limits.max_retries were already in flight",
+            metrics.retry_overflow.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, upstream and status class",
+            metrics.http_requests.clone(),
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "HTTP request duration, from the request headers to the end of the response body",
+            Unit::Seconds,
+            metrics.http_duration.clone(),
         );
         registry.register(
             "upstream_retry_budget_exhausted",
@@ -444,6 +495,32 @@ impl Metrics {
             }),
             retries: self.retries.get_or_create(&labels).clone(),
             budget_exhausted: self.budget_exhausted.get_or_create(&labels).clone(),
+            retry_overflow: self.retry_overflow.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Handles for one HTTP route's metrics; `upstream` is empty for direct responses.
+    pub(crate) fn route(&self, listener: &str, route: &str, upstream: &str) -> RouteMetrics {
+        let status = |status_class| {
+            self.http_requests
+                .get_or_create(&RouteStatusLabels {
+                    listener: listener.to_owned(),
+                    route: route.to_owned(),
+                    upstream: upstream.to_owned(),
+                    status_class,
+                })
+                .clone()
+        };
+        RouteMetrics {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(status),
+            duration: self
+                .http_duration
+                .get_or_create(&RouteLabels {
+                    listener: listener.to_owned(),
+                    route: route.to_owned(),
+                    upstream: upstream.to_owned(),
+                })
+                .clone(),
         }
     }
 
@@ -681,6 +758,23 @@ pub(crate) struct UpstreamMetrics {
     refused: [Counter; 3],
     pub(crate) retries: Counter,
     pub(crate) budget_exhausted: Counter,
+    pub(crate) retry_overflow: Counter,
+}
+
+/// One HTTP route's request counters (by status class) and duration histogram.
+#[derive(Clone)]
+pub(crate) struct RouteMetrics {
+    requests: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub(crate) fn answered(&self, status: http::StatusCode, took: std::time::Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests[class].inc();
+        self.duration.observe(took.as_secs_f64());
+    }
 }
 
 impl UpstreamMetrics {

@@ -11,6 +11,7 @@ use attache_config::Endpoint as EndpointAddress;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
+use super::balancer::PeakEwma;
 use super::connector::{self, ConnectError, Origination};
 use crate::reload::SharedClientConfig;
 use crate::resilience::breaker::{self, Breaker, Permit};
@@ -80,9 +81,12 @@ pub(crate) struct EndpointState {
     breaker: Breaker,
     ejections: Arc<Ejections>,
     health: AtomicU8,
-    /// Connections handed to clients and still open (for least-connections).
-    pub(super) active: AtomicUsize,
-    pub(super) metrics: EndpointMetrics,
+    /// Connections handed to clients and still open, or HTTP requests in
+    /// flight (for least-connections and peak EWMA).
+    pub(crate) active: AtomicUsize,
+    /// Connect times (L4) or response times (HTTP), for `peak_ewma`.
+    pub(super) latency: PeakEwma,
+    pub(crate) metrics: EndpointMetrics,
 }
 
 /// Settings an endpoint is built from.
@@ -109,6 +113,7 @@ impl EndpointState {
             ejections: settings.ejections,
             health: AtomicU8::new(Health::Unknown as u8),
             active: AtomicUsize::new(0),
+            latency: PeakEwma::new(),
             metrics: settings.metrics,
         }
     }
@@ -156,20 +161,26 @@ impl EndpointState {
     /// fed to the breaker.
     pub(super) async fn connect(&self, permit: Permit<'_>) -> Result<Connected, ConnectError> {
         let result = self.establish(Some(&self.metrics)).await;
-        let changed = match &result {
-            Ok(_) => permit.succeeded(),
-            Err(_) => permit.failed(Instant::now(), || self.ejections.try_eject()),
+        self.settle(permit, result.is_ok());
+        result
+    }
+
+    /// Feeds one use's outcome to the breaker.
+    pub(super) fn settle(&self, permit: Permit<'_>, succeeded: bool) {
+        let changed = if succeeded {
+            permit.succeeded()
+        } else {
+            permit.failed(Instant::now(), || self.ejections.try_eject())
         };
         if let Some(state) = changed {
             self.breaker_changed(state);
         }
-        result
     }
 
     /// A connect (and TLS handshake, with origination) within the connect
     /// timeout; `metrics` counts it when given (warm-pool refills do, health
     /// probes do not).
-    pub(super) async fn establish(
+    pub(crate) async fn establish(
         &self,
         metrics: Option<&EndpointMetrics>,
     ) -> Result<Connected, ConnectError> {
@@ -197,7 +208,7 @@ impl EndpointState {
             breaker::State::Open => tracing::warn!(
                 upstream = %self.upstream,
                 endpoint = %self.address,
-                "circuit breaker open: endpoint ejected after consecutive connect failures"
+                "circuit breaker open: endpoint ejected after consecutive failures"
             ),
             breaker::State::HalfOpen => tracing::info!(
                 upstream = %self.upstream,
@@ -217,7 +228,7 @@ impl EndpointState {
 }
 
 /// A fresh connection and the TLS client configuration it was made with.
-pub(super) struct Connected {
-    pub(super) stream: UpstreamStream,
+pub(crate) struct Connected {
+    pub(crate) stream: UpstreamStream,
     pub(super) tls_config: Option<Arc<rustls::ClientConfig>>,
 }

@@ -22,7 +22,7 @@
 //! - `health`: active health checks.
 //! - `status`: the snapshot behind `/upstreams` and the state gauges.
 
-mod balancer;
+pub(crate) mod balancer;
 mod connector;
 mod endpoint;
 mod health;
@@ -41,12 +41,14 @@ use crate::resilience::backoff::Backoff;
 use crate::resilience::breaker::{self, Permit};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limit::{ConcurrencyLimit, Refusal, Slot};
+use crate::resilience::retry::{RetryLimits, RetryMetrics};
 use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics, UpstreamRefusal};
 use balancer::Balancer;
 use connector::ConnectError;
+pub(crate) use endpoint::EndpointState;
 pub(crate) use endpoint::Health;
-use endpoint::{Ejections, EndpointSettings, EndpointState};
+use endpoint::{Ejections, EndpointSettings};
 use warm::{WarmCheckout, WarmConnector, WarmPool};
 
 /// A named group of endpoints that listeners forward to.
@@ -58,7 +60,8 @@ pub(crate) struct Upstream {
     attempts: u32,
     backoff: Backoff,
     deadline: Duration,
-    budget: RetryBudget,
+    budget: Arc<RetryBudget>,
+    max_retries: usize,
     health_check: Option<HealthCheck>,
     warm_size: usize,
     /// Every endpoint is unhealthy, so health is being ignored.
@@ -209,7 +212,11 @@ impl Upstream {
                 max: retry.max_backoff,
             },
             deadline: retry.deadline,
-            budget: RetryBudget::new(retry.budget_percent, retry.budget_min_per_second),
+            budget: Arc::new(RetryBudget::new(
+                retry.budget_percent,
+                retry.budget_min_per_second,
+            )),
+            max_retries: config.limits.max_retries,
             health_check: config.health_check.clone(),
             warm_size: config.warm_pool.as_ref().map_or(0, |warm| warm.size),
             panicking: AtomicBool::new(false),
@@ -269,9 +276,7 @@ impl Upstream {
             .observe(slot.queued_for.as_secs_f64());
         let deadline = Instant::now() + self.deadline;
         let count = self.endpoints.len();
-        let mut next = self.balancer.pick(count, |index| {
-            self.endpoints[index].state.active.load(Ordering::Relaxed)
-        });
+        let mut next = self.pick();
         let mut attempts = 0;
         let mut last = None;
         let stopped = loop {
@@ -302,8 +307,13 @@ impl Upstream {
             next = (index + 1) % count;
             attempts += 1;
             let endpoint = &self.endpoints[index];
+            let started = Instant::now();
             match tokio::time::timeout_at(deadline, endpoint.attempt(permit)).await {
                 Ok(Ok(leg)) => {
+                    endpoint
+                        .state
+                        .latency
+                        .observe(started.elapsed(), Instant::now());
                     endpoint.state.active.fetch_add(1, Ordering::Relaxed);
                     return Ok(UpstreamConnection {
                         leg,
@@ -322,13 +332,79 @@ impl Upstream {
         }))
     }
 
+    /// The balancer's first choice.
+    fn pick(&self) -> usize {
+        let state = |index: usize| &self.endpoints[index].state;
+        self.balancer.pick(
+            self.endpoints.len(),
+            |index| state(index).active.load(Ordering::Relaxed),
+            |index| state(index).latency.seconds(),
+        )
+    }
+
     /// The first endpoint from `start` on (wrapping) that may be tried now.
     fn admit_from(&self, start: usize) -> Option<(usize, Permit<'_>)> {
+        self.admit_avoiding(start, None)
+    }
+
+    /// Like [`Self::admit_from`], trying `avoid` only when no other endpoint
+    /// may be tried.
+    fn admit_avoiding(&self, start: usize, avoid: Option<usize>) -> Option<(usize, Permit<'_>)> {
         let ignore_health = self.all_unhealthy();
         let count = self.endpoints.len();
+        let admit = |index: usize| Some((index, self.endpoints[index].state.admit(ignore_health)?));
         (0..count)
             .map(|offset| (start + offset) % count)
-            .find_map(|index| Some((index, self.endpoints[index].state.admit(ignore_health)?)))
+            .filter(|index| Some(*index) != avoid)
+            .find_map(admit)
+            .or_else(|| avoid.and_then(admit))
+    }
+
+    /// An endpoint for one request (HTTP): the balancer's choice, or the
+    /// next one that may be tried, preferring any over `avoid` (the endpoint
+    /// the previous try failed on). The caller reports the outcome with
+    /// [`Self::settle`].
+    pub(crate) fn choose(&self, avoid: Option<usize>) -> Option<(usize, Permit<'_>)> {
+        self.admit_avoiding(self.pick(), avoid)
+    }
+
+    /// Feeds one request's outcome on endpoint `index` to its breaker (a
+    /// failure may eject it) and, with its duration, to its latency estimate.
+    pub(crate) fn settle(&self, index: usize, permit: Permit<'_>, succeeded: bool, took: Duration) {
+        let state = &self.endpoints[index].state;
+        state.latency.observe(took, Instant::now());
+        state.settle(permit, succeeded);
+    }
+
+    /// Endpoint `index`'s shared state (for protocol-specific connectors).
+    pub(crate) fn endpoint(&self, index: usize) -> &Arc<EndpointState> {
+        &self.endpoints[index].state
+    }
+
+    /// How many endpoints there are.
+    pub(crate) fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Retry limits for protocol-level retries (HTTP), sharing this
+    /// upstream's attempts, backoff and budget with its connect retries.
+    pub(crate) fn retry_limits(&self) -> RetryLimits {
+        RetryLimits::new(
+            self.attempts,
+            self.backoff,
+            self.budget.clone(),
+            self.max_retries,
+            RetryMetrics {
+                retries: self.metrics.retries.clone(),
+                budget_exhausted: self.metrics.budget_exhausted.clone(),
+                overflow: self.metrics.retry_overflow.clone(),
+            },
+        )
+    }
+
+    /// Handles for the upstream's metrics.
+    pub(crate) fn metrics(&self) -> &UpstreamMetrics {
+        &self.metrics
     }
 
     /// Whether health checks took out every endpoint; logs when that starts and ends.

@@ -1,0 +1,273 @@
+//! The upstream side of the HTTP proxy: one pooled hyper client per
+//! endpoint (keep-alive HTTP/1.1 or multiplexed HTTP/2, over the upstream
+//! room's connector, so TLS origination and connect metrics are shared
+//! with L4), and [`Endpoints`], the innermost tower service: it picks an
+//! endpoint for each try (balancer, breaker, health), bounds the try by the
+//! per-try timeout, and feeds the outcome back for outlier detection.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use attache_config::HttpVersion;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+use tower::BoxError;
+
+use super::body::RequestBody;
+use crate::tcp::stream::UpstreamStream;
+use crate::upstream::{EndpointState, Upstream};
+
+/// Idle keep-alive connections are closed after this (below the 60 s or
+/// more most servers keep them, so attache closes first and never sends a
+/// request on a connection the server is closing).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle keep-alive connections kept per endpoint.
+const POOL_MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Every endpoint was ejected or unhealthy; no try was made.
+#[derive(Debug, thiserror::Error)]
+#[error("every endpoint is ejected by its circuit breaker or unhealthy")]
+pub(crate) struct NoEndpoint;
+
+/// One try ran out of its per-try timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the endpoint did not answer within the per-try timeout ({0:?})")]
+pub(crate) struct PerTryTimeout(pub(crate) Duration);
+
+/// Endpoints a request has been tried on, shared by its tries (it travels
+/// in the request's extensions, which each replayed copy clones).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tried(Arc<Mutex<Vec<usize>>>);
+
+impl Tried {
+    fn last(&self) -> Option<usize> {
+        self.0.lock().ok()?.last().copied()
+    }
+
+    /// Tries made so far.
+    pub(crate) fn count(&self) -> usize {
+        self.0.lock().map_or(0, |tried| tried.len())
+    }
+
+    fn push(&self, index: usize) {
+        if let Ok(mut tried) = self.0.lock() {
+            tried.push(index);
+        }
+    }
+}
+
+/// Which endpoint answered; put in the response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct ServedBy {
+    pub(crate) endpoint: Arc<str>,
+    /// Time from sending the request to its response headers.
+    pub(crate) took: Duration,
+}
+
+/// The innermost service: one try on one endpoint.
+#[derive(Clone)]
+pub(crate) struct Endpoints {
+    upstream: Arc<Upstream>,
+    clients: Arc<[Client<EndpointConnector, RequestBody>]>,
+    names: Arc<[Arc<str>]>,
+    per_try_timeout: Option<Duration>,
+}
+
+impl Endpoints {
+    /// A client per endpoint of `upstream`.
+    pub(crate) fn new(upstream: Arc<Upstream>, version: HttpVersion) -> Self {
+        let clients = (0..upstream.endpoint_count())
+            .map(|index| {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_ENDPOINT)
+                    // The Host header is the client's; never rewritten.
+                    .set_host(false)
+                    .http2_only(version == HttpVersion::Http2);
+                builder.build(EndpointConnector {
+                    endpoint: upstream.endpoint(index).clone(),
+                })
+            })
+            .collect();
+        let names = (0..upstream.endpoint_count())
+            .map(|index| Arc::from(upstream.endpoint(index).address.to_string()))
+            .collect();
+        Self {
+            upstream,
+            clients,
+            names,
+            per_try_timeout: None,
+        }
+    }
+
+    /// The same endpoints with each try bounded by `timeout`.
+    pub(crate) fn with_per_try_timeout(&self, timeout: Option<Duration>) -> Self {
+        Self {
+            per_try_timeout: timeout,
+            ..self.clone()
+        }
+    }
+}
+
+impl tower::Service<Request<RequestBody>> for Endpoints {
+    type Response = Response<Incoming>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.try_once(request).await })
+    }
+}
+
+impl Endpoints {
+    async fn try_once(
+        &self,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let tried = request
+            .extensions()
+            .get::<Tried>()
+            .cloned()
+            .unwrap_or_default();
+        let (index, permit) = self.upstream.choose(tried.last()).ok_or(NoEndpoint)?;
+        tried.push(index);
+        let state = self.upstream.endpoint(index);
+        state
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _in_flight = InFlight(state);
+        let started = Instant::now();
+        let sent = self.clients[index].request(request);
+        let result: Result<Response<Incoming>, BoxError> = match self.per_try_timeout {
+            None => sent.await.map_err(Into::into),
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(PerTryTimeout(limit).into()),
+            },
+        };
+        let took = started.elapsed();
+        // Outlier detection: errors and 5xx count against the endpoint.
+        let succeeded = result
+            .as_ref()
+            .is_ok_and(|response| !response.status().is_server_error());
+        self.upstream.settle(index, permit, succeeded, took);
+        let mut response = result?;
+        response.extensions_mut().insert(ServedBy {
+            endpoint: self.names[index].clone(),
+            took,
+        });
+        Ok(response)
+    }
+}
+
+/// Counts a request in flight on an endpoint (for least-connections and peak EWMA).
+struct InFlight<'a>(&'a EndpointState);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Connects to one endpoint through the upstream room (TLS origination and
+/// connect metrics included), whatever URI the request carries.
+#[derive(Clone)]
+pub(crate) struct EndpointConnector {
+    endpoint: Arc<EndpointState>,
+}
+
+impl tower::Service<http::Uri> for EndpointConnector {
+    type Response = HttpIo;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpIo, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _context: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let endpoint = self.endpoint.clone();
+        Box::pin(async move {
+            let connected = endpoint.establish(Some(&endpoint.metrics)).await?;
+            let h2 = connected.stream.negotiated_h2();
+            Ok(HttpIo {
+                io: TokioIo::new(connected.stream),
+                h2,
+            })
+        })
+    }
+}
+
+/// An upstream connection as hyper's client sees it.
+pub(crate) struct HttpIo {
+    io: TokioIo<UpstreamStream>,
+    h2: bool,
+}
+
+impl Connection for HttpIo {
+    fn connected(&self) -> Connected {
+        if self.h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
+    }
+}
+
+impl hyper::rt::Read for HttpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for HttpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

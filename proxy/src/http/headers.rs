@@ -1,0 +1,217 @@
+//! Header rules at the proxy boundary: hop-by-hop headers stop here (RFC
+//! 9110 §7.6.1), `X-Forwarded-*` and `X-Real-IP` tell the app who called,
+//! `X-Request-Id` is kept or made, and the verified client identity is
+//! passed on only by attache (a client cannot forge it).
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+/// Returns the `Upgrade` value when the message asks for a protocol
+/// upgrade (WebSocket), so the caller can carry it across.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade_requested = false;
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| {
+            let token = token.trim();
+            if token.eq_ignore_ascii_case("upgrade") {
+                upgrade_requested = true;
+            }
+            HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()).ok()
+        })
+        .collect();
+    let upgrade = headers
+        .remove(header::UPGRADE)
+        .filter(|_| upgrade_requested);
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TE,
+        header::TRAILER,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    upgrade
+}
+
+/// Puts back what an upgrade needs on the next hop.
+pub(crate) fn restore_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
+/// Who called, as the app sees it: `X-Forwarded-For` gets the client
+/// address appended (nginx's `$proxy_add_x_forwarded_for`), `X-Real-IP`,
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` are set by attache.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&str>,
+) {
+    let client_text = client.to_string();
+    let forwarded_for = match headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client_text}"),
+        _ => client_text.clone(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&client_text) {
+        headers.insert(X_REAL_IP, value);
+    }
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(value) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
+        headers.insert(X_FORWARDED_HOST, value);
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it sent a usable one,
+/// otherwise a new random (version 4) UUID, which is then set on the request.
+pub(crate) fn request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(X_REQUEST_ID)
+        && !value.is_empty()
+        && value.len() <= 200
+    {
+        return value.clone();
+    }
+    let id = new_request_id();
+    headers.insert(X_REQUEST_ID, id.clone());
+    id
+}
+
+fn new_request_id() -> HeaderValue {
+    let bits = fastrand::u128(..);
+    // Version 4, variant 10xx.
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The request's host without a port, lowercase: the URI's authority
+/// (HTTP/2, absolute-form) or else the `Host` header.
+pub(crate) fn host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    let authority = uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        })?;
+    Some(authority)
+}
+
+/// `host[:port]` without the port, lowercase (IPv6 keeps its brackets).
+pub(crate) fn strip_port(authority: &str) -> String {
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.split(':').next().unwrap_or(authority)
+    };
+    host.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(strip_hop_by_hop(&mut headers), None);
+        let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn an_upgrade_request_keeps_its_protocol() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(
+            strip_hop_by_hop(&mut headers),
+            Some(HeaderValue::from_static("websocket"))
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_the_rest_set() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        headers.insert(X_REAL_IP, HeaderValue::from_static("forged"));
+        add_forwarded(
+            &mut headers,
+            "10.1.2.3".parse().unwrap(),
+            true,
+            Some("api.example.com"),
+        );
+        assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.7, 10.1.2.3");
+        assert_eq!(headers[X_REAL_IP], "10.1.2.3");
+        assert_eq!(headers[X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[X_FORWARDED_HOST], "api.example.com");
+    }
+
+    #[test]
+    fn request_ids_are_kept_or_made_as_uuid_v4() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
+        assert_eq!(request_id(&mut headers), "abc");
+        let mut headers = HeaderMap::new();
+        let made = request_id(&mut headers);
+        let made = made.to_str().unwrap();
+        assert_eq!(headers[X_REQUEST_ID], made);
+        let groups: Vec<_> = made.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert_eq!(&made[14..15], "4");
+        assert!("89ab".contains(&made[19..20]));
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("API.example.com:8080"), "api.example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("localhost"), "localhost");
+    }
+}

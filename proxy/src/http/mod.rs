@@ -1,0 +1,127 @@
+//! L7: the HTTP proxy. A listener with `protocol: http` serves HTTP/1.1
+//! and HTTP/2 (h2c prior knowledge, or ALPN over TLS) with hyper; each
+//! request is routed (host, path prefix, method, headers) to a direct
+//! response or an upstream, and an upstream request runs through a tower
+//! stack built once per listener and upstream:
+//!
+//! ```text
+//! Limited (max_requests, max_pending, queue_timeout -> 503)
+//!  └ Timeout (request_timeout -> 504)
+//!     └ Retry (RetryPolicy: statuses, idempotency, attempts, max_retries, budget, backoff)
+//!        └ Endpoints (balancer + breaker/outlier + per-try timeout -> pooled hyper client)
+//! ```
+//!
+//! # Layout
+//! - `proxy`: the per-listener state, routing and header rules per request,
+//!   the error classifier (one place picks the status and the log label).
+//! - `routing`: route matching.
+//! - `headers`: hop-by-hop, `X-Forwarded-*`, request ids.
+//! - `body`: replayable request bodies and observed response bodies.
+//! - `client`: pooled hyper clients per endpoint and the per-try service.
+
+mod body;
+mod client;
+mod headers;
+mod proxy;
+mod routing;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::telemetry::metrics::CloseResult;
+use crate::tls;
+pub(crate) use proxy::{HttpProxy, HttpUpstream};
+
+/// What the handler knows about the connection a request came on.
+pub(crate) struct ClientConnection {
+    address: SocketAddr,
+    tls: bool,
+    /// The verified client certificate's primary name: its first URI SAN
+    /// (SPIFFE ID), else its first DNS SAN, else its common name.
+    identity: Option<String>,
+}
+
+/// Serves one accepted connection: TLS when the listener has it, then
+/// HTTP/1.1 or HTTP/2 until the client leaves; when the drain starts,
+/// keep-alive connections are closed gracefully (HTTP/1: after the request
+/// in flight; HTTP/2: GOAWAY).
+pub(crate) async fn serve(
+    stream: TcpStream,
+    address: SocketAddr,
+    proxy: Arc<HttpProxy>,
+    lifecycle: Arc<Lifecycle>,
+) {
+    let metrics = &proxy.metrics;
+    let Some(stream) = tls::terminate(
+        proxy.tls.as_ref(),
+        stream,
+        address,
+        &proxy.listener,
+        metrics,
+    )
+    .await
+    else {
+        return;
+    };
+    let identity = stream.peer_identity().and_then(|identity| {
+        identity
+            .uris
+            .into_iter()
+            .chain(identity.dns_names)
+            .chain(identity.common_name)
+            .next()
+    });
+    let connection = Arc::new(ClientConnection {
+        address,
+        tls: proxy.tls.is_some(),
+        identity,
+    });
+    let service = {
+        let proxy = proxy.clone();
+        hyper::service::service_fn(move |request| {
+            let proxy = proxy.clone();
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = &proxy.limits;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let mut phase = lifecycle.watch_phase();
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = served.as_mut() => break result,
+            changed = phase.changed(), if !draining => {
+                if changed.is_err() || *phase.borrow_and_update() == Phase::Closing {
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => metrics.closed(CloseResult::Ok),
+        Err(error) => {
+            metrics.closed(CloseResult::Error);
+            tracing::debug!(listener = %proxy.listener, client = %address, %error, "HTTP connection ended with an error");
+        }
+    }
+}
