@@ -6,9 +6,11 @@
 //! - [`Attache`]: one running attache process (killed on drop).
 //! - [`http_request`] / [`Attache::metric`]: a minimal HTTP/1.1 client for the admin port.
 //! - [`servers`]: echo, source/sink and black-hole upstreams on port 0.
+//! - [`http_app`]: an HTTP app server with scripted statuses, hangs, streams and WebSocket echo.
 //! - [`pki`]: a development CA and certificates for TLS tests.
 //! - [`redis_server`]: a private, restartable `redis-server` (plain or TLS).
 
+pub mod http_app;
 pub mod pki;
 pub mod redis_server;
 pub mod servers;
@@ -63,6 +65,7 @@ pub fn binary() -> &'static Path {
 pub struct Attache {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
+    stdout: Arc<Mutex<Vec<Value>>>,
     _config: Option<tempfile::NamedTempFile>,
 }
 
@@ -90,22 +93,29 @@ impl Attache {
             .args(arguments)
             .env("RUST_LOG", "attache=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .context("spawn attache")?;
         let stderr = child.stderr.take().context("stderr is piped")?;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let event = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().expect("log sink").push(event);
-            }
-        });
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let collect = |stream: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let event = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                    sink.lock().expect("log sink").push(event);
+                }
+            });
+            lines
+        };
+        let events = collect(Box::new(stderr));
+        let stdout = collect(Box::new(stdout));
         let mut attache = Self {
             child,
             events,
+            stdout,
             _config: config,
         };
         attache.wait_for_log("attache started").await?;
@@ -115,6 +125,29 @@ impl Attache {
     /// Every log event so far (JSON objects; non-JSON lines as strings).
     pub fn events(&self) -> Vec<Value> {
         self.events.lock().expect("log sink").clone()
+    }
+
+    /// Every line attache wrote on stdout (the HTTP access log), as JSON.
+    pub fn stdout_lines(&self) -> Vec<Value> {
+        self.stdout.lock().expect("stdout sink").clone()
+    }
+
+    /// Waits until stdout holds at least `count` lines, and returns them.
+    ///
+    /// # Errors
+    /// When they do not arrive in [`START_TIMEOUT`].
+    pub async fn wait_for_stdout_lines(&self, count: usize) -> anyhow::Result<Vec<Value>> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let lines = self.stdout_lines();
+            if lines.len() >= count {
+                return Ok(lines);
+            }
+            if Instant::now() > deadline {
+                bail!("{} stdout lines, expected {count}: {lines:?}", lines.len());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits for an event whose `message` is `message`, and returns it.

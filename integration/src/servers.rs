@@ -83,12 +83,39 @@ pub fn random_bytes(count: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
+/// `count` pseudo-random bytes for `seed`, in chunks of `chunk` bytes (a
+/// multiple of 4 keeps the stream independent of the chunking).
+pub fn random_chunks(count: usize, seed: u64, chunk: usize) -> impl Iterator<Item = Vec<u8>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut left = count;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let mut bytes = vec![0; chunk.min(left)];
+        rng.fill_bytes(&mut bytes);
+        left -= bytes.len();
+        Some(bytes)
+    })
+}
+
+/// SHA-256 of [`random_chunks`]' stream, computed without holding it.
+pub fn random_chunks_sha256(count: usize, seed: u64) -> String {
+    let mut hasher = Sha256::new();
+    for chunk in random_chunks(count, seed, 256 * 1024) {
+        hasher.update(&chunk);
+    }
+    hex(&hasher.finalize())
+}
+
 /// SHA-256 as hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// What a source/sink connection saw: the hash of what it received and of

@@ -34,6 +34,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::tcp::stream::ClientStream;
 use crate::telemetry::metrics::CloseResult;
 use crate::tls;
 pub(crate) use proxy::{HttpProxy, HttpUpstream};
@@ -58,7 +59,7 @@ pub(crate) async fn serve(
     lifecycle: Arc<Lifecycle>,
 ) {
     let metrics = &proxy.metrics;
-    let Some(stream) = tls::terminate(
+    let Some(mut stream) = tls::terminate(
         proxy.tls.as_ref(),
         stream,
         address,
@@ -69,6 +70,18 @@ pub(crate) async fn serve(
     else {
         return;
     };
+    // hyper's header timer covers a request once its bytes start (and idle
+    // keep-alive connections), not a connection that never sends a byte
+    // while the protocol is being detected: that one is bounded here.
+    let first_bytes = first_bytes(&mut stream);
+    if !matches!(
+        tokio::time::timeout(proxy.limits.header_read_timeout, first_bytes).await,
+        Ok(Ok(()))
+    ) {
+        metrics.closed(CloseResult::IdleTimeout);
+        tracing::debug!(listener = %proxy.listener, client = %address, "closing: no request within the header read timeout");
+        return;
+    }
     let identity = stream.peer_identity().and_then(|identity| {
         identity
             .uris
@@ -124,4 +137,24 @@ pub(crate) async fn serve(
             tracing::debug!(listener = %proxy.listener, client = %address, %error, "HTTP connection ended with an error");
         }
     }
+}
+
+/// Resolves when the client has sent something (or closed). A peek, not
+/// readiness: readiness can be spurious on a fresh socket. Over TLS, any
+/// record counts (decrypted bytes may already wait inside rustls).
+async fn first_bytes(stream: &mut ClientStream) -> std::io::Result<()> {
+    let socket = match stream {
+        ClientStream::Plain(socket) => socket,
+        ClientStream::Tls(tls) => {
+            let (socket, session) = tls.get_mut();
+            if session
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+            {
+                return Ok(());
+            }
+            socket
+        }
+    };
+    socket.peek(&mut [0; 1]).await.map(drop)
 }

@@ -156,3 +156,12 @@ impl UpstreamStream {
         }
     }
 }
+
+impl Stream for ClientStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(stream) => Stream::poll_read_ready(stream, cx),
+            Self::Tls(stream) => stream.as_mut().poll_read_ready(cx),
+        }
+    }
+}

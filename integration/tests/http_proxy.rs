@@ -1,0 +1,419 @@
+//! The HTTP listener in front of an app, with real clients (curl, a
+//! WebSocket client, raw sockets): the headers the app sees, HTTP/2 prior
+//! knowledge, direct responses and routing, header limits, slowloris, the
+//! access log and the request metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_integration::Attache;
+use attache_integration::http_app::HttpApp;
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Runs curl with `arguments`; returns (status, response headers lowercased, body).
+async fn curl(arguments: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["-s", "-S", "-i", "--max-time", "20"])
+        .args(arguments)
+        .output()
+        .await
+        .expect("run curl");
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|status| status.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(known, _)| known == name)
+        .map(|(_, value)| value.as_str())
+}
+
+fn single(echo: &Value, name: &str) -> String {
+    let values = echo["headers"][name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {name} header in {echo}"));
+    assert_eq!(values.len(), 1, "{name}: {values:?}");
+    values[0].as_str().unwrap().to_owned()
+}
+
+fn front_door(app: SocketAddr, http_extra: &str) -> String {
+    format!(
+        "listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    protocol: http
+    upstream: app
+    http:
+      upstream_time_header: x-upstream-response-time
+{http_extra}
+upstreams:
+  app:
+    endpoints: [\"{app}\"]
+"
+    )
+}
+
+#[tokio::test]
+async fn the_app_sees_forwarded_headers_a_request_id_and_no_hop_by_hop_headers() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    let front = attache.listener("front");
+    let url = format!("http://{front}/echo/path?token=abc&page=2");
+    let (status, headers, body) = curl(&[
+        &url,
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "Connection: keep-alive, x-drop",
+        "-H",
+        "X-Drop: 1",
+        "-H",
+        "Keep-Alive: timeout=5",
+        "-H",
+        "Authorization: Bearer secret",
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let first_length = body.len();
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["uri"], "/echo/path?token=abc&page=2");
+    let mut names: Vec<_> = echo["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "authorization",
+            "host",
+            "user-agent",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-real-ip",
+            "x-request-id"
+        ]
+    );
+    assert_eq!(single(&echo, "host"), front.to_string());
+    assert_eq!(single(&echo, "x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(single(&echo, "x-real-ip"), "127.0.0.1");
+    assert_eq!(single(&echo, "x-forwarded-proto"), "http");
+    assert_eq!(single(&echo, "x-forwarded-host"), front.to_string());
+    assert_eq!(single(&echo, "authorization"), "Bearer secret");
+    let request_id = single(&echo, "x-request-id");
+    let groups: Vec<_> = request_id.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "{request_id}");
+    assert_eq!(header(&headers, "x-served-by"), Some("app"));
+    let upstream_time: f64 = header(&headers, "x-upstream-response-time")
+        .expect("upstream time header")
+        .parse()
+        .unwrap();
+    assert!(upstream_time >= 0.0);
+
+    // A request id the client sends is kept.
+    let (_, _, body) = curl(&[
+        &format!("http://{front}/echo"),
+        "-H",
+        "X-Request-Id: trace-me-42",
+    ])
+    .await;
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(single(&echo, "x-request-id"), "trace-me-42");
+
+    // One access log line per request, credentials redacted.
+    let lines = attache.wait_for_stdout_lines(2).await.unwrap();
+    let first = &lines[0];
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["path"], "/echo/path?token=[redacted]&page=2");
+    assert_eq!(first["request_headers"]["authorization"], "[redacted]");
+    assert_eq!(first["request_id"], request_id.as_str());
+    assert_eq!(first["upstream"], "app");
+    assert_eq!(first["endpoint"], app.address.to_string());
+    assert_eq!(first["route"], "app");
+    assert_eq!(first["bytes_sent"], first_length);
+    assert_eq!(first["complete"], true);
+    assert_eq!(lines[1]["request_id"], "trace-me-42");
+    assert_eq!(
+        attache
+            .metric("attache_http_requests_total{listener=\"front\",route=\"app\",upstream=\"app\",status_class=\"2xx\"}")
+            .await
+            .unwrap(),
+        2.0
+    );
+    assert_eq!(app.requests(), 2);
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_is_proxied_to_an_http1_app() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    let front = attache.listener("front");
+    let (status, _, body) =
+        curl(&["--http2-prior-knowledge", &format!("http://{front}/echo")]).await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echo["version"], "HTTP/1.1");
+    // HTTP/2 carries the authority as :authority; the app still gets a Host.
+    assert_eq!(single(&echo, "host"), front.to_string());
+    let lines = attache.wait_for_stdout_lines(1).await.unwrap();
+    assert_eq!(lines[0]["protocol"], "HTTP/2");
+}
+
+#[tokio::test]
+async fn direct_responses_and_routes_by_host_prefix_method_and_header() {
+    let web = HttpApp::start("web").await;
+    let api = HttpApp::start("api").await;
+    let canary = HttpApp::start("canary").await;
+    let config = format!(
+        "listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    protocol: http
+    upstream: web
+    http:
+      routes:
+        - name: health
+          match: {{ path_prefix: /health }}
+          direct_response: {{ status: 200, body: \"ok\\n\" }}
+        - name: canary
+          match: {{ headers: {{ x-canary: \"1\" }} }}
+          upstream: canary
+        - name: api
+          match: {{ host: \"*.example.com\", path_prefix: /echo/v1/, method: [GET, PUT] }}
+          upstream: api
+  - name: routes-only
+    listen: 127.0.0.1:0
+    protocol: http
+    http:
+      routes:
+        - match: {{ path_prefix: /echo }}
+          upstream: api
+upstreams:
+  web: {{ endpoints: [\"{}\"] }}
+  api: {{ endpoints: [\"{}\"] }}
+  canary: {{ endpoints: [\"{}\"] }}
+",
+        web.address, api.address, canary.address
+    );
+    let attache = Attache::run(&config).await.unwrap();
+    let front = attache.listener("front");
+    let (status, headers, body) = curl(&[&format!("http://{front}/health")]).await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    assert_eq!(header(&headers, "x-served-by"), None);
+
+    let served_by = |arguments: Vec<String>| async move {
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        let (status, headers, _) = curl(&arguments).await;
+        assert_eq!(status, 200);
+        header(&headers, "x-served-by").unwrap().to_owned()
+    };
+    let url = |path: &str| format!("http://{front}{path}");
+    let host = |name: &str| format!("Host: {name}");
+    assert_eq!(
+        served_by(vec![
+            url("/echo/v1/a"),
+            "-H".into(),
+            host("api.example.com")
+        ])
+        .await,
+        "api"
+    );
+    assert_eq!(
+        served_by(vec![
+            url("/echo/v1/a"),
+            "-X".into(),
+            "PUT".into(),
+            "-H".into(),
+            host("API.Example.com:8080")
+        ])
+        .await,
+        "api"
+    );
+    // Each failed condition falls through to the default upstream.
+    assert_eq!(
+        served_by(vec![url("/echo/v1/a"), "-H".into(), host("example.com")]).await,
+        "web"
+    );
+    assert_eq!(
+        served_by(vec![
+            url("/echo/v2/a"),
+            "-H".into(),
+            host("api.example.com")
+        ])
+        .await,
+        "web"
+    );
+    assert_eq!(
+        served_by(vec![
+            url("/echo/v1/a"),
+            "-X".into(),
+            "POST".into(),
+            "-H".into(),
+            host("api.example.com")
+        ])
+        .await,
+        "web"
+    );
+    // Routes are evaluated in order: the header route comes first.
+    assert_eq!(
+        served_by(vec![
+            url("/echo/v1/a"),
+            "-H".into(),
+            host("api.example.com"),
+            "-H".into(),
+            "X-Canary: 1".into()
+        ])
+        .await,
+        "canary"
+    );
+    let other = attache.listener("routes-only");
+    let (status, _, body) = curl(&[&format!("http://{other}/nothing-here")]).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "attache: no route for this request\n")
+    );
+    let (status, headers, _) = curl(&[&format!("http://{other}/echo")]).await;
+    assert_eq!(
+        (status, header(&headers, "x-served-by")),
+        (200, Some("api"))
+    );
+    assert_eq!(
+        attache
+            .metric("attache_http_requests_total{listener=\"front\",route=\"health\",upstream=\"\",status_class=\"2xx\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        attache
+            .metric("attache_http_requests_total{listener=\"routes-only\",route=\"unrouted\",upstream=\"\",status_class=\"4xx\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn oversized_or_too_many_request_headers_get_431() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(
+        app.address,
+        "      max_header_bytes: 16384\n      max_headers: 20",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("front");
+    let big = format!("X-Big: {}", "a".repeat(20_000));
+    let (status, _, _) = curl(&[&format!("http://{front}/echo"), "-H", &big]).await;
+    assert_eq!(status, 431);
+    let mut arguments = vec![format!("http://{front}/echo")];
+    for index in 0..25 {
+        arguments.push("-H".into());
+        arguments.push(format!("X-Header-{index}: {index}"));
+    }
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let (status, _, _) = curl(&arguments).await;
+    assert_eq!(status, 431);
+    // Within the limits the same request goes through.
+    let (status, _, _) = curl(&[&format!("http://{front}/echo"), "-H", "X-Small: 1"]).await;
+    assert_eq!(status, 200);
+    assert_eq!(app.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_disconnected() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "      header_read_timeout: 1s"))
+        .await
+        .unwrap();
+    let front = attache.listener("front");
+    let mut client = TcpStream::connect(front).await.unwrap();
+    client
+        .write_all(b"GET /echo HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // One header line every 200 ms would take 20 s; the 1 s limit ends it.
+    let mut closed = false;
+    for index in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if client
+            .write_all(format!("X-Slow-{index}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buffer = [0; 256];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(1), client.read(&mut buffer)).await
+        {
+            // Whatever hyper answers (408 or nothing), the connection ends.
+            assert!(!String::from_utf8_lossy(&buffer[..read.unwrap_or(0)]).contains(" 200 "));
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the connection was still open after 20 s of trickling"
+    );
+
+    // A connection that never sends a byte is closed too.
+    let mut silent = TcpStream::connect(front).await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut [0; 16]))
+        .await
+        .expect("a silent connection is closed within the header read timeout");
+    assert_eq!(read.unwrap(), 0);
+    assert_eq!(app.requests(), 0);
+}
+
+#[tokio::test]
+async fn websocket_messages_echo_through_the_proxy() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    let front = attache.listener("front");
+    let stream = TcpStream::connect(front).await.unwrap();
+    let (mut socket, response) =
+        tokio_tungstenite::client_async(format!("ws://{front}/ws"), stream)
+            .await
+            .expect("WebSocket handshake through attache");
+    assert_eq!(response.status(), 101);
+    let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    for message in [
+        Message::text("hello through attache"),
+        Message::binary(binary.clone()),
+        Message::text("and again"),
+    ] {
+        socket.send(message.clone()).await.unwrap();
+        let echoed = socket.next().await.expect("an echo").unwrap();
+        assert_eq!(echoed, message);
+    }
+    socket.close(None).await.unwrap();
+}
