@@ -5,14 +5,16 @@
 //! - `/status/N`: status N
 //! - `/script...`: the next status from [`HttpApp::script`], then 200
 //! - `/hang...`: never answers
-//! - `/download/N/SEED`: N pseudo-random bytes ([`crate::servers::random_bytes`]), streamed
+//! - `/download/N/SEED`: N pseudo-random bytes ([`crate::servers::random_chunks`]), streamed
 //! - `/upload`: reads the body as it streams and answers its length and SHA-256
 //! - `/ws`: a WebSocket that echoes every message
+//!
+//! [`HttpApp::fail_with`] and [`HttpApp::hang`] make every path fail or hang.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -38,6 +40,10 @@ struct State {
     name: String,
     requests: AtomicUsize,
     script: Mutex<VecDeque<u16>>,
+    /// Non-zero: every request gets this status.
+    fail_with: AtomicU16,
+    /// Every request hangs.
+    hang: AtomicBool,
 }
 
 impl HttpApp {
@@ -52,6 +58,8 @@ impl HttpApp {
             name: name.to_owned(),
             requests: AtomicUsize::new(0),
             script: Mutex::new(VecDeque::new()),
+            fail_with: AtomicU16::new(0),
+            hang: AtomicBool::new(false),
         });
         let served = state.clone();
         tokio::spawn(async move {
@@ -76,6 +84,18 @@ impl HttpApp {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// From now on every request (any path) gets `status`; `None` ends that.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state
+            .fail_with
+            .store(status.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// From now on every request (any path) hangs, or no longer does.
+    pub fn hang(&self, hang: bool) {
+        self.state.hang.store(hang, Ordering::SeqCst);
+    }
+
     /// Statuses that the next `/script` requests get, in order.
     ///
     /// # Panics
@@ -92,7 +112,16 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
-    let mut response = if path.starts_with("/echo") {
+    let fail_with = state.fail_with.load(Ordering::SeqCst);
+    let mut response = if state.hang.load(Ordering::SeqCst) || path.starts_with("/hang") {
+        std::future::pending::<()>().await;
+        unreachable!()
+    } else if fail_with != 0 {
+        let mut response = Response::new(full(format!("failing with {fail_with}\n")));
+        *response.status_mut() =
+            StatusCode::from_u16(fail_with).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response
+    } else if path.starts_with("/echo") {
         echo(request).await
     } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
@@ -108,9 +137,6 @@ async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body>
         let mut response = Response::new(full(format!("scripted {next}\n")));
         *response.status_mut() = StatusCode::from_u16(next).unwrap_or(StatusCode::OK);
         response
-    } else if path.starts_with("/hang") {
-        std::future::pending::<()>().await;
-        unreachable!()
     } else if let Some(spec) = path.strip_prefix("/download/") {
         download(spec)
     } else if path == "/upload" {

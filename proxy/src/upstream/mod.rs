@@ -360,12 +360,17 @@ impl Upstream {
             .or_else(|| avoid.and_then(admit))
     }
 
-    /// An endpoint for one request (HTTP): the balancer's choice, or the
-    /// next one that may be tried, preferring any over `avoid` (the endpoint
-    /// the previous try failed on). The caller reports the outcome with
-    /// [`Self::settle`].
+    /// An endpoint for one request (HTTP): the balancer's choice for a
+    /// first try; for a retry, the endpoints after `avoid` (the one the
+    /// previous try failed on) in order, so retries take no balancer turn.
+    /// Either way the first that may be tried now, `avoid` only as a last
+    /// resort. The caller reports the outcome with [`Self::settle`].
     pub(crate) fn choose(&self, avoid: Option<usize>) -> Option<(usize, Permit<'_>)> {
-        self.admit_avoiding(self.pick(), avoid)
+        let start = match avoid {
+            Some(index) => (index + 1) % self.endpoints.len(),
+            None => self.pick(),
+        };
+        self.admit_avoiding(start, avoid)
     }
 
     /// Feeds one request's outcome on endpoint `index` to its breaker (a
