@@ -205,7 +205,7 @@ pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Loaded<ClientC
         .map_err(rustls_error(format!("upstream {upstream:?}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let (config, expires_at) = match (&tls.cert, &tls.key) {
+    let (mut config, expires_at) = match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             let (chain, expires_at) = load_valid_chain(cert)?;
             let config = builder
@@ -219,6 +219,11 @@ pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Loaded<ClientC
         }
         _ => (builder.with_no_client_auth(), None),
     };
+    config.alpn_protocols = tls
+        .alpn
+        .iter()
+        .map(|protocol| protocol.as_bytes().to_vec())
+        .collect();
     Ok(Loaded {
         config: Arc::new(config),
         expires_at,

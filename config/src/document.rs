@@ -436,10 +436,13 @@ impl ListenerDocument {
             ),
             keep_accepting_while_draining: self.keep_accepting_while_draining,
             unsafe_plaintext: self.unsafe_plaintext,
-            tls: self
-                .tls
-                .as_ref()
-                .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
+            tls: self.tls.as_ref().map(|tls| {
+                let mut tls = tls.convert(&format!("{path}.tls"), converter);
+                if protocol == model::Protocol::Http && tls.alpn.is_empty() {
+                    tls.alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];
+                }
+                tls
+            }),
         }
     }
 }
@@ -642,6 +645,7 @@ impl UpstreamTlsDocument {
             min_version: converter
                 .tls_version(&format!("{path}.min_version"), self.min_version.as_ref()),
             allow: converter.allow(&format!("{path}.allow"), self.allow.as_ref()),
+            alpn: Vec::new(),
         }
     }
 }
@@ -673,10 +677,13 @@ impl UpstreamDocument {
                 self.connect_timeout.as_ref(),
                 model::DEFAULT_CONNECT_TIMEOUT,
             ),
-            tls: self
-                .tls
-                .as_ref()
-                .map(|tls| tls.convert(&format!("{path}.tls"), converter)),
+            tls: self.tls.as_ref().map(|tls| {
+                let mut tls = tls.convert(&format!("{path}.tls"), converter);
+                if self.http_version == model::HttpVersion::Http2 {
+                    tls.alpn = vec!["h2".to_owned()];
+                }
+                tls
+            }),
             warm_pool: self.warm_pool.as_ref().map(|warm_pool| {
                 let section = format!("{path}.warm_pool");
                 converter

@@ -379,6 +379,9 @@ pub struct UpstreamTls {
     /// chain verification; with URIs or CNs listed, the server name is not
     /// required to appear in the certificate (SPIFFE SVIDs carry no DNS name).
     pub allow: IdentityAllowList,
+    /// ALPN protocols offered: `h2` when the upstream's `http_version` is
+    /// `http2`, none otherwise (not a key of its own).
+    pub alpn: Vec<String>,
 }
 
 /// A listener's protocol.

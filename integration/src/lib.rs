@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`Attache`]: one running attache process (killed on drop).
 //! - [`http_request`] / [`Attache::metric`]: a minimal HTTP/1.1 client for the admin port.
+//! - [`curl`]: requests through the real curl, parsed.
 //! - [`servers`]: echo, source/sink and black-hole upstreams on port 0.
 //! - [`http_app`]: an HTTP app server with scripted statuses, hangs, streams and WebSocket echo.
 //! - [`pki`]: a development CA and certificates for TLS tests.
@@ -515,4 +516,78 @@ pub async fn http_request(
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct CurlResponse {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// curl's `%{http_version}`: `1.1` or `2`.
+    pub version: String,
+}
+
+impl CurlResponse {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// The first value of header `name` (lowercase) in `headers`.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(known, _)| known == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Runs curl with `arguments` (at least a URL) and parses its answer.
+///
+/// # Panics
+/// When curl cannot run or fails (no response).
+pub async fn curl(arguments: &[&str]) -> CurlResponse {
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-S",
+            "--max-time",
+            "30",
+            "-D",
+            "/dev/stderr",
+            "-w",
+            "\n%{http_version}",
+        ])
+        .args(arguments)
+        .output()
+        .await
+        .expect("run curl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "curl failed: {stderr}");
+    let (body, version) = stdout.rsplit_once('\n').expect("curl's version line");
+    // With redirects or 1xx there can be several heads; the last one counts.
+    let head = stderr
+        .split("\r\n\r\n")
+        .filter(|head| head.starts_with("HTTP/"))
+        .last()
+        .unwrap_or_else(|| panic!("no response head in {stderr:?}"));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|status| status.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    CurlResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+        version: version.trim().to_owned(),
+    }
 }

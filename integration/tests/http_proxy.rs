@@ -6,48 +6,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use attache_integration::Attache;
 use attache_integration::http_app::HttpApp;
+use attache_integration::{Attache, CurlResponse, curl, header};
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Runs curl with `arguments`; returns (status, response headers lowercased, body).
-async fn curl(arguments: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let output = tokio::process::Command::new("curl")
-        .args(["-s", "-S", "-i", "--max-time", "20"])
-        .args(arguments)
-        .output()
-        .await
-        .expect("run curl");
-    assert!(
-        output.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|status| status.parse().ok())
-        .expect("a status line");
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(known, _)| known == name)
-        .map(|(_, value)| value.as_str())
-}
 
 fn single(echo: &Value, name: &str) -> String {
     let values = echo["headers"][name]
@@ -80,7 +45,12 @@ async fn the_app_sees_forwarded_headers_a_request_id_and_no_hop_by_hop_headers()
     let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
     let front = attache.listener("front");
     let url = format!("http://{front}/echo/path?token=abc&page=2");
-    let (status, headers, body) = curl(&[
+    let CurlResponse {
+        status,
+        headers,
+        body,
+        ..
+    } = curl(&[
         &url,
         "-H",
         "X-Forwarded-For: 203.0.113.9",
@@ -136,7 +106,7 @@ async fn the_app_sees_forwarded_headers_a_request_id_and_no_hop_by_hop_headers()
     assert!(upstream_time >= 0.0);
 
     // A request id the client sends is kept.
-    let (_, _, body) = curl(&[
+    let CurlResponse { body, .. } = curl(&[
         &format!("http://{front}/echo"),
         "-H",
         "X-Request-Id: trace-me-42",
@@ -174,15 +144,46 @@ async fn http2_with_prior_knowledge_is_proxied_to_an_http1_app() {
     let app = HttpApp::start("app").await;
     let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
     let front = attache.listener("front");
-    let (status, _, body) =
-        curl(&["--http2-prior-knowledge", &format!("http://{front}/echo")]).await;
-    assert_eq!(status, 200);
+    let CurlResponse {
+        status,
+        body,
+        version,
+        ..
+    } = curl(&["--http2-prior-knowledge", &format!("http://{front}/echo")]).await;
+    assert_eq!((status, version.as_str()), (200, "2"));
     let echo: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(echo["version"], "HTTP/1.1");
     // HTTP/2 carries the authority as :authority; the app still gets a Host.
     assert_eq!(single(&echo, "host"), front.to_string());
     let lines = attache.wait_for_stdout_lines(1).await.unwrap();
     assert_eq!(lines[0]["protocol"], "HTTP/2");
+}
+
+#[tokio::test]
+async fn http2_to_the_app_with_prior_knowledge() {
+    let app = HttpApp::start("app").await;
+    let config = front_door(app.address, "")
+        .replace("    endpoints:", "    http_version: http2\n    endpoints:");
+    let attache = Attache::run(&config).await.unwrap();
+    let front = attache.listener("front");
+    for _ in 0..3 {
+        let response = curl(&[&format!("http://{front}/echo")]).await;
+        assert_eq!(response.status, 200);
+        let echo: Value = serde_json::from_str(&response.body).unwrap();
+        assert_eq!(echo["version"], "HTTP/2.0");
+        assert_eq!(single(&echo, "host"), front.to_string());
+    }
+    // The three requests shared one multiplexed connection.
+    assert_eq!(
+        attache
+            .metric(&format!(
+                "attache_upstream_connect_attempts_total{{upstream=\"app\",endpoint=\"{}\"}}",
+                app.address
+            ))
+            .await
+            .unwrap(),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -223,13 +224,20 @@ upstreams:
     );
     let attache = Attache::run(&config).await.unwrap();
     let front = attache.listener("front");
-    let (status, headers, body) = curl(&[&format!("http://{front}/health")]).await;
+    let CurlResponse {
+        status,
+        headers,
+        body,
+        ..
+    } = curl(&[&format!("http://{front}/health")]).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     assert_eq!(header(&headers, "x-served-by"), None);
 
     let served_by = |arguments: Vec<String>| async move {
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        let (status, headers, _) = curl(&arguments).await;
+        let CurlResponse {
+            status, headers, ..
+        } = curl(&arguments).await;
         assert_eq!(status, 200);
         header(&headers, "x-served-by").unwrap().to_owned()
     };
@@ -293,12 +301,14 @@ upstreams:
         "canary"
     );
     let other = attache.listener("routes-only");
-    let (status, _, body) = curl(&[&format!("http://{other}/nothing-here")]).await;
+    let CurlResponse { status, body, .. } = curl(&[&format!("http://{other}/nothing-here")]).await;
     assert_eq!(
         (status, body.as_str()),
         (404, "attache: no route for this request\n")
     );
-    let (status, headers, _) = curl(&[&format!("http://{other}/echo")]).await;
+    let CurlResponse {
+        status, headers, ..
+    } = curl(&[&format!("http://{other}/echo")]).await;
     assert_eq!(
         (status, header(&headers, "x-served-by")),
         (200, Some("api"))
@@ -330,7 +340,7 @@ async fn oversized_or_too_many_request_headers_get_431() {
     .unwrap();
     let front = attache.listener("front");
     let big = format!("X-Big: {}", "a".repeat(20_000));
-    let (status, _, _) = curl(&[&format!("http://{front}/echo"), "-H", &big]).await;
+    let CurlResponse { status, .. } = curl(&[&format!("http://{front}/echo"), "-H", &big]).await;
     assert_eq!(status, 431);
     let mut arguments = vec![format!("http://{front}/echo")];
     for index in 0..25 {
@@ -338,10 +348,11 @@ async fn oversized_or_too_many_request_headers_get_431() {
         arguments.push(format!("X-Header-{index}: {index}"));
     }
     let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-    let (status, _, _) = curl(&arguments).await;
+    let CurlResponse { status, .. } = curl(&arguments).await;
     assert_eq!(status, 431);
     // Within the limits the same request goes through.
-    let (status, _, _) = curl(&[&format!("http://{front}/echo"), "-H", "X-Small: 1"]).await;
+    let CurlResponse { status, .. } =
+        curl(&[&format!("http://{front}/echo"), "-H", "X-Small: 1"]).await;
     assert_eq!(status, 200);
     assert_eq!(app.requests(), 1);
 }

@@ -326,6 +326,7 @@ impl TlsArgs {
                 uris: self.upstream_allow_uri.clone(),
                 ..model::IdentityAllowList::default()
             },
+            alpn: Vec::new(),
         })
     }
 }
