@@ -20,6 +20,8 @@ pub(crate) struct Document {
     #[serde(default)]
     log: LogDocument,
     #[serde(default)]
+    tracing: TracingDocument,
+    #[serde(default)]
     drain: DrainDocument,
     #[serde(default)]
     listeners: Vec<ListenerDocument>,
@@ -42,6 +44,14 @@ struct LogDocument {
     level: model::LogLevel,
     #[serde(default)]
     format: model::LogFormat,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TracingDocument {
+    otlp_endpoint: Option<Spanned<String>>,
+    service_name: Option<Spanned<String>>,
+    sample_ratio: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,8 +369,33 @@ impl Document {
             .iter()
             .map(|(name, upstream)| upstream.convert(name, &mut converter))
             .collect();
+        let tracing_defaults = model::Tracing::default();
+        let tracing = model::Tracing {
+            otlp_endpoint: self.tracing.otlp_endpoint.as_ref().map(|endpoint| {
+                converter
+                    .note("tracing.otlp_endpoint", endpoint)
+                    .trim()
+                    .trim_end_matches('/')
+                    .to_owned()
+            }),
+            service_name: self.tracing.service_name.as_ref().map_or(
+                tracing_defaults.service_name,
+                |name| {
+                    converter
+                        .note("tracing.service_name", name)
+                        .trim()
+                        .to_owned()
+                },
+            ),
+            sample_ratio: converter.value(
+                "tracing.sample_ratio",
+                self.tracing.sample_ratio.as_ref(),
+                tracing_defaults.sample_ratio,
+            ),
+        };
         let config = Config {
             admin,
+            tracing,
             log: model::Log {
                 level: self.log.level,
                 format: self.log.format,

@@ -23,12 +23,14 @@ pub const DEFAULT_DRAIN_MIN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_DRAIN_GRACE_PERIOD: Duration = Duration::from_secs(25);
 
 /// A whole, validated attache configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The admin HTTP server.
     pub admin: Admin,
     /// Logging.
     pub log: Log,
+    /// Trace export (OpenTelemetry).
+    pub tracing: Tracing,
     /// What happens on SIGTERM.
     pub drain: Drain,
     /// Where attache accepts connections.
@@ -58,6 +60,34 @@ impl Default for Admin {
         Self {
             listen: Some(DEFAULT_ADMIN_LISTEN),
             shutdown_endpoint: false,
+        }
+    }
+}
+
+/// Span export over OTLP/HTTP (protobuf). Export is on when `otlp_endpoint`
+/// is set here or `OTEL_EXPORTER_OTLP_ENDPOINT` /
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set in the environment (the
+/// config wins); `OTEL_SERVICE_NAME` overrides `service_name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// Collector base URL (`http://collector:4318`); spans go to `/v1/traces` under it.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces recorded (0 to 1); a caller's sampling decision
+    /// (the `traceparent` flag) is always followed.
+    pub sample_ratio: f64,
+}
+
+/// Default of [`Tracing::service_name`].
+pub const DEFAULT_SERVICE_NAME: &str = "attache";
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: DEFAULT_SERVICE_NAME.to_owned(),
+            sample_ratio: 1.0,
         }
     }
 }

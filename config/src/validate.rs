@@ -68,6 +68,23 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
             "at least one listener is required".into(),
         );
     }
+    let tracing = &config.tracing;
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        report(
+            "tracing.sample_ratio".into(),
+            format!("{} is not a ratio between 0 and 1", tracing.sample_ratio),
+        );
+    }
+    if let Some(endpoint) = &tracing.otlp_endpoint
+        && !endpoint.starts_with("http://")
+    {
+        report(
+            "tracing.otlp_endpoint".into(),
+            format!(
+                "{endpoint:?} is not an http:// URL (OTLP/HTTP to a collector beside attache; https is not supported)"
+            ),
+        );
+    }
     if config.drain.grace_period.is_zero() {
         report(
             "drain.grace_period".into(),

@@ -8,10 +8,12 @@
 //! - [`curl`]: requests through the real curl, parsed.
 //! - [`servers`]: echo, source/sink and black-hole upstreams on port 0.
 //! - [`http_app`]: an HTTP app server with scripted statuses, hangs, streams and WebSocket echo.
+//! - [`otlp`]: a local OTLP/HTTP receiver that decodes the spans it gets.
 //! - [`pki`]: a development CA and certificates for TLS tests.
 //! - [`redis_server`]: a private, restartable `redis-server` (plain or TLS).
 
 pub mod http_app;
+pub mod otlp;
 pub mod pki;
 pub mod redis_server;
 pub mod servers;
@@ -77,9 +79,22 @@ impl Attache {
     /// # Errors
     /// When attache exits or does not start in time (its stderr is included).
     pub async fn run(config_yaml: &str) -> anyhow::Result<Self> {
+        Self::run_with_env(config_yaml, &[]).await
+    }
+
+    /// Like [`Attache::run`], with extra environment variables.
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time.
+    pub async fn run_with_env(config_yaml: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let file = write_config(config_yaml)?;
         let path = file.path().display().to_string();
-        Self::spawn(&["run", "-c", &path, "--admin", "127.0.0.1:0"], Some(file)).await
+        Self::spawn_with_env(
+            &["run", "-c", &path, "--admin", "127.0.0.1:0"],
+            Some(file),
+            env,
+        )
+        .await
     }
 
     /// Runs attache with `arguments` and waits for "attache started".
@@ -90,9 +105,18 @@ impl Attache {
         arguments: &[&str],
         config: Option<tempfile::NamedTempFile>,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with_env(arguments, config, &[]).await
+    }
+
+    async fn spawn_with_env(
+        arguments: &[&str],
+        config: Option<tempfile::NamedTempFile>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary())
             .args(arguments)
             .env("RUST_LOG", "attache=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -346,6 +346,7 @@ impl TcpArgs {
         self.admin.apply(&mut admin);
         let name = "tcp".to_owned();
         Config {
+            tracing: model::Tracing::default(),
             admin,
             log: model::Log {
                 level: match self.log_level {

@@ -23,7 +23,9 @@ use crate::listener::{Handler, Listener};
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::Traces;
 use crate::upstream::Upstream;
+use opentelemetry_sdk::trace::Tracer;
 
 /// Runs the proxy described by `config` until it has drained.
 ///
@@ -55,12 +57,14 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(admin::serve(socket, state));
     }
 
+    let traces = Traces::start(&config.tracing)?;
+    let tracer = traces.tracer();
     let material = Arc::new(TlsMaterial::load(&config, &metrics)?);
     tokio::spawn(material.clone().watch());
     let upstreams = build_upstreams(&config, &material, &metrics)?;
     metrics.watch_upstreams(upstreams.clone());
     let _ = upstreams_view.set(upstreams.clone());
-    let listeners = bind_listeners(&config, &upstreams, &material, &metrics)?;
+    let listeners = bind_listeners(&config, &upstreams, &material, &metrics, tracer.as_ref())?;
     // Health checks start and warm pools fill (bounded by the connect
     // timeout) before /startup reports success.
     let starting: Vec<_> = upstreams
@@ -120,6 +124,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         _ = terminate.recv() => tracing::warn!("second SIGTERM: exiting now"),
         _ = interrupt.recv() => tracing::warn!("second SIGINT: exiting now"),
     }
+    // Flushing blocks until the exporter (running on this runtime) is done.
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     Ok(())
 }
 
@@ -184,6 +190,7 @@ fn bind_listeners(
     upstreams: &[Arc<Upstream>],
     material: &TlsMaterial,
     metrics: &Metrics,
+    tracer: Option<&Tracer>,
 ) -> anyhow::Result<Vec<Listener>> {
     let find = |name: &str| {
         upstreams
@@ -208,7 +215,11 @@ fn bind_listeners(
             let upstream_config = config
                 .upstream(name)
                 .with_context(|| format!("no upstream {name:?}"))?;
-            http_upstreams.push(Arc::new(HttpUpstream::new(find(name)?, upstream_config)));
+            http_upstreams.push(Arc::new(HttpUpstream::new(
+                find(name)?,
+                upstream_config,
+                tracer.cloned(),
+            )));
         }
     }
     config
@@ -218,7 +229,14 @@ fn bind_listeners(
             let tls = material.listener(&listener.name);
             let (handler, protocol) = match &listener.http {
                 Some(http) => {
-                    let proxy = HttpProxy::new(listener, http, &http_upstreams, tls, metrics);
+                    let proxy = HttpProxy::new(
+                        listener,
+                        http,
+                        &http_upstreams,
+                        tls,
+                        metrics,
+                        tracer.cloned(),
+                    );
                     (Handler::Http(Arc::new(proxy)), "http")
                 }
                 None => {
@@ -232,6 +250,7 @@ fn bind_listeners(
                         idle_timeout: listener.idle_timeout,
                         metrics: metrics.listener(&listener.name),
                         tls,
+                        tracer: tracer.cloned(),
                     };
                     (Handler::Tcp(Arc::new(route)), "tcp")
                 }

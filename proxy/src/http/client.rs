@@ -23,7 +23,9 @@ use tower::BoxError;
 
 use super::body::RequestBody;
 use crate::tcp::stream::UpstreamStream;
+use crate::telemetry::traces::{self, RequestContext};
 use crate::upstream::{EndpointState, Upstream};
+use opentelemetry_sdk::trace::Tracer;
 
 /// Idle keep-alive connections are closed after this (below the 60 s or
 /// more most servers keep them, so attache closes first and never sends a
@@ -79,11 +81,16 @@ pub(crate) struct Endpoints {
     clients: Arc<[Client<EndpointConnector, RequestBody>]>,
     names: Arc<[Arc<str>]>,
     per_try_timeout: Option<Duration>,
+    tracer: Option<Tracer>,
 }
 
 impl Endpoints {
     /// A client per endpoint of `upstream`.
-    pub(crate) fn new(upstream: Arc<Upstream>, version: HttpVersion) -> Self {
+    pub(crate) fn new(
+        upstream: Arc<Upstream>,
+        version: HttpVersion,
+        tracer: Option<Tracer>,
+    ) -> Self {
         let clients = (0..upstream.endpoint_count())
             .map(|index| {
                 let mut builder = Client::builder(TokioExecutor::new());
@@ -108,6 +115,7 @@ impl Endpoints {
             clients,
             names,
             per_try_timeout: None,
+            tracer,
         }
     }
 
@@ -138,7 +146,7 @@ impl tower::Service<Request<RequestBody>> for Endpoints {
 impl Endpoints {
     async fn try_once(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
     ) -> Result<Response<Incoming>, BoxError> {
         let tried = request
             .extensions()
@@ -146,6 +154,19 @@ impl Endpoints {
             .cloned()
             .unwrap_or_default();
         let (index, permit) = self.upstream.choose(tried.last()).ok_or(NoEndpoint)?;
+        let span = match (
+            &self.tracer,
+            request.extensions().get::<RequestContext>().cloned(),
+        ) {
+            (Some(tracer), Some(RequestContext(parent))) => Some(traces::start_client_span(
+                tracer,
+                &parent,
+                &mut request,
+                &self.upstream.endpoint(index).address,
+                tried.count(),
+            )),
+            _ => None,
+        };
         tried.push(index);
         let state = self.upstream.endpoint(index);
         state
@@ -162,6 +183,14 @@ impl Endpoints {
             },
         };
         let took = started.elapsed();
+        if let Some(span) = &span {
+            let outcome = match &result {
+                Ok(response) => Ok(response.status()),
+                Err(error) if error.is::<PerTryTimeout>() => Err("timeout"),
+                Err(_) => Err("upstream_error"),
+            };
+            traces::end_client_span(span, outcome);
+        }
         // Outlier detection: errors and 5xx count against the endpoint.
         let succeeded = result
             .as_ref()

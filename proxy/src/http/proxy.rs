@@ -27,7 +27,9 @@ use crate::resilience::limit::{ConcurrencyLimit, Limited, Refusal};
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
 use crate::telemetry::access_log::{AccessLog, Entry};
 use crate::telemetry::metrics::{ListenerMetrics, Metrics, RouteMetrics, UpstreamRefusal};
+use crate::telemetry::traces::{self, RequestContext};
 use crate::upstream::Upstream;
+use opentelemetry_sdk::trace::Tracer;
 
 type Stack = BoxCloneSyncService<Request<RequestBody>, Response<Incoming>, BoxError>;
 
@@ -42,10 +44,14 @@ pub(crate) struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub(crate) fn new(upstream: Arc<Upstream>, config: &attache_config::Upstream) -> Self {
+    pub(crate) fn new(
+        upstream: Arc<Upstream>,
+        config: &attache_config::Upstream,
+        tracer: Option<Tracer>,
+    ) -> Self {
         let limits = &config.limits;
         Self {
-            endpoints: Endpoints::new(upstream.clone(), config.http_version),
+            endpoints: Endpoints::new(upstream.clone(), config.http_version, tracer),
             limit: Arc::new(ConcurrencyLimit::new(
                 limits.max_requests,
                 limits.max_pending,
@@ -96,6 +102,7 @@ pub(crate) struct HttpProxy {
     upstream_time_header: Option<HeaderName>,
     peer_identity_header: Option<HeaderName>,
     access_log: AccessLog,
+    tracer: Option<Tracer>,
 }
 
 struct Route {
@@ -126,6 +133,7 @@ impl HttpProxy {
         upstreams: &[Arc<HttpUpstream>],
         tls: Option<SharedServerConfig>,
         metrics: &Metrics,
+        tracer: Option<Tracer>,
     ) -> Self {
         let listener = config.name.as_str();
         let target_for =
@@ -182,6 +190,7 @@ impl HttpProxy {
             upstream_time_header: header_name(settings.upstream_time_header.as_deref()),
             peer_identity_header: header_name(settings.peer_identity_header.as_deref()),
             access_log: AccessLog::new(&settings.access_log),
+            tracer,
         }
     }
 
@@ -207,7 +216,18 @@ impl HttpProxy {
                     .is_none_or(|matcher| matcher.matches(&parts, host.as_deref()))
             })
             .unwrap_or(&self.fallback);
+        let span = self.tracer.as_ref().map(|tracer| {
+            traces::start_server_span(
+                tracer,
+                &parts,
+                connection.address,
+                connection.tls,
+                &route.name,
+            )
+        });
         let finish = Finish {
+            span,
+            error: None,
             proxy: self.clone(),
             metrics: route.metrics.clone(),
             started,
@@ -324,6 +344,11 @@ impl HttpProxy {
         let tried = Tried::default();
         let mut outbound = Request::from_parts(parts, body);
         outbound.extensions_mut().insert(tried.clone());
+        if let Some(span) = &finish.span {
+            outbound
+                .extensions_mut()
+                .insert(RequestContext(span.clone()));
+        }
         let result = stack.clone().oneshot(outbound).await;
         if let Some(entry) = &mut finish.entry {
             entry.retries = u32::try_from(tried.count().saturating_sub(1)).unwrap_or(u32::MAX);
@@ -460,6 +485,10 @@ struct Forwarded {
 
 /// Accounts for a request once its response body has ended.
 struct Finish {
+    /// The request's server span, when spans are exported.
+    span: Option<opentelemetry::Context>,
+    /// The failure's label, when attache answered for a failed upstream.
+    error: Option<&'static str>,
     proxy: Arc<HttpProxy>,
     metrics: RouteMetrics,
     started: Instant,
@@ -470,6 +499,7 @@ struct Finish {
 
 impl Finish {
     fn error(&mut self, label: &'static str, error: &dyn std::fmt::Display) {
+        self.error = Some(label);
         if let Some(entry) = &mut self.entry {
             entry.error = Some(format!("{label}: {error}"));
         }
@@ -492,6 +522,10 @@ impl OnFinish for Finish {
     fn finish(self: Box<Self>, sent: u64, complete: bool) {
         let took = self.started.elapsed();
         self.metrics.answered(self.status, took);
+        if let Some(span) = &self.span {
+            let error = self.error.or((!complete).then_some("response_incomplete"));
+            traces::end_server_span(span, self.status, error);
+        }
         if let Some(mut entry) = self.entry {
             entry.status = self.status.as_u16();
             entry.bytes_sent = sent;

@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 use crate::reload::SharedServerConfig;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
+use crate::telemetry::traces::{self, ConnectionSpan};
 use crate::tls;
 use crate::upstream::Upstream;
+use opentelemetry_sdk::trace::Tracer;
 use stream::{ClientStream, UpstreamStream};
 
 /// Keepalive probes start after this much silence; dead peers are noticed
@@ -54,6 +56,8 @@ pub(crate) struct TcpRoute {
     pub(crate) metrics: ListenerMetrics,
     /// Present on a TLS listener; swapped on reload, read at every handshake.
     pub(crate) tls: Option<SharedServerConfig>,
+    /// Present when spans are exported: one per connection.
+    pub(crate) tracer: Option<Tracer>,
 }
 
 /// Serves one accepted client connection to its end: TLS first when the
@@ -65,6 +69,7 @@ pub(crate) async fn serve(
     route: Arc<TcpRoute>,
 ) {
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let Some(mut client) = tls::terminate(
         route.tls.as_ref(),
         client,
@@ -83,6 +88,23 @@ pub(crate) async fn serve(
         Err(error) => {
             tracing::warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable");
             route.metrics.closed(CloseResult::UpstreamUnavailable);
+            if let Some(tracer) = &route.tracer {
+                traces::record_connection(
+                    tracer,
+                    ConnectionSpan {
+                        listener: &route.listener,
+                        upstream: route.upstream.name(),
+                        client: client_address,
+                        peer_identity: client.peer_identity().map(|identity| identity.to_string()),
+                        endpoint: None,
+                        result: CloseResult::UpstreamUnavailable.label(),
+                        error: Some(error.to_string()),
+                        to_upstream: 0,
+                        to_client: 0,
+                        started: started_at,
+                    },
+                );
+            }
             return;
         }
     };
@@ -101,11 +123,28 @@ pub(crate) async fn serve(
             relay::relay(client.as_mut(), server.as_mut(), timeout, metrics).await
         }
     };
-    let result = match &relayed {
+    let result = match &relayed.result {
         Ok(result) => *result,
         Err(_) => CloseResult::Error,
     };
     route.metrics.closed(result);
+    if let Some(tracer) = &route.tracer {
+        traces::record_connection(
+            tracer,
+            ConnectionSpan {
+                listener: &route.listener,
+                upstream: route.upstream.name(),
+                client: client_address,
+                peer_identity: client.peer_identity().map(|identity| identity.to_string()),
+                endpoint: Some(upstream.endpoint().to_string()),
+                result: result.label(),
+                error: relayed.result.as_ref().err().map(ToString::to_string),
+                to_upstream: relayed.to_upstream,
+                to_client: relayed.to_client,
+                started: started_at,
+            },
+        );
+    }
     tracing::debug!(
         listener = %route.listener,
         client = %client_address,
@@ -113,7 +152,7 @@ pub(crate) async fn serve(
         upstream = route.upstream.name(),
         endpoint = %upstream.endpoint(),
         result = result.label(),
-        error = relayed.err().map(tracing::field::display),
+        error = relayed.result.err().map(tracing::field::display),
         duration_ms = started.elapsed().as_millis() as u64,
         "connection closed"
     );

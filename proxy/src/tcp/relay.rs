@@ -36,9 +36,38 @@ pub(super) async fn relay<C: Stream, U: Stream>(
     upstream: &mut U,
     idle_timeout: Duration,
     metrics: &ListenerMetrics,
-) -> io::Result<CloseResult> {
+) -> Relayed {
     let mut to_upstream = Direction::new(&metrics.to_upstream_bytes);
     let mut to_client = Direction::new(&metrics.to_client_bytes);
+    let result = copy_both(
+        client,
+        upstream,
+        idle_timeout,
+        &mut to_upstream,
+        &mut to_client,
+    )
+    .await;
+    Relayed {
+        result,
+        to_upstream: to_upstream.total,
+        to_client: to_client.total,
+    }
+}
+
+/// How a relay ended, and the bytes it moved each way.
+pub(super) struct Relayed {
+    pub(super) result: io::Result<CloseResult>,
+    pub(super) to_upstream: u64,
+    pub(super) to_client: u64,
+}
+
+async fn copy_both<C: Stream, U: Stream>(
+    client: &mut C,
+    upstream: &mut U,
+    idle_timeout: Duration,
+    to_upstream: &mut Direction<'_>,
+    to_client: &mut Direction<'_>,
+) -> io::Result<CloseResult> {
     let mut last_activity = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
     let mut idle = pin!(idle);
@@ -81,6 +110,8 @@ struct Direction<'a> {
     written: usize,
     stage: Stage,
     bytes: &'a Counter,
+    /// Bytes this direction has copied.
+    total: u64,
 }
 
 impl<'a> Direction<'a> {
@@ -90,6 +121,7 @@ impl<'a> Direction<'a> {
             written: 0,
             stage: Stage::Copying,
             bytes,
+            total: 0,
         }
     }
 
@@ -163,6 +195,7 @@ impl<'a> Direction<'a> {
                         };
                     } else {
                         self.bytes.inc_by(read as u64);
+                        self.total += read as u64;
                         *last_activity = Instant::now();
                     }
                 }

@@ -1,0 +1,159 @@
+//! Spans reach a local OTLP/HTTP receiver and decode: an HTTP request's
+//! server span continues the caller's `traceparent`, each upstream try is
+//! a client span under it whose context the app receives, retries are
+//! counted on the try spans, and a TCP connection becomes a span with its
+//! byte counts.
+
+use attache_integration::http_app::HttpApp;
+use attache_integration::otlp::{CLIENT, Collector, ReceivedSpan, SERVER};
+use attache_integration::{Attache, curl, servers};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Export every 100 ms instead of every 5 s.
+const FAST_EXPORT: [(&str, &str); 1] = [("OTEL_BSP_SCHEDULE_DELAY", "100")];
+
+fn attribute<'a>(span: &'a ReceivedSpan, key: &str) -> &'a str {
+    span.attributes
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} on {span:#?}"))
+}
+
+#[tokio::test]
+async fn http_spans_continue_the_callers_trace_and_reach_the_app() {
+    let collector = Collector::start().await;
+    let app = HttpApp::start("app").await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\", service_name: front-door }}
+listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    protocol: http
+    upstream: app
+upstreams:
+  app: {{ endpoints: [\"{}\"] }}
+",
+        collector.endpoint(),
+        app.address
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let front = attache.listener("front");
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller_span = "b7ad6b7169203331";
+    let response = curl(&[
+        &format!("http://{front}/echo?q=1"),
+        "-H",
+        &format!("traceparent: 00-{trace}-{caller_span}-01"),
+    ])
+    .await;
+    assert_eq!(response.status, 200);
+    let echo: Value = serde_json::from_str(&response.body).unwrap();
+
+    let spans = collector
+        .wait_until(|spans| spans.iter().filter(|span| span.trace_id == trace).count() == 2)
+        .await;
+    let in_trace: Vec<_> = spans.iter().filter(|span| span.trace_id == trace).collect();
+    let server = in_trace
+        .iter()
+        .find(|span| span.kind == SERVER)
+        .expect("a server span");
+    let client = in_trace
+        .iter()
+        .find(|span| span.kind == CLIENT)
+        .expect("a client span");
+    assert_eq!(server.service_name, "front-door");
+    assert_eq!(server.parent_span_id, caller_span);
+    assert_eq!(server.name, "GET");
+    assert_eq!(attribute(server, "http.request.method"), "GET");
+    assert_eq!(attribute(server, "url.path"), "/echo");
+    assert_eq!(attribute(server, "url.scheme"), "http");
+    assert_eq!(attribute(server, "network.protocol.version"), "1.1");
+    assert_eq!(attribute(server, "client.address"), "127.0.0.1");
+    assert_eq!(attribute(server, "http.response.status_code"), "200");
+    assert_eq!(attribute(server, "attache.route"), "app");
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(attribute(client, "server.address"), "127.0.0.1");
+    assert_eq!(
+        attribute(client, "server.port"),
+        app.address.port().to_string()
+    );
+    assert_eq!(attribute(client, "http.response.status_code"), "200");
+    assert!(!client.attributes.contains_key("http.request.resend_count"));
+    // The app is handed the try's context: same trace, parent = the client span.
+    assert_eq!(
+        echo["headers"]["traceparent"],
+        serde_json::json!([format!("00-{trace}-{}-01", client.span_id)])
+    );
+
+    // Without a traceparent a new trace starts; a retried try is counted.
+    app.script(&[503]);
+    let response = curl(&[&format!("http://{front}/script")]).await;
+    assert_eq!(response.status, 200);
+    let spans = collector
+        .wait_until(|spans| spans.iter().filter(|span| span.trace_id != trace).count() == 3)
+        .await;
+    let fresh: Vec<_> = spans.iter().filter(|span| span.trace_id != trace).collect();
+    let server = fresh.iter().find(|span| span.kind == SERVER).unwrap();
+    assert_eq!(server.parent_span_id, "");
+    let mut tries: Vec<_> = fresh.iter().filter(|span| span.kind == CLIENT).collect();
+    tries.sort_by_key(|span| span.attributes.contains_key("http.request.resend_count"));
+    assert!(
+        tries
+            .iter()
+            .all(|span| span.parent_span_id == server.span_id)
+    );
+    assert_eq!(attribute(tries[0], "http.response.status_code"), "503");
+    assert_eq!(tries[0].status_code, 2);
+    assert_eq!(attribute(tries[1], "http.response.status_code"), "200");
+    assert_eq!(attribute(tries[1], "http.request.resend_count"), "1");
+    assert_eq!(attribute(server, "http.response.status_code"), "200");
+}
+
+#[tokio::test]
+async fn a_tcp_connection_becomes_a_span_with_its_bytes() {
+    let collector = Collector::start().await;
+    let echo = servers::echo().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
+upstreams:
+  echo: {{ endpoints: [\"{echo}\"] }}
+",
+        collector.endpoint()
+    );
+    let mut attache = Attache::run(&config).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
+        .await
+        .unwrap();
+    client.write_all(b"hello, span").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"hello, span");
+    drop(client);
+    // The default 5 s export interval has not passed: the exit flushes.
+    attache.terminate();
+    assert!(
+        attache
+            .wait_exit(std::time::Duration::from_secs(20))
+            .await
+            .unwrap()
+            .success()
+    );
+    let spans = collector.wait_until(|spans| !spans.is_empty()).await;
+    let [span] = spans.as_slice() else {
+        panic!("one span expected: {spans:#?}")
+    };
+    assert_eq!((span.name.as_str(), span.kind), ("tcp echo", SERVER));
+    assert_eq!(span.service_name, "attache");
+    assert_eq!(span.parent_span_id, "");
+    assert_eq!(attribute(span, "network.transport"), "tcp");
+    assert_eq!(
+        attribute(span, "attache.upstream.endpoint"),
+        echo.to_string()
+    );
+    assert_eq!(attribute(span, "attache.bytes_to_upstream"), "11");
+    assert_eq!(attribute(span, "attache.bytes_to_client"), "11");
+    assert_eq!(attribute(span, "attache.result"), "ok");
+}
