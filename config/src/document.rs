@@ -371,13 +371,19 @@ impl Document {
             .collect();
         let tracing_defaults = model::Tracing::default();
         let tracing = model::Tracing {
-            otlp_endpoint: self.tracing.otlp_endpoint.as_ref().map(|endpoint| {
-                converter
-                    .note("tracing.otlp_endpoint", endpoint)
-                    .trim()
-                    .trim_end_matches('/')
-                    .to_owned()
-            }),
+            // Empty means off, so `${OTEL_COLLECTOR:-}` works.
+            otlp_endpoint: self
+                .tracing
+                .otlp_endpoint
+                .as_ref()
+                .map(|endpoint| {
+                    converter
+                        .note("tracing.otlp_endpoint", endpoint)
+                        .trim()
+                        .trim_end_matches('/')
+                        .to_owned()
+                })
+                .filter(|endpoint| !endpoint.is_empty()),
             service_name: self.tracing.service_name.as_ref().map_or(
                 tracing_defaults.service_name,
                 |name| {

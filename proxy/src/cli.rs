@@ -52,6 +52,14 @@ enum Command {
     /// mTLS ambassador: attache tcp --listen 127.0.0.1:6379 --upstream redis.prod:6380
     ///   --upstream-tls-ca ca.crt --upstream-tls-cert app.crt --upstream-tls-key app.key
     Tcp(Box<TcpArgs>),
+    /// Proxy HTTP/1.1 and HTTP/2 from a local address to one or more upstream
+    /// endpoints, without a config file (the defaults of an `http` listener).
+    ///
+    /// Example: attache http --listen 127.0.0.1:9080 --upstream payments:8080
+    ///
+    /// HTTPS front door: attache http --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080
+    ///   --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt
+    Http(Box<TcpArgs>),
     /// Wait until every target accepts a TCP connection, then exit 0 (for init containers).
     ///
     /// Example: attache wait tcp://mariadb:3306 tcp://redis:6379 --timeout 60s
@@ -167,6 +175,7 @@ impl AdminArgs {
 enum BalanceArg {
     RoundRobin,
     LeastConnections,
+    PeakEwma,
 }
 
 #[derive(Debug, Args)]
@@ -341,10 +350,13 @@ enum LogLevelArg {
 }
 
 impl TcpArgs {
-    fn into_config(self) -> Config {
+    fn into_config(self, protocol: model::Protocol) -> Config {
         let mut admin = model::Admin::default();
         self.admin.apply(&mut admin);
-        let name = "tcp".to_owned();
+        let (name, http) = match protocol {
+            model::Protocol::Tcp => ("tcp".to_owned(), None),
+            model::Protocol::Http => ("http".to_owned(), Some(model::HttpListener::default())),
+        };
         Config {
             tracing: model::Tracing::default(),
             admin,
@@ -365,14 +377,19 @@ impl TcpArgs {
             listeners: vec![model::Listener {
                 name: name.clone(),
                 listen: self.listen,
-                protocol: model::Protocol::Tcp,
+                protocol,
                 upstream: Some(name.clone()),
                 max_connections: self.max_connections,
                 idle_timeout: self.idle_timeout,
                 keep_accepting_while_draining: self.keep_accepting_while_draining,
                 unsafe_plaintext: self.unsafe_plaintext,
-                tls: self.tls.listener(),
-                http: None,
+                tls: self.tls.listener().map(|mut tls| {
+                    if protocol == model::Protocol::Http {
+                        tls.alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];
+                    }
+                    tls
+                }),
+                http,
             }],
             upstreams: vec![model::Upstream {
                 name,
@@ -380,6 +397,7 @@ impl TcpArgs {
                 balance: match self.balance {
                     BalanceArg::RoundRobin => Balance::RoundRobin,
                     BalanceArg::LeastConnections => Balance::LeastConnections,
+                    BalanceArg::PeakEwma => Balance::PeakEwma,
                 },
                 connect_timeout: self.connect_timeout,
                 tls: self.tls.upstream(),
@@ -422,15 +440,8 @@ pub(crate) fn main() -> ExitCode {
             }
             Err(error) => fail(&error),
         },
-        Command::Tcp(arguments) => {
-            let config = arguments.into_config();
-            let problems = attache_config::validate::validate(&config, &Default::default());
-            if let Some(problem) = problems.first() {
-                eprintln!("attache: invalid arguments: {problem}");
-                return ExitCode::FAILURE;
-            }
-            serve(config)
-        }
+        Command::Tcp(arguments) => one_liner(*arguments, model::Protocol::Tcp),
+        Command::Http(arguments) => one_liner(*arguments, model::Protocol::Http),
         Command::Wait {
             targets,
             timeout,
@@ -488,6 +499,17 @@ fn serve(config: Config) -> ExitCode {
         Ok(Err(error)) => fail(&format_args!("{error:#}")),
         Err(error) => fail(&*error),
     }
+}
+
+/// Runs `attache tcp` / `attache http`: the config their flags describe.
+fn one_liner(arguments: TcpArgs, protocol: model::Protocol) -> ExitCode {
+    let config = arguments.into_config(protocol);
+    let problems = attache_config::validate::validate(&config, &Default::default());
+    if let Some(problem) = problems.first() {
+        eprintln!("attache: invalid arguments: {problem}");
+        return ExitCode::FAILURE;
+    }
+    serve(config)
 }
 
 fn block_on<F: Future>(future: F) -> Result<F::Output, Box<dyn std::error::Error>> {

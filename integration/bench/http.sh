@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Side-by-side L7 benchmark: wrk straight to an nginx app server, and
+# through attache, HAProxy (mode http) and nginx (proxy_pass with upstream
+# keepalive), alternated and repeated, reported as ratios to direct.
+# Installs its tools from Debian packages, builds attache in release.
+#
+#   integration/bench/http.sh [ROUNDS] [SECONDS]   (default 2 rounds of 5 s runs; about 4 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+source integration/bench/install.sh
+install haproxy=haproxy nginx=nginx wrk=wrk
+cargo build --release --locked -q -p attache
+exec python3 integration/bench/http_bench.py --attache target/release/attache \
+  --rounds "${1:-2}" --seconds "${2:-5}"

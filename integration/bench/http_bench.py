@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Drives the L7 benchmark (see http.sh and docs/benchmarks.md for the method).
+
+The app server is nginx with one worker answering /small (2 bytes) and
+/100k (100 KiB) from memory and disk. Targets, alternated within each round:
+direct (wrk to the app), attache, haproxy (mode http, one thread), nginx
+(proxy_pass, one worker, upstream keepalive). Each target runs wrk with 64
+and with 256 keep-alive connections on each path. Reported per case: requests
+per second and its ratio to direct and to the faster peer, p50/p99 latency
+from wrk's --latency, and the proxy's CPU time per request (utime+stime from
+/proc/PID/stat over the run). Access logs are off everywhere. wrk runs on
+CPU 0; the app and every proxy on CPU 1. Everything listens on 127.0.0.1
+and stops by itself.
+"""
+import argparse, os, re, statistics, subprocess, sys, tempfile
+
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CASES = [("/small", 64), ("/small", 256), ("/100k", 64), ("/100k", 256)]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port, path, connections, seconds):
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "wrk", "-t", "2", "-c", str(connections),
+                          "-d", f"{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed responses on port {port}:\n{out}")
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    return rps, requests, to_ms(*p50.groups()), to_ms(*p99.groups())
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--attache", required=True)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=5)
+    args = parser.parse_args()
+
+    procs = []
+    workdir = tempfile.mkdtemp(prefix="attache-http-bench-")
+    try:
+        with open(os.path.join(workdir, "100k"), "wb") as f:
+            f.write(os.urandom(100 * 1024))
+        # nginx's worker runs as an unprivileged user: it must reach the file.
+        os.chmod(workdir, 0o755)
+        os.chmod(os.path.join(workdir, "100k"), 0o644)
+        app_port, nginx_proxy_port, haproxy_port, attache_port, admin_port = (free_port() for _ in range(5))
+        nginx_conf = os.path.join(workdir, "nginx.conf")
+        with open(nginx_conf, "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {workdir}/body;
+  proxy_temp_path {workdir}/proxy;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{app_port};
+    location = /small {{ return 200 "ok"; }}
+    location = /100k {{ root {workdir}; try_files /100k =404; }}
+  }}
+}}
+""")
+        proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
+        with open(proxy_conf, "w") as f:
+            f.write(f"""worker_processes 1;
+daemon off;
+pid {workdir}/nginx-proxy.pid;
+error_log {workdir}/nginx-proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {workdir}/proxy-body;
+  proxy_temp_path {workdir}/proxy-temp;
+  upstream app {{ server 127.0.0.1:{app_port}; keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{nginx_proxy_port};
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+    }}
+  }}
+}}
+""")
+        haproxy_conf = os.path.join(workdir, "haproxy.cfg")
+        with open(haproxy_conf, "w") as f:
+            f.write(f"""global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  option forwardfor
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+listen front
+  bind 127.0.0.1:{haproxy_port}
+  server app 127.0.0.1:{app_port}
+""")
+        attache_conf = os.path.join(workdir, "attache.yaml")
+        with open(attache_conf, "w") as f:
+            f.write(f"""log: {{level: warn}}
+admin: {{listen: 127.0.0.1:{admin_port}}}
+listeners:
+  - name: front
+    listen: 127.0.0.1:{attache_port}
+    protocol: http
+    upstream: app
+    http: {{access_log: {{enabled: false}}}}
+upstreams:
+  app: {{endpoints: ["127.0.0.1:{app_port}"]}}
+""")
+        quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(pinned(SERVER_CPU, ["nginx", "-c", nginx_conf], **quiet))
+        wait_port(app_port)
+        nginx_proxy = pinned(SERVER_CPU, ["nginx", "-c", proxy_conf], **quiet)
+        haproxy = pinned(SERVER_CPU, ["haproxy", "-f", haproxy_conf, "-db"], **quiet)
+        attache = pinned(SERVER_CPU, [args.attache, "run", "-c", attache_conf], **quiet)
+        procs += [nginx_proxy, haproxy, attache]
+        for port in (nginx_proxy_port, haproxy_port, attache_port):
+            wait_port(port)
+        # nginx's master process forks the worker that does the work.
+        worker = int(subprocess.run(["pgrep", "-P", str(nginx_proxy.pid)], capture_output=True,
+                                    text=True, check=True).stdout.split()[0])
+
+        targets = {
+            "direct": (app_port, None),
+            "attache": (attache_port, attache.pid),
+            "haproxy": (haproxy_port, haproxy.pid),
+            "nginx": (nginx_proxy_port, worker),
+        }
+        results = {(name, case): {"rps": [], "p50": [], "p99": [], "cpu_us": []}
+                   for name in targets for case in CASES}
+        for round_number in range(args.rounds):
+            for case in CASES:
+                for name, (port, pid) in targets.items():
+                    before = cpu_seconds(pid) if pid else 0
+                    rps, requests, p50, p99 = wrk(port, *case, args.seconds)
+                    r = results[(name, case)]
+                    r["rps"].append(rps); r["p50"].append(p50); r["p99"].append(p99)
+                    if pid:
+                        r["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
+                    print(f"round {round_number + 1} {case[0]} -c{case[1]} {name}: {rps:.0f} req/s, "
+                          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", file=sys.stderr)
+
+        med = lambda values: statistics.median(values) if values else float("nan")
+        print(f"\nrounds: {args.rounds} x {args.seconds} s; medians; wrk on CPU {LOAD_CPU}, "
+              f"app + proxy on CPU {SERVER_CPU}\n")
+        print("| case | target | req/s | vs direct | vs faster peer | p50 ms | p99 ms | proxy CPU µs/req |")
+        print("|---|---|---|---|---|---|---|---|")
+        for case in CASES:
+            direct = med(results[("direct", case)]["rps"])
+            peer = max(med(results[("haproxy", case)]["rps"]), med(results[("nginx", case)]["rps"]))
+            for name in targets:
+                r = results[(name, case)]
+                rps = med(r["rps"])
+                cpu = f"{med(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
+                print(f"| {case[0]} -c{case[1]} | {name} | {rps:.0f} | {rps / direct:.2f}x | {rps / peer:.2f}x "
+                      f"| {med(r['p50']):.2f} | {med(r['p99']):.2f} | {cpu} |")
+    finally:
+        stop(procs)
+
+
+if __name__ == "__main__":
+    main()
