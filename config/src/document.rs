@@ -495,7 +495,7 @@ impl HttpDocument {
             .routes
             .iter()
             .enumerate()
-            .filter_map(|(index, route)| {
+            .map(|(index, route)| {
                 let route_path = format!("{path}.routes[{index}]");
                 converter
                     .note(&route_path, route)
@@ -586,7 +586,7 @@ impl HttpDocument {
 }
 
 impl RouteDocument {
-    fn convert(&self, path: &str, converter: &mut Converter) -> Option<model::Route> {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::Route {
         let action = match (&self.upstream, &self.direct_response) {
             (Some(upstream), None) => model::RouteAction::Upstream(
                 converter
@@ -607,7 +607,11 @@ impl RouteDocument {
                     path,
                     "a route needs exactly one of `upstream` and `direct_response`".into(),
                 );
-                return None;
+                // A placeholder keeps the later routes at their indexes.
+                model::RouteAction::Direct {
+                    status: 200,
+                    body: String::new(),
+                }
             }
         };
         let name = match (&self.name, &action) {
@@ -619,7 +623,7 @@ impl RouteDocument {
             (None, model::RouteAction::Direct { .. }) => "direct".to_owned(),
         };
         let matches = &self.matches;
-        Some(model::Route {
+        model::Route {
             name,
             matches: model::RouteMatch {
                 host: matches
@@ -639,7 +643,7 @@ impl RouteDocument {
                     .collect(),
             },
             action,
-        })
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use attache_config::{Balance, ConfigError, Probe, Problem, parse};
+use attache_config::{Balance, ConfigError, HttpVersion, Probe, Problem, RouteAction, parse};
 
 fn problems(text: &str) -> Vec<Problem> {
     match parse(text, "test.yaml", &|_| None) {
@@ -300,6 +300,138 @@ upstreams:
             "upstreams.pg.health_check.probe: the postgres probe speaks the server's plaintext greeting, but this upstream originates TLS (MariaDB and Postgres negotiate TLS inside their protocol); use `probe: tcp` (line 18)",
             "upstreams.pg.health_check.timeout: 5s is longer than health_check.interval (1s) (line 20)",
             "upstreams.pg.health_check.user: only the mariadb probe logs in; the postgres probe has no use for a user (line 21)",
+        ]
+    );
+}
+
+#[test]
+fn http_listeners_parse_routes_and_get_documented_defaults() {
+    let text = "\
+listeners:
+  - name: front
+    listen: 127.0.0.1:8080
+    protocol: http
+    upstream: app
+    tls: { cert: tls.crt, key: tls.key, client_auth: none }
+    http:
+      per_try_timeout: 2s
+      peer_identity_header: X-Client-Id
+      routes:
+        - match: { path_prefix: /health }
+          direct_response: { status: 200, body: \"ok\\n\" }
+        - name: api
+          match: { host: \"*.Example.com\", method: [get, PUT], headers: { X-Canary: \"1\" } }
+          upstream: api
+  - name: routes-only
+    listen: 127.0.0.1:8081
+    protocol: http
+    http:
+      routes:
+        - upstream: api
+upstreams:
+  app: { endpoints: [\"127.0.0.1:9000\"] }
+  api: { endpoints: [\"127.0.0.1:9001\"], http_version: http2, balance: peak_ewma }
+tracing: { otlp_endpoint: \"http://collector:4318/\", sample_ratio: 0.25 }
+";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let front = &config.listeners[0];
+    let http = front.http.as_ref().unwrap();
+    assert_eq!(http.request_timeout, Duration::from_secs(15));
+    assert_eq!(http.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(http.header_read_timeout, Duration::from_secs(10));
+    assert_eq!((http.max_header_bytes, http.max_headers), (65536, 100));
+    assert_eq!(http.retry_statuses, vec![502, 503, 504]);
+    assert!(!http.retry_non_idempotent);
+    assert_eq!(http.retry_buffer_bytes, 65536);
+    assert_eq!(http.peer_identity_header.as_deref(), Some("x-client-id"));
+    assert!(http.access_log.enabled);
+    assert!(
+        http.access_log
+            .redact_headers
+            .contains(&"authorization".to_owned())
+    );
+    assert!(
+        http.access_log
+            .redact_query
+            .contains(&"password".to_owned())
+    );
+    assert_eq!(front.tls.as_ref().unwrap().alpn, vec!["h2", "http/1.1"]);
+    assert_eq!(http.routes[0].name, "direct");
+    assert_eq!(
+        http.routes[0].action,
+        RouteAction::Direct {
+            status: 200,
+            body: "ok\n".into()
+        }
+    );
+    let api = &http.routes[1];
+    assert_eq!(api.name, "api");
+    assert_eq!(api.matches.host.as_deref(), Some("*.example.com"));
+    assert_eq!(api.matches.methods, vec!["GET", "PUT"]);
+    assert_eq!(api.matches.headers, vec![("x-canary".into(), "1".into())]);
+    assert_eq!(api.action, RouteAction::Upstream("api".into()));
+    assert_eq!(config.listeners[1].upstream, None);
+    let upstream = config.upstream("api").unwrap();
+    assert_eq!(upstream.http_version, HttpVersion::Http2);
+    assert_eq!(upstream.balance, Balance::PeakEwma);
+    assert_eq!(
+        (upstream.limits.max_requests, upstream.limits.max_retries),
+        (1024, 16)
+    );
+    assert_eq!(
+        config.tracing.otlp_endpoint.as_deref(),
+        Some("http://collector:4318")
+    );
+    assert_eq!(config.tracing.sample_ratio, 0.25);
+    assert_eq!(config.tracing.service_name, "attache");
+}
+
+#[test]
+fn http_problems_are_reported_with_path_and_line() {
+    let text = "\
+listeners:
+  - name: front
+    listen: 127.0.0.1:8080
+    protocol: http
+    upstream: app
+    http:
+      max_header_bytes: 1024
+      retry_statuses: [503, 700]
+      routes:
+        - match: { path_prefix: api }
+        - upstream: nowhere
+        - direct_response: { status: 99 }
+        - upstream: app
+          direct_response: { status: 200 }
+  - name: plain
+    listen: 127.0.0.1:8081
+    protocol: tcp
+    upstream: app
+    http: { request_timeout: 1s }
+  - name: nothing
+    listen: 127.0.0.1:8082
+    protocol: http
+upstreams:
+  app:
+    endpoints: [\"127.0.0.1:9000\"]
+    warm_pool: { size: 1 }
+tracing: { otlp_endpoint: \"https://collector:4318\", sample_ratio: 2 }
+";
+    assert_eq!(
+        rendered(text),
+        vec![
+            "listeners[0].http.max_header_bytes: 1024 is below the smallest supported limit, 8192 (line 7)",
+            "listeners[0].http.retry_statuses: 700 is not an HTTP status (line 8)",
+            "listeners[0].http.routes[0]: a route needs exactly one of `upstream` and `direct_response` (line 10)",
+            "listeners[0].http.routes[0].match.path_prefix: \"api\" must start with `/` (line 10)",
+            "listeners[0].http.routes[1].upstream: no upstream named \"nowhere\" (upstreams: app) (line 11)",
+            "listeners[0].http.routes[2].direct_response.status: 99 is not a final HTTP status (200 to 599) (line 12)",
+            "listeners[0].http.routes[3]: a route needs exactly one of `upstream` and `direct_response` (line 13)",
+            "listeners[1].http: only a listener with `protocol: http` takes an `http` section (line 19)",
+            "listeners[2].upstream: required: the upstream that connections (on an http listener: unrouted requests) go to (line 20)",
+            "upstreams.app.warm_pool: http listener \"front\" sends requests here over its own keep-alive pool; a warm pool serves tcp listeners only (line 26)",
+            "tracing.sample_ratio: 2 is not a ratio between 0 and 1 (line 27)",
+            "tracing.otlp_endpoint: \"https://collector:4318\" is not an http:// URL (OTLP/HTTP to a collector beside attache; https is not supported) (line 27)",
         ]
     );
 }
