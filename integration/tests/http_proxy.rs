@@ -408,7 +408,14 @@ async fn a_client_trickling_its_headers_is_disconnected() {
 #[tokio::test]
 async fn websocket_messages_echo_through_the_proxy() {
     let app = HttpApp::start("app").await;
-    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    // On a current-thread runtime, as on a one-CPU pod: the tunnel task
+    // shares the thread with the connections.
+    let attache = Attache::run_with_env(
+        &front_door(app.address, ""),
+        &[("ATTACHE_WORKER_THREADS", "1")],
+    )
+    .await
+    .unwrap();
     let front = attache.listener("front");
     let stream = TcpStream::connect(front).await.unwrap();
     let (mut socket, response) =

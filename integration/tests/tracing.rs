@@ -122,7 +122,11 @@ upstreams:
 ",
         collector.endpoint()
     );
-    let mut attache = Attache::run(&config).await.unwrap();
+    // On a current-thread runtime (as on a one-CPU pod): the flush at exit
+    // runs the exporter's requests on the thread that waits for it.
+    let mut attache = Attache::run_with_env(&config, &[("ATTACHE_WORKER_THREADS", "1")])
+        .await
+        .unwrap();
     let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
         .await
         .unwrap();

@@ -3,8 +3,6 @@
 //! `X-Request-Id` is kept or made, and the verified client identity is
 //! passed on only by attache (a client cannot forge it).
 
-use std::net::IpAddr;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -64,24 +62,23 @@ pub(crate) fn restore_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` are set by attache.
 pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<&str>,
 ) {
-    let client_text = client.to_string();
     let forwarded_for = match headers
         .get(X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())
+        .filter(|earlier| !earlier.trim().is_empty())
     {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client_text}"),
-        _ => client_text.clone(),
+        Some(earlier) => {
+            let appended = [earlier.as_bytes(), b", ", client.as_bytes()].concat();
+            HeaderValue::from_bytes(&appended).unwrap_or_else(|_| client.clone())
+        }
+        None => client.clone(),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&client_text) {
-        headers.insert(X_REAL_IP, value);
-    }
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
+    headers.insert(X_REAL_IP, client.clone());
     let proto = if tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(value) = host.and_then(|host| HeaderValue::from_str(host).ok()) {
@@ -104,19 +101,17 @@ pub(crate) fn request_id(headers: &mut HeaderMap) -> HeaderValue {
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     // Version 4, variant 10xx.
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    let id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Written in place: this runs for every request without an id.
+    let mut id = [b'-'; 36];
+    let digits = (0..36).filter(|position| ![8, 13, 18, 23].contains(position));
+    for (nibble, position) in digits.enumerate() {
+        id[position] = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// The request's host without a port, lowercase: the URI's authority
@@ -181,12 +176,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         headers.insert(X_REAL_IP, HeaderValue::from_static("forged"));
-        add_forwarded(
-            &mut headers,
-            "10.1.2.3".parse().unwrap(),
-            true,
-            Some("api.example.com"),
-        );
+        let client = HeaderValue::from_static("10.1.2.3");
+        add_forwarded(&mut headers, &client, true, Some("api.example.com"));
         assert_eq!(headers[X_FORWARDED_FOR], "203.0.113.7, 10.1.2.3");
         assert_eq!(headers[X_REAL_IP], "10.1.2.3");
         assert_eq!(headers[X_FORWARDED_PROTO], "https");

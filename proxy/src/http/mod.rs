@@ -42,6 +42,8 @@ pub(crate) use proxy::{HttpProxy, HttpUpstream};
 /// What the handler knows about the connection a request came on.
 pub(crate) struct ClientConnection {
     address: SocketAddr,
+    /// The address's IP as a header value, made once per connection.
+    ip: http::HeaderValue,
     tls: bool,
     /// The verified client certificate's primary name: its first URI SAN
     /// (SPIFFE ID), else its first DNS SAN, else its common name.
@@ -90,8 +92,11 @@ pub(crate) async fn serve(
             .chain(identity.common_name)
             .next()
     });
+    let ip = http::HeaderValue::from_str(&address.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     let connection = Arc::new(ClientConnection {
         address,
+        ip,
         tls: proxy.tls.is_some(),
         identity,
     });

@@ -296,7 +296,7 @@ impl HttpProxy {
         let authority = headers::host(&parts.uri, &parts.headers);
         headers::add_forwarded(
             &mut parts.headers,
-            connection.address.ip(),
+            &connection.ip,
             connection.tls,
             authority.as_deref().or(host.as_deref()),
         );
