@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use attache_config::HttpVersion;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -74,11 +75,14 @@ pub(crate) struct ServedBy {
     pub(crate) took: Duration,
 }
 
+type EndpointClient = Client<EndpointConnector, RequestBody>;
+
 /// The innermost service: one try on one endpoint.
 #[derive(Clone)]
 pub(crate) struct Endpoints {
     upstream: Arc<Upstream>,
-    clients: Arc<[Client<EndpointConnector, RequestBody>]>,
+    /// Replaced when the endpoint's name resolves to other addresses.
+    clients: Arc<[ArcSwap<EndpointClient>]>,
     names: Arc<[Arc<str>]>,
     per_try_timeout: Option<Duration>,
     tracer: Option<Tracer>,
@@ -86,27 +90,22 @@ pub(crate) struct Endpoints {
 
 impl Endpoints {
     /// A client per endpoint of `upstream`.
+    /// A client per endpoint of `upstream`, and for each endpoint named by a
+    /// hostname a task that re-resolves it (inside the runtime).
     pub(crate) fn new(
         upstream: Arc<Upstream>,
         version: HttpVersion,
         tracer: Option<Tracer>,
     ) -> Self {
-        let clients = (0..upstream.endpoint_count())
-            .map(|index| {
-                let mut builder = Client::builder(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_max_idle_per_host(POOL_MAX_IDLE_PER_ENDPOINT)
-                    // The Host header is the client's; never rewritten.
-                    .set_host(false)
-                    .http2_only(version == HttpVersion::Http2);
-                builder.build(EndpointConnector {
-                    endpoint: upstream.endpoint(index).clone(),
-                })
-            })
+        let clients: Arc<[ArcSwap<EndpointClient>]> = (0..upstream.endpoint_count())
+            .map(|index| ArcSwap::from_pointee(client(upstream.endpoint(index).clone(), version)))
             .collect();
+        for index in 0..upstream.endpoint_count() {
+            let endpoint = upstream.endpoint(index).clone();
+            if endpoint.address.host.parse::<std::net::IpAddr>().is_err() {
+                tokio::spawn(follow_resolution(endpoint, version, clients.clone(), index));
+            }
+        }
         let names = (0..upstream.endpoint_count())
             .map(|index| Arc::from(upstream.endpoint(index).address.to_string()))
             .collect();
@@ -174,7 +173,7 @@ impl Endpoints {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(state);
         let started = Instant::now();
-        let sent = self.clients[index].request(request);
+        let sent = self.clients[index].load().request(request);
         let result: Result<Response<Incoming>, BoxError> = match self.per_try_timeout {
             None => sent.await.map_err(Into::into),
             Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -203,6 +202,67 @@ impl Endpoints {
         });
         Ok(response)
     }
+}
+
+/// A pooled client for one endpoint.
+fn client(endpoint: Arc<EndpointState>, version: HttpVersion) -> EndpointClient {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_ENDPOINT)
+        // The Host header is the client's; never rewritten.
+        .set_host(false)
+        .http2_only(version == HttpVersion::Http2);
+    builder.build(EndpointConnector { endpoint })
+}
+
+/// How often an endpoint's hostname is resolved again.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Re-resolves a named endpoint every [`RESOLVE_INTERVAL`]. New connections
+/// always resolve afresh, but busy keep-alive connections never close on
+/// their own: when the name points elsewhere (pods replaced behind a
+/// headless Service), a new client takes the endpoint's next requests and
+/// the old connections close once their requests end.
+async fn follow_resolution(
+    endpoint: Arc<EndpointState>,
+    version: HttpVersion,
+    clients: Arc<[ArcSwap<EndpointClient>]>,
+    index: usize,
+) {
+    let target = (endpoint.address.host.clone(), endpoint.address.port);
+    let mut known = resolve(&target).await;
+    loop {
+        tokio::time::sleep(RESOLVE_INTERVAL).await;
+        let Some(now) = resolve(&target).await else {
+            continue;
+        };
+        if addresses_moved(known.as_deref(), &now) {
+            tracing::info!(endpoint = %endpoint.address, addresses = ?now, "endpoint resolves to other addresses; new requests use new connections");
+            clients[index].store(Arc::new(client(endpoint.clone(), version)));
+        }
+        known = Some(now);
+    }
+}
+
+/// The addresses `target` resolves to, sorted; `None` when resolution fails.
+async fn resolve(target: &(String, u16)) -> Option<Vec<std::net::SocketAddr>> {
+    let mut addresses: Vec<_> = tokio::net::lookup_host((target.0.as_str(), target.1))
+        .await
+        .ok()?
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    Some(addresses)
+}
+
+/// Whether the name's address set changed since the last resolution: a
+/// dropped address may still hold pooled connections, and an added one
+/// would only get the rare new connection a busy pool makes.
+fn addresses_moved(known: Option<&[std::net::SocketAddr]>, now: &[std::net::SocketAddr]) -> bool {
+    known.is_some_and(|known| known != now)
 }
 
 /// Counts a request in flight on an endpoint (for least-connections and peak EWMA).
@@ -298,5 +358,21 @@ impl hyper::rt::Write for HttpIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_changed_address_set_replaces_the_pool() {
+        let a: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: std::net::SocketAddr = "10.0.0.2:80".parse().unwrap();
+        assert!(!addresses_moved(None, &[a]));
+        assert!(!addresses_moved(Some(&[a, b]), &[a, b]));
+        assert!(addresses_moved(Some(&[a, b]), &[a]));
+        assert!(addresses_moved(Some(&[a]), &[b]));
+        assert!(addresses_moved(Some(&[a]), &[a, b]));
     }
 }
