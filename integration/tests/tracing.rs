@@ -113,20 +113,26 @@ upstreams:
 async fn a_tcp_connection_becomes_a_span_with_its_bytes() {
     let collector = Collector::start().await;
     let echo = servers::echo().await;
+    // No tracing section: the standard environment variable turns export on.
     let config = format!(
-        "tracing: {{ otlp_endpoint: \"{}\" }}
-listeners:
+        "listeners:
   - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
 upstreams:
   echo: {{ endpoints: [\"{echo}\"] }}
-",
-        collector.endpoint()
+"
     );
+    let endpoint = collector.endpoint();
     // On a current-thread runtime (as on a one-CPU pod): the flush at exit
     // runs the exporter's requests on the thread that waits for it.
-    let mut attache = Attache::run_with_env(&config, &[("ATTACHE_WORKER_THREADS", "1")])
-        .await
-        .unwrap();
+    let mut attache = Attache::run_with_env(
+        &config,
+        &[
+            ("ATTACHE_WORKER_THREADS", "1"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ],
+    )
+    .await
+    .unwrap();
     let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
         .await
         .unwrap();

@@ -239,6 +239,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn retries_beyond_the_in_flight_limit_are_not_made() {
+        let limits = limits(3, 100);
+        let mut first = RetryPolicy::new(limits.clone(), RetryEven);
+        let mut second = RetryPolicy::new(limits.clone(), RetryEven);
+        let one_at_a_time = Arc::new(RetryLimits::new(
+            3,
+            limits.backoff,
+            limits.budget.clone(),
+            1,
+            limits.metrics.clone(),
+        ));
+        let mut third = RetryPolicy::new(one_at_a_time, RetryEven);
+        let mut failed: Result<&'static str, &'static str> = Err("down");
+        // Two policies sharing a limit of 16 both retry.
+        assert!(first.retry(&mut 2, &mut failed).is_some());
+        assert!(second.retry(&mut 2, &mut failed).is_some());
+        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 2);
+        // With a limit of one, a retry in flight blocks the next policy's.
+        let shared = third.limits.clone();
+        let mut fourth = RetryPolicy::new(shared.clone(), RetryEven);
+        assert!(third.retry(&mut 2, &mut failed).is_some());
+        assert!(fourth.retry(&mut 2, &mut failed).is_none());
+        assert_eq!(shared.metrics.overflow.get(), 1);
+        // The retry in flight ends with its policy's next decision or its end.
+        drop(third);
+        assert!(fourth.retry(&mut 2, &mut failed).is_some());
+        drop((first, second));
+        assert_eq!(limits.in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_budget_bounds_retries_across_requests() {
         // No percentage and one retry per second: ten retries over the 10 s
         // window. Ten failing requests with 3 attempts each: the first five
