@@ -1,0 +1,217 @@
+//! A client's command: the array of bulk strings every client library
+//! sends, or an inline command (`PING\r\n`, as typed into telnet). Parsed
+//! in two phases: a check that allocates nothing, then one split of the
+//! buffer whose arguments share its memory.
+
+use bytes::{Buf as _, Bytes, BytesMut};
+
+use crate::check::{length, line};
+use crate::{Limits, ProtocolError};
+
+/// One command and its arguments (the name is the first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The arguments as sent; never empty.
+    pub args: Vec<Bytes>,
+    /// The command exactly as it arrived (RESP), for forwarding unchanged;
+    /// an inline command is re-encoded as an array.
+    pub raw: Bytes,
+}
+
+impl Command {
+    /// The command name, as sent.
+    pub fn name(&self) -> &[u8] {
+        &self.args[0]
+    }
+
+    /// Whether the command is `name` (ASCII case-insensitive).
+    pub fn is(&self, name: &str) -> bool {
+        self.name().eq_ignore_ascii_case(name.as_bytes())
+    }
+}
+
+/// Takes one command off the front of `buffer` when a whole one is there.
+/// Empty inline lines are skipped, as Redis does.
+///
+/// # Errors
+/// [`ProtocolError`] when the input is not a command within `limits`; the
+/// connection should then get an error reply and be closed.
+pub fn parse_command(
+    buffer: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<Command>, ProtocolError> {
+    loop {
+        match buffer.first() {
+            None => return Ok(None),
+            Some(b'*') => return multibulk(buffer, limits),
+            Some(_) => match inline(buffer, limits)? {
+                Inline::Incomplete => return Ok(None),
+                Inline::Empty => continue,
+                Inline::Command(command) => return Ok(Some(command)),
+            },
+        }
+    }
+}
+
+fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, ProtocolError> {
+    // Phase one: offsets of every argument, without allocating.
+    let Some((count_line, mut position)) = line(buffer, 1, limits)? else {
+        return Ok(None);
+    };
+    let count = length(count_line)?;
+    if count == 0 {
+        return Err(ProtocolError::NotACommand);
+    }
+    if count > limits.max_elements as u64 {
+        return Err(ProtocolError::TooManyElements {
+            count,
+            limit: limits.max_elements,
+        });
+    }
+    for _ in 0..count {
+        match buffer.get(position) {
+            None => return Ok(None),
+            Some(b'$') => {}
+            Some(_) => return Err(ProtocolError::NotACommand),
+        }
+        let Some((length_line, data)) = line(buffer, position + 1, limits)? else {
+            return Ok(None);
+        };
+        let size = length(length_line)?;
+        if size > limits.max_bulk_bytes as u64 {
+            return Err(ProtocolError::BulkTooLong {
+                length: size,
+                limit: limits.max_bulk_bytes,
+            });
+        }
+        let end = data + size as usize;
+        if buffer.len() < end + 2 {
+            return Ok(None);
+        }
+        if &buffer[end..end + 2] != b"\r\n" {
+            return Err(ProtocolError::BadLineEnding);
+        }
+        position = end + 2;
+    }
+    // Phase two: split the frame off and slice the arguments out of it.
+    let raw = buffer.split_to(position).freeze();
+    let mut args = Vec::with_capacity(count as usize);
+    let mut cursor = raw.clone();
+    let (_, after_count) = line(&cursor, 1, limits)?.ok_or(ProtocolError::NotACommand)?;
+    cursor.advance(after_count);
+    for _ in 0..count {
+        let (length_line, data) = line(&cursor, 1, limits)?.ok_or(ProtocolError::NotACommand)?;
+        let size = length(length_line)? as usize;
+        cursor.advance(data);
+        args.push(cursor.split_to(size));
+        cursor.advance(2);
+    }
+    Ok(Some(Command { args, raw }))
+}
+
+enum Inline {
+    Incomplete,
+    Empty,
+    Command(Command),
+}
+
+fn inline(buffer: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolError> {
+    let window = &buffer[..buffer.len().min(limits.max_line_bytes + 2)];
+    let Some(newline) = window.iter().position(|byte| *byte == b'\n') else {
+        if window.len() > limits.max_line_bytes {
+            return Err(ProtocolError::LineTooLong(limits.max_line_bytes));
+        }
+        return Ok(Inline::Incomplete);
+    };
+    let line = buffer.split_to(newline + 1).freeze();
+    let text = line.slice(..newline);
+    let text = text
+        .strip_suffix(b"\r")
+        .map_or(text.clone(), |trimmed| text.slice(..trimmed.len()));
+    let args: Vec<Bytes> = text
+        .split(|byte| *byte == b' ' || *byte == b'\t')
+        .filter(|word| !word.is_empty())
+        .map(|word| text.slice_ref(word))
+        .collect();
+    if args.is_empty() {
+        return Ok(Inline::Empty);
+    }
+    let raw = crate::encode::command(args.iter().map(|arg| &arg[..]));
+    Ok(Inline::Command(Command { args, raw }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(input: &[u8]) -> (Result<Option<Command>, ProtocolError>, usize) {
+        let mut buffer = BytesMut::from(input);
+        let result = parse_command(&mut buffer, &Limits::default());
+        (result, buffer.len())
+    }
+
+    #[test]
+    fn a_pipeline_is_taken_one_command_at_a_time() {
+        let mut buffer = BytesMut::from(
+            &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET"[..],
+        );
+        let limits = Limits::default();
+        let first = parse_command(&mut buffer, &limits).unwrap().unwrap();
+        assert_eq!(first.args, vec![Bytes::from("GET"), Bytes::from("key")]);
+        assert_eq!(&first.raw[..], b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n");
+        assert!(first.is("get"));
+        let second = parse_command(&mut buffer, &limits).unwrap().unwrap();
+        assert!(second.is("PING"));
+        assert_eq!(parse_command(&mut buffer, &limits), Ok(None));
+        assert_eq!(
+            &buffer[..],
+            b"*3\r\n$3\r\nSET",
+            "an incomplete command stays buffered"
+        );
+    }
+
+    #[test]
+    fn binary_arguments_survive() {
+        let (result, left) = parse(b"*2\r\n$3\r\nSET\r\n$4\r\n\r\n\x00\xff\r\n");
+        assert_eq!(
+            result.unwrap().unwrap().args[1],
+            Bytes::from_static(b"\r\n\x00\xff")
+        );
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn inline_commands_are_split_on_spaces_and_reencoded() {
+        let (result, left) = parse(b"\r\n  set  key\tvalue\r\nPING\n");
+        let command = result.unwrap().unwrap();
+        assert_eq!(
+            command.args,
+            vec![Bytes::from("set"), Bytes::from("key"), Bytes::from("value")]
+        );
+        assert_eq!(
+            &command.raw[..],
+            b"*3\r\n$3\r\nset\r\n$3\r\nkey\r\n$5\r\nvalue\r\n"
+        );
+        assert_eq!(left, 5);
+    }
+
+    #[test]
+    fn what_is_not_a_command_is_refused() {
+        assert_eq!(parse(b"*0\r\n").0, Err(ProtocolError::NotACommand));
+        assert_eq!(parse(b"*1\r\n:1\r\n").0, Err(ProtocolError::NotACommand));
+        assert_eq!(
+            parse(b"*1\r\n$3\r\nGETX\r\n").0,
+            Err(ProtocolError::BadLineEnding)
+        );
+        assert_eq!(parse(b"*1\r\n$-1\r\n").0, Err(ProtocolError::InvalidLength));
+        let huge = format!("*1\r\n${}\r\n", 600 * 1024 * 1024);
+        assert!(matches!(
+            parse(huge.as_bytes()).0,
+            Err(ProtocolError::BulkTooLong { .. })
+        ));
+        assert_eq!(
+            parse(&vec![b'a'; 70 * 1024]).0,
+            Err(ProtocolError::LineTooLong(64 * 1024))
+        );
+    }
+}
