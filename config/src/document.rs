@@ -76,6 +76,14 @@ struct ListenerDocument {
     unsafe_plaintext: bool,
     tls: Option<ListenerTlsDocument>,
     http: Option<Spanned<HttpDocument>>,
+    redis: Option<Spanned<RedisDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisDocument {
+    shared_connections: Option<Spanned<usize>>,
+    command_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,7 +453,7 @@ impl ListenerDocument {
                 Some(converter.note(&section, http).convert(&section, converter))
             }
             (None, model::Protocol::Http) => Some(model::HttpListener::default()),
-            (Some(http), model::Protocol::Tcp) => {
+            (Some(http), _) => {
                 let section = format!("{path}.http");
                 converter.note(&section, http);
                 converter.problem(
@@ -454,7 +462,24 @@ impl ListenerDocument {
                 );
                 None
             }
-            (None, model::Protocol::Tcp) => None,
+            (None, _) => None,
+        };
+        let redis = match (&self.redis, protocol) {
+            (Some(redis), model::Protocol::Redis) => {
+                let section = format!("{path}.redis");
+                Some(converter.note(&section, redis).convert(&section, converter))
+            }
+            (None, model::Protocol::Redis) => Some(model::RedisListener::default()),
+            (Some(redis), _) => {
+                let section = format!("{path}.redis");
+                converter.note(&section, redis);
+                converter.problem(
+                    &section,
+                    "only a listener with `protocol: redis` takes a `redis` section".into(),
+                );
+                None
+            }
+            (None, _) => None,
         };
         let listen = converter
             .socket_address(&format!("{path}.listen"), &self.listen)
@@ -469,6 +494,7 @@ impl ListenerDocument {
             protocol,
             upstream,
             http,
+            redis,
             max_connections,
             idle_timeout: converter.duration(
                 &format!("{path}.idle_timeout"),
@@ -484,6 +510,23 @@ impl ListenerDocument {
                 }
                 tls
             }),
+        }
+    }
+}
+
+impl RedisDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::RedisListener {
+        model::RedisListener {
+            shared_connections: converter.value(
+                &format!("{path}.shared_connections"),
+                self.shared_connections.as_ref(),
+                model::DEFAULT_SHARED_CONNECTIONS,
+            ),
+            command_timeout: converter.duration(
+                &format!("{path}.command_timeout"),
+                self.command_timeout.as_ref(),
+                model::DEFAULT_COMMAND_TIMEOUT,
+            ),
         }
     }
 }

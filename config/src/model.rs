@@ -188,6 +188,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// L7 settings; present exactly when `protocol` is `http`.
     pub http: Option<HttpListener>,
+    /// RESP settings; present exactly when `protocol` is `redis`.
+    pub redis: Option<RedisListener>,
 }
 
 /// Longest wait for a request's response headers, retries included (Envoy's route default).
@@ -422,6 +424,32 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 and HTTP/2 (h2c prior knowledge, or ALPN over TLS), routed per request.
     Http,
+    /// RESP: commands of many clients multiplexed over a few upstream connections.
+    Redis,
+}
+
+/// A `redis` listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisListener {
+    /// Long-lived upstream connections shared by every client, per database.
+    pub shared_connections: usize,
+    /// A command without a reply after this gets an error reply (its late
+    /// reply is discarded in order).
+    pub command_timeout: Duration,
+}
+
+/// Default of [`RedisListener::shared_connections`].
+pub const DEFAULT_SHARED_CONNECTIONS: usize = 2;
+/// Default of [`RedisListener::command_timeout`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Default for RedisListener {
+    fn default() -> Self {
+        Self {
+            shared_connections: DEFAULT_SHARED_CONNECTIONS,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+        }
+    }
 }
 
 /// The HTTP version attache speaks to an upstream.

@@ -125,6 +125,20 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                     .into(),
             ),
         }
+        if let Some(redis) = &listener.redis {
+            if redis.shared_connections == 0 {
+                report(
+                    format!("{path}.redis.shared_connections"),
+                    "must be greater than zero".into(),
+                );
+            }
+            if redis.command_timeout.is_zero() {
+                report(
+                    format!("{path}.redis.command_timeout"),
+                    "must be greater than zero".into(),
+                );
+            }
+        }
         if let Some(http) = &listener.http {
             validate_http(config, &format!("{path}.http"), http, &mut report);
             let routed = http.routes.iter().filter_map(|route| match &route.action {

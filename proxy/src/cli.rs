@@ -354,8 +354,8 @@ impl TcpArgs {
         let mut admin = model::Admin::default();
         self.admin.apply(&mut admin);
         let (name, http) = match protocol {
-            model::Protocol::Tcp => ("tcp".to_owned(), None),
             model::Protocol::Http => ("http".to_owned(), Some(model::HttpListener::default())),
+            model::Protocol::Tcp | model::Protocol::Redis => ("tcp".to_owned(), None),
         };
         Config {
             tracing: model::Tracing::default(),
@@ -390,6 +390,7 @@ impl TcpArgs {
                     tls
                 }),
                 http,
+                redis: None,
             }],
             upstreams: vec![model::Upstream {
                 name,

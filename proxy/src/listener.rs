@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::http::{self, HttpProxy};
 use crate::lifecycle::{Lifecycle, Phase};
+use crate::redis::{self, RedisProxy};
 use crate::tcp::{self, TcpRoute};
 use crate::telemetry::metrics::ListenerMetrics;
 
@@ -35,6 +36,7 @@ pub(crate) struct Listener {
 pub(crate) enum Handler {
     Tcp(Arc<TcpRoute>),
     Http(Arc<HttpProxy>),
+    Redis(Arc<RedisProxy>),
 }
 
 impl Handler {
@@ -42,6 +44,7 @@ impl Handler {
         match self {
             Self::Tcp(route) => &route.listener,
             Self::Http(proxy) => &proxy.listener,
+            Self::Redis(proxy) => &proxy.listener,
         }
     }
 
@@ -49,6 +52,7 @@ impl Handler {
         match self {
             Self::Tcp(route) => &route.metrics,
             Self::Http(proxy) => &proxy.metrics,
+            Self::Redis(proxy) => &proxy.metrics,
         }
     }
 }
@@ -163,6 +167,14 @@ impl Listener {
                 let (proxy, lifecycle) = (proxy.clone(), lifecycle.clone());
                 tokio::spawn(async move {
                     http::serve(stream, peer, proxy.clone(), lifecycle).await;
+                    proxy.metrics.active.dec();
+                    drop((permit, tracked));
+                });
+            }
+            Handler::Redis(proxy) => {
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    redis::serve(stream, peer, proxy.clone()).await;
                     proxy.metrics.active.dec();
                     drop((permit, tracked));
                 });

@@ -17,6 +17,7 @@ mod cli;
 mod http;
 mod lifecycle;
 mod listener;
+mod redis;
 mod reload;
 mod resilience;
 mod runtime;

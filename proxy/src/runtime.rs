@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::http::{HttpProxy, HttpUpstream};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::listener::{Handler, Listener};
+use crate::redis::RedisProxy;
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
 use crate::telemetry::metrics::Metrics;
@@ -227,34 +228,47 @@ fn bind_listeners(
         .iter()
         .map(|listener| {
             let tls = material.listener(&listener.name);
-            let (handler, protocol) = match &listener.http {
-                Some(http) => {
-                    let proxy = HttpProxy::new(
-                        listener,
-                        http,
-                        &http_upstreams,
-                        tls,
-                        metrics,
-                        tracer.cloned(),
-                    );
-                    (Handler::Http(Arc::new(proxy)), "http")
-                }
-                None => {
-                    let name = listener
-                        .upstream
-                        .as_deref()
-                        .with_context(|| format!("listener {:?}: no upstream", listener.name))?;
-                    let route = TcpRoute {
-                        listener: listener.name.clone(),
-                        upstream: find(name)?,
-                        idle_timeout: listener.idle_timeout,
-                        metrics: metrics.listener(&listener.name),
-                        tls,
-                        tracer: tracer.cloned(),
-                    };
-                    (Handler::Tcp(Arc::new(route)), "tcp")
-                }
-            };
+            let (handler, protocol) =
+                match (&listener.http, &listener.redis) {
+                    (_, Some(redis)) => {
+                        let name = listener.upstream.as_deref().with_context(|| {
+                            format!("listener {:?}: no upstream", listener.name)
+                        })?;
+                        let proxy = RedisProxy::new(
+                            listener,
+                            redis,
+                            find(name)?,
+                            tls,
+                            metrics.listener(&listener.name),
+                        );
+                        (Handler::Redis(Arc::new(proxy)), "redis")
+                    }
+                    (Some(http), None) => {
+                        let proxy = HttpProxy::new(
+                            listener,
+                            http,
+                            &http_upstreams,
+                            tls,
+                            metrics,
+                            tracer.cloned(),
+                        );
+                        (Handler::Http(Arc::new(proxy)), "http")
+                    }
+                    (None, None) => {
+                        let name = listener.upstream.as_deref().with_context(|| {
+                            format!("listener {:?}: no upstream", listener.name)
+                        })?;
+                        let route = TcpRoute {
+                            listener: listener.name.clone(),
+                            upstream: find(name)?,
+                            idle_timeout: listener.idle_timeout,
+                            metrics: metrics.listener(&listener.name),
+                            tls,
+                            tracer: tracer.cloned(),
+                        };
+                        (Handler::Tcp(Arc::new(route)), "tcp")
+                    }
+                };
             let bound = Listener::bind(listener, handler)?;
             tracing::info!(
                 listener = %listener.name,

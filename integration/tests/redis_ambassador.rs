@@ -1,0 +1,349 @@
+//! The Redis ambassador (`protocol: redis`) with the `redis` crate and raw
+//! RESP: data types, pipelines and large values through shared upstream
+//! connections; many concurrent clients each seeing only their own
+//! replies, in order, over a fixed number of upstream connections;
+//! SELECT isolation; refused and malformed input; an upstream that dies
+//! with commands in flight.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_integration::Attache;
+use attache_integration::redis_server::RedisServer;
+use attache_integration::servers::{random_bytes, sha256_hex};
+use redis::AsyncCommands as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn config(redis: SocketAddr, extra: &str) -> String {
+    format!(
+        "listeners:
+  - name: redis
+    listen: 127.0.0.1:0
+    protocol: redis
+    upstream: redis
+{extra}
+upstreams:
+  redis: {{ endpoints: [\"{redis}\"] }}
+"
+    )
+}
+
+async fn connect(attache: &Attache) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{}/", attache.listener("redis")))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn shared_redis() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 6379))
+}
+
+#[tokio::test]
+async fn data_types_scripts_scans_pipelines_and_large_values_go_through() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let mut redis = connect(&attache).await;
+    let prefix = format!("attache:test:types:{}", std::process::id());
+    let key = |name: &str| format!("{prefix}:{name}");
+
+    let _: () = redis.set(key("string"), "value").await.unwrap();
+    assert_eq!(
+        redis.get::<_, String>(key("string")).await.unwrap(),
+        "value"
+    );
+    let _: () = redis
+        .hset_multiple(key("hash"), &[("a", 1), ("b", 2)])
+        .await
+        .unwrap();
+    assert_eq!(redis.hget::<_, _, i64>(key("hash"), "b").await.unwrap(), 2);
+    let _: () = redis.rpush(key("list"), &[1, 2, 3]).await.unwrap();
+    assert_eq!(
+        redis
+            .lrange::<_, Vec<i64>>(key("list"), 0, -1)
+            .await
+            .unwrap(),
+        [1, 2, 3]
+    );
+    let _: () = redis.sadd(key("set"), &["x", "y", "x"]).await.unwrap();
+    assert_eq!(redis.scard::<_, i64>(key("set")).await.unwrap(), 2);
+    let _: () = redis
+        .zadd_multiple(key("zset"), &[(2, "two"), (1, "one")])
+        .await
+        .unwrap();
+    assert_eq!(
+        redis
+            .zrange::<_, Vec<String>>(key("zset"), 0, -1)
+            .await
+            .unwrap(),
+        ["one", "two"]
+    );
+    let _: String = redis::cmd("XADD")
+        .arg(key("stream"))
+        .arg("*")
+        .arg("field")
+        .arg("value")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        redis::cmd("XLEN")
+            .arg(key("stream"))
+            .query_async::<i64>(&mut redis)
+            .await
+            .unwrap(),
+        1
+    );
+    let sum: i64 = redis::cmd("EVAL")
+        .arg("return tonumber(ARGV[1]) + redis.call('HGET', KEYS[1], 'a')")
+        .arg(1)
+        .arg(key("hash"))
+        .arg(41)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+
+    // SCAN iterates through the proxy like any other command.
+    for index in 0..30 {
+        let _: () = redis
+            .set(key(&format!("scan:{index}")), index)
+            .await
+            .unwrap();
+    }
+    let mut cursor = 0u64;
+    let mut found = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(key("scan:*"))
+            .arg("COUNT")
+            .arg(100)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        found += keys.len();
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(found, 30);
+    let scanned: Vec<String> = (0..30).map(|index| key(&format!("scan:{index}"))).collect();
+    let _: () = redis.del(scanned).await.unwrap();
+
+    // A pipeline of 1000 commands, answered in order.
+    let mut pipeline = redis::pipe();
+    for index in 0..1000 {
+        pipeline.cmd("INCRBY").arg(key("counter")).arg(index);
+    }
+    let totals: Vec<i64> = pipeline.query_async(&mut redis).await.unwrap();
+    let expected: Vec<i64> = (0..1000)
+        .scan(0, |sum, index| {
+            *sum += index;
+            Some(*sum)
+        })
+        .collect();
+    assert_eq!(totals, expected);
+
+    // An 8 MiB value, byte-exact both ways.
+    let large = random_bytes(8 * 1024 * 1024, 5);
+    let _: () = redis.set(key("large"), &large).await.unwrap();
+    let back: Vec<u8> = redis.get(key("large")).await.unwrap();
+    assert_eq!(sha256_hex(&back), sha256_hex(&large));
+
+    let _: () = redis::cmd("DEL")
+        .arg(
+            [
+                "string", "hash", "list", "set", "zset", "stream", "counter", "large",
+            ]
+            .map(key)
+            .to_vec(),
+        )
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_clients_see_their_own_sequences_over_two_upstream_connections() {
+    let server = RedisServer::plain();
+    let attache = Attache::run(&config(
+        server.address,
+        "    redis: { shared_connections: 2 }",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("redis");
+    let clients = (0..200).map(|client| {
+        tokio::spawn(async move {
+            let mut redis = redis::Client::open(format!("redis://{front}/"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let key = format!("client:{client}");
+            let mut seen = Vec::new();
+            for round in 0..10 {
+                seen.push(redis.incr::<_, _, i64>(&key, 1).await.unwrap());
+                let (a, b): (i64, i64) = redis::pipe()
+                    .incr(&key, 1)
+                    .incr(&key, 1)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                seen.extend([a, b]);
+                assert_eq!(seen.len(), 3 * (round + 1));
+            }
+            seen
+        })
+    });
+    for (client, handle) in clients.enumerate() {
+        let seen = handle.await.unwrap();
+        assert_eq!(seen, (1..=30).collect::<Vec<i64>>(), "client {client}");
+    }
+    // The server saw attache's two shared connections (and this one).
+    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(list.lines().count(), 3, "{list}");
+}
+
+#[tokio::test]
+async fn select_moves_a_client_to_its_own_database() {
+    let server = RedisServer::plain();
+    let attache = Attache::run(&config(server.address, "")).await.unwrap();
+    let front = attache.listener("redis");
+    let open = |database: u8| async move {
+        redis::Client::open(format!("redis://{front}/{database}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
+    let mut zero = open(0).await;
+    let mut three = open(3).await;
+    let _: () = zero.set("isolated", "in 0").await.unwrap();
+    let _: () = three.set("isolated", "in 3").await.unwrap();
+    assert_eq!(zero.get::<_, String>("isolated").await.unwrap(), "in 0");
+    assert_eq!(three.get::<_, String>("isolated").await.unwrap(), "in 3");
+    let mut direct = redis::Client::open(format!("redis://{}/3", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(direct.get::<_, String>("isolated").await.unwrap(), "in 3");
+}
+
+/// Sends `request` on a raw connection and reads until `expected` bytes came.
+async fn exchange(
+    front: SocketAddr,
+    request: &[u8],
+    expected: usize,
+) -> (Vec<u8>, tokio::net::TcpStream) {
+    let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut reply = vec![0; expected];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    (reply, stream)
+}
+
+#[tokio::test]
+async fn refused_commands_get_an_error_and_the_connection_goes_on() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let refusal = b"-ERR attache: MULTI needs a connection of its own, which this version of attache does not provide yet\r\n";
+    let (reply, _) = exchange(
+        attache.listener("redis"),
+        b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nPING\r\n",
+        refusal.len() + 7,
+    )
+    .await;
+    assert_eq!(reply, [&refusal[..], b"+PONG\r\n"].concat());
+}
+
+#[tokio::test]
+async fn malformed_input_closes_only_that_client() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let front = attache.listener("redis");
+    let mut bystander = connect(&attache).await;
+    for hostile in [
+        &b"*1\r\n$4\r\nPING\r\n*1\r\n$x\r\n"[..],
+        b"*1\r\n$999999999999\r\n",
+        b"*1\r\n:1\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+        stream.write_all(hostile).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut reply))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains("-ERR Protocol error"), "{text}");
+        if hostile.starts_with(b"*1\r\n$4\r\nPING") {
+            assert!(
+                text.starts_with("+PONG\r\n"),
+                "what came before is answered: {text}"
+            );
+        }
+        assert_eq!(
+            redis::cmd("PING")
+                .query_async::<String>(&mut bystander)
+                .await
+                .unwrap(),
+            "PONG"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commands_in_flight_when_the_upstream_dies_get_an_error_reply() {
+    let mut server = RedisServer::plain();
+    let attache = Attache::run(&config(
+        server.address,
+        "    redis: { command_timeout: 30s }",
+    ))
+    .await
+    .unwrap();
+    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut client = connect(&attache).await;
+    let _: () = client.set("before", 1).await.unwrap();
+    // Writes now hang on the server; then it dies.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(10_000)
+        .arg("WRITE")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let in_flight = tokio::spawn(async move {
+        let result: redis::RedisResult<()> = client.set("during", 1).await;
+        (result, client)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.stop();
+    let (result, mut client) = tokio::time::timeout(Duration::from_secs(10), in_flight)
+        .await
+        .expect("no hang")
+        .unwrap();
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("attache"), "{error}");
+    server.restart();
+    let _: () = client.set("after", 1).await.unwrap();
+    assert_eq!(client.get::<_, i64>("after").await.unwrap(), 1);
+}

@@ -1,0 +1,152 @@
+//! What attache does with each command: forward it on a shared connection,
+//! answer it locally, or refuse it with an error reply that says why.
+
+use attache_resp::Command;
+
+/// The fate of one command.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Class {
+    /// Forwarded on the client's shared connection.
+    Shared,
+    /// `SELECT n`: the client moves to database n's shared connections.
+    Select(u32),
+    /// `QUIT`: answered `+OK`, then the connection closes.
+    Quit,
+    /// Answered with this error (the text after `-`).
+    Refused(String),
+    /// Answered `+OK` locally (client names are per client, not per shared connection).
+    LocalOk,
+}
+
+/// Commands that change or depend on their connection's state; served only
+/// with a connection of their own, which is not built yet.
+const NEEDS_OWN_CONNECTION: [&str; 24] = [
+    "MULTI",
+    "EXEC",
+    "DISCARD",
+    "WATCH",
+    "UNWATCH",
+    "BLPOP",
+    "BRPOP",
+    "BLMOVE",
+    "BRPOPLPUSH",
+    "BLMPOP",
+    "BZPOPMIN",
+    "BZPOPMAX",
+    "BZMPOP",
+    "WAIT",
+    "WAITAOF",
+    "SUBSCRIBE",
+    "PSUBSCRIBE",
+    "SSUBSCRIBE",
+    "UNSUBSCRIBE",
+    "PUNSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "MONITOR",
+    "AUTH",
+    "RESET",
+];
+
+/// Commands no multiplexing proxy can carry.
+const NEVER: [&str; 4] = ["SYNC", "PSYNC", "REPLCONF", "SHUTDOWN"];
+
+pub(super) fn classify(command: &Command) -> Class {
+    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    let arg = |index: usize| {
+        command
+            .args
+            .get(index)
+            .map(|arg| String::from_utf8_lossy(arg).to_ascii_uppercase())
+    };
+    match name.as_str() {
+        "SELECT" => match arg(1).and_then(|index| index.parse().ok()) {
+            Some(index) if command.args.len() == 2 => Class::Select(index),
+            _ => Class::Refused("ERR value is not an integer or out of range".into()),
+        },
+        "QUIT" => Class::Quit,
+        "HELLO" => Class::Refused(
+            "NOPROTO attache speaks RESP2 to clients for now; RESP3 is not built yet".into(),
+        ),
+        "CLIENT" => match arg(1).as_deref() {
+            Some("SETNAME" | "SETINFO") => Class::LocalOk,
+            Some("REPLY") => Class::Refused(
+                "ERR attache: CLIENT REPLY cannot work through a proxy that shares connections"
+                    .into(),
+            ),
+            Some(
+                sub @ ("ID" | "KILL" | "TRACKING" | "CACHING" | "PAUSE" | "UNPAUSE" | "NO-EVICT"
+                | "NO-TOUCH"),
+            ) => Class::Refused(format!(
+                "ERR attache: CLIENT {sub} needs a connection of its own, which this version of attache does not provide yet"
+            )),
+            _ => Class::Shared,
+        },
+        "XREAD" | "XREADGROUP"
+            if command
+                .args
+                .iter()
+                .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")) =>
+        {
+            Class::Refused(format!(
+                "ERR attache: {name} with BLOCK needs a connection of its own, which this version of attache does not provide yet"
+            ))
+        }
+        _ if NEEDS_OWN_CONNECTION.contains(&name.as_str()) => Class::Refused(format!(
+            "ERR attache: {name} needs a connection of its own, which this version of attache does not provide yet"
+        )),
+        _ if NEVER.contains(&name.as_str()) => Class::Refused(format!(
+            "ERR attache: {name} cannot be sent through a proxy"
+        )),
+        _ => Class::Shared,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn command(words: &[&str]) -> Command {
+        let args: Vec<Bytes> = words
+            .iter()
+            .map(|word| Bytes::from(word.to_string()))
+            .collect();
+        let raw = attache_resp::encode::command(args.iter().map(|arg| &arg[..]));
+        Command { args, raw }
+    }
+
+    #[test]
+    fn commands_are_classified_case_insensitively() {
+        assert_eq!(classify(&command(&["get", "k"])), Class::Shared);
+        assert_eq!(classify(&command(&["select", "3"])), Class::Select(3));
+        assert!(matches!(
+            classify(&command(&["SELECT", "x"])),
+            Class::Refused(_)
+        ));
+        assert_eq!(classify(&command(&["Quit"])), Class::Quit);
+        assert_eq!(
+            classify(&command(&["client", "setname", "app"])),
+            Class::LocalOk
+        );
+        assert!(matches!(
+            classify(&command(&["client", "reply", "off"])),
+            Class::Refused(_)
+        ));
+        assert!(matches!(classify(&command(&["multi"])), Class::Refused(_)));
+        assert!(matches!(
+            classify(&command(&["blpop", "q", "0"])),
+            Class::Refused(_)
+        ));
+        assert_eq!(
+            classify(&command(&["xread", "streams", "s", "0"])),
+            Class::Shared
+        );
+        assert!(matches!(
+            classify(&command(&["xread", "block", "0", "streams", "s", "$"])),
+            Class::Refused(_)
+        ));
+        assert!(
+            matches!(classify(&command(&["hello", "3"])), Class::Refused(text) if text.starts_with("NOPROTO"))
+        );
+    }
+}

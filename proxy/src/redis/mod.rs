@@ -1,0 +1,216 @@
+//! The Redis ambassador (`protocol: redis`): clients speak RESP to attache,
+//! which forwards their commands over a few long-lived upstream
+//! connections shared by every client, pipelined, and hands each client its
+//! replies in its own order.
+//!
+//! Built so far: shared connections per database (`SELECT` moves a client
+//! between them locally), pipelines forwarded as one batch, per-command
+//! timeout, error replies when a connection fails, and a clear error for
+//! the commands that need a connection of their own (transactions,
+//! blocking commands, pub/sub, connection state), which are not served yet.
+//!
+//! # Layout
+//! - `shared`: one shared upstream connection and its reply queue.
+//! - `classify`: what attache does with each command.
+
+mod classify;
+mod shared;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attache_resp::{Limits, encode, parse_command};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::reload::SharedServerConfig;
+use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
+use crate::tls;
+use crate::upstream::Upstream;
+use classify::Class;
+use shared::{Batch, SharedConnection};
+
+/// Read buffer of a client connection.
+const CLIENT_BUFFER: usize = 16 * 1024;
+
+/// One `redis` listener and its shared connections.
+pub(crate) struct RedisProxy {
+    pub(crate) listener: String,
+    pub(crate) metrics: ListenerMetrics,
+    pub(crate) tls: Option<SharedServerConfig>,
+    upstream: Arc<Upstream>,
+    shared_connections: usize,
+    command_timeout: Duration,
+    limits: Limits,
+    /// Shared connections per database, made when a client first uses it.
+    pools: Mutex<HashMap<u32, Arc<[SharedConnection]>>>,
+}
+
+impl RedisProxy {
+    pub(crate) fn new(
+        config: &attache_config::Listener,
+        settings: &attache_config::RedisListener,
+        upstream: Arc<Upstream>,
+        tls: Option<SharedServerConfig>,
+        metrics: ListenerMetrics,
+    ) -> Self {
+        Self {
+            listener: config.name.clone(),
+            metrics,
+            tls,
+            upstream,
+            shared_connections: settings.shared_connections,
+            command_timeout: settings.command_timeout,
+            limits: Limits::default(),
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The shared connections of `database`, started on first use.
+    fn pool(&self, database: u32) -> Arc<[SharedConnection]> {
+        let mut pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        pools
+            .entry(database)
+            .or_insert_with(|| {
+                (0..self.shared_connections)
+                    .map(|_| SharedConnection::start(self.upstream.clone(), database, self.limits))
+                    .collect()
+            })
+            .clone()
+    }
+}
+
+/// Where a client's replies come from, in the order of its commands.
+type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
+
+/// Serves one client connection until it closes or sends garbage.
+pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<RedisProxy>) {
+    let metrics = &proxy.metrics;
+    let Some(mut client) = tls::terminate(
+        proxy.tls.as_ref(),
+        stream,
+        address,
+        &proxy.listener,
+        metrics,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut database = 0;
+    let mut pool = proxy.pool(database);
+    // Each client sticks to one shared connection per database, so its
+    // pipelined commands stay in order on the wire.
+    let affinity = fastrand::usize(..proxy.shared_connections);
+    let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
+    let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            read = client.read_buf(&mut input), if !closing => {
+                match read {
+                    Ok(0) => break CloseResult::Ok,
+                    Ok(_) => {}
+                    Err(_) => break CloseResult::Error,
+                }
+                let mut batch = Batch { commands: Vec::new(), replies: Vec::new() };
+                loop {
+                    let command = match parse_command(&mut input, &proxy.limits) {
+                        Ok(Some(command)) => command,
+                        Ok(None) => break,
+                        Err(error) => {
+                            // Answer what came before, then the error, then close.
+                            flush_batch(&pool, affinity, &mut batch).await;
+                            let reply = encode::error(&format!("ERR Protocol error: {error}"));
+                            replies.push_back(Box::pin(std::future::ready(reply)));
+                            closing = true;
+                            tracing::info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP");
+                            break;
+                        }
+                    };
+                    match classify::classify(&command) {
+                        Class::Shared => {
+                            let (sender, receiver) = oneshot::channel();
+                            batch.commands.push(command.raw);
+                            batch.replies.push(sender);
+                            replies.push_back(awaited(receiver, proxy.command_timeout));
+                        }
+                        Class::Select(requested) => {
+                            flush_batch(&pool, affinity, &mut batch).await;
+                            database = requested;
+                            pool = proxy.pool(database);
+                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
+                        }
+                        Class::Quit => {
+                            flush_batch(&pool, affinity, &mut batch).await;
+                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
+                            closing = true;
+                            break;
+                        }
+                        Class::LocalOk => {
+                            flush_batch(&pool, affinity, &mut batch).await;
+                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
+                        }
+                        Class::Refused(reason) => {
+                            flush_batch(&pool, affinity, &mut batch).await;
+                            replies.push_back(Box::pin(std::future::ready(encode::error(&reason))));
+                        }
+                    }
+                }
+                flush_batch(&pool, affinity, &mut batch).await;
+            }
+            Some(reply) = replies.next() => {
+                if client.write_all(&reply).await.is_err() {
+                    break CloseResult::Error;
+                }
+                if closing && replies.is_empty() {
+                    break CloseResult::Ok;
+                }
+            }
+            else => break CloseResult::Ok,
+        }
+    };
+    let _ = client.shutdown().await;
+    metrics.closed(result);
+}
+
+/// Sends the commands gathered so far, as one batch, to the client's
+/// shared connection.
+async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Batch) {
+    if batch.commands.is_empty() {
+        return;
+    }
+    let batch = std::mem::replace(
+        batch,
+        Batch {
+            commands: Vec::new(),
+            replies: Vec::new(),
+        },
+    );
+    let connection = &pool[affinity % pool.len()];
+    // A closed task drops the batch and its senders: each reply then
+    // becomes an error in `awaited`.
+    connection.send(batch).await;
+}
+
+/// The reply to one forwarded command, or an error reply after `timeout`.
+fn awaited(receiver: oneshot::Receiver<Bytes>, timeout: Duration) -> Reply {
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => encode::error("ERR attache: the upstream connection closed"),
+            Err(_) => encode::error(&format!(
+                "ERR attache: no reply within the command timeout ({timeout:?})"
+            )),
+        }
+    })
+}

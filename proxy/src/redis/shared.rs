@@ -1,0 +1,224 @@
+//! A shared upstream connection: one task owns the socket, writes the
+//! batches of commands clients hand it, and matches each reply to the
+//! oldest command still waiting (Redis answers in order on a connection).
+//! Many clients' commands are pipelined on it at once.
+//!
+//! # Concurrency note
+//! The reply queue and the socket belong to the task alone; clients only
+//! hold the sending half of its channel and a oneshot per command. A client
+//! that gives up on a command (timeout, disconnect) drops its receiver: the
+//! reply still arrives in order and is discarded, so later replies never
+//! shift. When the socket fails, every command in flight gets an error
+//! reply, and the next batch opens a new connection.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use attache_resp::{Limits, check, encode};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::upstream::{Upstream, UpstreamConnection};
+
+/// Commands queued per shared connection before clients wait to hand more.
+const QUEUE_BATCHES: usize = 1024;
+/// Initial read buffer of a shared connection.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// One client's commands for one shared connection, and where each reply goes.
+pub(super) struct Batch {
+    pub(super) commands: Vec<Bytes>,
+    pub(super) replies: Vec<oneshot::Sender<Bytes>>,
+}
+
+/// The client side of a shared connection.
+#[derive(Clone)]
+pub(super) struct SharedConnection {
+    sender: mpsc::Sender<Batch>,
+}
+
+impl SharedConnection {
+    /// Starts the task for a connection to `upstream` that selects database
+    /// `database` first (when it is not 0).
+    pub(super) fn start(upstream: Arc<Upstream>, database: u32, limits: Limits) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
+        tokio::spawn(run(upstream, database, limits, receiver));
+        Self { sender }
+    }
+
+    /// Hands `batch` to the connection; `false` when its task has ended.
+    pub(super) async fn send(&self, batch: Batch) -> bool {
+        self.sender.send(batch).await.is_ok()
+    }
+}
+
+async fn run(
+    upstream: Arc<Upstream>,
+    database: u32,
+    limits: Limits,
+    mut batches: mpsc::Receiver<Batch>,
+) {
+    // Connected lazily: a connection is made when the first batch arrives,
+    // and again after a failure.
+    let mut connection: Option<UpstreamConnection> = None;
+    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    let mut buffer = BytesMut::with_capacity(READ_BUFFER);
+    loop {
+        let Some(open) = connection.as_mut() else {
+            let Some(batch) = batches.recv().await else {
+                return;
+            };
+            match open_connection(&upstream, database, &limits).await {
+                Ok(opened) => {
+                    connection = Some(opened);
+                    buffer.clear();
+                    if let Err(error) = write_batch(connection.as_mut(), batch, &mut waiting).await
+                    {
+                        fail_all(&mut waiting, &error);
+                        connection = None;
+                    }
+                }
+                Err(error) => {
+                    let reply = encode::error(&format!("ERR attache: {error}"));
+                    for sender in batch.replies {
+                        let _ = sender.send(reply.clone());
+                    }
+                }
+            }
+            continue;
+        };
+        tokio::select! {
+            batch = batches.recv() => {
+                let Some(batch) = batch else { return };
+                if let Err(error) = write_batch(Some(open), batch, &mut waiting).await {
+                    fail_all(&mut waiting, &error);
+                    connection = None;
+                }
+            }
+            read = open.stream().read_buf(&mut buffer) => {
+                let outcome = match read {
+                    Ok(0) => Err("the upstream closed the connection".to_owned()),
+                    Ok(_) => deliver(&mut buffer, &mut waiting, &limits),
+                    Err(error) => Err(format!("reading from the upstream failed: {error}")),
+                };
+                if let Err(error) = outcome {
+                    fail_all(&mut waiting, &error);
+                    connection = None;
+                }
+            }
+        }
+    }
+}
+
+/// Connects, and selects the database when it is not 0.
+async fn open_connection(
+    upstream: &Upstream,
+    database: u32,
+    limits: &Limits,
+) -> Result<UpstreamConnection, String> {
+    let mut connection = upstream
+        .connect()
+        .await
+        .map_err(|error| error.to_string())?;
+    if database != 0 {
+        let select = encode::command([&b"SELECT"[..], database.to_string().as_bytes()].into_iter());
+        let stream = connection.stream();
+        stream
+            .write_all(&select)
+            .await
+            .map_err(|error| format!("selecting database {database} failed: {error}"))?;
+        let mut reply = BytesMut::with_capacity(64);
+        loop {
+            if let Some(frame) = check(&reply, limits).map_err(|error| error.to_string())? {
+                if reply[0] != b'+' {
+                    let text = String::from_utf8_lossy(&reply[..frame.length]);
+                    return Err(format!("SELECT {database} failed: {}", text.trim_end()));
+                }
+                break;
+            }
+            let read = stream
+                .read_buf(&mut reply)
+                .await
+                .map_err(|error| format!("selecting database {database} failed: {error}"))?;
+            if read == 0 {
+                return Err(format!(
+                    "the upstream closed the connection on SELECT {database}"
+                ));
+            }
+        }
+    }
+    Ok(connection)
+}
+
+/// Writes a batch in one go and queues its reply senders in order.
+async fn write_batch(
+    connection: Option<&mut UpstreamConnection>,
+    batch: Batch,
+    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+) -> Result<(), String> {
+    let Some(connection) = connection else {
+        return Err("no upstream connection".to_owned());
+    };
+    // Queued first: if the write fails, these get the error reply too.
+    waiting.extend(batch.replies);
+    let frames: Vec<std::io::IoSlice<'_>> = batch
+        .commands
+        .iter()
+        .map(|command| std::io::IoSlice::new(command))
+        .collect();
+    write_all_vectored(connection, frames)
+        .await
+        .map_err(|error| format!("writing to the upstream failed: {error}"))
+}
+
+async fn write_all_vectored(
+    connection: &mut UpstreamConnection,
+    mut slices: Vec<std::io::IoSlice<'_>>,
+) -> std::io::Result<()> {
+    let stream = connection.stream();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let written = stream.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        std::io::IoSlice::advance_slices(&mut slices, written);
+    }
+    stream.flush().await
+}
+
+/// Hands every complete reply in `buffer` to the oldest waiting command.
+fn deliver(
+    buffer: &mut BytesMut,
+    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+    limits: &Limits,
+) -> Result<(), String> {
+    while let Some(frame) =
+        check(buffer, limits).map_err(|error| format!("the upstream sent invalid RESP: {error}"))?
+    {
+        let reply = buffer.split_to(frame.length).freeze();
+        if frame.push {
+            // Out of band (RESP3); no shared-connection command subscribes.
+            continue;
+        }
+        let Some(sender) = waiting.pop_front() else {
+            return Err("the upstream sent a reply nobody asked for".to_owned());
+        };
+        // A client that gave up dropped its receiver: the reply is discarded.
+        let _ = sender.send(reply);
+    }
+    Ok(())
+}
+
+fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Bytes>>, error: &str) {
+    tracing::warn!(
+        error,
+        in_flight = waiting.len(),
+        "shared Redis connection failed; its commands get an error reply"
+    );
+    let reply = encode::error(&format!("ERR attache: {error}"));
+    for sender in waiting.drain(..) {
+        let _ = sender.send(reply.clone());
+    }
+}
