@@ -84,6 +84,7 @@ struct ListenerDocument {
 struct RedisDocument {
     shared_connections: Option<Spanned<usize>>,
     command_timeout: Option<Spanned<String>>,
+    max_pinned: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -526,6 +527,11 @@ impl RedisDocument {
                 &format!("{path}.command_timeout"),
                 self.command_timeout.as_ref(),
                 model::DEFAULT_COMMAND_TIMEOUT,
+            ),
+            max_pinned: converter.value(
+                &format!("{path}.max_pinned"),
+                self.max_pinned.as_ref(),
+                model::DEFAULT_MAX_PINNED,
             ),
         }
     }

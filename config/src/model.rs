@@ -436,7 +436,13 @@ pub struct RedisListener {
     /// A command without a reply after this gets an error reply (its late
     /// reply is discarded in order).
     pub command_timeout: Duration,
+    /// Connections lent to one client at a time (transactions, blocking
+    /// commands, pub/sub); a client waits up to `command_timeout` for one.
+    pub max_pinned: u32,
 }
+
+/// Default of [`RedisListener::max_pinned`].
+pub const DEFAULT_MAX_PINNED: u32 = 64;
 
 /// Default of [`RedisListener::shared_connections`].
 pub const DEFAULT_SHARED_CONNECTIONS: usize = 2;
@@ -448,6 +454,7 @@ impl Default for RedisListener {
         Self {
             shared_connections: DEFAULT_SHARED_CONNECTIONS,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            max_pinned: DEFAULT_MAX_PINNED,
         }
     }
 }

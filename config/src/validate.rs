@@ -132,6 +132,12 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                     "must be greater than zero".into(),
                 );
             }
+            if redis.max_pinned == 0 {
+                report(
+                    format!("{path}.redis.max_pinned"),
+                    "must be greater than zero".into(),
+                );
+            }
             if redis.command_timeout.is_zero() {
                 report(
                     format!("{path}.redis.command_timeout"),

@@ -262,14 +262,152 @@ async fn exchange(
 #[tokio::test]
 async fn refused_commands_get_an_error_and_the_connection_goes_on() {
     let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
-    let refusal = b"-ERR attache: MULTI needs a connection of its own, which this version of attache does not provide yet\r\n";
+    let refusal = b"-ERR attache: AUTH changes the identity of a shared connection; not served by this version of attache\r\n";
     let (reply, _) = exchange(
         attache.listener("redis"),
-        b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nPING\r\n",
+        b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*1\r\n$4\r\nPING\r\n",
         refusal.len() + 7,
     )
     .await;
     assert_eq!(reply, [&refusal[..], b"+PONG\r\n"].concat());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transactions_are_atomic_under_concurrent_writers() {
+    let server = RedisServer::plain();
+    let attache = Attache::run(&config(server.address, "")).await.unwrap();
+    let front = attache.listener("redis");
+    // Each transaction moves 1 from "a" to "b"; other clients hammer a
+    // third key meanwhile. a + b stays 0 in every snapshot.
+    let writers = (0..8).map(|_| {
+        tokio::spawn(async move {
+            let mut redis = redis::Client::open(format!("redis://{front}/"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for _ in 0..50 {
+                let (a, b): (i64, i64) = redis::pipe()
+                    .atomic()
+                    .decr("a", 1)
+                    .incr("b", 1)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                assert_eq!(a + b, 0, "a transaction's own replies");
+                let _: i64 = redis.incr("noise", 1).await.unwrap();
+            }
+        })
+    });
+    let checker = tokio::spawn(async move {
+        let mut redis = redis::Client::open(format!("redis://{front}/"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            let (a, b): (Option<i64>, Option<i64>) = redis::pipe()
+                .atomic()
+                .get("a")
+                .get("b")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert_eq!(a.unwrap_or(0) + b.unwrap_or(0), 0);
+        }
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    checker.await.unwrap();
+    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(direct.get::<_, i64>("b").await.unwrap(), 400);
+    assert_eq!(direct.get::<_, i64>("noise").await.unwrap(), 400);
+}
+
+#[tokio::test]
+async fn watch_aborts_the_transaction_when_another_client_touches_the_key() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let key = format!("attache:test:watch:{}", std::process::id());
+    let mut watcher = connect(&attache).await;
+    let mut other = connect(&attache).await;
+    let _: () = watcher.set(&key, 1).await.unwrap();
+    let _: () = redis::cmd("WATCH")
+        .arg(&key)
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    let _: () = other.set(&key, 2).await.unwrap();
+    let result: Option<(String,)> = redis::pipe()
+        .atomic()
+        .set(&key, 3)
+        .query_async(&mut watcher)
+        .await
+        .unwrap();
+    assert_eq!(
+        result, None,
+        "EXEC returns nil: the transaction was aborted"
+    );
+    assert_eq!(other.get::<_, i64>(&key).await.unwrap(), 2);
+    // The pinned connection went back clean: the watcher carries on.
+    let _: () = watcher.set(&key, 4).await.unwrap();
+    assert_eq!(other.get::<_, i64>(&key).await.unwrap(), 4);
+    let _: () = other.del(&key).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blpop_is_woken_by_another_clients_lpush() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let key = format!("attache:test:blpop:{}", std::process::id());
+    let mut waiter = connect(&attache).await;
+    let mut pusher = connect(&attache).await;
+    let popped = tokio::spawn({
+        let key = key.clone();
+        async move {
+            let value: Option<(String, String)> = waiter.blpop(&key, 10.0).await.unwrap();
+            (value, waiter)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = pusher.lpush(&key, "job").await.unwrap();
+    let (value, mut waiter) = tokio::time::timeout(Duration::from_secs(10), popped)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value, Some((key.clone(), "job".to_owned())));
+    assert_eq!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut waiter)
+            .await
+            .unwrap(),
+        "PONG"
+    );
+}
+
+#[tokio::test]
+async fn pub_sub_reaches_a_subscriber_through_the_proxy() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let channel = format!("attache:test:news:{}", std::process::id());
+    let client = redis::Client::open(format!("redis://{}/", attache.listener("redis"))).unwrap();
+    let mut subscriber = client.get_async_pubsub().await.unwrap();
+    subscriber.subscribe(&channel).await.unwrap();
+    let mut publisher = connect(&attache).await;
+    let receivers: i64 = publisher.publish(&channel, "hello").await.unwrap();
+    assert_eq!(receivers, 1);
+    let mut messages = subscriber.on_message();
+    let message = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::StreamExt::next(&mut messages),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(message.get_channel_name(), channel);
+    assert_eq!(message.get_payload::<String>().unwrap(), "hello");
 }
 
 #[tokio::test]

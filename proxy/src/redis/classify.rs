@@ -16,16 +16,15 @@ pub(super) enum Class {
     Refused(String),
     /// Answered `+OK` locally (client names are per client, not per shared connection).
     LocalOk,
+    /// Starts a session on a connection of the client's own.
+    Pinned,
 }
 
-/// Commands that change or depend on their connection's state; served only
-/// with a connection of their own, which is not built yet.
-const NEEDS_OWN_CONNECTION: [&str; 24] = [
-    "MULTI",
-    "EXEC",
-    "DISCARD",
-    "WATCH",
-    "UNWATCH",
+/// Commands that start state on their connection: a pinned session.
+const STARTS_SESSION: [&str; 5] = ["MULTI", "WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"];
+
+/// Commands that block their connection until their reply.
+const BLOCKING: [&str; 11] = [
     "BLPOP",
     "BRPOP",
     "BLMOVE",
@@ -36,16 +35,22 @@ const NEEDS_OWN_CONNECTION: [&str; 24] = [
     "BZMPOP",
     "WAIT",
     "WAITAOF",
-    "SUBSCRIBE",
-    "PSUBSCRIBE",
-    "SSUBSCRIBE",
-    "UNSUBSCRIBE",
-    "PUNSUBSCRIBE",
-    "SUNSUBSCRIBE",
     "MONITOR",
-    "AUTH",
-    "RESET",
 ];
+
+/// Commands that change who the connection is, or reset it: not served yet.
+const CONNECTION_IDENTITY: [&str; 2] = ["AUTH", "RESET"];
+
+/// Whether `command` blocks its connection until its reply.
+pub(super) fn is_blocking(command: &Command) -> bool {
+    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    BLOCKING.contains(&name.as_str())
+        || (matches!(name.as_str(), "XREAD" | "XREADGROUP")
+            && command
+                .args
+                .iter()
+                .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")))
+}
 
 /// Commands no multiplexing proxy can carry.
 const NEVER: [&str; 4] = ["SYNC", "PSYNC", "REPLCONF", "SHUTDOWN"];
@@ -81,18 +86,9 @@ pub(super) fn classify(command: &Command) -> Class {
             )),
             _ => Class::Shared,
         },
-        "XREAD" | "XREADGROUP"
-            if command
-                .args
-                .iter()
-                .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")) =>
-        {
-            Class::Refused(format!(
-                "ERR attache: {name} with BLOCK needs a connection of its own, which this version of attache does not provide yet"
-            ))
-        }
-        _ if NEEDS_OWN_CONNECTION.contains(&name.as_str()) => Class::Refused(format!(
-            "ERR attache: {name} needs a connection of its own, which this version of attache does not provide yet"
+        _ if STARTS_SESSION.contains(&name.as_str()) || is_blocking(command) => Class::Pinned,
+        _ if CONNECTION_IDENTITY.contains(&name.as_str()) => Class::Refused(format!(
+            "ERR attache: {name} changes the identity of a shared connection; not served by this version of attache"
         )),
         _ if NEVER.contains(&name.as_str()) => Class::Refused(format!(
             "ERR attache: {name} cannot be sent through a proxy"
@@ -132,17 +128,24 @@ mod tests {
             classify(&command(&["client", "reply", "off"])),
             Class::Refused(_)
         ));
-        assert!(matches!(classify(&command(&["multi"])), Class::Refused(_)));
-        assert!(matches!(
-            classify(&command(&["blpop", "q", "0"])),
-            Class::Refused(_)
-        ));
+        assert_eq!(classify(&command(&["multi"])), Class::Pinned);
+        assert_eq!(classify(&command(&["blpop", "q", "0"])), Class::Pinned);
+        assert_eq!(classify(&command(&["subscribe", "news"])), Class::Pinned);
+        assert_eq!(
+            classify(&command(&["exec"])),
+            Class::Shared,
+            "EXEC without MULTI errs upstream"
+        );
         assert_eq!(
             classify(&command(&["xread", "streams", "s", "0"])),
             Class::Shared
         );
-        assert!(matches!(
+        assert_eq!(
             classify(&command(&["xread", "block", "0", "streams", "s", "$"])),
+            Class::Pinned
+        );
+        assert!(matches!(
+            classify(&command(&["auth", "pw"])),
             Class::Refused(_)
         ));
         assert!(

@@ -3,17 +3,19 @@
 //! connections shared by every client, pipelined, and hands each client its
 //! replies in its own order.
 //!
-//! Built so far: shared connections per database (`SELECT` moves a client
-//! between them locally), pipelines forwarded as one batch, per-command
-//! timeout, error replies when a connection fails, and a clear error for
-//! the commands that need a connection of their own (transactions,
-//! blocking commands, pub/sub, connection state), which are not served yet.
+//! Commands that hold state on their connection (transactions, WATCH,
+//! blocking commands, pub/sub, MONITOR) run in a pinned session on a
+//! connection of the client's own, lent from a pool until the state ends.
+//! `SELECT` moves a client between per-database shared connections locally.
+//! Not served yet: AUTH and other identity changes (an error reply says so).
 //!
 //! # Layout
 //! - `shared`: one shared upstream connection and its reply queue.
+//! - `pinned`: sessions on a lent connection, and their pool.
 //! - `classify`: what attache does with each command.
 
 mod classify;
+mod pinned;
 mod shared;
 
 use std::collections::HashMap;
@@ -50,6 +52,8 @@ pub(crate) struct RedisProxy {
     limits: Limits,
     /// Shared connections per database, made when a client first uses it.
     pools: Mutex<HashMap<u32, Arc<[SharedConnection]>>>,
+    /// Connections lent to one client at a time (transactions, blocking, pub/sub).
+    pinned: pinned::PinnedPool,
 }
 
 impl RedisProxy {
@@ -64,11 +68,16 @@ impl RedisProxy {
             listener: config.name.clone(),
             metrics,
             tls,
-            upstream,
             shared_connections: settings.shared_connections,
             command_timeout: settings.command_timeout,
             limits: Limits::default(),
             pools: Mutex::new(HashMap::new()),
+            pinned: pinned::pool(
+                upstream.clone(),
+                settings.max_pinned,
+                settings.command_timeout,
+            ),
+            upstream,
         }
     }
 
@@ -115,72 +124,102 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
     let mut closing = false;
     let result = loop {
-        tokio::select! {
-            read = client.read_buf(&mut input), if !closing => {
-                match read {
-                    Ok(0) => break CloseResult::Ok,
-                    Ok(_) => {}
-                    Err(_) => break CloseResult::Error,
+        // Everything complete in the input: shared commands go out as one
+        // batch; a command that needs its own connection stops the scan.
+        let mut batch = Batch {
+            commands: Vec::new(),
+            replies: Vec::new(),
+        };
+        let mut pin = None;
+        while !closing {
+            let command = match parse_command(&mut input, &proxy.limits) {
+                Ok(Some(command)) => command,
+                Ok(None) => break,
+                Err(error) => {
+                    // Answer what came before, then the error, then close.
+                    let reply = encode::error(&format!("ERR Protocol error: {error}"));
+                    replies.push_back(ready(reply));
+                    closing = true;
+                    tracing::info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP");
+                    break;
                 }
-                let mut batch = Batch { commands: Vec::new(), replies: Vec::new() };
-                loop {
-                    let command = match parse_command(&mut input, &proxy.limits) {
-                        Ok(Some(command)) => command,
-                        Ok(None) => break,
-                        Err(error) => {
-                            // Answer what came before, then the error, then close.
-                            flush_batch(&pool, affinity, &mut batch).await;
-                            let reply = encode::error(&format!("ERR Protocol error: {error}"));
-                            replies.push_back(Box::pin(std::future::ready(reply)));
-                            closing = true;
-                            tracing::info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP");
-                            break;
-                        }
-                    };
-                    match classify::classify(&command) {
-                        Class::Shared => {
-                            let (sender, receiver) = oneshot::channel();
-                            batch.commands.push(command.raw);
-                            batch.replies.push(sender);
-                            replies.push_back(awaited(receiver, proxy.command_timeout));
-                        }
-                        Class::Select(requested) => {
-                            flush_batch(&pool, affinity, &mut batch).await;
-                            database = requested;
-                            pool = proxy.pool(database);
-                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
-                        }
-                        Class::Quit => {
-                            flush_batch(&pool, affinity, &mut batch).await;
-                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
-                            closing = true;
-                            break;
-                        }
-                        Class::LocalOk => {
-                            flush_batch(&pool, affinity, &mut batch).await;
-                            replies.push_back(Box::pin(std::future::ready(Bytes::from_static(b"+OK\r\n"))));
-                        }
-                        Class::Refused(reason) => {
-                            flush_batch(&pool, affinity, &mut batch).await;
-                            replies.push_back(Box::pin(std::future::ready(encode::error(&reason))));
-                        }
-                    }
+            };
+            match classify::classify(&command) {
+                Class::Shared => {
+                    let (sender, receiver) = oneshot::channel();
+                    batch.commands.push(command.raw);
+                    batch.replies.push(sender);
+                    replies.push_back(awaited(receiver, proxy.command_timeout));
                 }
-                flush_batch(&pool, affinity, &mut batch).await;
+                Class::Pinned => {
+                    pin = Some(command);
+                    break;
+                }
+                Class::Select(requested) => {
+                    flush_batch(&pool, affinity, &mut batch).await;
+                    database = requested;
+                    pool = proxy.pool(database);
+                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                }
+                Class::Quit => {
+                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                    closing = true;
+                }
+                Class::LocalOk => replies.push_back(ready(Bytes::from_static(b"+OK\r\n"))),
+                Class::Refused(reason) => replies.push_back(ready(encode::error(&reason))),
             }
+        }
+        flush_batch(&pool, affinity, &mut batch).await;
+        if let Some(command) = pin {
+            // The replies owed so far go out first, in order.
+            while let Some(reply) = replies.next().await {
+                if client.write_all(&reply).await.is_err() {
+                    break;
+                }
+            }
+            let ended = pinned::session(
+                &mut client,
+                &mut input,
+                command,
+                &proxy.pinned,
+                database,
+                &proxy.limits,
+            )
+            .await;
+            match ended {
+                pinned::Ended::Shared { database: now } => {
+                    if now != database {
+                        database = now;
+                        pool = proxy.pool(database);
+                    }
+                    continue;
+                }
+                pinned::Ended::Close => break CloseResult::Ok,
+            }
+        }
+        if closing && replies.is_empty() {
+            break CloseResult::Ok;
+        }
+        tokio::select! {
+            read = client.read_buf(&mut input), if !closing => match read {
+                Ok(0) => break CloseResult::Ok,
+                Ok(_) => {}
+                Err(_) => break CloseResult::Error,
+            },
             Some(reply) = replies.next() => {
                 if client.write_all(&reply).await.is_err() {
                     break CloseResult::Error;
                 }
-                if closing && replies.is_empty() {
-                    break CloseResult::Ok;
-                }
             }
-            else => break CloseResult::Ok,
         }
     };
     let _ = client.shutdown().await;
     metrics.closed(result);
+}
+
+/// A reply attache already has.
+fn ready(reply: Bytes) -> Reply {
+    Box::pin(std::future::ready(reply))
 }
 
 /// Sends the commands gathered so far, as one batch, to the client's

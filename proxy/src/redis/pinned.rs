@@ -1,0 +1,453 @@
+//! Pinned sessions: commands whose meaning depends on their connection
+//! (transactions, WATCH, blocking commands, pub/sub, MONITOR) run on an
+//! upstream connection of their own, taken from a bb8 pool for as long as
+//! that state lasts. The session relays the client's commands and the
+//! server's replies in order, follows the state from the commands sent and
+//! the replies seen, and ends when nothing is left open: no transaction,
+//! no watched key, no subscription, no blocking command in flight. The
+//! connection is then reset (`RESET`) before it goes back to the pool;
+//! one that fails the reset is closed instead.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use attache_resp::{Command, Limits, check, encode, parse_command};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::upstream::{Upstream, UpstreamConnection};
+
+/// A pooled upstream connection and whether it may be reused.
+pub(super) struct PinnedConnection {
+    connection: UpstreamConnection,
+    broken: bool,
+}
+
+/// Makes pinned connections through the upstream room.
+pub(super) struct PinnedConnector {
+    pub(super) upstream: Arc<Upstream>,
+}
+
+/// Why no pinned connection could be had.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(super) struct PinnedError(String);
+
+impl bb8::ManageConnection for PinnedConnector {
+    type Connection = PinnedConnection;
+    type Error = PinnedError;
+
+    async fn connect(&self) -> Result<PinnedConnection, PinnedError> {
+        let connection = self
+            .upstream
+            .connect()
+            .await
+            .map_err(|error| PinnedError(error.to_string()))?;
+        Ok(PinnedConnection {
+            connection,
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, _: &mut PinnedConnection) -> Result<(), PinnedError> {
+        Ok(())
+    }
+
+    fn has_broken(&self, connection: &mut PinnedConnection) -> bool {
+        connection.broken
+    }
+}
+
+pub(super) type PinnedPool = bb8::Pool<PinnedConnector>;
+
+/// Builds the pool (connections are made on demand, at most `max`).
+pub(super) fn pool(upstream: Arc<Upstream>, max: u32, wait: Duration) -> PinnedPool {
+    bb8::Pool::builder()
+        .max_size(max)
+        .min_idle(None)
+        .connection_timeout(wait)
+        .test_on_check_out(false)
+        .build_unchecked(PinnedConnector { upstream })
+}
+
+/// What a command sent in a session does to its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Effect {
+    /// Nothing beyond its reply.
+    Plain,
+    Multi,
+    /// EXEC or DISCARD: ends a transaction and any WATCH.
+    EndTransaction,
+    Watch,
+    Unwatch,
+    /// A blocking command: the session lasts until its reply.
+    Blocking,
+    /// (P|S)SUBSCRIBE to this many channels: one confirmation each.
+    Subscribe(usize),
+    /// (P|S)UNSUBSCRIBE from this many channels (0: from all).
+    Unsubscribe(usize),
+    /// MONITOR: the session lasts until the client leaves.
+    Monitor,
+    /// SELECT: the session's database changes on success.
+    Select(u32),
+}
+
+fn effect(command: &Command) -> Effect {
+    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    match name.as_str() {
+        "MULTI" => Effect::Multi,
+        "EXEC" | "DISCARD" => Effect::EndTransaction,
+        "WATCH" => Effect::Watch,
+        "UNWATCH" => Effect::Unwatch,
+        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Effect::Subscribe(command.args.len() - 1),
+        "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => {
+            Effect::Unsubscribe(command.args.len() - 1)
+        }
+        "MONITOR" => Effect::Monitor,
+        "SELECT" => command
+            .args
+            .get(1)
+            .and_then(|index| std::str::from_utf8(index).ok()?.parse().ok())
+            .map_or(Effect::Plain, Effect::Select),
+        _ if super::classify::is_blocking(command) => Effect::Blocking,
+        _ => Effect::Plain,
+    }
+}
+
+/// The state a session follows.
+#[derive(Debug, Default)]
+struct State {
+    in_transaction: bool,
+    watching: bool,
+    subscriptions: Option<i64>,
+    /// Subscription confirmations still to come.
+    confirmations: usize,
+    /// An UNSUBSCRIBE from all channels is waiting for its count of 0.
+    unsubscribing_all: bool,
+    monitoring: bool,
+    /// Effects of commands sent whose replies have not come back yet.
+    pending: VecDeque<Effect>,
+}
+
+impl State {
+    fn done(&self) -> bool {
+        !self.in_transaction
+            && !self.watching
+            && self.subscriptions.is_none_or(|count| count == 0)
+            && self.confirmations == 0
+            && !self.unsubscribing_all
+            && !self.monitoring
+            && self.pending.is_empty()
+    }
+
+    fn sent(&mut self, effect: Effect) {
+        match effect {
+            // Subscription replies come one per channel, so they are not
+            // matched to commands; the counts in them end the mode.
+            Effect::Subscribe(channels) => {
+                self.subscriptions.get_or_insert(0);
+                self.confirmations += channels;
+            }
+            Effect::Unsubscribe(0) => {
+                self.subscriptions.get_or_insert(0);
+                self.unsubscribing_all = true;
+            }
+            Effect::Unsubscribe(channels) => {
+                self.subscriptions.get_or_insert(0);
+                self.confirmations += channels;
+            }
+            Effect::Monitor => self.monitoring = true,
+            other => self.pending.push_back(other),
+        }
+    }
+
+    /// Takes in one reply; returns the database a successful SELECT chose.
+    fn replied(&mut self, reply: &[u8]) -> Option<u32> {
+        if self.subscriptions.is_some() && is_subscription_reply(reply) {
+            self.subscriptions = subscription_count(reply);
+            self.confirmations = self.confirmations.saturating_sub(1);
+            if self.subscriptions == Some(0) {
+                self.unsubscribing_all = false;
+            }
+            return None;
+        }
+        if self.monitoring {
+            return None;
+        }
+        let effect = self.pending.pop_front()?;
+        let ok = !reply.starts_with(b"-");
+        match effect {
+            Effect::Multi if ok => self.in_transaction = true,
+            Effect::EndTransaction => {
+                self.in_transaction = false;
+                self.watching = false;
+            }
+            Effect::Watch if ok => self.watching = true,
+            Effect::Unwatch => self.watching = false,
+            Effect::Select(database) if ok => return Some(database),
+            _ => {}
+        }
+        None
+    }
+}
+
+/// `*3\r\n$9\r\nsubscribe\r\n...` and the other subscription confirmations.
+fn is_subscription_reply(reply: &[u8]) -> bool {
+    let kinds: [&[u8]; 6] = [
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    let mut buffer = BytesMut::from(reply);
+    // A reply is an array of bulk strings and an integer; read its first bulk.
+    let Some(start) = reply.iter().position(|byte| *byte == b'$') else {
+        return false;
+    };
+    let _ = buffer.split_to(start);
+    let Some(end) = buffer.iter().position(|byte| *byte == b'\n') else {
+        return false;
+    };
+    let rest = &buffer[end + 1..];
+    kinds
+        .iter()
+        .any(|kind| rest.starts_with(kind) && rest.get(kind.len()) == Some(&b'\r'))
+}
+
+/// The subscription count a confirmation ends with (`:N\r\n`).
+fn subscription_count(reply: &[u8]) -> Option<i64> {
+    let text = reply.strip_suffix(b"\r\n")?;
+    let colon = text.iter().rposition(|byte| *byte == b':')?;
+    std::str::from_utf8(&text[colon + 1..]).ok()?.parse().ok()
+}
+
+/// How a session ended.
+pub(super) enum Ended {
+    /// State cleared: the client goes back to shared connections, on this database.
+    Shared { database: u32 },
+    /// The client left or asked to (QUIT), or a connection failed.
+    Close,
+}
+
+/// Runs a session that starts with `first`, on `database`; `input` holds
+/// what the client sent after it. Replies go straight to `client`.
+pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    input: &mut BytesMut,
+    first: Command,
+    pool: &PinnedPool,
+    database: u32,
+    limits: &Limits,
+) -> Ended {
+    let mut pinned = match pool.get().await {
+        Ok(pinned) => pinned,
+        Err(error) => {
+            let reply = encode::error(&format!(
+                "ERR attache: no connection for {}: {error}",
+                String::from_utf8_lossy(first.name())
+            ));
+            return match client.write_all(&reply).await {
+                Ok(()) => Ended::Shared { database },
+                Err(_) => Ended::Close,
+            };
+        }
+    };
+    let mut state = State::default();
+    let mut database = database;
+    let mut replies = BytesMut::with_capacity(16 * 1024);
+    let mut outgoing: Vec<Bytes> = Vec::new();
+    if database != 0 {
+        // The pool's connections are reset to database 0; its reply is
+        // swallowed, not the client's.
+        outgoing.push(encode::command(
+            [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
+        ));
+        state.pending.push_back(Effect::Plain);
+    }
+    let mut swallow = usize::from(database != 0);
+    state.sent(effect(&first));
+    outgoing.push(first.raw);
+    let mut quitting = false;
+    let ended = loop {
+        // Forward what the client has sent, stopping after QUIT.
+        while !quitting {
+            match parse_command(input, limits) {
+                Ok(Some(command)) if command.is("QUIT") => quitting = true,
+                Ok(Some(command)) => {
+                    state.sent(effect(&command));
+                    outgoing.push(command.raw);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let _ = client
+                        .write_all(&encode::error(&format!("ERR Protocol error: {error}")))
+                        .await;
+                    pinned.broken = true;
+                    break;
+                }
+            }
+        }
+        if pinned.broken {
+            break Ended::Close;
+        }
+        if !outgoing.is_empty() {
+            let stream = pinned.connection.stream();
+            let mut failed = false;
+            for frame in outgoing.drain(..) {
+                if stream.write_all(&frame).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || stream.flush().await.is_err() {
+                pinned.broken = true;
+                let _ = client
+                    .write_all(&encode::error(
+                        "ERR attache: the upstream connection failed",
+                    ))
+                    .await;
+                break Ended::Close;
+            }
+        }
+        if state.done() {
+            break if quitting {
+                let _ = client.write_all(b"+OK\r\n").await;
+                Ended::Close
+            } else {
+                Ended::Shared { database }
+            };
+        }
+        tokio::select! {
+            read = client.read_buf(input), if !quitting => match read {
+                Ok(0) | Err(_) => {
+                    // Mid-transaction or subscribed: the connection's state
+                    // is unknown to the client now; reset it below.
+                    break Ended::Close;
+                }
+                Ok(_) => {}
+            },
+            read = pinned.connection.stream().read_buf(&mut replies) => {
+                match read {
+                    Ok(0) | Err(_) => {
+                        pinned.broken = true;
+                        let _ = client
+                            .write_all(&encode::error("ERR attache: the upstream connection closed"))
+                            .await;
+                        break Ended::Close;
+                    }
+                    Ok(_) => {}
+                }
+                let mut failed = false;
+                loop {
+                    let frame = match check(&replies, limits) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    };
+                    let reply = replies.split_to(frame.length).freeze();
+                    if let Some(selected) = state.replied(&reply) {
+                        database = selected;
+                    }
+                    if swallow > 0 {
+                        swallow -= 1;
+                        continue;
+                    }
+                    if client.write_all(&reply).await.is_err() {
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    pinned.broken = true;
+                    break Ended::Close;
+                }
+            }
+        }
+    };
+    if !pinned.broken {
+        pinned.broken = !reset(&mut pinned.connection, limits).await;
+    }
+    ended
+}
+
+/// Sends RESET and reads its `+RESET`; false when the connection cannot be reused.
+async fn reset(connection: &mut UpstreamConnection, limits: &Limits) -> bool {
+    let stream = connection.stream();
+    if stream.write_all(b"*1\r\n$5\r\nRESET\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = BytesMut::with_capacity(64);
+    let outcome = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            // Replies still in flight (a subscription's messages) come first.
+            while let Ok(Some(frame)) = check(&reply, limits) {
+                let frame = reply.split_to(frame.length);
+                if &frame[..] == b"+RESET\r\n" {
+                    return true;
+                }
+            }
+            match stream.read_buf(&mut reply).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    outcome.unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_confirmations_carry_their_count() {
+        let reply = b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n";
+        assert!(is_subscription_reply(reply));
+        assert_eq!(subscription_count(reply), Some(0));
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        assert!(!is_subscription_reply(message));
+    }
+
+    #[test]
+    fn a_subscription_keeps_the_session_until_every_channel_is_left() {
+        let confirmation = |kind: &str, count: i64| {
+            format!("*3\r\n${}\r\n{kind}\r\n$1\r\nc\r\n:{count}\r\n", kind.len()).into_bytes()
+        };
+        let mut state = State::default();
+        state.sent(Effect::Subscribe(2));
+        assert!(!state.done(), "before its confirmations");
+        state.replied(&confirmation("subscribe", 1));
+        state.replied(&confirmation("subscribe", 2));
+        assert!(!state.done());
+        state.replied(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n");
+        state.sent(Effect::Unsubscribe(0));
+        state.replied(&confirmation("unsubscribe", 1));
+        assert!(!state.done());
+        state.replied(&confirmation("unsubscribe", 0));
+        assert!(state.done());
+    }
+
+    #[test]
+    fn a_transaction_keeps_the_session_until_exec() {
+        let mut state = State::default();
+        state.sent(Effect::Watch);
+        assert!(!state.done());
+        state.replied(b"+OK\r\n");
+        assert!(state.watching && !state.done());
+        state.sent(Effect::Multi);
+        state.replied(b"+OK\r\n");
+        state.sent(Effect::Plain);
+        state.replied(b"+QUEUED\r\n");
+        state.sent(Effect::EndTransaction);
+        assert!(!state.done());
+        state.replied(b"*-1\r\n");
+        assert!(state.done());
+    }
+}
