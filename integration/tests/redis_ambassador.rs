@@ -485,3 +485,62 @@ async fn commands_in_flight_when_the_upstream_dies_get_an_error_reply() {
     let _: () = client.set("after", 1).await.unwrap();
     assert_eq!(client.get::<_, i64>("after").await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn commands_are_counted_by_name_and_result() {
+    let server = RedisServer::plain();
+    let attache = Attache::run(&config(server.address, "")).await.unwrap();
+    let mut redis = connect(&attache).await;
+    let _: () = redis.set("text", "not a number").await.unwrap();
+    let _: String = redis.get("text").await.unwrap();
+    assert!(redis.incr::<_, _, i64>("text", 1).await.is_err());
+    assert!(
+        redis::cmd("AUTH")
+            .arg("pw")
+            .query_async::<()>(&mut redis)
+            .await
+            .is_err()
+    );
+    let _: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg("text")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: Option<(String, String)> = redis.blpop("empty", 0.1).await.unwrap();
+    let sample = |command: &str, result: &str| {
+        format!(
+            "attache_redis_commands_total{{listener=\"redis\",command=\"{command}\",result=\"{result}\"}}"
+        )
+    };
+    for (command, result, expected) in [
+        ("set", "ok", 1.0),
+        ("get", "ok", 1.0),
+        ("incrby", "error", 1.0),
+        ("other", "failed", 1.0),
+        // OBJECT, and the two CLIENT SETINFO the redis crate sends on connect.
+        ("other", "ok", 3.0),
+    ] {
+        assert_eq!(
+            attache.metric(&sample(command, result)).await.unwrap(),
+            expected,
+            "{command} {result}"
+        );
+    }
+    let connections = |kind: &str| {
+        format!("attache_redis_upstream_connections{{listener=\"redis\",kind=\"{kind}\"}}")
+    };
+    assert_eq!(attache.metric(&connections("shared")).await.unwrap(), 1.0);
+    assert_eq!(
+        attache.metric(&connections("pinned")).await.unwrap(),
+        0.0,
+        "the BLPOP session ended"
+    );
+    assert_eq!(
+        attache
+            .metric("attache_redis_command_duration_seconds_count{listener=\"redis\"}")
+            .await
+            .unwrap(),
+        4.0
+    );
+}

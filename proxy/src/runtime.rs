@@ -234,13 +234,7 @@ fn bind_listeners(
                         let name = listener.upstream.as_deref().with_context(|| {
                             format!("listener {:?}: no upstream", listener.name)
                         })?;
-                        let proxy = RedisProxy::new(
-                            listener,
-                            redis,
-                            find(name)?,
-                            tls,
-                            metrics.listener(&listener.name),
-                        );
+                        let proxy = RedisProxy::new(listener, redis, find(name)?, tls, metrics);
                         (Handler::Redis(Arc::new(proxy)), "redis")
                     }
                     (Some(http), None) => {

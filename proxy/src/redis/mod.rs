@@ -32,11 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use crate::reload::SharedServerConfig;
-use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
+use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
 use crate::tls;
 use crate::upstream::Upstream;
 use classify::Class;
-use shared::{Batch, SharedConnection};
+use shared::{Answer, Batch, SharedConnection};
 
 /// Read buffer of a client connection.
 const CLIENT_BUFFER: usize = 16 * 1024;
@@ -45,6 +45,7 @@ const CLIENT_BUFFER: usize = 16 * 1024;
 pub(crate) struct RedisProxy {
     pub(crate) listener: String,
     pub(crate) metrics: ListenerMetrics,
+    redis_metrics: RedisMetrics,
     pub(crate) tls: Option<SharedServerConfig>,
     upstream: Arc<Upstream>,
     shared_connections: usize,
@@ -62,11 +63,12 @@ impl RedisProxy {
         settings: &attache_config::RedisListener,
         upstream: Arc<Upstream>,
         tls: Option<SharedServerConfig>,
-        metrics: ListenerMetrics,
+        metrics: &Metrics,
     ) -> Self {
         Self {
             listener: config.name.clone(),
-            metrics,
+            metrics: metrics.listener(&config.name),
+            redis_metrics: metrics.redis(&config.name),
             tls,
             shared_connections: settings.shared_connections,
             command_timeout: settings.command_timeout,
@@ -91,7 +93,14 @@ impl RedisProxy {
             .entry(database)
             .or_insert_with(|| {
                 (0..self.shared_connections)
-                    .map(|_| SharedConnection::start(self.upstream.clone(), database, self.limits))
+                    .map(|_| {
+                        SharedConnection::start(
+                            self.upstream.clone(),
+                            database,
+                            self.limits,
+                            self.redis_metrics.shared_connections.clone(),
+                        )
+                    })
                     .collect()
             })
             .clone()
@@ -144,12 +153,22 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     break;
                 }
             };
-            match classify::classify(&command) {
+            let class = classify::classify(&command);
+            let local = match &class {
+                Class::Select(_) | Class::Quit | Class::LocalOk => Some(RedisResult::Ok),
+                Class::Refused(_) => Some(RedisResult::Failed),
+                Class::Shared | Class::Pinned => None,
+            };
+            if let Some(result) = local {
+                proxy.redis_metrics.command(command.name(), result);
+            }
+            match class {
                 Class::Shared => {
                     let (sender, receiver) = oneshot::channel();
+                    let name = command.args[0].clone();
                     batch.commands.push(command.raw);
                     batch.replies.push(sender);
-                    replies.push_back(awaited(receiver, proxy.command_timeout));
+                    replies.push_back(awaited(receiver, &proxy, name));
                 }
                 Class::Pinned => {
                     pin = Some(command);
@@ -177,6 +196,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     break;
                 }
             }
+            proxy.redis_metrics.pinned_connections.inc();
             let ended = pinned::session(
                 &mut client,
                 &mut input,
@@ -186,6 +206,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 &proxy.limits,
             )
             .await;
+            proxy.redis_metrics.pinned_connections.dec();
             match ended {
                 pinned::Ended::Shared { database: now } => {
                     if now != database {
@@ -241,15 +262,36 @@ async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Bat
     connection.send(batch).await;
 }
 
-/// The reply to one forwarded command, or an error reply after `timeout`.
-fn awaited(receiver: oneshot::Receiver<Bytes>, timeout: Duration) -> Reply {
+/// The reply to one forwarded command, or an error reply after the
+/// command timeout; counted and timed when it resolves.
+fn awaited(receiver: oneshot::Receiver<Answer>, proxy: &RedisProxy, name: Bytes) -> Reply {
+    let timeout = proxy.command_timeout;
+    let metrics = proxy.redis_metrics.clone();
+    let started = tokio::time::Instant::now();
     Box::pin(async move {
-        match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => encode::error("ERR attache: the upstream connection closed"),
-            Err(_) => encode::error(&format!(
-                "ERR attache: no reply within the command timeout ({timeout:?})"
-            )),
-        }
+        let (reply, result) = match tokio::time::timeout(timeout, receiver).await {
+            Ok(Ok(Ok(reply))) => {
+                let result = if reply.first() == Some(&b'-') {
+                    RedisResult::Error
+                } else {
+                    RedisResult::Ok
+                };
+                (reply, result)
+            }
+            Ok(Ok(Err(reply))) => (reply, RedisResult::Failed),
+            Ok(Err(_)) => (
+                encode::error("ERR attache: the upstream connection closed"),
+                RedisResult::Failed,
+            ),
+            Err(_) => (
+                encode::error(&format!(
+                    "ERR attache: no reply within the command timeout ({timeout:?})"
+                )),
+                RedisResult::Failed,
+            ),
+        };
+        metrics.command(&name, result);
+        metrics.duration.observe(started.elapsed().as_secs_f64());
+        reply
     })
 }

@@ -20,16 +20,21 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::upstream::{Upstream, UpstreamConnection};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Commands queued per shared connection before clients wait to hand more.
 const QUEUE_BATCHES: usize = 1024;
 /// Initial read buffer of a shared connection.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// What comes back for a command: Redis' reply, or attache's error reply
+/// when the connection failed.
+pub(super) type Answer = Result<Bytes, Bytes>;
+
 /// One client's commands for one shared connection, and where each reply goes.
 pub(super) struct Batch {
     pub(super) commands: Vec<Bytes>,
-    pub(super) replies: Vec<oneshot::Sender<Bytes>>,
+    pub(super) replies: Vec<oneshot::Sender<Answer>>,
 }
 
 /// The client side of a shared connection.
@@ -41,9 +46,15 @@ pub(super) struct SharedConnection {
 impl SharedConnection {
     /// Starts the task for a connection to `upstream` that selects database
     /// `database` first (when it is not 0).
-    pub(super) fn start(upstream: Arc<Upstream>, database: u32, limits: Limits) -> Self {
+    /// `open` counts the connection while it is open.
+    pub(super) fn start(
+        upstream: Arc<Upstream>,
+        database: u32,
+        limits: Limits,
+        open: Gauge,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
-        tokio::spawn(run(upstream, database, limits, receiver));
+        tokio::spawn(run(upstream, database, limits, receiver, open));
         Self { sender }
     }
 
@@ -58,11 +69,14 @@ async fn run(
     database: u32,
     limits: Limits,
     mut batches: mpsc::Receiver<Batch>,
+    open_gauge: Gauge,
 ) {
     // Connected lazily: a connection is made when the first batch arrives,
     // and again after a failure.
     let mut connection: Option<UpstreamConnection> = None;
-    let mut waiting: VecDeque<oneshot::Sender<Bytes>> = VecDeque::new();
+    let mut waiting: VecDeque<oneshot::Sender<Answer>> = VecDeque::new();
+    // Counts the connection as open while it is.
+    let mut counted = Counted(open_gauge, false);
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     loop {
         let Some(open) = connection.as_mut() else {
@@ -72,17 +86,19 @@ async fn run(
             match open_connection(&upstream, database, &limits).await {
                 Ok(opened) => {
                     connection = Some(opened);
+                    counted.set(true);
                     buffer.clear();
                     if let Err(error) = write_batch(connection.as_mut(), batch, &mut waiting).await
                     {
                         fail_all(&mut waiting, &error);
                         connection = None;
+                        counted.set(false);
                     }
                 }
                 Err(error) => {
                     let reply = encode::error(&format!("ERR attache: {error}"));
                     for sender in batch.replies {
-                        let _ = sender.send(reply.clone());
+                        let _ = sender.send(Err(reply.clone()));
                     }
                 }
             }
@@ -94,6 +110,7 @@ async fn run(
                 if let Err(error) = write_batch(Some(open), batch, &mut waiting).await {
                     fail_all(&mut waiting, &error);
                     connection = None;
+                    counted.set(false);
                 }
             }
             read = open.stream().read_buf(&mut buffer) => {
@@ -105,6 +122,7 @@ async fn run(
                 if let Err(error) = outcome {
                     fail_all(&mut waiting, &error);
                     connection = None;
+                    counted.set(false);
                 }
             }
         }
@@ -155,7 +173,7 @@ async fn open_connection(
 async fn write_batch(
     connection: Option<&mut UpstreamConnection>,
     batch: Batch,
-    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+    waiting: &mut VecDeque<oneshot::Sender<Answer>>,
 ) -> Result<(), String> {
     let Some(connection) = connection else {
         return Err("no upstream connection".to_owned());
@@ -191,7 +209,7 @@ async fn write_all_vectored(
 /// Hands every complete reply in `buffer` to the oldest waiting command.
 fn deliver(
     buffer: &mut BytesMut,
-    waiting: &mut VecDeque<oneshot::Sender<Bytes>>,
+    waiting: &mut VecDeque<oneshot::Sender<Answer>>,
     limits: &Limits,
 ) -> Result<(), String> {
     while let Some(frame) =
@@ -206,12 +224,34 @@ fn deliver(
             return Err("the upstream sent a reply nobody asked for".to_owned());
         };
         // A client that gave up dropped its receiver: the reply is discarded.
-        let _ = sender.send(reply);
+        let _ = sender.send(Ok(reply));
     }
     Ok(())
 }
 
-fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Bytes>>, error: &str) {
+/// A gauge counting one connection while it is open.
+struct Counted(Gauge, bool);
+
+impl Counted {
+    fn set(&mut self, open: bool) {
+        if open != self.1 {
+            self.1 = open;
+            if open {
+                self.0.inc();
+            } else {
+                self.0.dec();
+            }
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Answer>>, error: &str) {
     tracing::warn!(
         error,
         in_flight = waiting.len(),
@@ -219,6 +259,6 @@ fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Bytes>>, error: &str) {
     );
     let reply = encode::error(&format!("ERR attache: {error}"));
     for sender in waiting.drain(..) {
-        let _ = sender.send(reply.clone());
+        let _ = sender.send(Err(reply.clone()));
     }
 }

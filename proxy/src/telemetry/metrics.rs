@@ -53,6 +53,14 @@
 //!   `expired` (max_age) or `invalid` (closed, stale TLS, data) at checkout
 //! - `upstream_warm_connections_used_total{upstream,endpoint}`: clients served
 //!   from the warm pool
+//! - `redis_commands_total{listener,command,result}`: commands answered;
+//!   `command` is one of [`REDIS_COMMANDS`] (lowercase) or `other`; `result`
+//!   is `ok`, `error` (Redis' error reply) or `failed` (attache's: timeout,
+//!   connection failure, refusal)
+//! - `redis_command_duration_seconds{listener}`: from a shared command's
+//!   arrival to its reply
+//! - `redis_upstream_connections{listener,kind}`: `shared` connections open
+//!   and `pinned` ones lent to a client now
 //! - `build_info{version}`: always 1
 
 use std::sync::{Arc, OnceLock};
@@ -162,6 +170,95 @@ fn request_duration_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedisCommandLabels {
+    listener: String,
+    command: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RedisConnectionLabels {
+    listener: String,
+    kind: &'static str,
+}
+
+/// Redis commands counted by name (sorted, uppercase); the rest count as
+/// `other`, so the label set stays closed.
+pub(crate) const REDIS_COMMANDS: [&str; 64] = [
+    "APPEND",
+    "BLMOVE",
+    "BLPOP",
+    "BRPOP",
+    "BZPOPMIN",
+    "DECR",
+    "DECRBY",
+    "DEL",
+    "DISCARD",
+    "EVAL",
+    "EVALSHA",
+    "EXEC",
+    "EXISTS",
+    "EXPIRE",
+    "FCALL",
+    "GET",
+    "GETDEL",
+    "GETEX",
+    "GETSET",
+    "HDEL",
+    "HEXISTS",
+    "HGET",
+    "HGETALL",
+    "HINCRBY",
+    "HMGET",
+    "HSET",
+    "INCR",
+    "INCRBY",
+    "INFO",
+    "KEYS",
+    "LLEN",
+    "LPOP",
+    "LPUSH",
+    "LRANGE",
+    "MGET",
+    "MONITOR",
+    "MSET",
+    "MULTI",
+    "PEXPIRE",
+    "PING",
+    "PSUBSCRIBE",
+    "PUBLISH",
+    "RPOP",
+    "RPUSH",
+    "SADD",
+    "SCAN",
+    "SCARD",
+    "SELECT",
+    "SET",
+    "SETEX",
+    "SISMEMBER",
+    "SMEMBERS",
+    "SREM",
+    "SUBSCRIBE",
+    "TTL",
+    "TYPE",
+    "UNLINK",
+    "WATCH",
+    "XADD",
+    "XRANGE",
+    "XREAD",
+    "ZADD",
+    "ZRANGE",
+    "ZREM",
+];
+
+const REDIS_RESULTS: [&str; 3] = ["ok", "error", "failed"];
+
+fn redis_duration_histogram() -> Histogram {
+    // 50 µs .. ~3.3 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 17))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -211,6 +308,9 @@ pub(crate) struct Metrics {
     retry_overflow: Family<UpstreamLabels, Counter>,
     http_requests: Family<RouteStatusLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    redis_commands: Family<RedisCommandLabels, Counter>,
+    redis_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    redis_connections: Family<RedisConnectionLabels, Gauge>,
     breaker_transitions: Family<EndpointStateLabels, Counter>,
     health_checks: Family<EndpointResultLabels, Counter>,
     warm_used: Family<EndpointLabels, Counter>,
@@ -242,6 +342,9 @@ impl Metrics {
             retry_overflow: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(request_duration_histogram),
+            redis_commands: Family::default(),
+            redis_duration: Family::new_with_constructor(redis_duration_histogram),
+            redis_connections: Family::default(),
             breaker_transitions: Family::default(),
             health_checks: Family::default(),
             warm_used: Family::default(),
@@ -347,6 +450,22 @@ impl Metrics {
             "http_requests",
             "HTTP requests answered, by route, upstream and status class",
             metrics.http_requests.clone(),
+        );
+        registry.register(
+            "redis_commands",
+            "Redis commands answered, by command (a closed set, else other) and result",
+            metrics.redis_commands.clone(),
+        );
+        registry.register_with_unit(
+            "redis_command_duration",
+            "Time from a shared Redis command's arrival to its reply",
+            Unit::Seconds,
+            metrics.redis_duration.clone(),
+        );
+        registry.register(
+            "redis_upstream_connections",
+            "Redis upstream connections: shared ones open, pinned ones lent now",
+            metrics.redis_connections.clone(),
         );
         registry.register_with_unit(
             "http_request_duration",
@@ -496,6 +615,45 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             budget_exhausted: self.budget_exhausted.get_or_create(&labels).clone(),
             retry_overflow: self.retry_overflow.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Handles for one Redis listener's metrics.
+    pub(crate) fn redis(&self, listener: &str) -> RedisMetrics {
+        let commands = (0..=REDIS_COMMANDS.len())
+            .map(|index| {
+                let command = REDIS_COMMANDS
+                    .get(index)
+                    .map_or_else(|| "other".to_owned(), |name| name.to_ascii_lowercase());
+                REDIS_RESULTS.map(|result| {
+                    self.redis_commands
+                        .get_or_create(&RedisCommandLabels {
+                            listener: listener.to_owned(),
+                            command: command.clone(),
+                            result,
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        let connections = |kind| {
+            self.redis_connections
+                .get_or_create(&RedisConnectionLabels {
+                    listener: listener.to_owned(),
+                    kind,
+                })
+                .clone()
+        };
+        RedisMetrics {
+            commands: Arc::new(commands),
+            duration: self
+                .redis_duration
+                .get_or_create(&ListenerLabels {
+                    listener: listener.to_owned(),
+                })
+                .clone(),
+            shared_connections: connections("shared"),
+            pinned_connections: connections("pinned"),
         }
     }
 
@@ -761,6 +919,45 @@ pub(crate) struct UpstreamMetrics {
     pub(crate) retry_overflow: Counter,
 }
 
+/// How a Redis command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisResult {
+    Ok = 0,
+    /// Redis answered with an error.
+    Error = 1,
+    /// attache answered for it: timeout, connection failure, refusal.
+    Failed = 2,
+}
+
+/// One Redis listener's handles.
+#[derive(Clone)]
+pub(crate) struct RedisMetrics {
+    /// Per known command (index in [`REDIS_COMMANDS`], then `other`), per result.
+    commands: Arc<Vec<[Counter; 3]>>,
+    pub(crate) duration: Histogram,
+    pub(crate) shared_connections: Gauge,
+    pub(crate) pinned_connections: Gauge,
+}
+
+impl RedisMetrics {
+    /// Counts one command called `name` (as sent, any case).
+    pub(crate) fn command(&self, name: &[u8], result: RedisResult) {
+        let mut upper = [0u8; 16];
+        let index = if name.len() <= upper.len() {
+            let upper = &mut upper[..name.len()];
+            upper.copy_from_slice(name);
+            upper.make_ascii_uppercase();
+            std::str::from_utf8(upper)
+                .ok()
+                .and_then(|upper| REDIS_COMMANDS.binary_search(&upper).ok())
+        } else {
+            None
+        };
+        let index = index.unwrap_or(REDIS_COMMANDS.len());
+        self.commands[index][result as usize].inc();
+    }
+}
+
 /// One HTTP route's request counters (by status class) and duration histogram.
 #[derive(Clone)]
 pub(crate) struct RouteMetrics {
@@ -955,5 +1152,20 @@ impl Collector for UpstreamStates {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_command_names_are_sorted_for_binary_search() {
+        assert!(REDIS_COMMANDS.windows(2).all(|pair| pair[0] < pair[1]));
+        let metrics = Metrics::new().redis("r");
+        metrics.command(b"get", RedisResult::Ok);
+        metrics.command(b"NOSUCHCOMMAND", RedisResult::Failed);
+        assert_eq!(metrics.commands[15][0].get(), 1);
+        assert_eq!(metrics.commands[REDIS_COMMANDS.len()][2].get(), 1);
     }
 }
