@@ -85,6 +85,10 @@ struct RedisDocument {
     shared_connections: Option<Spanned<usize>>,
     command_timeout: Option<Spanned<String>>,
     max_pinned: Option<Spanned<u32>>,
+    password: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    upstream_username: Option<Spanned<String>>,
+    upstream_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +291,12 @@ impl Converter {
     /// A plain value (a number) or its default, noting its line.
     fn value<T: Copy>(&mut self, path: &str, value: Option<&Spanned<T>>, default: T) -> T {
         value.map_or(default, |value| *self.note(path, value))
+    }
+
+    /// Text that counts as absent when empty (so `${VAR:-}` leaves it unset).
+    fn optional_text(&mut self, path: &str, value: Option<&Spanned<String>>) -> Option<String> {
+        let text = self.note(path, value?);
+        (!text.is_empty()).then(|| text.clone())
     }
 
     fn path(&mut self, path: &str, value: &Spanned<String>) -> std::path::PathBuf {
@@ -532,6 +542,16 @@ impl RedisDocument {
                 &format!("{path}.max_pinned"),
                 self.max_pinned.as_ref(),
                 model::DEFAULT_MAX_PINNED,
+            ),
+            password: converter.optional_text(&format!("{path}.password"), self.password.as_ref()),
+            username: converter.optional_text(&format!("{path}.username"), self.username.as_ref()),
+            upstream_username: converter.optional_text(
+                &format!("{path}.upstream_username"),
+                self.upstream_username.as_ref(),
+            ),
+            upstream_password: converter.optional_text(
+                &format!("{path}.upstream_password"),
+                self.upstream_password.as_ref(),
             ),
         }
     }

@@ -439,6 +439,15 @@ pub struct RedisListener {
     /// Connections lent to one client at a time (transactions, blocking
     /// commands, pub/sub); a client waits up to `command_timeout` for one.
     pub max_pinned: u32,
+    /// Clients must `AUTH` with this password (and `username`, when set)
+    /// before anything else; checked by attache, never sent upstream.
+    pub password: Option<String>,
+    /// The user clients name in `AUTH user password`; `default` when absent.
+    pub username: Option<String>,
+    /// attache's own credentials for Redis, sent on every upstream connection.
+    pub upstream_username: Option<String>,
+    /// See `upstream_username`.
+    pub upstream_password: Option<String>,
 }
 
 /// Default of [`RedisListener::max_pinned`].
@@ -455,6 +464,10 @@ impl Default for RedisListener {
             shared_connections: DEFAULT_SHARED_CONNECTIONS,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             max_pinned: DEFAULT_MAX_PINNED,
+            password: None,
+            username: None,
+            upstream_username: None,
+            upstream_password: None,
         }
     }
 }

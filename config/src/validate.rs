@@ -132,6 +132,18 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                     "must be greater than zero".into(),
                 );
             }
+            if redis.username.is_some() && redis.password.is_none() {
+                report(
+                    format!("{path}.redis.username"),
+                    "needs `password` as well".into(),
+                );
+            }
+            if redis.upstream_username.is_some() && redis.upstream_password.is_none() {
+                report(
+                    format!("{path}.redis.upstream_username"),
+                    "needs `upstream_password` as well".into(),
+                );
+            }
             if redis.max_pinned == 0 {
                 report(
                     format!("{path}.redis.max_pinned"),

@@ -19,8 +19,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// Plaintext Redis.
     pub fn plain() -> Self {
+        Self::plain_with(&[])
+    }
+
+    /// Plaintext Redis with extra `redis-server` arguments (`--requirepass x`).
+    pub fn plain_with(extra: &[&str]) -> Self {
         let port = servers::closed_port().port();
-        Self::start(vec!["--port".into(), port.to_string()], port)
+        let mut arguments = vec!["--port".to_owned(), port.to_string()];
+        arguments.extend(extra.iter().map(|argument| (*argument).to_owned()));
+        Self::start(arguments, port)
     }
 
     /// Redis with TLS only, requiring client certificates from `pki`'s CA.

@@ -262,10 +262,10 @@ async fn exchange(
 #[tokio::test]
 async fn refused_commands_get_an_error_and_the_connection_goes_on() {
     let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
-    let refusal = b"-ERR attache: AUTH changes the identity of a shared connection; not served by this version of attache\r\n";
+    let refusal = b"-ERR attache: RESET would reset a connection other clients share; not served by attache\r\n";
     let (reply, _) = exchange(
         attache.listener("redis"),
-        b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n*1\r\n$4\r\nPING\r\n",
+        b"*1\r\n$5\r\nRESET\r\n*1\r\n$4\r\nPING\r\n",
         refusal.len() + 7,
     )
     .await;
@@ -543,4 +543,55 @@ async fn commands_are_counted_by_name_and_result() {
             .unwrap(),
         4.0
     );
+}
+
+#[tokio::test]
+async fn clients_authenticate_to_attache_and_attache_to_redis() {
+    let server = RedisServer::plain_with(&["--requirepass", "server-secret"]);
+    let attache = Attache::run(&config(
+        server.address,
+        "    redis: { password: front-secret, upstream_password: server-secret }",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("redis");
+    let open = |url: String| async move {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+    };
+    // No password: every command is refused until AUTH.
+    let (reply, _) = exchange(front, b"*1\r\n$4\r\nPING\r\n", 32).await;
+    assert_eq!(
+        reply,
+        b"-NOAUTH Authentication required.\r\n"[..32].to_vec()
+    );
+    // The wrong password is refused.
+    let wrong = open(format!("redis://:guess@{front}/")).await;
+    assert_eq!(
+        wrong.unwrap_err().kind(),
+        redis::ErrorKind::AuthenticationFailed
+    );
+    // The server's own password is not the client's.
+    assert!(
+        open(format!("redis://:server-secret@{front}/"))
+            .await
+            .is_err()
+    );
+    // The right one: shared and pinned connections both log in upstream,
+    // also after a pinned connection was RESET and reused.
+    let mut redis = open(format!("redis://:front-secret@{front}/"))
+        .await
+        .unwrap();
+    let _: () = redis.set("authed", 1).await.unwrap();
+    for round in 0..3 {
+        let (value,): (i64,) = redis::pipe()
+            .atomic()
+            .incr("authed", 1)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert_eq!(value, 2 + round);
+    }
 }

@@ -18,6 +18,8 @@ pub(super) enum Class {
     LocalOk,
     /// Starts a session on a connection of the client's own.
     Pinned,
+    /// `AUTH`: checked by attache against its configured password.
+    Auth,
 }
 
 /// Commands that start state on their connection: a pinned session.
@@ -38,8 +40,8 @@ const BLOCKING: [&str; 11] = [
     "MONITOR",
 ];
 
-/// Commands that change who the connection is, or reset it: not served yet.
-const CONNECTION_IDENTITY: [&str; 2] = ["AUTH", "RESET"];
+/// Commands that reset a connection: not served on shared connections.
+const CONNECTION_IDENTITY: [&str; 1] = ["RESET"];
 
 /// Whether `command` blocks its connection until its reply.
 pub(super) fn is_blocking(command: &Command) -> bool {
@@ -69,6 +71,7 @@ pub(super) fn classify(command: &Command) -> Class {
             _ => Class::Refused("ERR value is not an integer or out of range".into()),
         },
         "QUIT" => Class::Quit,
+        "AUTH" => Class::Auth,
         "HELLO" => Class::Refused(
             "NOPROTO attache speaks RESP2 to clients for now; RESP3 is not built yet".into(),
         ),
@@ -88,7 +91,7 @@ pub(super) fn classify(command: &Command) -> Class {
         },
         _ if STARTS_SESSION.contains(&name.as_str()) || is_blocking(command) => Class::Pinned,
         _ if CONNECTION_IDENTITY.contains(&name.as_str()) => Class::Refused(format!(
-            "ERR attache: {name} changes the identity of a shared connection; not served by this version of attache"
+            "ERR attache: {name} would reset a connection other clients share; not served by attache"
         )),
         _ if NEVER.contains(&name.as_str()) => Class::Refused(format!(
             "ERR attache: {name} cannot be sent through a proxy"
@@ -144,10 +147,8 @@ mod tests {
             classify(&command(&["xread", "block", "0", "streams", "s", "$"])),
             Class::Pinned
         );
-        assert!(matches!(
-            classify(&command(&["auth", "pw"])),
-            Class::Refused(_)
-        ));
+        assert_eq!(classify(&command(&["auth", "pw"])), Class::Auth);
+        assert!(matches!(classify(&command(&["reset"])), Class::Refused(_)));
         assert!(
             matches!(classify(&command(&["hello", "3"])), Class::Refused(text) if text.starts_with("NOPROTO"))
         );

@@ -15,6 +15,7 @@
 //! - `classify`: what attache does with each command.
 
 mod classify;
+mod handshake;
 mod pinned;
 mod shared;
 
@@ -36,6 +37,7 @@ use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetr
 use crate::tls;
 use crate::upstream::Upstream;
 use classify::Class;
+use handshake::Credentials;
 use shared::{Answer, Batch, SharedConnection};
 
 /// Read buffer of a client connection.
@@ -55,6 +57,10 @@ pub(crate) struct RedisProxy {
     pools: Mutex<HashMap<u32, Arc<[SharedConnection]>>>,
     /// Connections lent to one client at a time (transactions, blocking, pub/sub).
     pinned: pinned::PinnedPool,
+    /// What clients must `AUTH` with, when set: (username, password).
+    client_auth: Option<(String, String)>,
+    /// What attache logs in to Redis with.
+    credentials: Option<Credentials>,
 }
 
 impl RedisProxy {
@@ -65,6 +71,10 @@ impl RedisProxy {
         tls: Option<SharedServerConfig>,
         metrics: &Metrics,
     ) -> Self {
+        let credentials = settings
+            .upstream_password
+            .as_ref()
+            .map(|password| Credentials::new(settings.upstream_username.as_deref(), password));
         Self {
             listener: config.name.clone(),
             metrics: metrics.listener(&config.name),
@@ -76,9 +86,18 @@ impl RedisProxy {
             pools: Mutex::new(HashMap::new()),
             pinned: pinned::pool(
                 upstream.clone(),
+                credentials.clone(),
                 settings.max_pinned,
                 settings.command_timeout,
             ),
+            client_auth: settings.password.as_ref().map(|password| {
+                let username = settings
+                    .username
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned());
+                (username, password.clone())
+            }),
+            credentials,
             upstream,
         }
     }
@@ -96,6 +115,7 @@ impl RedisProxy {
                     .map(|_| {
                         SharedConnection::start(
                             self.upstream.clone(),
+                            self.credentials.clone(),
                             database,
                             self.limits,
                             self.redis_metrics.shared_connections.clone(),
@@ -132,6 +152,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
     let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
     let mut closing = false;
+    let mut authenticated = proxy.client_auth.is_none();
     let result = loop {
         // Everything complete in the input: shared commands go out as one
         // batch; a command that needs its own connection stops the scan.
@@ -153,9 +174,22 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     break;
                 }
             };
-            let class = classify::classify(&command);
+            let mut class = classify::classify(&command);
+            if class == Class::Auth {
+                let (reply, accepted) = check_auth(&proxy, &command);
+                authenticated |= accepted;
+                class = if accepted {
+                    Class::LocalOk
+                } else {
+                    Class::Refused(reply)
+                };
+            } else if !authenticated && class != Class::Quit {
+                class = Class::Refused("NOAUTH Authentication required.".to_owned());
+            }
             let local = match &class {
-                Class::Select(_) | Class::Quit | Class::LocalOk => Some(RedisResult::Ok),
+                Class::Select(_) | Class::Quit | Class::LocalOk | Class::Auth => {
+                    Some(RedisResult::Ok)
+                }
                 Class::Refused(_) => Some(RedisResult::Failed),
                 Class::Shared | Class::Pinned => None,
             };
@@ -184,7 +218,9 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
                     closing = true;
                 }
-                Class::LocalOk => replies.push_back(ready(Bytes::from_static(b"+OK\r\n"))),
+                Class::LocalOk | Class::Auth => {
+                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                }
                 Class::Refused(reason) => replies.push_back(ready(encode::error(&reason))),
             }
         }
@@ -202,6 +238,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 &mut input,
                 command,
                 &proxy.pinned,
+                proxy.credentials.as_ref(),
                 database,
                 &proxy.limits,
             )
@@ -236,6 +273,44 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     };
     let _ = client.shutdown().await;
     metrics.closed(result);
+}
+
+/// Checks `AUTH [username] password` against the configured password:
+/// the error reply when refused, and whether it was accepted.
+fn check_auth(proxy: &RedisProxy, command: &attache_resp::Command) -> (String, bool) {
+    let Some((username, password)) = &proxy.client_auth else {
+        return (
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?"
+                .to_owned(),
+            false,
+        );
+    };
+    let (given_user, given_password) = match &command.args[1..] {
+        [password] => (&b"default"[..], &password[..]),
+        [user, password] => (&user[..], &password[..]),
+        _ => {
+            return (
+                "ERR wrong number of arguments for 'auth' command".to_owned(),
+                false,
+            );
+        }
+    };
+    let accepted =
+        given_user == username.as_bytes() && constant_time_eq(given_password, password.as_bytes());
+    let reply = "WRONGPASS invalid username-password pair or user is disabled.".to_owned();
+    (reply, accepted)
+}
+
+/// Compares without stopping at the first difference, so response time
+/// says nothing about how much of a guess was right.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(right)
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
 }
 
 /// A reply attache already has.

@@ -16,6 +16,7 @@ use attache_resp::{Command, Limits, check, encode, parse_command};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use super::handshake::{self, Credentials};
 use crate::upstream::{Upstream, UpstreamConnection};
 
 /// A pooled upstream connection and whether it may be reused.
@@ -26,7 +27,8 @@ pub(super) struct PinnedConnection {
 
 /// Makes pinned connections through the upstream room.
 pub(super) struct PinnedConnector {
-    pub(super) upstream: Arc<Upstream>,
+    upstream: Arc<Upstream>,
+    credentials: Option<Credentials>,
 }
 
 /// Why no pinned connection could be had.
@@ -39,11 +41,19 @@ impl bb8::ManageConnection for PinnedConnector {
     type Error = PinnedError;
 
     async fn connect(&self) -> Result<PinnedConnection, PinnedError> {
-        let connection = self
+        let mut connection = self
             .upstream
             .connect()
             .await
             .map_err(|error| PinnedError(error.to_string()))?;
+        handshake::prepare(
+            &mut connection,
+            self.credentials.as_ref(),
+            0,
+            &Limits::default(),
+        )
+        .await
+        .map_err(PinnedError)?;
         Ok(PinnedConnection {
             connection,
             broken: false,
@@ -62,13 +72,21 @@ impl bb8::ManageConnection for PinnedConnector {
 pub(super) type PinnedPool = bb8::Pool<PinnedConnector>;
 
 /// Builds the pool (connections are made on demand, at most `max`).
-pub(super) fn pool(upstream: Arc<Upstream>, max: u32, wait: Duration) -> PinnedPool {
+pub(super) fn pool(
+    upstream: Arc<Upstream>,
+    credentials: Option<Credentials>,
+    max: u32,
+    wait: Duration,
+) -> PinnedPool {
     bb8::Pool::builder()
         .max_size(max)
         .min_idle(None)
         .connection_timeout(wait)
         .test_on_check_out(false)
-        .build_unchecked(PinnedConnector { upstream })
+        .build_unchecked(PinnedConnector {
+            upstream,
+            credentials,
+        })
 }
 
 /// What a command sent in a session does to its state.
@@ -239,6 +257,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     input: &mut BytesMut,
     first: Command,
     pool: &PinnedPool,
+    credentials: Option<&Credentials>,
     database: u32,
     limits: &Limits,
 ) -> Ended {
@@ -371,7 +390,11 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     if !pinned.broken {
-        pinned.broken = !reset(&mut pinned.connection, limits).await;
+        // RESET also logs the connection out: log it back in.
+        pinned.broken = !reset(&mut pinned.connection, limits).await
+            || handshake::prepare(&mut pinned.connection, credentials, 0, limits)
+                .await
+                .is_err();
     }
     ended
 }

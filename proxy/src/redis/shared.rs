@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
+use super::handshake::{self, Credentials};
 use crate::upstream::{Upstream, UpstreamConnection};
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -49,12 +50,13 @@ impl SharedConnection {
     /// `open` counts the connection while it is open.
     pub(super) fn start(
         upstream: Arc<Upstream>,
+        credentials: Option<Credentials>,
         database: u32,
         limits: Limits,
         open: Gauge,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
-        tokio::spawn(run(upstream, database, limits, receiver, open));
+        tokio::spawn(run(upstream, credentials, database, limits, receiver, open));
         Self { sender }
     }
 
@@ -66,6 +68,7 @@ impl SharedConnection {
 
 async fn run(
     upstream: Arc<Upstream>,
+    credentials: Option<Credentials>,
     database: u32,
     limits: Limits,
     mut batches: mpsc::Receiver<Batch>,
@@ -83,7 +86,7 @@ async fn run(
             let Some(batch) = batches.recv().await else {
                 return;
             };
-            match open_connection(&upstream, database, &limits).await {
+            match open_connection(&upstream, credentials.as_ref(), database, &limits).await {
                 Ok(opened) => {
                     connection = Some(opened);
                     counted.set(true);
@@ -129,9 +132,10 @@ async fn run(
     }
 }
 
-/// Connects, and selects the database when it is not 0.
+/// Connects, authenticates and selects the database.
 async fn open_connection(
     upstream: &Upstream,
+    credentials: Option<&Credentials>,
     database: u32,
     limits: &Limits,
 ) -> Result<UpstreamConnection, String> {
@@ -139,33 +143,7 @@ async fn open_connection(
         .connect()
         .await
         .map_err(|error| error.to_string())?;
-    if database != 0 {
-        let select = encode::command([&b"SELECT"[..], database.to_string().as_bytes()].into_iter());
-        let stream = connection.stream();
-        stream
-            .write_all(&select)
-            .await
-            .map_err(|error| format!("selecting database {database} failed: {error}"))?;
-        let mut reply = BytesMut::with_capacity(64);
-        loop {
-            if let Some(frame) = check(&reply, limits).map_err(|error| error.to_string())? {
-                if reply[0] != b'+' {
-                    let text = String::from_utf8_lossy(&reply[..frame.length]);
-                    return Err(format!("SELECT {database} failed: {}", text.trim_end()));
-                }
-                break;
-            }
-            let read = stream
-                .read_buf(&mut reply)
-                .await
-                .map_err(|error| format!("selecting database {database} failed: {error}"))?;
-            if read == 0 {
-                return Err(format!(
-                    "the upstream closed the connection on SELECT {database}"
-                ));
-            }
-        }
-    }
+    handshake::prepare(&mut connection, credentials, database, limits).await?;
     Ok(connection)
 }
 
