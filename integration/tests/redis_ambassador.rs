@@ -595,3 +595,63 @@ async fn clients_authenticate_to_attache_and_attache_to_redis() {
         assert_eq!(value, 2 + round);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_on_both_legs_with_client_certificates() {
+    let pki = attache_integration::pki::Pki::new();
+    let server = RedisServer::tls(&pki);
+    let config = format!(
+        "listeners:
+  - name: redis
+    listen: 127.0.0.1:0
+    protocol: redis
+    upstream: redis
+    tls: {{ cert: {cert}, key: {key}, client_ca: {ca} }}
+    redis: {{ shared_connections: 1 }}
+upstreams:
+  redis:
+    endpoints: [\"{address}\"]
+    tls: {{ ca: {ca}, cert: {app_cert}, key: {app_key}, server_name: localhost }}
+",
+        cert = pki.cert("server"),
+        key = pki.key("server"),
+        ca = pki.ca(),
+        app_cert = pki.cert("app"),
+        app_key = pki.key("app"),
+        address = server.address,
+    );
+    let attache = Attache::run(&config).await.unwrap();
+    let front = attache.listener("redis");
+    let redis_cli = |arguments: &[&str]| {
+        let output = std::process::Command::new("redis-cli")
+            .args([
+                "--tls",
+                "--cacert",
+                &pki.ca(),
+                "--cert",
+                &pki.cert("app"),
+                "--key",
+                &pki.key("app"),
+            ])
+            .args(["-h", "127.0.0.1", "-p", &front.port().to_string()])
+            .args(arguments)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(redis_cli(&["SET", "over-tls", "both ways"]), "OK");
+    assert_eq!(redis_cli(&["GET", "over-tls"]), "both ways");
+    assert_eq!(
+        redis_cli(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "over-tls"]),
+        "both ways"
+    );
+    let handshakes = format!(
+        "attache_upstream_tls_handshakes_total{{upstream=\"redis\",endpoint=\"{}\",result=\"ok\"}}",
+        server.address
+    );
+    assert_eq!(
+        attache.metric(&handshakes).await.unwrap(),
+        1.0,
+        "one shared connection served all three"
+    );
+}
