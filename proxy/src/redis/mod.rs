@@ -17,6 +17,7 @@
 mod classify;
 mod handshake;
 mod pinned;
+mod replies;
 mod shared;
 
 use std::collections::HashMap;
@@ -26,8 +27,6 @@ use std::time::Duration;
 
 use attache_resp::{Limits, encode, parse_command};
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
-use futures_util::stream::FuturesOrdered;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -38,7 +37,8 @@ use crate::tls;
 use crate::upstream::Upstream;
 use classify::Class;
 use handshake::Credentials;
-use shared::{Answer, Batch, SharedConnection};
+use replies::Replies;
+use shared::{Batch, SharedConnection};
 
 /// Read buffer of a client connection.
 const CLIENT_BUFFER: usize = 16 * 1024;
@@ -127,9 +127,6 @@ impl RedisProxy {
     }
 }
 
-/// Where a client's replies come from, in the order of its commands.
-type Reply = std::pin::Pin<Box<dyn std::future::Future<Output = Bytes> + Send>>;
-
 /// Serves one client connection until it closes or sends garbage.
 pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<RedisProxy>) {
     let metrics = &proxy.metrics;
@@ -150,7 +147,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     // pipelined commands stay in order on the wire.
     let affinity = fastrand::usize(..proxy.shared_connections);
     let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
-    let mut replies: FuturesOrdered<Reply> = FuturesOrdered::new();
+    let mut replies = Replies::new(proxy.command_timeout, proxy.redis_metrics.clone());
     let mut closing = false;
     let mut authenticated = proxy.client_auth.is_none();
     let result = loop {
@@ -168,7 +165,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 Err(error) => {
                     // Answer what came before, then the error, then close.
                     let reply = encode::error(&format!("ERR Protocol error: {error}"));
-                    replies.push_back(ready(reply));
+                    replies.push_ready(reply);
                     closing = true;
                     tracing::info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP");
                     break;
@@ -202,7 +199,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     let name = command.args[0].clone();
                     batch.commands.push(command.raw);
                     batch.replies.push(sender);
-                    replies.push_back(awaited(receiver, &proxy, name));
+                    replies.push_waiting(receiver, name);
                 }
                 Class::Pinned => {
                     pin = Some(command);
@@ -212,23 +209,23 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     flush_batch(&pool, affinity, &mut batch).await;
                     database = requested;
                     pool = proxy.pool(database);
-                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
                 Class::Quit => {
-                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                     closing = true;
                 }
                 Class::LocalOk | Class::Auth => {
-                    replies.push_back(ready(Bytes::from_static(b"+OK\r\n")));
+                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
-                Class::Refused(reason) => replies.push_back(ready(encode::error(&reason))),
+                Class::Refused(reason) => replies.push_ready(encode::error(&reason)),
             }
         }
         flush_batch(&pool, affinity, &mut batch).await;
         if let Some(command) = pin {
             // The replies owed so far go out first, in order.
-            while let Some(reply) = replies.next().await {
-                if client.write_all(&reply).await.is_err() {
+            while let Some(batch) = replies.next_batch().await {
+                if client.write_all(&batch).await.is_err() {
                     break;
                 }
             }
@@ -264,8 +261,8 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 Ok(_) => {}
                 Err(_) => break CloseResult::Error,
             },
-            Some(reply) = replies.next() => {
-                if client.write_all(&reply).await.is_err() {
+            Some(batch) = replies.next_batch() => {
+                if client.write_all(&batch).await.is_err() {
                     break CloseResult::Error;
                 }
             }
@@ -313,11 +310,6 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
             == 0
 }
 
-/// A reply attache already has.
-fn ready(reply: Bytes) -> Reply {
-    Box::pin(std::future::ready(reply))
-}
-
 /// Sends the commands gathered so far, as one batch, to the client's
 /// shared connection.
 async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Batch) {
@@ -335,38 +327,4 @@ async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Bat
     // A closed task drops the batch and its senders: each reply then
     // becomes an error in `awaited`.
     connection.send(batch).await;
-}
-
-/// The reply to one forwarded command, or an error reply after the
-/// command timeout; counted and timed when it resolves.
-fn awaited(receiver: oneshot::Receiver<Answer>, proxy: &RedisProxy, name: Bytes) -> Reply {
-    let timeout = proxy.command_timeout;
-    let metrics = proxy.redis_metrics.clone();
-    let started = tokio::time::Instant::now();
-    Box::pin(async move {
-        let (reply, result) = match tokio::time::timeout(timeout, receiver).await {
-            Ok(Ok(Ok(reply))) => {
-                let result = if reply.first() == Some(&b'-') {
-                    RedisResult::Error
-                } else {
-                    RedisResult::Ok
-                };
-                (reply, result)
-            }
-            Ok(Ok(Err(reply))) => (reply, RedisResult::Failed),
-            Ok(Err(_)) => (
-                encode::error("ERR attache: the upstream connection closed"),
-                RedisResult::Failed,
-            ),
-            Err(_) => (
-                encode::error(&format!(
-                    "ERR attache: no reply within the command timeout ({timeout:?})"
-                )),
-                RedisResult::Failed,
-            ),
-        };
-        metrics.command(&name, result);
-        metrics.duration.observe(started.elapsed().as_secs_f64());
-        reply
-    })
 }

@@ -1,0 +1,157 @@
+//! One client's replies, in the order of its commands. Only the oldest
+//! reply is ever waited for (Redis and attache answer in order), so one
+//! timer serves the whole queue, and every reply that is already there
+//! when the oldest arrives goes out in the same write.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use attache_resp::encode;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::shared::Answer;
+use crate::telemetry::metrics::{RedisMetrics, RedisResult};
+
+enum Pending {
+    /// Known already (a local answer).
+    Ready(Bytes),
+    /// Forwarded on a shared connection.
+    Waiting {
+        receiver: oneshot::Receiver<Answer>,
+        name: Bytes,
+        sent: Instant,
+    },
+    /// Its answer came while the queue waited for it.
+    Answered {
+        answer: Result<Answer, oneshot::error::RecvError>,
+        name: Bytes,
+        sent: Instant,
+    },
+}
+
+/// The queue, the command timeout and the metrics its answers count in.
+pub(super) struct Replies {
+    queue: VecDeque<Pending>,
+    timeout: Duration,
+    metrics: RedisMetrics,
+}
+
+impl Replies {
+    pub(super) fn new(timeout: Duration, metrics: RedisMetrics) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            timeout,
+            metrics,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// A reply attache has already.
+    pub(super) fn push_ready(&mut self, reply: Bytes) {
+        self.queue.push_back(Pending::Ready(reply));
+    }
+
+    /// A command forwarded as `name`, its reply to come through `receiver`.
+    pub(super) fn push_waiting(&mut self, receiver: oneshot::Receiver<Answer>, name: Bytes) {
+        self.queue.push_back(Pending::Waiting {
+            receiver,
+            name,
+            sent: Instant::now(),
+        });
+    }
+
+    /// Waits for the oldest reply (or its timeout), then takes it and every
+    /// reply after it that is already there. `None` when nothing is queued.
+    ///
+    /// Cancel-safe: a reply is taken off the queue in the same poll that
+    /// finds it.
+    pub(super) async fn next_batch(&mut self) -> Option<BytesMut> {
+        let head = self.queue.front_mut()?;
+        if let Pending::Waiting {
+            receiver,
+            name,
+            sent,
+        } = head
+        {
+            let deadline = *sent + self.timeout;
+            let answer = tokio::select! {
+                answer = receiver => Some(answer),
+                () = tokio::time::sleep_until(deadline) => None,
+            };
+            if let Some(answer) = answer {
+                *head = Pending::Answered {
+                    answer,
+                    name: std::mem::take(name),
+                    sent: *sent,
+                };
+            }
+        }
+        let mut batch = BytesMut::new();
+        while let Some(pending) = self.queue.front_mut() {
+            let reply = match pending {
+                Pending::Ready(reply) => reply.clone(),
+                Pending::Answered { answer, name, sent } => {
+                    let (reply, result) = classify(answer.clone().map_err(|_| ()));
+                    self.metrics.command(name, result);
+                    self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    reply
+                }
+                Pending::Waiting {
+                    receiver,
+                    name,
+                    sent,
+                } => {
+                    let (reply, result) = match receiver.try_recv() {
+                        Ok(answer) => classify(Ok(answer)),
+                        Err(oneshot::error::TryRecvError::Closed) => classify(Err(())),
+                        Err(oneshot::error::TryRecvError::Empty)
+                            if sent.elapsed() >= self.timeout =>
+                        {
+                            // Dropping the receiver makes the shared
+                            // connection discard the late reply in order.
+                            (
+                                encode::error(&format!(
+                                    "ERR attache: no reply within the command timeout ({:?})",
+                                    self.timeout
+                                )),
+                                RedisResult::Failed,
+                            )
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => break,
+                    };
+                    self.metrics.command(name, result);
+                    self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    reply
+                }
+            };
+            batch.extend_from_slice(&reply);
+            self.queue.pop_front();
+        }
+        Some(batch)
+    }
+}
+
+/// The reply a client gets for an answer, and how to count it; `Err` when
+/// the shared connection went away without answering.
+fn classify(answer: Result<Answer, ()>) -> (Bytes, RedisResult) {
+    match answer {
+        Ok(Ok(reply)) => {
+            let result = if reply.first() == Some(&b'-') {
+                RedisResult::Error
+            } else {
+                RedisResult::Ok
+            };
+            (reply, result)
+        }
+        Ok(Err(reply)) => (reply, RedisResult::Failed),
+        Err(()) => (
+            encode::error("ERR attache: the upstream connection closed"),
+            RedisResult::Failed,
+        ),
+    }
+}
