@@ -201,6 +201,13 @@ struct UpstreamDocument {
     health_check: Option<Spanned<HealthCheckDocument>>,
     #[serde(default)]
     http_version: model::HttpVersion,
+    sentinel: Option<Spanned<SentinelDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SentinelDocument {
+    master_name: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -814,6 +821,16 @@ impl UpstreamDocument {
                     .convert(&section, converter)
             }),
             http_version: self.http_version,
+            sentinel: self.sentinel.as_ref().map(|sentinel| {
+                let section = format!("{path}.sentinel");
+                let sentinel = converter.note(&section, sentinel);
+                model::Sentinel {
+                    master_name: converter
+                        .note(&format!("{section}.master_name"), &sentinel.master_name)
+                        .trim()
+                        .to_owned(),
+                }
+            }),
         }
     }
 }

@@ -509,6 +509,16 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     /// The HTTP version spoken to it by `http` listeners.
     pub http_version: HttpVersion,
+    /// For `redis` listeners: the endpoints are Redis Sentinels, and the
+    /// master they name is where commands go.
+    pub sentinel: Option<Sentinel>,
+}
+
+/// A Redis master found through Sentinel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
 }
 
 /// Warm connections per endpoint, made before clients arrive. At L4 each

@@ -157,6 +157,21 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 );
             }
         }
+        if listener.redis.is_none()
+            && let Some(upstream) = listener
+                .upstream
+                .as_deref()
+                .and_then(|name| config.upstream(name))
+            && upstream.sentinel.is_some()
+        {
+            report(
+                format!("upstreams.{}.sentinel", upstream.name),
+                format!(
+                    "listener {:?} is not a redis listener; only `protocol: redis` follows a Sentinel master",
+                    listener.name
+                ),
+            );
+        }
         if let Some(http) = &listener.http {
             validate_http(config, &format!("{path}.http"), http, &mut report);
             let routed = http.routes.iter().filter_map(|route| match &route.action {

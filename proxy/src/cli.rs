@@ -408,6 +408,7 @@ impl TcpArgs {
                 breaker: Breaker::default(),
                 health_check: None,
                 http_version: model::HttpVersion::default(),
+                sentinel: None,
             }],
         }
     }

@@ -19,6 +19,7 @@ mod handshake;
 mod pinned;
 mod replies;
 mod shared;
+mod target;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,11 +35,11 @@ use tokio::sync::oneshot;
 use crate::reload::SharedServerConfig;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
 use crate::tls;
-use crate::upstream::Upstream;
 use classify::Class;
 use handshake::Credentials;
 use replies::Replies;
 use shared::{Batch, SharedConnection};
+pub(crate) use target::{SentinelMaster, Target};
 
 /// Read buffer of a client connection.
 const CLIENT_BUFFER: usize = 16 * 1024;
@@ -49,14 +50,14 @@ pub(crate) struct RedisProxy {
     pub(crate) metrics: ListenerMetrics,
     redis_metrics: RedisMetrics,
     pub(crate) tls: Option<SharedServerConfig>,
-    upstream: Arc<Upstream>,
+    target: Arc<Target>,
     shared_connections: usize,
     command_timeout: Duration,
     limits: Limits,
     /// Shared connections per database, made when a client first uses it.
     pools: Mutex<HashMap<u32, Arc<[SharedConnection]>>>,
     /// Connections lent to one client at a time (transactions, blocking, pub/sub).
-    pinned: pinned::PinnedPool,
+    pinned: pinned::Lender,
     /// What clients must `AUTH` with, when set: (username, password).
     client_auth: Option<(String, String)>,
     /// What attache logs in to Redis with.
@@ -67,7 +68,7 @@ impl RedisProxy {
     pub(crate) fn new(
         config: &attache_config::Listener,
         settings: &attache_config::RedisListener,
-        upstream: Arc<Upstream>,
+        target: Arc<Target>,
         tls: Option<SharedServerConfig>,
         metrics: &Metrics,
     ) -> Self {
@@ -84,12 +85,17 @@ impl RedisProxy {
             command_timeout: settings.command_timeout,
             limits: Limits::default(),
             pools: Mutex::new(HashMap::new()),
-            pinned: pinned::pool(
-                upstream.clone(),
-                credentials.clone(),
-                settings.max_pinned,
-                settings.command_timeout,
-            ),
+            pinned: pinned::Lender {
+                pool: pinned::pool(
+                    target.clone(),
+                    credentials.clone(),
+                    settings.max_pinned,
+                    settings.command_timeout,
+                ),
+                credentials: credentials.clone(),
+                target: target.clone(),
+                limits: Limits::default(),
+            },
             client_auth: settings.password.as_ref().map(|password| {
                 let username = settings
                     .username
@@ -98,7 +104,7 @@ impl RedisProxy {
                 (username, password.clone())
             }),
             credentials,
-            upstream,
+            target,
         }
     }
 
@@ -114,7 +120,7 @@ impl RedisProxy {
                 (0..self.shared_connections)
                     .map(|_| {
                         SharedConnection::start(
-                            self.upstream.clone(),
+                            self.target.clone(),
                             self.credentials.clone(),
                             database,
                             self.limits,
@@ -230,16 +236,8 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 }
             }
             proxy.redis_metrics.pinned_connections.inc();
-            let ended = pinned::session(
-                &mut client,
-                &mut input,
-                command,
-                &proxy.pinned,
-                proxy.credentials.as_ref(),
-                database,
-                &proxy.limits,
-            )
-            .await;
+            let ended =
+                pinned::session(&mut client, &mut input, command, &proxy.pinned, database).await;
             proxy.redis_metrics.pinned_connections.dec();
             match ended {
                 pinned::Ended::Shared { database: now } => {

@@ -17,17 +17,21 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::handshake::{self, Credentials};
-use crate::upstream::{Upstream, UpstreamConnection};
+use super::target::Target;
+use crate::upstream::UpstreamConnection;
+use tokio::sync::watch;
 
 /// A pooled upstream connection and whether it may be reused.
 pub(super) struct PinnedConnection {
     connection: UpstreamConnection,
     broken: bool,
+    /// The master generation it was made in (Sentinel).
+    generation: u64,
 }
 
 /// Makes pinned connections through the upstream room.
 pub(super) struct PinnedConnector {
-    upstream: Arc<Upstream>,
+    target: Arc<Target>,
     credentials: Option<Credentials>,
 }
 
@@ -41,11 +45,7 @@ impl bb8::ManageConnection for PinnedConnector {
     type Error = PinnedError;
 
     async fn connect(&self) -> Result<PinnedConnection, PinnedError> {
-        let mut connection = self
-            .upstream
-            .connect()
-            .await
-            .map_err(|error| PinnedError(error.to_string()))?;
+        let (mut connection, generation) = self.target.connect().await.map_err(PinnedError)?;
         handshake::prepare(
             &mut connection,
             self.credentials.as_ref(),
@@ -57,6 +57,7 @@ impl bb8::ManageConnection for PinnedConnector {
         Ok(PinnedConnection {
             connection,
             broken: false,
+            generation,
         })
     }
 
@@ -65,15 +66,25 @@ impl bb8::ManageConnection for PinnedConnector {
     }
 
     fn has_broken(&self, connection: &mut PinnedConnection) -> bool {
-        connection.broken
+        connection.broken || connection.generation != self.target.generation()
     }
 }
 
 pub(super) type PinnedPool = bb8::Pool<PinnedConnector>;
 
+/// What pinned sessions need: the pool, attache's credentials (to log a
+/// connection back in after its reset), the target (to notice a new
+/// Sentinel master) and the protocol limits.
+pub(super) struct Lender {
+    pub(super) pool: PinnedPool,
+    pub(super) credentials: Option<Credentials>,
+    pub(super) target: Arc<Target>,
+    pub(super) limits: Limits,
+}
+
 /// Builds the pool (connections are made on demand, at most `max`).
 pub(super) fn pool(
-    upstream: Arc<Upstream>,
+    target: Arc<Target>,
     credentials: Option<Credentials>,
     max: u32,
     wait: Duration,
@@ -84,7 +95,7 @@ pub(super) fn pool(
         .connection_timeout(wait)
         .test_on_check_out(false)
         .build_unchecked(PinnedConnector {
-            upstream,
+            target,
             credentials,
         })
 }
@@ -256,11 +267,17 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     client: &mut C,
     input: &mut BytesMut,
     first: Command,
-    pool: &PinnedPool,
-    credentials: Option<&Credentials>,
+    lender: &Lender,
     database: u32,
-    limits: &Limits,
 ) -> Ended {
+    let Lender {
+        pool,
+        credentials,
+        target,
+        limits,
+    } = lender;
+    let credentials = credentials.as_ref();
+    let mut master_changes = target.changes();
     let mut pinned = match pool.get().await {
         Ok(pinned) => pinned,
         Err(error) => {
@@ -339,7 +356,21 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 Ended::Shared { database }
             };
         }
+        if pinned.generation
+            != master_changes
+                .as_ref()
+                .map_or(0, |changes| *changes.borrow())
+        {
+            pinned.broken = true;
+            let _ = client
+                .write_all(&encode::error(
+                    "ERR attache: the Redis master changed (Sentinel failover); this connection's state is gone",
+                ))
+                .await;
+            break Ended::Close;
+        }
         tokio::select! {
+            () = master_changed(&mut master_changes) => {}
             read = client.read_buf(input), if !quitting => match read {
                 Ok(0) | Err(_) => {
                     // Mid-transaction or subscribed: the connection's state
@@ -397,6 +428,18 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 .is_err();
     }
     ended
+}
+
+/// Resolves when Sentinel names a new master; never for a fixed upstream.
+async fn master_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(changes) => {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sends RESET and reads its `+RESET`; false when the connection cannot be reused.

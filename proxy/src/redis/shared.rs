@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
 use super::handshake::{self, Credentials};
-use crate::upstream::{Upstream, UpstreamConnection};
+use super::target::Target;
+use crate::upstream::UpstreamConnection;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// Commands queued per shared connection before clients wait to hand more.
@@ -49,14 +50,14 @@ impl SharedConnection {
     /// `database` first (when it is not 0).
     /// `open` counts the connection while it is open.
     pub(super) fn start(
-        upstream: Arc<Upstream>,
+        target: Arc<Target>,
         credentials: Option<Credentials>,
         database: u32,
         limits: Limits,
         open: Gauge,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
-        tokio::spawn(run(upstream, credentials, database, limits, receiver, open));
+        tokio::spawn(run(target, credentials, database, limits, receiver, open));
         Self { sender }
     }
 
@@ -67,7 +68,7 @@ impl SharedConnection {
 }
 
 async fn run(
-    upstream: Arc<Upstream>,
+    target: Arc<Target>,
     credentials: Option<Credentials>,
     database: u32,
     limits: Limits,
@@ -77,18 +78,27 @@ async fn run(
     // Connected lazily: a connection is made when the first batch arrives,
     // and again after a failure.
     let mut connection: Option<UpstreamConnection> = None;
+    // The master generation the connection was made in (Sentinel).
+    let mut generation = 0;
+    // A batch that arrived for a connection that turned out stale.
+    let mut held: Option<Batch> = None;
     let mut waiting: VecDeque<oneshot::Sender<Answer>> = VecDeque::new();
     // Counts the connection as open while it is.
     let mut counted = Counted(open_gauge, false);
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     loop {
         let Some(open) = connection.as_mut() else {
-            let Some(batch) = batches.recv().await else {
-                return;
+            let batch = match held.take() {
+                Some(batch) => batch,
+                None => match batches.recv().await {
+                    Some(batch) => batch,
+                    None => return,
+                },
             };
-            match open_connection(&upstream, credentials.as_ref(), database, &limits).await {
-                Ok(opened) => {
+            match open_connection(&target, credentials.as_ref(), database, &limits).await {
+                Ok((opened, opened_in)) => {
                     connection = Some(opened);
+                    generation = opened_in;
                     counted.set(true);
                     buffer.clear();
                     if let Err(error) = write_batch(connection.as_mut(), batch, &mut waiting).await
@@ -110,6 +120,14 @@ async fn run(
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else { return };
+                if target.generation() != generation {
+                    // Sentinel named a new master: commands go there from now on.
+                    fail_all(&mut waiting, "the Redis master changed (Sentinel failover)");
+                    connection = None;
+                    counted.set(false);
+                    held = Some(batch);
+                    continue;
+                }
                 if let Err(error) = write_batch(Some(open), batch, &mut waiting).await {
                     fail_all(&mut waiting, &error);
                     connection = None;
@@ -132,19 +150,17 @@ async fn run(
     }
 }
 
-/// Connects, authenticates and selects the database.
+/// Connects, authenticates and selects the database; returns the master
+/// generation the connection belongs to.
 async fn open_connection(
-    upstream: &Upstream,
+    target: &Target,
     credentials: Option<&Credentials>,
     database: u32,
     limits: &Limits,
-) -> Result<UpstreamConnection, String> {
-    let mut connection = upstream
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
+) -> Result<(UpstreamConnection, u64), String> {
+    let (mut connection, generation) = target.connect().await?;
     handshake::prepare(&mut connection, credentials, database, limits).await?;
-    Ok(connection)
+    Ok((connection, generation))
 }
 
 /// Writes a batch in one go and queues its reply senders in order.
