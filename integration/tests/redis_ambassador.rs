@@ -655,3 +655,88 @@ upstreams:
         "one shared connection served all three"
     );
 }
+
+/// Reads `count` whole frames from `stream`.
+async fn frames(stream: &mut tokio::net::TcpStream, count: usize) -> Vec<Vec<u8>> {
+    let mut buffer = Vec::new();
+    let mut frames = Vec::new();
+    let limits = attache_resp::Limits::default();
+    while frames.len() < count {
+        while let Some(frame) = attache_resp::check(&buffer, &limits).unwrap() {
+            frames.push(buffer.drain(..frame.length).collect());
+            if frames.len() == count {
+                return frames;
+            }
+        }
+        let mut chunk = [0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a reply in time")
+            .unwrap();
+        assert!(read > 0, "closed after {frames:?}");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    frames
+}
+
+#[tokio::test]
+async fn resp3_clients_get_resp3_replies_and_push_messages() {
+    let server = RedisServer::plain();
+    let attache = Attache::run(&config(server.address, "")).await.unwrap();
+    let front = attache.listener("redis");
+    // The redis crate over RESP3: maps come back as maps.
+    let mut resp3 = redis::Client::open(format!("redis://{front}/?protocol=resp3"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = resp3
+        .hset_multiple("h", &[("a", "1"), ("b", "2")])
+        .await
+        .unwrap();
+    let all: std::collections::HashMap<String, String> = resp3.hgetall("h").await.unwrap();
+    assert_eq!(all.len(), 2);
+
+    // Raw RESP3: HELLO 3 is answered with the server's map; a subscription
+    // delivers push frames; after it, the client is back on shared
+    // connections, still speaking RESP3.
+    let mut subscriber = tokio::net::TcpStream::connect(front).await.unwrap();
+    subscriber
+        .write_all(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        .await
+        .unwrap();
+    let hello = frames(&mut subscriber, 1).await;
+    assert_eq!(
+        hello[0][0],
+        b'%',
+        "a RESP3 map: {}",
+        String::from_utf8_lossy(&hello[0])
+    );
+    assert!(String::from_utf8_lossy(&hello[0]).contains("proto\r\n:3"));
+    subscriber
+        .write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
+        .await
+        .unwrap();
+    let confirmed = frames(&mut subscriber, 1).await;
+    assert!(
+        confirmed[0].starts_with(b">3\r\n$9\r\nsubscribe"),
+        "{}",
+        String::from_utf8_lossy(&confirmed[0])
+    );
+    let _: i64 = resp3.publish("news", "fresh").await.unwrap();
+    let message = frames(&mut subscriber, 1).await;
+    assert_eq!(
+        message[0],
+        b">3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nfresh\r\n"
+    );
+    subscriber
+        .write_all(b"*1\r\n$11\r\nUNSUBSCRIBE\r\n*2\r\n$3\r\nGET\r\n$1\r\nx\r\n")
+        .await
+        .unwrap();
+    let after = frames(&mut subscriber, 2).await;
+    assert!(after[0].starts_with(b">3\r\n$11\r\nunsubscribe"));
+    assert_eq!(
+        after[1], b"_\r\n",
+        "a RESP3 null from the shared connection"
+    );
+}

@@ -20,6 +20,9 @@ pub(super) enum Class {
     Pinned,
     /// `AUTH`: checked by attache against its configured password.
     Auth,
+    /// `HELLO`: the protocol (RESP2 or RESP3) and optional login, handled
+    /// by attache; the server's HELLO answer comes from the new shared set.
+    Hello,
 }
 
 /// Commands that start state on their connection: a pinned session.
@@ -72,9 +75,7 @@ pub(super) fn classify(command: &Command) -> Class {
         },
         "QUIT" => Class::Quit,
         "AUTH" => Class::Auth,
-        "HELLO" => Class::Refused(
-            "NOPROTO attache speaks RESP2 to clients for now; RESP3 is not built yet".into(),
-        ),
+        "HELLO" => Class::Hello,
         "CLIENT" => match arg(1).as_deref() {
             Some("SETNAME" | "SETINFO") => Class::LocalOk,
             Some("REPLY") => Class::Refused(
@@ -149,8 +150,6 @@ mod tests {
         );
         assert_eq!(classify(&command(&["auth", "pw"])), Class::Auth);
         assert!(matches!(classify(&command(&["reset"])), Class::Refused(_)));
-        assert!(
-            matches!(classify(&command(&["hello", "3"])), Class::Refused(text) if text.starts_with("NOPROTO"))
-        );
+        assert_eq!(classify(&command(&["hello", "3"])), Class::Hello);
     }
 }

@@ -1,6 +1,7 @@
 //! What attache says first on every upstream connection it opens for the
-//! ambassador: its own `AUTH` when configured, then `SELECT` for a database
-//! other than 0. Each must be answered `+OK`.
+//! ambassador: `HELLO 3` for a RESP3 connection (with its login folded in),
+//! else its own `AUTH` when configured; then `SELECT` for a database other
+//! than 0. Each must be answered (`+OK`; for HELLO, anything but an error).
 
 use attache_resp::{Limits, check, encode};
 use bytes::{Bytes, BytesMut};
@@ -8,36 +9,59 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::upstream::UpstreamConnection;
 
-/// attache's credentials for Redis, as an `AUTH` command ready to send.
+/// `HELLO 3` without credentials.
+const HELLO_3: &[u8] = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n";
+
+/// attache's credentials for Redis, as commands ready to send.
 #[derive(Clone)]
 pub(super) struct Credentials {
     auth: Bytes,
+    /// `HELLO 3 AUTH user password`: RESP3 and login in one exchange.
+    hello: Bytes,
 }
 
 impl Credentials {
     pub(super) fn new(username: Option<&str>, password: &str) -> Self {
+        let user = username.unwrap_or("default");
         let auth = match username {
             Some(username) => encode::command(
                 [&b"AUTH"[..], username.as_bytes(), password.as_bytes()].into_iter(),
             ),
             None => encode::command([&b"AUTH"[..], password.as_bytes()].into_iter()),
         };
-        Self { auth }
+        let hello = encode::command(
+            [
+                &b"HELLO"[..],
+                b"3",
+                b"AUTH",
+                user.as_bytes(),
+                password.as_bytes(),
+            ]
+            .into_iter(),
+        );
+        Self { auth, hello }
     }
 }
 
-/// Authenticates (when `credentials` are given) and selects `database`.
+/// Switches to RESP3 when `protocol` is 3, authenticates (when
+/// `credentials` are given) and selects `database`.
 ///
 /// # Errors
 /// A message naming the step that failed and what Redis answered.
 pub(super) async fn prepare(
     connection: &mut UpstreamConnection,
     credentials: Option<&Credentials>,
+    protocol: u8,
     database: u32,
     limits: &Limits,
 ) -> Result<(), String> {
-    if let Some(credentials) = credentials {
-        exchange(connection, &credentials.auth, "AUTH", limits).await?;
+    match (protocol, credentials) {
+        (3, Some(credentials)) => {
+            exchange(connection, &credentials.hello, "HELLO 3", limits).await?;
+        }
+        (3, None) => exchange(connection, HELLO_3, "HELLO 3", limits).await?,
+        (_, Some(credentials)) => exchange(connection, &credentials.auth, "AUTH", limits).await?,
+        (_, None) => {}
     }
     if database != 0 {
         let select = encode::command([&b"SELECT"[..], database.to_string().as_bytes()].into_iter());
@@ -46,7 +70,7 @@ pub(super) async fn prepare(
     Ok(())
 }
 
-/// Sends `command` and expects `+OK`.
+/// Sends `command` and expects `+OK` (for HELLO, any answer but an error).
 async fn exchange(
     connection: &mut UpstreamConnection,
     command: &[u8],
@@ -58,13 +82,18 @@ async fn exchange(
         .write_all(command)
         .await
         .map_err(|error| format!("{what} failed: {error}"))?;
-    let mut reply = BytesMut::with_capacity(64);
+    let mut reply = BytesMut::with_capacity(256);
     loop {
         if let Some(frame) =
             check(&reply, limits).map_err(|error| format!("{what} failed: {error}"))?
         {
             let answer = &reply[..frame.length];
-            if answer == b"+OK\r\n" {
+            let accepted = if what.starts_with("HELLO") {
+                !answer.starts_with(b"-")
+            } else {
+                answer == b"+OK\r\n"
+            };
+            if accepted {
                 return Ok(());
             }
             return Err(format!(

@@ -44,6 +44,9 @@ pub(crate) use target::{SentinelMaster, Target};
 /// Read buffer of a client connection.
 const CLIENT_BUFFER: usize = 16 * 1024;
 
+/// A shared set serves one (database, protocol version) pair.
+type SharedSetKey = (u32, u8);
+
 /// One `redis` listener and its shared connections.
 pub(crate) struct RedisProxy {
     pub(crate) listener: String,
@@ -55,7 +58,7 @@ pub(crate) struct RedisProxy {
     command_timeout: Duration,
     limits: Limits,
     /// Shared connections per database, made when a client first uses it.
-    pools: Mutex<HashMap<u32, Arc<[SharedConnection]>>>,
+    pools: Mutex<HashMap<SharedSetKey, Arc<[SharedConnection]>>>,
     /// Connections lent to one client at a time (transactions, blocking, pub/sub).
     pinned: pinned::Lender,
     /// What clients must `AUTH` with, when set: (username, password).
@@ -109,19 +112,20 @@ impl RedisProxy {
     }
 
     /// The shared connections of `database`, started on first use.
-    fn pool(&self, database: u32) -> Arc<[SharedConnection]> {
+    fn pool(&self, database: u32, protocol: u8) -> Arc<[SharedConnection]> {
         let mut pools = self
             .pools
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         pools
-            .entry(database)
+            .entry((database, protocol))
             .or_insert_with(|| {
                 (0..self.shared_connections)
                     .map(|_| {
                         SharedConnection::start(
                             self.target.clone(),
                             self.credentials.clone(),
+                            protocol,
                             database,
                             self.limits,
                             self.redis_metrics.shared_connections.clone(),
@@ -148,7 +152,9 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
         return;
     };
     let mut database = 0;
-    let mut pool = proxy.pool(database);
+    // RESP2 until the client says HELLO 3; shared sets are per protocol.
+    let mut protocol = 2;
+    let mut pool = proxy.pool(database, protocol);
     // Each client sticks to one shared connection per database, so its
     // pipelined commands stay in order on the wire.
     let affinity = fastrand::usize(..proxy.shared_connections);
@@ -179,18 +185,45 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
             };
             let mut class = classify::classify(&command);
             if class == Class::Auth {
-                let (reply, accepted) = check_auth(&proxy, &command);
+                let (reply, accepted) = match &command.args[1..] {
+                    [password] => check_auth(&proxy, b"default", password),
+                    [user, password] => check_auth(&proxy, user, password),
+                    _ => (
+                        "ERR wrong number of arguments for 'auth' command".to_owned(),
+                        false,
+                    ),
+                };
                 authenticated |= accepted;
                 class = if accepted {
                     Class::LocalOk
                 } else {
                     Class::Refused(reply)
                 };
+            } else if class == Class::Hello {
+                match hello(&proxy, &command, protocol, authenticated) {
+                    Ok(requested) => {
+                        authenticated = true;
+                        flush_batch(&pool, affinity, &mut batch).await;
+                        protocol = requested;
+                        pool = proxy.pool(database, protocol);
+                        // The server's own HELLO answer, in the protocol
+                        // the client now speaks.
+                        let version = if protocol == 3 { &b"3"[..] } else { &b"2"[..] };
+                        let (sender, receiver) = oneshot::channel();
+                        batch
+                            .commands
+                            .push(encode::command([&b"HELLO"[..], version].into_iter()));
+                        batch.replies.push(sender);
+                        replies.push_waiting(receiver, command.args[0].clone());
+                        continue;
+                    }
+                    Err(reply) => class = Class::Refused(reply),
+                }
             } else if !authenticated && class != Class::Quit {
                 class = Class::Refused("NOAUTH Authentication required.".to_owned());
             }
             let local = match &class {
-                Class::Select(_) | Class::Quit | Class::LocalOk | Class::Auth => {
+                Class::Select(_) | Class::Quit | Class::LocalOk | Class::Auth | Class::Hello => {
                     Some(RedisResult::Ok)
                 }
                 Class::Refused(_) => Some(RedisResult::Failed),
@@ -214,14 +247,14 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 Class::Select(requested) => {
                     flush_batch(&pool, affinity, &mut batch).await;
                     database = requested;
-                    pool = proxy.pool(database);
+                    pool = proxy.pool(database, protocol);
                     replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
                 Class::Quit => {
                     replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                     closing = true;
                 }
-                Class::LocalOk | Class::Auth => {
+                Class::LocalOk | Class::Auth | Class::Hello => {
                     replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
                 Class::Refused(reason) => replies.push_ready(encode::error(&reason)),
@@ -236,14 +269,21 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 }
             }
             proxy.redis_metrics.pinned_connections.inc();
-            let ended =
-                pinned::session(&mut client, &mut input, command, &proxy.pinned, database).await;
+            let ended = pinned::session(
+                &mut client,
+                &mut input,
+                command,
+                &proxy.pinned,
+                protocol,
+                database,
+            )
+            .await;
             proxy.redis_metrics.pinned_connections.dec();
             match ended {
                 pinned::Ended::Shared { database: now } => {
                     if now != database {
                         database = now;
-                        pool = proxy.pool(database);
+                        pool = proxy.pool(database, protocol);
                     }
                     continue;
                 }
@@ -270,9 +310,9 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     metrics.closed(result);
 }
 
-/// Checks `AUTH [username] password` against the configured password:
-/// the error reply when refused, and whether it was accepted.
-fn check_auth(proxy: &RedisProxy, command: &attache_resp::Command) -> (String, bool) {
+/// Checks a username and password against the configured ones: the
+/// error reply when refused, and whether they were accepted.
+fn check_auth(proxy: &RedisProxy, given_user: &[u8], given_password: &[u8]) -> (String, bool) {
     let Some((username, password)) = &proxy.client_auth else {
         return (
             "ERR AUTH <password> called without any password configured for the default user. \
@@ -281,20 +321,59 @@ fn check_auth(proxy: &RedisProxy, command: &attache_resp::Command) -> (String, b
             false,
         );
     };
-    let (given_user, given_password) = match &command.args[1..] {
-        [password] => (&b"default"[..], &password[..]),
-        [user, password] => (&user[..], &password[..]),
-        _ => {
-            return (
-                "ERR wrong number of arguments for 'auth' command".to_owned(),
-                false,
-            );
-        }
-    };
     let accepted =
         given_user == username.as_bytes() && constant_time_eq(given_password, password.as_bytes());
     let reply = "WRONGPASS invalid username-password pair or user is disabled.".to_owned();
     (reply, accepted)
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`: the
+/// protocol the client asks for (its current one without `protover`), its
+/// login checked on the way; or the error reply.
+fn hello(
+    proxy: &RedisProxy,
+    command: &attache_resp::Command,
+    current: u8,
+    authenticated: bool,
+) -> Result<u8, String> {
+    let mut args = command.args[1..].iter();
+    let requested = match args.next() {
+        None => current,
+        Some(version) => match &version[..] {
+            b"2" => 2,
+            b"3" => 3,
+            _ => return Err("NOPROTO unsupported protocol version".to_owned()),
+        },
+    };
+    let mut logged_in = authenticated;
+    while let Some(option) = args.next() {
+        if option.eq_ignore_ascii_case(b"AUTH") {
+            let (Some(user), Some(password)) = (args.next(), args.next()) else {
+                return Err("ERR Syntax error in HELLO option 'auth'".to_owned());
+            };
+            let (reply, accepted) = check_auth(proxy, user, password);
+            if !accepted {
+                return Err(reply);
+            }
+            logged_in = true;
+        } else if option.eq_ignore_ascii_case(b"SETNAME") {
+            // A name belongs to the client, not to a shared connection.
+            args.next();
+        } else {
+            return Err(format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(option)
+            ));
+        }
+    }
+    if !logged_in {
+        return Err(
+            "NOAUTH HELLO must be called with the client already authenticated, \
+                    otherwise the HELLO <proto> AUTH <user> <pass> option can be used"
+                .to_owned(),
+        );
+    }
+    Ok(requested)
 }
 
 /// Compares without stopping at the first difference, so response time

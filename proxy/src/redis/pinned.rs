@@ -49,6 +49,7 @@ impl bb8::ManageConnection for PinnedConnector {
         handshake::prepare(
             &mut connection,
             self.credentials.as_ref(),
+            2,
             0,
             &Limits::default(),
         )
@@ -191,6 +192,17 @@ impl State {
         }
     }
 
+    /// Takes in a RESP3 push: subscription confirmations update the count.
+    fn pushed(&mut self, push: &[u8]) {
+        if self.subscriptions.is_some() && is_subscription_reply(push) {
+            self.subscriptions = subscription_count(push);
+            self.confirmations = self.confirmations.saturating_sub(1);
+            if self.subscriptions == Some(0) {
+                self.unsubscribing_all = false;
+            }
+        }
+    }
+
     /// Takes in one reply; returns the database a successful SELECT chose.
     fn replied(&mut self, reply: &[u8]) -> Option<u32> {
         if self.subscriptions.is_some() && is_subscription_reply(reply) {
@@ -268,6 +280,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     input: &mut BytesMut,
     first: Command,
     lender: &Lender,
+    protocol: u8,
     database: u32,
 ) -> Ended {
     let Lender {
@@ -295,15 +308,21 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     let mut database = database;
     let mut replies = BytesMut::with_capacity(16 * 1024);
     let mut outgoing: Vec<Bytes> = Vec::new();
+    // The pool's connections are reset to RESP2 and database 0: set the
+    // client's first; those replies are swallowed, not the client's.
+    let mut swallow = 0;
+    if protocol == 3 {
+        outgoing.push(Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"));
+        state.pending.push_back(Effect::Plain);
+        swallow += 1;
+    }
     if database != 0 {
-        // The pool's connections are reset to database 0; its reply is
-        // swallowed, not the client's.
         outgoing.push(encode::command(
             [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
         ));
         state.pending.push_back(Effect::Plain);
+        swallow += 1;
     }
-    let mut swallow = usize::from(database != 0);
     state.sent(effect(&first));
     outgoing.push(first.raw);
     let mut quitting = false;
@@ -401,10 +420,14 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                         }
                     };
                     let reply = replies.split_to(frame.length).freeze();
-                    if let Some(selected) = state.replied(&reply) {
+                    if frame.push {
+                        // RESP3 out-of-band data (pub/sub messages and
+                        // confirmations): relayed, never matched to a command.
+                        state.pushed(&reply);
+                    } else if let Some(selected) = state.replied(&reply) {
                         database = selected;
                     }
-                    if swallow > 0 {
+                    if swallow > 0 && !frame.push {
                         swallow -= 1;
                         continue;
                     }
@@ -423,7 +446,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     if !pinned.broken {
         // RESET also logs the connection out: log it back in.
         pinned.broken = !reset(&mut pinned.connection, limits).await
-            || handshake::prepare(&mut pinned.connection, credentials, 0, limits)
+            || handshake::prepare(&mut pinned.connection, credentials, 2, 0, limits)
                 .await
                 .is_err();
     }

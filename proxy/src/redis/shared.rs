@@ -52,12 +52,19 @@ impl SharedConnection {
     pub(super) fn start(
         target: Arc<Target>,
         credentials: Option<Credentials>,
+        protocol: u8,
         database: u32,
         limits: Limits,
         open: Gauge,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
-        tokio::spawn(run(target, credentials, database, limits, receiver, open));
+        let session = Session {
+            target,
+            credentials,
+            protocol,
+            database,
+        };
+        tokio::spawn(run(session, limits, receiver, open));
         Self { sender }
     }
 
@@ -67,10 +74,16 @@ impl SharedConnection {
     }
 }
 
-async fn run(
+/// What each connection of one shared set says first, and to whom.
+struct Session {
     target: Arc<Target>,
     credentials: Option<Credentials>,
+    protocol: u8,
     database: u32,
+}
+
+async fn run(
+    session: Session,
     limits: Limits,
     mut batches: mpsc::Receiver<Batch>,
     open_gauge: Gauge,
@@ -95,7 +108,7 @@ async fn run(
                     None => return,
                 },
             };
-            match open_connection(&target, credentials.as_ref(), database, &limits).await {
+            match open_connection(&session, &limits).await {
                 Ok((opened, opened_in)) => {
                     connection = Some(opened);
                     generation = opened_in;
@@ -120,7 +133,7 @@ async fn run(
         tokio::select! {
             batch = batches.recv() => {
                 let Some(batch) = batch else { return };
-                if target.generation() != generation {
+                if session.target.generation() != generation {
                     // Sentinel named a new master: commands go there from now on.
                     fail_all(&mut waiting, "the Redis master changed (Sentinel failover)");
                     connection = None;
@@ -153,13 +166,18 @@ async fn run(
 /// Connects, authenticates and selects the database; returns the master
 /// generation the connection belongs to.
 async fn open_connection(
-    target: &Target,
-    credentials: Option<&Credentials>,
-    database: u32,
+    session: &Session,
     limits: &Limits,
 ) -> Result<(UpstreamConnection, u64), String> {
-    let (mut connection, generation) = target.connect().await?;
-    handshake::prepare(&mut connection, credentials, database, limits).await?;
+    let (mut connection, generation) = session.target.connect().await?;
+    handshake::prepare(
+        &mut connection,
+        session.credentials.as_ref(),
+        session.protocol,
+        session.database,
+        limits,
+    )
+    .await?;
     Ok((connection, generation))
 }
 
