@@ -740,3 +740,89 @@ async fn resp3_clients_get_resp3_replies_and_push_messages() {
         "a RESP3 null from the shared connection"
     );
 }
+
+/// A relay to `redis` that, while armed, cuts the next connection whose
+/// first bytes mention `fault-once` without forwarding them: the command
+/// is in flight from attache's side and never reaches Redis. A fault
+/// injector, since no real server fails on cue like this.
+async fn faulty_relay(
+    redis: SocketAddr,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trigger = armed.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let trigger = trigger.clone();
+            tokio::spawn(async move {
+                let upstream = tokio::net::TcpStream::connect(redis).await.unwrap();
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_upstream, mut to_upstream) = upstream.into_split();
+                let replies = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_upstream, &mut to_client).await;
+                });
+                let mut chunk = vec![0; 64 * 1024];
+                loop {
+                    let read = match from_client.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => read,
+                    };
+                    let mentions = chunk[..read]
+                        .windows(10)
+                        .any(|window| window == b"fault-once");
+                    if mentions && trigger.swap(false, Ordering::SeqCst) {
+                        break; // the command never reaches Redis; both sides close
+                    }
+                    if to_upstream.write_all(&chunk[..read]).await.is_err() {
+                        break;
+                    }
+                }
+                replies.abort();
+            });
+        }
+    });
+    (address, armed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_in_flight_is_retried_once_and_a_write_never() {
+    use std::sync::atomic::Ordering;
+    let server = RedisServer::plain();
+    let (relay, armed) = faulty_relay(server.address).await;
+    let attache = Attache::run(&config(relay, "    redis: { shared_connections: 1 }"))
+        .await
+        .unwrap();
+    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = direct.set("fault-once:read", "still here").await.unwrap();
+    let mut client = connect(&attache).await;
+
+    armed.store(true, Ordering::SeqCst);
+    let value: String = client.get("fault-once:read").await.unwrap();
+    assert_eq!(
+        value, "still here",
+        "the read was sent again on a new connection"
+    );
+    assert!(!armed.load(Ordering::SeqCst), "the fault did happen");
+
+    armed.store(true, Ordering::SeqCst);
+    let written: redis::RedisResult<()> = client.set("fault-once:write", "lost").await;
+    let error = written.unwrap_err();
+    assert!(error.to_string().contains("attache"), "{error}");
+    assert!(!armed.load(Ordering::SeqCst));
+    assert_eq!(
+        direct
+            .get::<_, Option<String>>("fault-once:write")
+            .await
+            .unwrap(),
+        None,
+        "not retried"
+    );
+    // The connection is back for everything else.
+    let _: () = client.set("fault-once:after", 1).await.unwrap();
+}

@@ -46,6 +46,65 @@ const BLOCKING: [&str; 11] = [
 /// Commands that reset a connection: not served on shared connections.
 const CONNECTION_IDENTITY: [&str; 1] = ["RESET"];
 
+/// Commands that only read: sending one again after its connection failed
+/// cannot change anything (the first copy may or may not have run).
+const READ_ONLY: [&str; 48] = [
+    "BITCOUNT",
+    "BITPOS",
+    "DBSIZE",
+    "ECHO",
+    "EXISTS",
+    "GEODIST",
+    "GEOHASH",
+    "GEOPOS",
+    "GET",
+    "GETBIT",
+    "GETRANGE",
+    "HEXISTS",
+    "HGET",
+    "HGETALL",
+    "HKEYS",
+    "HLEN",
+    "HMGET",
+    "HSCAN",
+    "HSTRLEN",
+    "HVALS",
+    "LINDEX",
+    "LLEN",
+    "LPOS",
+    "LRANGE",
+    "MGET",
+    "PFCOUNT",
+    "PING",
+    "PTTL",
+    "SCAN",
+    "SCARD",
+    "SISMEMBER",
+    "SMEMBERS",
+    "SMISMEMBER",
+    "SSCAN",
+    "STRLEN",
+    "TTL",
+    "TYPE",
+    "XLEN",
+    "XRANGE",
+    "XREVRANGE",
+    "ZCARD",
+    "ZCOUNT",
+    "ZMSCORE",
+    "ZRANGE",
+    "ZRANK",
+    "ZREVRANK",
+    "ZSCAN",
+    "ZSCORE",
+];
+
+/// Whether `command` only reads (and so may be retried once).
+pub(super) fn is_read_only(command: &Command) -> bool {
+    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    READ_ONLY.contains(&name.as_str())
+}
+
 /// Whether `command` blocks its connection until its reply.
 pub(super) fn is_blocking(command: &Command) -> bool {
     let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
@@ -151,5 +210,11 @@ mod tests {
         assert_eq!(classify(&command(&["auth", "pw"])), Class::Auth);
         assert!(matches!(classify(&command(&["reset"])), Class::Refused(_)));
         assert_eq!(classify(&command(&["hello", "3"])), Class::Hello);
+        assert!(is_read_only(&command(&["get", "k"])));
+        assert!(!is_read_only(&command(&["incr", "k"])));
+        assert!(
+            READ_ONLY.windows(2).all(|pair| pair[0] < pair[1]),
+            "kept sorted for readers"
+        );
     }
 }

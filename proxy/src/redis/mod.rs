@@ -165,10 +165,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     let result = loop {
         // Everything complete in the input: shared commands go out as one
         // batch; a command that needs its own connection stops the scan.
-        let mut batch = Batch {
-            commands: Vec::new(),
-            replies: Vec::new(),
-        };
+        let mut batch = Batch::new();
         let mut pin = None;
         while !closing {
             let command = match parse_command(&mut input, &proxy.limits) {
@@ -210,10 +207,11 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                         // the client now speaks.
                         let version = if protocol == 3 { &b"3"[..] } else { &b"2"[..] };
                         let (sender, receiver) = oneshot::channel();
-                        batch
-                            .commands
-                            .push(encode::command([&b"HELLO"[..], version].into_iter()));
-                        batch.replies.push(sender);
+                        batch.push(
+                            encode::command([&b"HELLO"[..], version].into_iter()),
+                            sender,
+                            true,
+                        );
                         replies.push_waiting(receiver, command.args[0].clone());
                         continue;
                     }
@@ -236,8 +234,8 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 Class::Shared => {
                     let (sender, receiver) = oneshot::channel();
                     let name = command.args[0].clone();
-                    batch.commands.push(command.raw);
-                    batch.replies.push(sender);
+                    let retryable = classify::is_read_only(&command);
+                    batch.push(command.raw, sender, retryable);
                     replies.push_waiting(receiver, name);
                 }
                 Class::Pinned => {
@@ -390,16 +388,10 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 /// Sends the commands gathered so far, as one batch, to the client's
 /// shared connection.
 async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Batch) {
-    if batch.commands.is_empty() {
+    if batch.is_empty() {
         return;
     }
-    let batch = std::mem::replace(
-        batch,
-        Batch {
-            commands: Vec::new(),
-            replies: Vec::new(),
-        },
-    );
+    let batch = std::mem::replace(batch, Batch::new());
     let connection = &pool[affinity % pool.len()];
     // A closed task drops the batch and its senders: each reply then
     // becomes an error in `awaited`.

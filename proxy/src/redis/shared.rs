@@ -35,8 +35,40 @@ pub(super) type Answer = Result<Bytes, Bytes>;
 
 /// One client's commands for one shared connection, and where each reply goes.
 pub(super) struct Batch {
-    pub(super) commands: Vec<Bytes>,
-    pub(super) replies: Vec<oneshot::Sender<Answer>>,
+    commands: Vec<Bytes>,
+    replies: Vec<oneshot::Sender<Answer>>,
+    /// Per command: read-only, so it may be sent again on a new connection
+    /// when this one fails before its reply.
+    retryable: Vec<bool>,
+}
+
+impl Batch {
+    pub(super) fn new() -> Self {
+        Self {
+            commands: Vec::new(),
+            replies: Vec::new(),
+            retryable: Vec::new(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Adds one command, where its reply goes, and whether it may be retried.
+    pub(super) fn push(&mut self, command: Bytes, reply: oneshot::Sender<Answer>, retryable: bool) {
+        self.commands.push(command);
+        self.replies.push(reply);
+        self.retryable.push(retryable);
+    }
+}
+
+/// A command sent and not answered yet.
+struct Waiting {
+    sender: oneshot::Sender<Answer>,
+    /// The command again, while it may still be retried (read-only, not
+    /// retried yet).
+    retry: Option<Bytes>,
 }
 
 /// The client side of a shared connection.
@@ -93,15 +125,16 @@ async fn run(
     let mut connection: Option<UpstreamConnection> = None;
     // The master generation the connection was made in (Sentinel).
     let mut generation = 0;
-    // A batch that arrived for a connection that turned out stale.
-    let mut held: Option<Batch> = None;
-    let mut waiting: VecDeque<oneshot::Sender<Answer>> = VecDeque::new();
+    // Batches to send before any new one: read-only commands being
+    // retried, and a batch that arrived for a connection gone stale.
+    let mut held: VecDeque<Batch> = VecDeque::new();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     // Counts the connection as open while it is.
     let mut counted = Counted(open_gauge, false);
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     loop {
         let Some(open) = connection.as_mut() else {
-            let batch = match held.take() {
+            let batch = match held.pop_front() {
                 Some(batch) => batch,
                 None => match batches.recv().await {
                     Some(batch) => batch,
@@ -116,7 +149,7 @@ async fn run(
                     buffer.clear();
                     if let Err(error) = write_batch(connection.as_mut(), batch, &mut waiting).await
                     {
-                        fail_all(&mut waiting, &error);
+                        held.extend(fail_all(&mut waiting, &error));
                         connection = None;
                         counted.set(false);
                     }
@@ -135,14 +168,14 @@ async fn run(
                 let Some(batch) = batch else { return };
                 if session.target.generation() != generation {
                     // Sentinel named a new master: commands go there from now on.
-                    fail_all(&mut waiting, "the Redis master changed (Sentinel failover)");
+                    held.extend(fail_all(&mut waiting, "the Redis master changed (Sentinel failover)"));
                     connection = None;
                     counted.set(false);
-                    held = Some(batch);
+                    held.push_back(batch);
                     continue;
                 }
                 if let Err(error) = write_batch(Some(open), batch, &mut waiting).await {
-                    fail_all(&mut waiting, &error);
+                    held.extend(fail_all(&mut waiting, &error));
                     connection = None;
                     counted.set(false);
                 }
@@ -154,7 +187,7 @@ async fn run(
                     Err(error) => Err(format!("reading from the upstream failed: {error}")),
                 };
                 if let Err(error) = outcome {
-                    fail_all(&mut waiting, &error);
+                    held.extend(fail_all(&mut waiting, &error));
                     connection = None;
                     counted.set(false);
                 }
@@ -185,13 +218,23 @@ async fn open_connection(
 async fn write_batch(
     connection: Option<&mut UpstreamConnection>,
     batch: Batch,
-    waiting: &mut VecDeque<oneshot::Sender<Answer>>,
+    waiting: &mut VecDeque<Waiting>,
 ) -> Result<(), String> {
     let Some(connection) = connection else {
         return Err("no upstream connection".to_owned());
     };
     // Queued first: if the write fails, these get the error reply too.
-    waiting.extend(batch.replies);
+    waiting.extend(
+        batch
+            .replies
+            .into_iter()
+            .zip(&batch.commands)
+            .zip(&batch.retryable)
+            .map(|((sender, command), retryable)| Waiting {
+                sender,
+                retry: retryable.then(|| command.clone()),
+            }),
+    );
     let frames: Vec<std::io::IoSlice<'_>> = batch
         .commands
         .iter()
@@ -221,7 +264,7 @@ async fn write_all_vectored(
 /// Hands every complete reply in `buffer` to the oldest waiting command.
 fn deliver(
     buffer: &mut BytesMut,
-    waiting: &mut VecDeque<oneshot::Sender<Answer>>,
+    waiting: &mut VecDeque<Waiting>,
     limits: &Limits,
 ) -> Result<(), String> {
     while let Some(frame) =
@@ -232,7 +275,7 @@ fn deliver(
             // Out of band (RESP3); no shared-connection command subscribes.
             continue;
         }
-        let Some(sender) = waiting.pop_front() else {
+        let Some(Waiting { sender, .. }) = waiting.pop_front() else {
             return Err("the upstream sent a reply nobody asked for".to_owned());
         };
         // A client that gave up dropped its receiver: the reply is discarded.
@@ -263,14 +306,28 @@ impl Drop for Counted {
     }
 }
 
-fn fail_all(waiting: &mut VecDeque<oneshot::Sender<Answer>>, error: &str) {
+/// Answers every command in flight with an error, except read-only ones
+/// not retried yet: those come back as a batch to send once more, on a new
+/// connection. Writes are never retried (they may have been applied).
+fn fail_all(waiting: &mut VecDeque<Waiting>, error: &str) -> Option<Batch> {
     tracing::warn!(
         error,
         in_flight = waiting.len(),
-        "shared Redis connection failed; its commands get an error reply"
+        "shared Redis connection failed; its writes get an error reply, its reads are retried once"
     );
     let reply = encode::error(&format!("ERR attache: {error}"));
-    for sender in waiting.drain(..) {
-        let _ = sender.send(Err(reply.clone()));
+    let mut retry = Batch::new();
+    for Waiting {
+        sender,
+        retry: command,
+    } in waiting.drain(..)
+    {
+        match command {
+            Some(command) => retry.push(command, sender, false),
+            None => {
+                let _ = sender.send(Err(reply.clone()));
+            }
+        }
     }
+    (!retry.commands.is_empty()).then_some(retry)
 }
