@@ -167,3 +167,55 @@ upstreams:
     assert_eq!(attribute(span, "attache.bytes_to_client"), "11");
     assert_eq!(attribute(span, "attache.result"), "ok");
 }
+
+#[tokio::test]
+async fn each_shared_redis_command_is_a_span_without_its_arguments() {
+    let collector = Collector::start().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - {{ name: cache, listen: \"127.0.0.1:0\", protocol: redis, upstream: redis }}
+upstreams:
+  redis: {{ endpoints: [\"127.0.0.1:6379\"] }}
+",
+        collector.endpoint()
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let mut redis = redis::Client::open(format!("redis://{}/", attache.listener("cache")))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = format!("attache:test:span-secret:{}", std::process::id());
+    let _: () = redis::AsyncCommands::set(&mut redis, &key, "text")
+        .await
+        .unwrap();
+    let failed: redis::RedisResult<i64> =
+        redis::cmd("INCR").arg(&key).query_async(&mut redis).await;
+    assert!(failed.is_err());
+    let _: () = redis::AsyncCommands::del(&mut redis, &key).await.unwrap();
+    let spans = collector
+        .wait_until(|spans| {
+            ["SET", "INCR", "DEL"]
+                .iter()
+                .all(|name| spans.iter().any(|span| span.name == *name))
+        })
+        .await;
+    for span in spans
+        .iter()
+        .filter(|span| ["SET", "INCR", "DEL"].contains(&span.name.as_str()))
+    {
+        assert_eq!(span.kind, CLIENT);
+        assert_eq!(attribute(span, "db.system"), "redis");
+        assert_eq!(attribute(span, "db.operation.name"), span.name);
+        assert_eq!(attribute(span, "db.namespace"), "0");
+        assert!(
+            span.attributes
+                .values()
+                .all(|value| !value.contains("span-secret")),
+            "arguments never reach a span: {span:#?}"
+        );
+        let expected_status = if span.name == "INCR" { 2 } else { 0 };
+        assert_eq!(span.status_code, expected_status, "{span:#?}");
+    }
+}

@@ -228,56 +228,62 @@ fn bind_listeners(
         .iter()
         .map(|listener| {
             let tls = material.listener(&listener.name);
-            let (handler, protocol) = match (&listener.http, &listener.redis) {
-                (_, Some(redis)) => {
-                    let name = listener
-                        .upstream
-                        .as_deref()
-                        .with_context(|| format!("listener {:?}: no upstream", listener.name))?;
-                    let upstream = find(name)?;
-                    let upstream_config = config
-                        .upstream(name)
-                        .with_context(|| format!("no upstream {name:?}"))?;
-                    let target = match &upstream_config.sentinel {
-                        Some(sentinel) => Target::Sentinel(SentinelMaster::start(
-                            upstream,
-                            upstream_config,
-                            sentinel.master_name.clone(),
-                            material.upstream(name),
-                            metrics.clone(),
-                        )),
-                        None => Target::Fixed(upstream),
-                    };
-                    let proxy = RedisProxy::new(listener, redis, Arc::new(target), tls, metrics);
-                    (Handler::Redis(Arc::new(proxy)), "redis")
-                }
-                (Some(http), None) => {
-                    let proxy = HttpProxy::new(
-                        listener,
-                        http,
-                        &http_upstreams,
-                        tls,
-                        metrics,
-                        tracer.cloned(),
-                    );
-                    (Handler::Http(Arc::new(proxy)), "http")
-                }
-                (None, None) => {
-                    let name = listener
-                        .upstream
-                        .as_deref()
-                        .with_context(|| format!("listener {:?}: no upstream", listener.name))?;
-                    let route = TcpRoute {
-                        listener: listener.name.clone(),
-                        upstream: find(name)?,
-                        idle_timeout: listener.idle_timeout,
-                        metrics: metrics.listener(&listener.name),
-                        tls,
-                        tracer: tracer.cloned(),
-                    };
-                    (Handler::Tcp(Arc::new(route)), "tcp")
-                }
-            };
+            let (handler, protocol) =
+                match (&listener.http, &listener.redis) {
+                    (_, Some(redis)) => {
+                        let name = listener.upstream.as_deref().with_context(|| {
+                            format!("listener {:?}: no upstream", listener.name)
+                        })?;
+                        let upstream = find(name)?;
+                        let upstream_config = config
+                            .upstream(name)
+                            .with_context(|| format!("no upstream {name:?}"))?;
+                        let target = match &upstream_config.sentinel {
+                            Some(sentinel) => Target::Sentinel(SentinelMaster::start(
+                                upstream,
+                                upstream_config,
+                                sentinel.master_name.clone(),
+                                material.upstream(name),
+                                metrics.clone(),
+                            )),
+                            None => Target::Fixed(upstream),
+                        };
+                        let proxy = RedisProxy::new(
+                            listener,
+                            redis,
+                            Arc::new(target),
+                            tls,
+                            metrics,
+                            tracer.cloned(),
+                        );
+                        (Handler::Redis(Arc::new(proxy)), "redis")
+                    }
+                    (Some(http), None) => {
+                        let proxy = HttpProxy::new(
+                            listener,
+                            http,
+                            &http_upstreams,
+                            tls,
+                            metrics,
+                            tracer.cloned(),
+                        );
+                        (Handler::Http(Arc::new(proxy)), "http")
+                    }
+                    (None, None) => {
+                        let name = listener.upstream.as_deref().with_context(|| {
+                            format!("listener {:?}: no upstream", listener.name)
+                        })?;
+                        let route = TcpRoute {
+                            listener: listener.name.clone(),
+                            upstream: find(name)?,
+                            idle_timeout: listener.idle_timeout,
+                            metrics: metrics.listener(&listener.name),
+                            tls,
+                            tracer: tracer.cloned(),
+                        };
+                        (Handler::Tcp(Arc::new(route)), "tcp")
+                    }
+                };
             let bound = Listener::bind(listener, handler)?;
             tracing::info!(
                 listener = %listener.name,

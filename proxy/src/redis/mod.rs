@@ -65,6 +65,8 @@ pub(crate) struct RedisProxy {
     client_auth: Option<(String, String)>,
     /// What attache logs in to Redis with.
     credentials: Option<Credentials>,
+    /// Present when spans are exported: one per shared command.
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
 }
 
 impl RedisProxy {
@@ -74,6 +76,7 @@ impl RedisProxy {
         target: Arc<Target>,
         tls: Option<SharedServerConfig>,
         metrics: &Metrics,
+        tracer: Option<opentelemetry_sdk::trace::Tracer>,
     ) -> Self {
         let credentials = settings
             .upstream_password
@@ -108,6 +111,7 @@ impl RedisProxy {
             }),
             credentials,
             target,
+            tracer,
         }
     }
 
@@ -159,7 +163,11 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     // pipelined commands stay in order on the wire.
     let affinity = fastrand::usize(..proxy.shared_connections);
     let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
-    let mut replies = Replies::new(proxy.command_timeout, proxy.redis_metrics.clone());
+    let tracing = proxy
+        .tracer
+        .clone()
+        .map(|tracer| (tracer, Arc::<str>::from(proxy.listener.as_str())));
+    let mut replies = Replies::new(proxy.command_timeout, proxy.redis_metrics.clone(), tracing);
     let mut closing = false;
     let mut authenticated = proxy.client_auth.is_none();
     let result = loop {
@@ -212,7 +220,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                             sender,
                             true,
                         );
-                        replies.push_waiting(receiver, command.args[0].clone());
+                        replies.push_waiting(receiver, command.args[0].clone(), database);
                         continue;
                     }
                     Err(reply) => class = Class::Refused(reply),
@@ -236,7 +244,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     let name = command.args[0].clone();
                     let retryable = classify::is_read_only(&command);
                     batch.push(command.raw, sender, retryable);
-                    replies.push_waiting(receiver, name);
+                    replies.push_waiting(receiver, name, database);
                 }
                 Class::Pinned => {
                     pin = Some(command);

@@ -13,6 +13,9 @@ use tokio::time::Instant;
 
 use super::shared::Answer;
 use crate::telemetry::metrics::{RedisMetrics, RedisResult};
+use crate::telemetry::traces;
+use opentelemetry_sdk::trace::{Span, Tracer};
+use std::sync::Arc;
 
 enum Pending {
     /// Known already (a local answer).
@@ -22,12 +25,14 @@ enum Pending {
         receiver: oneshot::Receiver<Answer>,
         name: Bytes,
         sent: Instant,
+        span: Option<Span>,
     },
     /// Its answer came while the queue waited for it.
     Answered {
         answer: Result<Answer, oneshot::error::RecvError>,
         name: Bytes,
         sent: Instant,
+        span: Option<Span>,
     },
 }
 
@@ -36,14 +41,21 @@ pub(super) struct Replies {
     queue: VecDeque<Pending>,
     timeout: Duration,
     metrics: RedisMetrics,
+    /// With span export on: the tracer and the listener's name.
+    tracing: Option<(Tracer, Arc<str>)>,
 }
 
 impl Replies {
-    pub(super) fn new(timeout: Duration, metrics: RedisMetrics) -> Self {
+    pub(super) fn new(
+        timeout: Duration,
+        metrics: RedisMetrics,
+        tracing: Option<(Tracer, Arc<str>)>,
+    ) -> Self {
         Self {
             queue: VecDeque::new(),
             timeout,
             metrics,
+            tracing,
         }
     }
 
@@ -56,12 +68,23 @@ impl Replies {
         self.queue.push_back(Pending::Ready(reply));
     }
 
-    /// A command forwarded as `name`, its reply to come through `receiver`.
-    pub(super) fn push_waiting(&mut self, receiver: oneshot::Receiver<Answer>, name: Bytes) {
+    /// A command forwarded as `name` on `database`, its reply to come
+    /// through `receiver`.
+    pub(super) fn push_waiting(
+        &mut self,
+        receiver: oneshot::Receiver<Answer>,
+        name: Bytes,
+        database: u32,
+    ) {
+        let span = self
+            .tracing
+            .as_ref()
+            .map(|(tracer, listener)| traces::start_redis_span(tracer, listener, &name, database));
         self.queue.push_back(Pending::Waiting {
             receiver,
             name,
             sent: Instant::now(),
+            span,
         });
     }
 
@@ -76,6 +99,7 @@ impl Replies {
             receiver,
             name,
             sent,
+            span,
         } = head
         {
             let deadline = *sent + self.timeout;
@@ -88,6 +112,7 @@ impl Replies {
                     answer,
                     name: std::mem::take(name),
                     sent: *sent,
+                    span: span.take(),
                 };
             }
         }
@@ -95,16 +120,23 @@ impl Replies {
         while let Some(pending) = self.queue.front_mut() {
             let reply = match pending {
                 Pending::Ready(reply) => reply.clone(),
-                Pending::Answered { answer, name, sent } => {
+                Pending::Answered {
+                    answer,
+                    name,
+                    sent,
+                    span,
+                } => {
                     let (reply, result) = classify(answer.clone().map_err(|_| ()));
                     self.metrics.command(name, result);
                     self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    end_span(span.take(), result);
                     reply
                 }
                 Pending::Waiting {
                     receiver,
                     name,
                     sent,
+                    span,
                 } => {
                     let (reply, result) = match receiver.try_recv() {
                         Ok(answer) => classify(Ok(answer)),
@@ -126,6 +158,7 @@ impl Replies {
                     };
                     self.metrics.command(name, result);
                     self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    end_span(span.take(), result);
                     reply
                 }
             };
@@ -133,6 +166,17 @@ impl Replies {
             self.queue.pop_front();
         }
         Some(batch)
+    }
+}
+
+fn end_span(span: Option<Span>, result: RedisResult) {
+    if let Some(span) = span {
+        let error = match result {
+            RedisResult::Ok => None,
+            RedisResult::Error => Some("redis_error"),
+            RedisResult::Failed => Some("attache_failure"),
+        };
+        traces::end_redis_span(span, error);
     }
 }
 

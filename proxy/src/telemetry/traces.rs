@@ -348,3 +348,39 @@ fn protocol_version(version: http::Version) -> &'static str {
         _ => "1.1",
     }
 }
+
+/// Starts the span of one Redis command forwarded on a shared connection:
+/// `db.system` = `redis`, the command's name as `db.operation.name`, the
+/// database index as `db.namespace`; never its arguments.
+pub(crate) fn start_redis_span(
+    tracer: &Tracer,
+    listener: &str,
+    command: &[u8],
+    database: u32,
+) -> opentelemetry_sdk::trace::Span {
+    use opentelemetry::trace::{SpanKind, Tracer as _};
+    let name = String::from_utf8_lossy(command).to_ascii_uppercase();
+    tracer
+        .span_builder(name.clone())
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("db.system", "redis"),
+            KeyValue::new("db.operation.name", name),
+            KeyValue::new("db.namespace", database.to_string()),
+            KeyValue::new("attache.listener", listener.to_owned()),
+        ])
+        .start_with_context(tracer, &Context::new())
+}
+
+/// Ends a Redis command's span; `error` names the failure, if any.
+pub(crate) fn end_redis_span(
+    mut span: opentelemetry_sdk::trace::Span,
+    error: Option<&'static str>,
+) {
+    use opentelemetry::trace::{Span as _, Status};
+    if let Some(error) = error {
+        span.set_attribute(KeyValue::new("error.type", error));
+        span.set_status(Status::error(error));
+    }
+    span.end();
+}
