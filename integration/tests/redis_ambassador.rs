@@ -516,6 +516,8 @@ async fn commands_are_counted_by_name_and_result() {
     for (command, result, expected) in [
         ("set", "ok", 1.0),
         ("get", "ok", 1.0),
+        // Counted in its pinned session when its (nil) reply came.
+        ("blpop", "ok", 1.0),
         ("incrby", "error", 1.0),
         ("other", "failed", 1.0),
         // OBJECT, and the two CLIENT SETINFO the redis crate sends on connect.

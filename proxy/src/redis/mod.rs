@@ -101,6 +101,8 @@ impl RedisProxy {
                 credentials: credentials.clone(),
                 target: target.clone(),
                 limits: Limits::default(),
+                command_timeout: settings.command_timeout,
+                metrics: metrics.redis(&config.name),
             },
             client_auth: settings.password.as_ref().map(|password| {
                 let username = settings

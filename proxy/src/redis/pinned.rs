@@ -18,8 +18,10 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::handshake::{self, Credentials};
 use super::target::Target;
+use crate::telemetry::metrics::{RedisMetrics, RedisResult};
 use crate::upstream::UpstreamConnection;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// A pooled upstream connection and whether it may be reused.
 pub(super) struct PinnedConnection {
@@ -81,6 +83,69 @@ pub(super) struct Lender {
     pub(super) credentials: Option<Credentials>,
     pub(super) target: Arc<Target>,
     pub(super) limits: Limits,
+    /// Limit on a reply in a session (a blocking command: its own block
+    /// time plus [`BLOCKING_MARGIN`]).
+    pub(super) command_timeout: Duration,
+    pub(super) metrics: RedisMetrics,
+}
+
+/// Added to a blocking command's own timeout before attache gives up on it.
+const BLOCKING_MARGIN: Duration = Duration::from_secs(1);
+
+/// Queues `command` to be sent, following its effect on the session and,
+/// when a reply will answer it, when that reply is due.
+fn send(
+    state: &mut State,
+    awaited: &mut VecDeque<(Option<Instant>, Option<Bytes>)>,
+    command: Command,
+    outgoing: &mut Vec<Bytes>,
+    timeout: Duration,
+) {
+    let before = state.pending.len();
+    state.sent(effect(&command));
+    if state.pending.len() > before {
+        let deadline = reply_deadline(&command, timeout, Instant::now());
+        awaited.push_back((deadline, Some(command.args[0].clone())));
+    }
+    outgoing.push(command.raw);
+}
+
+/// When the reply to `command` is overdue: `None` for one that may block
+/// forever (a block time of 0) or that no single reply answers (MONITOR,
+/// subscriptions).
+fn reply_deadline(command: &Command, timeout: Duration, now: Instant) -> Option<Instant> {
+    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    let number = |index: usize| -> Option<f64> {
+        std::str::from_utf8(command.args.get(index)?)
+            .ok()?
+            .parse()
+            .ok()
+    };
+    let block_seconds = match name.as_str() {
+        "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
+            number(command.args.len() - 1)
+        }
+        "BLMPOP" | "BZMPOP" => number(1),
+        "WAIT" => number(2).map(|milliseconds| milliseconds / 1000.0),
+        "WAITAOF" => number(3).map(|milliseconds| milliseconds / 1000.0),
+        "XREAD" | "XREADGROUP" => command
+            .args
+            .iter()
+            .position(|arg| arg.eq_ignore_ascii_case(b"BLOCK"))
+            .and_then(|index| number(index + 1))
+            .map(|milliseconds| milliseconds / 1000.0),
+        "MONITOR" | "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
+        | "SUNSUBSCRIBE" => return None,
+        _ => return Some(now + timeout),
+    };
+    match block_seconds {
+        Some(seconds) if seconds > 0.0 && seconds.is_finite() => {
+            Some(now + Duration::from_secs_f64(seconds.min(1e9)) + BLOCKING_MARGIN)
+        }
+        // 0 blocks forever; an unreadable timeout is Redis' error to give.
+        Some(_) => None,
+        None => Some(now + timeout),
+    }
 }
 
 /// Builds the pool (connections are made on demand, at most `max`).
@@ -288,6 +353,8 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
         credentials,
         target,
         limits,
+        command_timeout,
+        metrics,
     } = lender;
     let credentials = credentials.as_ref();
     let mut master_changes = target.changes();
@@ -311,9 +378,13 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     // The pool's connections are reset to RESP2 and database 0: set the
     // client's first; those replies are swallowed, not the client's.
     let mut swallow = 0;
+    // Per command whose reply is awaited (in step with `state.pending`):
+    // when it is overdue, and its name for the metrics (none for attache's own).
+    let mut awaited: VecDeque<(Option<Instant>, Option<Bytes>)> = VecDeque::new();
     if protocol == 3 {
         outgoing.push(Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"));
         state.pending.push_back(Effect::Plain);
+        awaited.push_back((Some(Instant::now() + *command_timeout), None));
         swallow += 1;
     }
     if database != 0 {
@@ -321,10 +392,16 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
             [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
         ));
         state.pending.push_back(Effect::Plain);
+        awaited.push_back((Some(Instant::now() + *command_timeout), None));
         swallow += 1;
     }
-    state.sent(effect(&first));
-    outgoing.push(first.raw);
+    send(
+        &mut state,
+        &mut awaited,
+        first,
+        &mut outgoing,
+        *command_timeout,
+    );
     let mut quitting = false;
     let ended = loop {
         // Forward what the client has sent, stopping after QUIT.
@@ -332,8 +409,13 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
             match parse_command(input, limits) {
                 Ok(Some(command)) if command.is("QUIT") => quitting = true,
                 Ok(Some(command)) => {
-                    state.sent(effect(&command));
-                    outgoing.push(command.raw);
+                    send(
+                        &mut state,
+                        &mut awaited,
+                        command,
+                        &mut outgoing,
+                        *command_timeout,
+                    );
                 }
                 Ok(None) => break,
                 Err(error) => {
@@ -388,8 +470,20 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 .await;
             break Ended::Close;
         }
+        let overdue = awaited.front().and_then(|(deadline, _)| *deadline);
         tokio::select! {
             () = master_changed(&mut master_changes) => {}
+            () = until(overdue) => {
+                // The connection owes a reply it may still send: it cannot
+                // be reused, nor can this client's session go on in order.
+                pinned.broken = true;
+                let _ = client
+                    .write_all(&encode::error(&format!(
+                        "ERR attache: no reply within the command timeout ({command_timeout:?}, or a blocking command's own plus {BLOCKING_MARGIN:?})"
+                    )))
+                    .await;
+                break Ended::Close;
+            }
             read = client.read_buf(input), if !quitting => match read {
                 Ok(0) | Err(_) => {
                     // Mid-transaction or subscribed: the connection's state
@@ -424,8 +518,21 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                         // RESP3 out-of-band data (pub/sub messages and
                         // confirmations): relayed, never matched to a command.
                         state.pushed(&reply);
-                    } else if let Some(selected) = state.replied(&reply) {
-                        database = selected;
+                    } else {
+                        let before = state.pending.len();
+                        if let Some(selected) = state.replied(&reply) {
+                            database = selected;
+                        }
+                        if state.pending.len() < before
+                            && let Some((_, Some(name))) = awaited.pop_front()
+                        {
+                            let result = if reply.first() == Some(&b'-') {
+                                RedisResult::Error
+                            } else {
+                                RedisResult::Ok
+                            };
+                            metrics.command(&name, result);
+                        }
                     }
                     if swallow > 0 && !frame.push {
                         swallow -= 1;
@@ -451,6 +558,14 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 .is_err();
     }
     ended
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when Sentinel names a new master; never for a fixed upstream.
@@ -521,6 +636,44 @@ mod tests {
         assert!(!state.done());
         state.replied(&confirmation("unsubscribe", 0));
         assert!(state.done());
+    }
+
+    #[test]
+    fn blocking_commands_get_their_own_time_plus_a_margin() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(5);
+        let command = |words: &[&str]| {
+            let args: Vec<Bytes> = words
+                .iter()
+                .map(|word| Bytes::from(word.to_string()))
+                .collect();
+            let raw = encode::command(args.iter().map(|arg| &arg[..]));
+            Command { args, raw }
+        };
+        assert_eq!(
+            reply_deadline(&command(&["GET", "k"]), timeout, now),
+            Some(now + timeout)
+        );
+        assert_eq!(
+            reply_deadline(&command(&["BLPOP", "q", "30"]), timeout, now),
+            Some(now + Duration::from_secs(31))
+        );
+        assert_eq!(
+            reply_deadline(&command(&["BLPOP", "q", "0"]), timeout, now),
+            None
+        );
+        assert_eq!(
+            reply_deadline(
+                &command(&["XREAD", "BLOCK", "2500", "STREAMS", "s", "$"]),
+                timeout,
+                now
+            ),
+            Some(now + Duration::from_millis(3500))
+        );
+        assert_eq!(
+            reply_deadline(&command(&["SUBSCRIBE", "c"]), timeout, now),
+            None
+        );
     }
 
     #[test]
