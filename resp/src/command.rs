@@ -28,6 +28,24 @@ impl Command {
     pub fn is(&self, name: &str) -> bool {
         self.name().eq_ignore_ascii_case(name.as_bytes())
     }
+
+    /// The name in upper case, written into `buffer` (no allocation); an
+    /// empty string for a name longer than the buffer or not UTF-8, which
+    /// no Redis command is.
+    pub fn upper_name<'a>(&self, buffer: &'a mut [u8; 32]) -> &'a str {
+        upper(self.name(), buffer)
+    }
+}
+
+/// `word` in upper case in `buffer`, or empty when it does not fit or is
+/// not UTF-8.
+pub fn upper<'a>(word: &[u8], buffer: &'a mut [u8; 32]) -> &'a str {
+    let Some(target) = buffer.get_mut(..word.len()) else {
+        return "";
+    };
+    target.copy_from_slice(word);
+    target.make_ascii_uppercase();
+    std::str::from_utf8(target).unwrap_or("")
 }
 
 /// Takes one command off the front of `buffer` when a whole one is there.

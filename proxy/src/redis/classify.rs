@@ -101,15 +101,17 @@ const READ_ONLY: [&str; 48] = [
 
 /// Whether `command` only reads (and so may be retried once).
 pub(super) fn is_read_only(command: &Command) -> bool {
-    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
-    READ_ONLY.contains(&name.as_str())
+    READ_ONLY
+        .binary_search(&command.upper_name(&mut [0; 32]))
+        .is_ok()
 }
 
 /// Whether `command` blocks its connection until its reply.
 pub(super) fn is_blocking(command: &Command) -> bool {
-    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
-    BLOCKING.contains(&name.as_str())
-        || (matches!(name.as_str(), "XREAD" | "XREADGROUP")
+    let mut buffer = [0; 32];
+    let name = command.upper_name(&mut buffer);
+    BLOCKING.contains(&name)
+        || (matches!(name, "XREAD" | "XREADGROUP")
             && command
                 .args
                 .iter()
@@ -120,14 +122,15 @@ pub(super) fn is_blocking(command: &Command) -> bool {
 const NEVER: [&str; 4] = ["SYNC", "PSYNC", "REPLCONF", "SHUTDOWN"];
 
 pub(super) fn classify(command: &Command) -> Class {
-    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    let mut buffer = [0; 32];
+    let name = command.upper_name(&mut buffer);
     let arg = |index: usize| {
         command
             .args
             .get(index)
             .map(|arg| String::from_utf8_lossy(arg).to_ascii_uppercase())
     };
-    match name.as_str() {
+    match name {
         "SELECT" => match arg(1).and_then(|index| index.parse().ok()) {
             Some(index) if command.args.len() == 2 => Class::Select(index),
             _ => Class::Refused("ERR value is not an integer or out of range".into()),
@@ -149,11 +152,11 @@ pub(super) fn classify(command: &Command) -> Class {
             )),
             _ => Class::Shared,
         },
-        _ if STARTS_SESSION.contains(&name.as_str()) || is_blocking(command) => Class::Pinned,
-        _ if CONNECTION_IDENTITY.contains(&name.as_str()) => Class::Refused(format!(
+        _ if STARTS_SESSION.contains(&name) || is_blocking(command) => Class::Pinned,
+        _ if CONNECTION_IDENTITY.contains(&name) => Class::Refused(format!(
             "ERR attache: {name} would reset a connection other clients share; not served by attache"
         )),
-        _ if NEVER.contains(&name.as_str()) => Class::Refused(format!(
+        _ if NEVER.contains(&name) => Class::Refused(format!(
             "ERR attache: {name} cannot be sent through a proxy"
         )),
         _ => Class::Shared,

@@ -942,18 +942,11 @@ pub(crate) struct RedisMetrics {
 impl RedisMetrics {
     /// Counts one command called `name` (as sent, any case).
     pub(crate) fn command(&self, name: &[u8], result: RedisResult) {
-        let mut upper = [0u8; 16];
-        let index = if name.len() <= upper.len() {
-            let upper = &mut upper[..name.len()];
-            upper.copy_from_slice(name);
-            upper.make_ascii_uppercase();
-            std::str::from_utf8(upper)
-                .ok()
-                .and_then(|upper| REDIS_COMMANDS.binary_search(&upper).ok())
-        } else {
-            None
-        };
-        let index = index.unwrap_or(REDIS_COMMANDS.len());
+        let mut buffer = [0; 32];
+        let upper = attache_resp::command::upper(name, &mut buffer);
+        let index = REDIS_COMMANDS
+            .binary_search(&upper)
+            .unwrap_or(REDIS_COMMANDS.len());
         self.commands[index][result as usize].inc();
     }
 }
