@@ -419,6 +419,8 @@ async fn malformed_input_closes_only_that_client() {
         &b"*1\r\n$4\r\nPING\r\n*1\r\n$x\r\n"[..],
         b"*1\r\n$999999999999\r\n",
         b"*1\r\n:1\r\n",
+        // Nesting, which no command has: refused at the first inner array.
+        &b"*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n*1\r\n"[..],
     ] {
         let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
         stream.write_all(hostile).await.unwrap();
