@@ -497,8 +497,7 @@ async fn commands_are_counted_by_name_and_result() {
     let _: String = redis.get("text").await.unwrap();
     assert!(redis.incr::<_, _, i64>("text", 1).await.is_err());
     assert!(
-        redis::cmd("AUTH")
-            .arg("pw")
+        redis::cmd("RESET")
             .query_async::<()>(&mut redis)
             .await
             .is_err()
@@ -829,4 +828,60 @@ async fn a_read_in_flight_is_retried_once_and_a_write_never() {
     );
     // The connection is back for everything else.
     let _: () = client.set("fault-once:after", 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_logging_in_as_its_own_user_gets_a_connection_of_its_own() {
+    let server = RedisServer::plain();
+    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "alice",
+            "on",
+            ">alice-secret",
+            "~alice:*",
+            "+@all",
+        ])
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let attache = Attache::run(&config(server.address, "")).await.unwrap();
+    let front = attache.listener("redis");
+    let mut alice = redis::Client::open(format!("redis://alice:alice-secret@{front}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = alice.set("alice:note", "mine").await.unwrap();
+    // Redis checks alice's ACL: her connection really is hers.
+    let denied: redis::RedisResult<()> = alice.set("bob:note", "not mine").await;
+    let denied = denied.unwrap_err();
+    assert!(format!("{denied:?}").contains("NoPerm"), "{denied:?}");
+    // Other clients stay on the shared connections as the default user.
+    let mut other = connect(&attache).await;
+    let _: () = other.set("bob:note", "his").await.unwrap();
+    let whoami: String = redis::cmd("ACL")
+        .arg("WHOAMI")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(whoami, "default");
+    let whoami: String = redis::cmd("ACL")
+        .arg("WHOAMI")
+        .query_async(&mut alice)
+        .await
+        .unwrap();
+    assert_eq!(whoami, "alice");
+    assert_eq!(
+        attache
+            .metric("attache_redis_upstream_connections{listener=\"redis\",kind=\"pinned\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
 }

@@ -144,12 +144,13 @@ pub(super) fn classify(command: &Command) -> Class {
                 "ERR attache: CLIENT REPLY cannot work through a proxy that shares connections"
                     .into(),
             ),
-            Some(
-                sub @ ("ID" | "KILL" | "TRACKING" | "CACHING" | "PAUSE" | "UNPAUSE" | "NO-EVICT"
-                | "NO-TOUCH"),
-            ) => Class::Refused(format!(
-                "ERR attache: CLIENT {sub} needs a connection of its own, which this version of attache does not provide yet"
-            )),
+            // Connection state the client keeps for the rest of its
+            // connection: a connection of its own, until it leaves.
+            Some("TRACKING" | "CACHING" | "NO-EVICT" | "NO-TOUCH" | "ID") => Class::Pinned,
+            Some("KILL") => Class::Refused(
+                "ERR attache: CLIENT KILL could close connections other clients share; not served by attache"
+                    .into(),
+            ),
             _ => Class::Shared,
         },
         _ if STARTS_SESSION.contains(&name) || is_blocking(command) => Class::Pinned,
@@ -211,6 +212,19 @@ mod tests {
             Class::Pinned
         );
         assert_eq!(classify(&command(&["auth", "pw"])), Class::Auth);
+        assert_eq!(
+            classify(&command(&["client", "tracking", "on"])),
+            Class::Pinned
+        );
+        assert_eq!(
+            classify(&command(&["client", "pause", "10"])),
+            Class::Shared,
+            "server-wide"
+        );
+        assert!(matches!(
+            classify(&command(&["client", "kill", "id", "1"])),
+            Class::Refused(_)
+        ));
         assert!(matches!(classify(&command(&["reset"])), Class::Refused(_)));
         assert_eq!(classify(&command(&["hello", "3"])), Class::Hello);
         assert!(is_read_only(&command(&["get", "k"])));

@@ -191,7 +191,11 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 }
             };
             let mut class = classify::classify(&command);
-            if class == Class::Auth {
+            if class == Class::Auth && proxy.client_auth.is_none() {
+                // No password of attache's: the client logs in to Redis as
+                // a user of its own, on a connection of its own.
+                class = Class::Pinned;
+            } else if class == Class::Auth {
                 let (reply, accepted) = match &command.args[1..] {
                     [password] => check_auth(&proxy, b"default", password),
                     [user, password] => check_auth(&proxy, user, password),

@@ -184,6 +184,10 @@ enum Effect {
     Unsubscribe(usize),
     /// MONITOR: the session lasts until the client leaves.
     Monitor,
+    /// State kept for the rest of the client's connection (AUTH as another
+    /// user, CLIENT TRACKING, NO-EVICT...): one reply, then the session
+    /// lasts until the client leaves.
+    Sticky,
     /// SELECT: the session's database changes on success.
     Select(u32),
 }
@@ -192,6 +196,22 @@ fn effect(command: &Command) -> Effect {
     let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
     match name.as_str() {
         "MULTI" => Effect::Multi,
+        "AUTH" => Effect::Sticky,
+        "CLIENT"
+            if command.args.get(1).is_some_and(|sub| {
+                [
+                    &b"TRACKING"[..],
+                    b"CACHING",
+                    b"NO-EVICT",
+                    b"NO-TOUCH",
+                    b"ID",
+                ]
+                .iter()
+                .any(|sticky| sub.eq_ignore_ascii_case(sticky))
+            }) =>
+        {
+            Effect::Sticky
+        }
         "EXEC" | "DISCARD" => Effect::EndTransaction,
         "WATCH" => Effect::Watch,
         "UNWATCH" => Effect::Unwatch,
@@ -221,6 +241,8 @@ struct State {
     /// An UNSUBSCRIBE from all channels is waiting for its count of 0.
     unsubscribing_all: bool,
     monitoring: bool,
+    /// The client keeps this connection until it leaves.
+    sticky: bool,
     /// Effects of commands sent whose replies have not come back yet.
     pending: VecDeque<Effect>,
 }
@@ -233,6 +255,7 @@ impl State {
             && self.confirmations == 0
             && !self.unsubscribing_all
             && !self.monitoring
+            && !self.sticky
             && self.pending.is_empty()
     }
 
@@ -253,6 +276,10 @@ impl State {
                 self.confirmations += channels;
             }
             Effect::Monitor => self.monitoring = true,
+            Effect::Sticky => {
+                self.sticky = true;
+                self.pending.push_back(Effect::Plain);
+            }
             other => self.pending.push_back(other),
         }
     }
