@@ -194,6 +194,21 @@ upstreams:
         redis::cmd("INCR").arg(&key).query_async(&mut redis).await;
     assert!(failed.is_err());
     let _: () = redis::AsyncCommands::del(&mut redis, &key).await.unwrap();
+    // A transaction runs in a pinned session: its commands are spans too.
+    let _: (i64,) = redis::pipe()
+        .atomic()
+        .incr(&key, 1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: () = redis::AsyncCommands::del(&mut redis, &key).await.unwrap();
+    let _ = collector
+        .wait_until(|spans| {
+            ["MULTI", "EXEC"]
+                .iter()
+                .all(|name| spans.iter().any(|span| span.name == *name))
+        })
+        .await;
     let spans = collector
         .wait_until(|spans| {
             ["SET", "INCR", "DEL"]

@@ -103,6 +103,9 @@ impl RedisProxy {
                 limits: Limits::default(),
                 command_timeout: settings.command_timeout,
                 metrics: metrics.redis(&config.name),
+                tracing: tracer
+                    .clone()
+                    .map(|tracer| (tracer, Arc::<str>::from(config.name.as_str()))),
             },
             client_auth: settings.password.as_ref().map(|password| {
                 let username = settings

@@ -19,7 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use super::handshake::{self, Credentials};
 use super::target::Target;
 use crate::telemetry::metrics::{RedisMetrics, RedisResult};
+use crate::telemetry::traces;
 use crate::upstream::UpstreamConnection;
+use opentelemetry_sdk::trace::{Span, Tracer};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -87,6 +89,16 @@ pub(super) struct Lender {
     /// time plus [`BLOCKING_MARGIN`]).
     pub(super) command_timeout: Duration,
     pub(super) metrics: RedisMetrics,
+    /// With span export on: the tracer and the listener's name.
+    pub(super) tracing: Option<(Tracer, Arc<str>)>,
+}
+
+/// A command whose reply is awaited: when it is overdue, its name for the
+/// metrics and its span (neither for attache's own commands).
+struct Awaited {
+    deadline: Option<Instant>,
+    name: Option<Bytes>,
+    span: Option<Span>,
 }
 
 /// Added to a blocking command's own timeout before attache gives up on it.
@@ -96,16 +108,22 @@ const BLOCKING_MARGIN: Duration = Duration::from_secs(1);
 /// when a reply will answer it, when that reply is due.
 fn send(
     state: &mut State,
-    awaited: &mut VecDeque<(Option<Instant>, Option<Bytes>)>,
+    awaited: &mut VecDeque<Awaited>,
     command: Command,
     outgoing: &mut Vec<Bytes>,
-    timeout: Duration,
+    lender: &Lender,
+    database: u32,
 ) {
     let before = state.pending.len();
     state.sent(effect(&command));
     if state.pending.len() > before {
-        let deadline = reply_deadline(&command, timeout, Instant::now());
-        awaited.push_back((deadline, Some(command.args[0].clone())));
+        awaited.push_back(Awaited {
+            deadline: reply_deadline(&command, lender.command_timeout, Instant::now()),
+            span: lender.tracing.as_ref().map(|(tracer, listener)| {
+                traces::start_redis_span(tracer, listener, command.name(), database)
+            }),
+            name: Some(command.args[0].clone()),
+        });
     }
     outgoing.push(command.raw);
 }
@@ -382,6 +400,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
         limits,
         command_timeout,
         metrics,
+        tracing: _,
     } = lender;
     let credentials = credentials.as_ref();
     let mut master_changes = target.changes();
@@ -407,11 +426,16 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     let mut swallow = 0;
     // Per command whose reply is awaited (in step with `state.pending`):
     // when it is overdue, and its name for the metrics (none for attache's own).
-    let mut awaited: VecDeque<(Option<Instant>, Option<Bytes>)> = VecDeque::new();
+    let mut awaited: VecDeque<Awaited> = VecDeque::new();
+    let own = |command_timeout: Duration| Awaited {
+        deadline: Some(Instant::now() + command_timeout),
+        name: None,
+        span: None,
+    };
     if protocol == 3 {
         outgoing.push(Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"));
         state.pending.push_back(Effect::Plain);
-        awaited.push_back((Some(Instant::now() + *command_timeout), None));
+        awaited.push_back(own(*command_timeout));
         swallow += 1;
     }
     if database != 0 {
@@ -419,7 +443,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
             [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
         ));
         state.pending.push_back(Effect::Plain);
-        awaited.push_back((Some(Instant::now() + *command_timeout), None));
+        awaited.push_back(own(*command_timeout));
         swallow += 1;
     }
     send(
@@ -427,7 +451,8 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
         &mut awaited,
         first,
         &mut outgoing,
-        *command_timeout,
+        lender,
+        database,
     );
     let mut quitting = false;
     let ended = loop {
@@ -441,7 +466,8 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                         &mut awaited,
                         command,
                         &mut outgoing,
-                        *command_timeout,
+                        lender,
+                        database,
                     );
                 }
                 Ok(None) => break,
@@ -497,7 +523,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 .await;
             break Ended::Close;
         }
-        let overdue = awaited.front().and_then(|(deadline, _)| *deadline);
+        let overdue = awaited.front().and_then(|awaited| awaited.deadline);
         tokio::select! {
             () = master_changed(&mut master_changes) => {}
             () = until(overdue) => {
@@ -551,14 +577,14 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                             database = selected;
                         }
                         if state.pending.len() < before
-                            && let Some((_, Some(name))) = awaited.pop_front()
+                            && let Some(Awaited { name: Some(name), span, .. }) = awaited.pop_front()
                         {
-                            let result = if reply.first() == Some(&b'-') {
-                                RedisResult::Error
-                            } else {
-                                RedisResult::Ok
-                            };
+                            let failed = reply.first() == Some(&b'-');
+                            let result = if failed { RedisResult::Error } else { RedisResult::Ok };
                             metrics.command(&name, result);
+                            if let Some(span) = span {
+                                traces::end_redis_span(span, failed.then_some("redis_error"));
+                            }
                         }
                     }
                     if swallow > 0 && !frame.push {
