@@ -534,6 +534,14 @@ async fn commands_are_counted_by_name_and_result() {
         format!("attache_redis_upstream_connections{{listener=\"redis\",kind=\"{kind}\"}}")
     };
     assert_eq!(attache.metric(&connections("shared")).await.unwrap(), 1.0);
+    // One client over one shared connection.
+    assert_eq!(
+        attache
+            .metric("attache_redis_multiplexing_ratio{listener=\"redis\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
     assert_eq!(
         attache.metric(&connections("pinned")).await.unwrap(),
         0.0,

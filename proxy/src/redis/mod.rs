@@ -137,7 +137,7 @@ impl RedisProxy {
                             protocol,
                             database,
                             self.limits,
-                            self.redis_metrics.shared_connections.clone(),
+                            self.redis_metrics.clone(),
                         )
                     })
                     .collect()
@@ -160,6 +160,9 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     else {
         return;
     };
+    // Counted in the multiplexing ratio while connected.
+    proxy.redis_metrics.client(1);
+    let _counted = ClientCounted(&proxy.redis_metrics);
     let mut database = 0;
     // RESP2 until the client says HELLO 3; shared sets are per protocol.
     let mut protocol = 2;
@@ -323,6 +326,15 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     };
     let _ = client.shutdown().await;
     metrics.closed(result);
+}
+
+/// Uncounts a client however its connection ends.
+struct ClientCounted<'a>(&'a RedisMetrics);
+
+impl Drop for ClientCounted<'_> {
+    fn drop(&mut self) {
+        self.0.client(-1);
+    }
 }
 
 /// Checks a username and password against the configured ones: the

@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handshake::{self, Credentials};
 use super::target::Target;
+use crate::telemetry::metrics::RedisMetrics;
 use crate::upstream::UpstreamConnection;
-use prometheus_client::metrics::gauge::Gauge;
 
 /// Commands queued per shared connection before clients wait to hand more.
 const QUEUE_BATCHES: usize = 1024;
@@ -87,7 +87,7 @@ impl SharedConnection {
         protocol: u8,
         database: u32,
         limits: Limits,
-        open: Gauge,
+        open: RedisMetrics,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_BATCHES);
         let session = Session {
@@ -118,7 +118,7 @@ async fn run(
     session: Session,
     limits: Limits,
     mut batches: mpsc::Receiver<Batch>,
-    open_gauge: Gauge,
+    open_gauge: RedisMetrics,
 ) {
     // Connected lazily: a connection is made when the first batch arrives,
     // and again after a failure.
@@ -284,18 +284,14 @@ fn deliver(
     Ok(())
 }
 
-/// A gauge counting one connection while it is open.
-struct Counted(Gauge, bool);
+/// Counts one connection while it is open.
+struct Counted(RedisMetrics, bool);
 
 impl Counted {
     fn set(&mut self, open: bool) {
         if open != self.1 {
             self.1 = open;
-            if open {
-                self.0.inc();
-            } else {
-                self.0.dec();
-            }
+            self.0.shared_connection(if open { 1 } else { -1 });
         }
     }
 }

@@ -311,6 +311,9 @@ pub(crate) struct Metrics {
     redis_commands: Family<RedisCommandLabels, Counter>,
     redis_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     redis_connections: Family<RedisConnectionLabels, Gauge>,
+    redis_ratio: Family<ListenerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// One set of handles per Redis listener, shared by everything serving it.
+    redis_listeners: std::sync::Mutex<std::collections::HashMap<String, RedisMetrics>>,
     breaker_transitions: Family<EndpointStateLabels, Counter>,
     health_checks: Family<EndpointResultLabels, Counter>,
     warm_used: Family<EndpointLabels, Counter>,
@@ -345,6 +348,8 @@ impl Metrics {
             redis_commands: Family::default(),
             redis_duration: Family::new_with_constructor(redis_duration_histogram),
             redis_connections: Family::default(),
+            redis_ratio: Family::default(),
+            redis_listeners: std::sync::Mutex::default(),
             breaker_transitions: Family::default(),
             health_checks: Family::default(),
             warm_used: Family::default(),
@@ -461,6 +466,11 @@ impl Metrics {
             "Time from a shared Redis command's arrival to its reply",
             Unit::Seconds,
             metrics.redis_duration.clone(),
+        );
+        registry.register(
+            "redis_multiplexing_ratio",
+            "Redis client connections per shared upstream connection",
+            metrics.redis_ratio.clone(),
         );
         registry.register(
             "redis_upstream_connections",
@@ -618,8 +628,19 @@ impl Metrics {
         }
     }
 
-    /// Handles for one Redis listener's metrics.
+    /// Handles for one Redis listener's metrics (the same ones on every call).
     pub(crate) fn redis(&self, listener: &str) -> RedisMetrics {
+        let mut listeners = self
+            .redis_listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        listeners
+            .entry(listener.to_owned())
+            .or_insert_with(|| self.new_redis(listener))
+            .clone()
+    }
+
+    fn new_redis(&self, listener: &str) -> RedisMetrics {
         let commands = (0..=REDIS_COMMANDS.len())
             .map(|index| {
                 let command = REDIS_COMMANDS
@@ -654,6 +675,13 @@ impl Metrics {
                 .clone(),
             shared_connections: connections("shared"),
             pinned_connections: connections("pinned"),
+            clients: Gauge::default(),
+            ratio: self
+                .redis_ratio
+                .get_or_create(&ListenerLabels {
+                    listener: listener.to_owned(),
+                })
+                .clone(),
         }
     }
 
@@ -935,11 +963,37 @@ pub(crate) struct RedisMetrics {
     /// Per known command (index in [`REDIS_COMMANDS`], then `other`), per result.
     commands: Arc<Vec<[Counter; 3]>>,
     pub(crate) duration: Histogram,
-    pub(crate) shared_connections: Gauge,
+    shared_connections: Gauge,
     pub(crate) pinned_connections: Gauge,
+    /// Client connections now (not exported: the listener's
+    /// `connections_active` is), for the ratio.
+    clients: Gauge,
+    ratio: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl RedisMetrics {
+    /// A client connected (`1`) or left (`-1`).
+    pub(crate) fn client(&self, change: i64) {
+        self.clients.inc_by(change);
+        self.update_ratio();
+    }
+
+    /// A shared upstream connection opened (`1`) or closed (`-1`).
+    pub(crate) fn shared_connection(&self, change: i64) {
+        self.shared_connections.inc_by(change);
+        self.update_ratio();
+    }
+
+    fn update_ratio(&self) {
+        let shared = self.shared_connections.get();
+        let ratio = if shared > 0 {
+            self.clients.get() as f64 / shared as f64
+        } else {
+            0.0
+        };
+        self.ratio.set(ratio);
+    }
+
     /// Counts one command called `name` (as sent, any case).
     pub(crate) fn command(&self, name: &[u8], result: RedisResult) {
         let mut buffer = [0; 32];
