@@ -55,8 +55,8 @@ fn the_dockerfile_builds_what_the_readme_builds_and_runs_it_unprivileged() {
     assert!(instructions.contains(&"EXPOSE 9901"));
     let base = instructions
         .iter()
-        .filter(|line| line.starts_with("FROM "))
-        .last()
+        .rev()
+        .find(|line| line.starts_with("FROM "))
         .unwrap();
     assert!(
         base.contains("distroless"),
