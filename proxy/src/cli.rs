@@ -80,6 +80,27 @@ enum Command {
     /// from cert-manager, SPIRE or a company CA.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Add the attache native sidecar to every Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job, CronJob and Pod in Kubernetes YAML; the
+    /// result goes to stdout, other documents unchanged.
+    ///
+    /// Example: attache inject deploy.yaml --config-map web-attache | kubectl apply -f -
+    Inject {
+        /// YAML file (one or many documents); `-` or none reads stdin.
+        file: Option<PathBuf>,
+        /// ConfigMap holding attache.yaml, mounted at /etc/attache.
+        #[arg(long, default_value = "attache")]
+        config_map: String,
+        /// Secret with TLS material, mounted at /etc/attache/tls.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Container image of the sidecar.
+        #[arg(long, default_value = concat!("attache:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// Admin port the probes use (the sidecar listens on 0.0.0.0 there).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+    },
     /// Print the version.
     Version,
 }
@@ -442,6 +463,35 @@ pub(crate) fn main() -> ExitCode {
             }
             Err(error) => fail(&error),
         },
+        Command::Inject {
+            file,
+            config_map,
+            secret,
+            image,
+            admin_port,
+        } => {
+            let options = crate::inject::Options {
+                image,
+                config_map,
+                secret,
+                admin_port,
+            };
+            let input = match file.as_deref() {
+                Some(path) if path != std::path::Path::new("-") => std::fs::read_to_string(path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display())),
+                _ => std::io::read_to_string(std::io::stdin())
+                    .map_err(|error| format!("cannot read stdin: {error}")),
+            };
+            match input.and_then(|text| {
+                crate::inject::inject(&text, &options).map_err(|error| error.to_string())
+            }) {
+                Ok(output) => {
+                    print!("{output}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(&error),
+            }
+        }
         Command::Tcp(arguments) => one_liner(*arguments, model::Protocol::Tcp),
         Command::Http(arguments) => one_liner(*arguments, model::Protocol::Http),
         Command::Wait {

@@ -15,6 +15,7 @@
 mod admin;
 mod cli;
 mod http;
+mod inject;
 mod lifecycle;
 mod listener;
 mod redis;
