@@ -36,6 +36,15 @@ async fn connect(attache: &Attache) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// A connection straight to the Redis at `address`, bypassing attache.
+async fn direct(address: SocketAddr) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://{address}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 fn shared_redis() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 6379))
 }
@@ -204,11 +213,7 @@ async fn two_hundred_clients_see_their_own_sequences_over_two_upstream_connectio
         assert_eq!(seen, (1..=30).collect::<Vec<i64>>(), "client {client}");
     }
     // The server saw attache's two shared connections (and this one).
-    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = direct(server.address).await;
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut direct)
@@ -320,11 +325,7 @@ async fn transactions_are_atomic_under_concurrent_writers() {
         writer.await.unwrap();
     }
     checker.await.unwrap();
-    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = direct(server.address).await;
     assert_eq!(direct.get::<_, i64>("b").await.unwrap(), 400);
     assert_eq!(direct.get::<_, i64>("noise").await.unwrap(), 400);
 }
@@ -456,11 +457,7 @@ async fn commands_in_flight_when_the_upstream_dies_get_an_error_reply() {
     ))
     .await
     .unwrap();
-    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = direct(server.address).await;
     let mut client = connect(&attache).await;
     let _: () = client.set("before", 1).await.unwrap();
     // Writes now hang on the server; then it dies.
@@ -805,11 +802,7 @@ async fn a_read_in_flight_is_retried_once_and_a_write_never() {
     let attache = Attache::run(&config(relay, "    redis: { shared_connections: 1 }"))
         .await
         .unwrap();
-    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = direct(server.address).await;
     let _: () = direct.set("fault-once:read", "still here").await.unwrap();
     let mut client = connect(&attache).await;
 
@@ -841,11 +834,7 @@ async fn a_read_in_flight_is_retried_once_and_a_write_never() {
 #[tokio::test]
 async fn a_client_logging_in_as_its_own_user_gets_a_connection_of_its_own() {
     let server = RedisServer::plain();
-    let mut direct = redis::Client::open(format!("redis://{}/", server.address))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut direct = direct(server.address).await;
     let _: () = redis::cmd("ACL")
         .arg(&[
             "SETUSER",

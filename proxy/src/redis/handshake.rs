@@ -77,36 +77,51 @@ async fn exchange(
     what: &str,
     limits: &Limits,
 ) -> Result<(), String> {
-    let stream = connection.stream();
-    stream
+    connection
+        .stream()
         .write_all(command)
         .await
         .map_err(|error| format!("{what} failed: {error}"))?;
-    let mut reply = BytesMut::with_capacity(256);
+    let mut buffer = BytesMut::with_capacity(256);
+    let answer = read_frame(connection, &mut buffer, limits)
+        .await
+        .map_err(|error| format!("{what} failed: {error}"))?;
+    let accepted = if what.starts_with("HELLO") {
+        !answer.starts_with(b"-")
+    } else {
+        &answer[..] == b"+OK\r\n"
+    };
+    if accepted {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&answer).trim_end()
+        ))
+    }
+}
+
+/// Reads from `connection` into `buffer` until it holds a whole frame, and
+/// takes that frame off it.
+///
+/// # Errors
+/// When the connection fails or closes first, or sends invalid RESP.
+pub(super) async fn read_frame(
+    connection: &mut UpstreamConnection,
+    buffer: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Bytes, String> {
     loop {
-        if let Some(frame) =
-            check(&reply, limits).map_err(|error| format!("{what} failed: {error}"))?
-        {
-            let answer = &reply[..frame.length];
-            let accepted = if what.starts_with("HELLO") {
-                !answer.starts_with(b"-")
-            } else {
-                answer == b"+OK\r\n"
-            };
-            if accepted {
-                return Ok(());
-            }
-            return Err(format!(
-                "{what} failed: {}",
-                String::from_utf8_lossy(answer).trim_end()
-            ));
+        if let Some(frame) = check(buffer, limits).map_err(|error| error.to_string())? {
+            return Ok(buffer.split_to(frame.length).freeze());
         }
-        let read = stream
-            .read_buf(&mut reply)
+        let read = connection
+            .stream()
+            .read_buf(buffer)
             .await
-            .map_err(|error| format!("{what} failed: {error}"))?;
+            .map_err(|error| format!("reading from Redis failed: {error}"))?;
         if read == 0 {
-            return Err(format!("the upstream closed the connection on {what}"));
+            return Err("the connection was closed".to_owned());
         }
     }
 }

@@ -132,14 +132,15 @@ fn send(
 /// forever (a block time of 0) or that no single reply answers (MONITOR,
 /// subscriptions).
 fn reply_deadline(command: &Command, timeout: Duration, now: Instant) -> Option<Instant> {
-    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
+    let mut buffer = [0; 32];
+    let name = command.upper_name(&mut buffer);
     let number = |index: usize| -> Option<f64> {
         std::str::from_utf8(command.args.get(index)?)
             .ok()?
             .parse()
             .ok()
     };
-    let block_seconds = match name.as_str() {
+    let block_seconds = match name {
         "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
             number(command.args.len() - 1)
         }
@@ -211,8 +212,7 @@ enum Effect {
 }
 
 fn effect(command: &Command) -> Effect {
-    let name = String::from_utf8_lossy(command.name()).to_ascii_uppercase();
-    match name.as_str() {
+    match command.upper_name(&mut [0; 32]) {
         "MULTI" => Effect::Multi,
         "AUTH" => Effect::Sticky,
         "CLIENT"
@@ -353,16 +353,14 @@ fn is_subscription_reply(reply: &[u8]) -> bool {
         b"punsubscribe",
         b"sunsubscribe",
     ];
-    let mut buffer = BytesMut::from(reply);
     // A reply is an array of bulk strings and an integer; read its first bulk.
     let Some(start) = reply.iter().position(|byte| *byte == b'$') else {
         return false;
     };
-    let _ = buffer.split_to(start);
-    let Some(end) = buffer.iter().position(|byte| *byte == b'\n') else {
+    let Some(end) = reply[start..].iter().position(|byte| *byte == b'\n') else {
         return false;
     };
-    let rest = &buffer[end + 1..];
+    let rest = &reply[start + end + 1..];
     kinds
         .iter()
         .any(|kind| rest.starts_with(kind) && rest.get(kind.len()) == Some(&b'\r'))
@@ -639,19 +637,14 @@ async fn reset(connection: &mut UpstreamConnection, limits: &Limits) -> bool {
     if stream.write_all(b"*1\r\n$5\r\nRESET\r\n").await.is_err() {
         return false;
     }
-    let mut reply = BytesMut::with_capacity(64);
+    let mut buffer = BytesMut::with_capacity(64);
     let outcome = tokio::time::timeout(Duration::from_secs(2), async {
+        // Replies still in flight (a subscription's messages) come first.
         loop {
-            // Replies still in flight (a subscription's messages) come first.
-            while let Ok(Some(frame)) = check(&reply, limits) {
-                let frame = reply.split_to(frame.length);
-                if &frame[..] == b"+RESET\r\n" {
-                    return true;
-                }
-            }
-            match stream.read_buf(&mut reply).await {
-                Ok(0) | Err(_) => return false,
+            match handshake::read_frame(connection, &mut buffer, limits).await {
+                Ok(frame) if &frame[..] == b"+RESET\r\n" => return true,
                 Ok(_) => {}
+                Err(_) => return false,
             }
         }
     })

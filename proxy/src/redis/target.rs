@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use attache_resp::{Limits, check, encode};
+use attache_resp::{Limits, encode};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 
+use super::handshake;
 use crate::reload::SharedClientConfig;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::{Upstream, UpstreamConnection};
@@ -185,7 +186,7 @@ async fn watch_one(
     let subscribe = encode::command([&b"SUBSCRIBE"[..], b"+switch-master"].into_iter());
     exchange(&mut connection, &subscribe, &mut buffer, limits).await?;
     loop {
-        let message = read_frame(&mut connection, &mut buffer, limits).await?;
+        let message = handshake::read_frame(&mut connection, &mut buffer, limits).await?;
         // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
         if let [kind, _, payload] = bulk_strings(&message).as_slice()
             && kind.as_ref() == b"message"
@@ -229,27 +230,7 @@ async fn exchange(
         .write_all(command)
         .await
         .map_err(|error| format!("writing to the Sentinel failed: {error}"))?;
-    read_frame(connection, buffer, limits).await
-}
-
-async fn read_frame(
-    connection: &mut UpstreamConnection,
-    buffer: &mut BytesMut,
-    limits: &Limits,
-) -> Result<Bytes, String> {
-    loop {
-        if let Some(frame) = check(buffer, limits).map_err(|error| error.to_string())? {
-            return Ok(buffer.split_to(frame.length).freeze());
-        }
-        let read = connection
-            .stream()
-            .read_buf(buffer)
-            .await
-            .map_err(|error| format!("reading from the Sentinel failed: {error}"))?;
-        if read == 0 {
-            return Err("the Sentinel closed the connection".to_owned());
-        }
-    }
+    handshake::read_frame(connection, buffer, limits).await
 }
 
 /// The bulk strings of an array reply (`*N` of `$...`), in order.

@@ -88,23 +88,19 @@ pub(crate) async fn serve(
         Err(error) => {
             tracing::warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable");
             route.metrics.closed(CloseResult::UpstreamUnavailable);
-            if let Some(tracer) = &route.tracer {
-                traces::record_connection(
-                    tracer,
-                    ConnectionSpan {
-                        listener: &route.listener,
-                        upstream: route.upstream.name(),
-                        client: client_address,
-                        peer_identity: client.peer_identity().map(|identity| identity.to_string()),
-                        endpoint: None,
-                        result: CloseResult::UpstreamUnavailable.label(),
-                        error: Some(error.to_string()),
-                        to_upstream: 0,
-                        to_client: 0,
-                        started: started_at,
-                    },
-                );
-            }
+            record_span(
+                &route,
+                &client,
+                client_address,
+                started_at,
+                Closed {
+                    endpoint: None,
+                    result: CloseResult::UpstreamUnavailable,
+                    error: Some(error.to_string()),
+                    to_upstream: 0,
+                    to_client: 0,
+                },
+            );
             return;
         }
     };
@@ -128,23 +124,19 @@ pub(crate) async fn serve(
         Err(_) => CloseResult::Error,
     };
     route.metrics.closed(result);
-    if let Some(tracer) = &route.tracer {
-        traces::record_connection(
-            tracer,
-            ConnectionSpan {
-                listener: &route.listener,
-                upstream: route.upstream.name(),
-                client: client_address,
-                peer_identity: client.peer_identity().map(|identity| identity.to_string()),
-                endpoint: Some(upstream.endpoint().to_string()),
-                result: result.label(),
-                error: relayed.result.as_ref().err().map(ToString::to_string),
-                to_upstream: relayed.to_upstream,
-                to_client: relayed.to_client,
-                started: started_at,
-            },
-        );
-    }
+    record_span(
+        &route,
+        &client,
+        client_address,
+        started_at,
+        Closed {
+            endpoint: Some(upstream.endpoint().to_string()),
+            result,
+            error: relayed.result.as_ref().err().map(ToString::to_string),
+            to_upstream: relayed.to_upstream,
+            to_client: relayed.to_client,
+        },
+    );
     tracing::debug!(
         listener = %route.listener,
         client = %client_address,
@@ -155,5 +147,40 @@ pub(crate) async fn serve(
         error = relayed.result.err().map(tracing::field::display),
         duration_ms = started.elapsed().as_millis() as u64,
         "connection closed"
+    );
+}
+
+/// How a connection ended, for its span.
+struct Closed {
+    endpoint: Option<String>,
+    result: CloseResult,
+    error: Option<String>,
+    to_upstream: u64,
+    to_client: u64,
+}
+
+/// Records the connection's span when spans are exported.
+fn record_span(
+    route: &TcpRoute,
+    client: &ClientStream,
+    client_address: std::net::SocketAddr,
+    started: std::time::SystemTime,
+    closed: Closed,
+) {
+    let Some(tracer) = &route.tracer else { return };
+    traces::record_connection(
+        tracer,
+        ConnectionSpan {
+            listener: &route.listener,
+            upstream: route.upstream.name(),
+            client: client_address,
+            peer_identity: client.peer_identity().map(|identity| identity.to_string()),
+            endpoint: closed.endpoint,
+            result: closed.result.label(),
+            error: closed.error,
+            to_upstream: closed.to_upstream,
+            to_client: closed.to_client,
+            started,
+        },
     );
 }
