@@ -27,19 +27,27 @@ impl Problem {
     pub(crate) fn from_yaml(error: &serde_saphyr::Error) -> Self {
         let line = error.location().map(|location| location.line());
         let message = error.without_snippet().to_string();
-        // The plain rendering starts "error: line L column C: "; the line is
-        // printed by our own Display, so keep only the column and message.
         let message = message.strip_prefix("error: ").unwrap_or(&message);
-        let message = match (line, message.split_once(": ")) {
-            (Some(line), Some((position, rest)))
-                if position.starts_with(&format!("line {line} ")) =>
-            {
-                format!(
-                    "{rest} ({})",
-                    position.trim_start_matches(&format!("line {line} "))
-                )
+        // The line is printed by our own Display, so keep only the column:
+        // syntax errors read "line L column C: what", errors raised while
+        // deserializing (unknown keys, bad values) "what at line L, column C".
+        let message = match line {
+            Some(line) => {
+                if let Some((what, column)) = message
+                    .strip_prefix(&format!("line {line} column "))
+                    .and_then(|rest| rest.split_once(": "))
+                    .map(|(column, what)| (what, column))
+                {
+                    format!("{what} (column {column})")
+                } else if let Some((what, column)) =
+                    message.rsplit_once(&format!(" at line {line}, column "))
+                {
+                    format!("{what} (column {column})")
+                } else {
+                    message.to_owned()
+                }
             }
-            _ => message.to_owned(),
+            None => message.to_owned(),
         };
         Self::new("", line, message)
     }
