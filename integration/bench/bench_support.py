@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark drivers: free loopback ports, waiting for a
 port to open, CPU pinning (load generators on CPU 0, servers on CPU 1), and a
 development PKI."""
+import json
 import os
 import socket
 import subprocess
@@ -65,3 +66,34 @@ def make_pki(attache, work):
         with open(f"{pki}/{name}.pem", "w") as f:
             f.write(open(f"{pki}/{name}.crt").read() + open(f"{pki}/{name}.key").read())
     return pki
+
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def peak_rss_mib(pid):
+    """The process's peak resident set size so far (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def save_results(scenario, rounds, cases, memory):
+    """Writes results/<scenario>.json, which chart.py draws and the sizing
+    in docs/operations.md quotes.
+
+    cases:  [{"case": label, "unit": "MiB/s", "baseline": target,
+              "values": {target: median}}], higher is better in each;
+    memory: {what: MiB} measured from attache's VmHWM / VmRSS."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{scenario}.json")
+    rounded = [dict(case, values={name: round(value, 1) for name, value in case["values"].items()})
+               for case in cases]
+    with open(path, "w") as f:
+        json.dump({"scenario": scenario, "rounds": rounds, "date": time.strftime("%Y-%m-%d"),
+                   "cases": rounded, "attache_memory_mib": {k: round(v, 1) for k, v in memory.items()}},
+                  f, indent=2)
+        f.write("\n")
+    print(f"\nresults written to {os.path.relpath(path)}")

@@ -14,10 +14,11 @@ and stops by itself.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CASES = [("/small", 64), ("/small", 256), ("/100k", 64), ("/100k", 256)]
+CASE_NAMES = {"/small": "2 B responses", "/100k": "100 KiB responses"}
 
 
 def cpu_seconds(pid):
@@ -181,6 +182,11 @@ upstreams:
                 cpu = f"{med(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
                 print(f"| {case[0]} -c{case[1]} | {name} | {rps:.0f} | {rps / direct:.2f}x | {rps / peer:.2f}x "
                       f"| {med(r['p50']):.2f} | {med(r['p99']):.2f} | {cpu} |")
+        save_results("http", args.rounds, [
+            {"case": f"HTTP/1.1, {CASE_NAMES[case[0]]}, {case[1]} connections (wrk)", "unit": "req/s", "baseline": "direct",
+             "values": {name: med(results[(name, case)]["rps"]) for name in targets}}
+            for case in CASES
+        ], {"peak RSS (all cases, up to 256 connections)": peak_rss_mib(attache.pid)})
     finally:
         stop(procs)
 

@@ -12,7 +12,7 @@ the proxies on CPU 1. Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, socket, statistics, subprocess, sys, tempfile, threading, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
 
 TESTS = ["SET", "GET", "INCR", "LPUSH"]
 
@@ -82,7 +82,8 @@ listeners:
 upstreams:
   redis: {{endpoints: ["127.0.0.1:{server_port}"]}}
 """)
-        procs.append(pinned(SERVER_CPU, [args.attache, "run", "-c", config], stderr=subprocess.DEVNULL))
+        attache = pinned(SERVER_CPU, [args.attache, "run", "-c", config], stderr=subprocess.DEVNULL)
+        procs.append(attache)
         twem_conf = os.path.join(workdir, "nutcracker.yml")
         with open(twem_conf, "w") as f:
             f.write(f"""bench:
@@ -123,6 +124,14 @@ upstreams:
                     rate = med(entry["rates"][t])
                     cells.append(f"{rate:.0f} ({rate / direct[t]:.2f}x)")
                 print(f"| {pipeline} | {name} | " + " | ".join(cells) + f" | {max(entry['connections'])} |")
+        names = {"direct": "direct", "attache": "attache (protocol: redis)", "attache-tcp": "attache (protocol: tcp)",
+                 "twemproxy": "twemproxy"}
+        save_results("redis", args.rounds, [
+            {"case": f"Redis GET, 50 clients{', pipelines of 16' if pipeline > 1 else ''} (redis-benchmark)",
+             "unit": "ops/s", "baseline": "direct",
+             "values": {names[name]: med(results[(name, pipeline)]["rates"]["GET"]) for name in targets}}
+            for pipeline in (1, 16)
+        ], {"peak RSS (50 clients on each listener)": peak_rss_mib(attache.pid)})
     finally:
         stop(procs)
 

@@ -14,7 +14,7 @@ Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, json, os, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BENCH_CONNECTIONS = 20000
@@ -154,6 +154,16 @@ listen redis
                   f"| {rate / haproxy_rate:.2f}x | {cpu} |")
         print(f"\nattache RSS idle: {idle_rss / 1024:.1f} MiB; with 1000 idle proxied connections: "
               f"{loaded_rss / 1024:.1f} MiB ({(loaded_rss - idle_rss) / 1000 * 1024:.0f} bytes per connection)")
+        medians = {name: {key: statistics.median(values) for key, values in r.items() if values}
+                   for name, r in results.items()}
+        save_results("tcp", args.rounds, [
+            {"case": "TCP bulk transfer (iperf3)", "unit": "MiB/s", "baseline": "direct",
+             "values": {name: m["bulk"] for name, m in medians.items()}},
+            {"case": "TCP new connections (redis-benchmark -k 0)", "unit": "conn/s", "baseline": "direct",
+             "values": {name: m["rate"] for name, m in medians.items()}},
+        ], {"idle RSS": idle_rss / 1024, "RSS with 1000 idle connections": loaded_rss / 1024,
+            "peak RSS": peak_rss_mib(attache.pid),
+            "KiB per idle connection": (loaded_rss - idle_rss) / 1000})
     finally:
         stop(procs)
 

@@ -14,7 +14,8 @@ Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, make_pki, pinned, stop, wait_port
+from bench_support import (LOAD_CPU, SERVER_CPU, free_port, make_pki, peak_rss_mib, pinned, save_results, stop,
+                           wait_port)
 
 
 
@@ -105,9 +106,10 @@ def front_doors(attache, stunnel, work, pki, rounds, count=500):
             memory[name] = (rss_kib(pid) - before) * 1024 / count
             for connection in held:
                 connection.close()
+        door_peak = peak_rss_mib(doors["attache"].pid)
     finally:
         stop(procs)
-    return {name: statistics.median(values) for name, values in rates.items()}, memory
+    return {name: statistics.median(values) for name, values in rates.items()}, memory, door_peak
 
 
 def main():
@@ -135,8 +137,9 @@ def main():
             f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: amb\n    listen: 127.0.0.1:{amb}\n"
                     f"    protocol: tcp\n    upstream: door\nupstreams:\n  door:\n    endpoints: [\"127.0.0.1:{door}\"]\n"
                     f"    tls: {{ca: {pki}/ca.crt, cert: {pki}/app.crt, key: {pki}/app.key, server_name: localhost}}\n")
-        procs.append(server([args.attache, "run", "-c", f"{work}/door.yaml"]))
-        procs.append(server([args.attache, "run", "-c", f"{work}/amb.yaml"]))
+        attache_door = server([args.attache, "run", "-c", f"{work}/door.yaml"])
+        attache_ambassador = server([args.attache, "run", "-c", f"{work}/amb.yaml"])
+        procs += [attache_door, attache_ambassador]
         tunnels["attache"] = (amb, door)
         # stunnel
         door, amb = free_port(), free_port()
@@ -165,9 +168,10 @@ def main():
             for name, (amb, _door) in tunnels.items():
                 results[name].append(iperf(amb))
                 print(f"round {round_number + 1} {name}: tunnel {results[name][-1]:.0f} MiB/s", file=sys.stderr)
+        tunnel_peak = max(peak_rss_mib(attache_door.pid), peak_rss_mib(attache_ambassador.pid))
         stop(procs)
         procs = []
-        rates, memory = front_doors(args.attache, stunnel, work, pki, args.rounds)
+        rates, memory, door_peak = front_doors(args.attache, stunnel, work, pki, args.rounds)
 
         bulk = {name: statistics.median(values) for name, values in results.items()}
         best_peer_bulk = max(bulk["stunnel"], bulk["haproxy"])
@@ -183,6 +187,11 @@ def main():
         print()
         for name, per_connection in memory.items():
             print(f"{name}: {per_connection:.0f} bytes of RSS per held mutual-TLS connection")
+        save_results("tls", args.rounds, [
+            {"case": "mTLS tunnel bulk transfer (iperf3; direct is plaintext)", "unit": "MiB/s", "baseline": "direct",
+             "values": bulk},
+        ], {"peak RSS, tunnel end (bulk)": tunnel_peak, "peak RSS, front door (handshakes, 500 held)": door_peak,
+            "KiB per held mTLS connection": memory["attache"] / 1024})
     finally:
         stop(procs)
         shutil.rmtree(work, ignore_errors=True)

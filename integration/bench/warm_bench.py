@@ -22,7 +22,8 @@ CPU 1.
 """
 import argparse, os, shutil, socket, ssl, statistics, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, make_pki, pinned, stop, wait_port
+from bench_support import (LOAD_CPU, SERVER_CPU, free_port, make_pki, peak_rss_mib, pinned, save_results, stop,
+                           wait_port)
 
 CONNECTIONS = 20000
 TTFB_SAMPLES = 1000
@@ -119,7 +120,8 @@ def main():
                 ssl_options = (f" ssl crt {pki}/app.pem ca-file {pki}/ca.crt verify required sni str(localhost)"
                                if name.endswith("_tls") else "")
                 f.write(f"listen {name}\n  bind 127.0.0.1:{haproxy[name]}\n  server s1 127.0.0.1:{port}{ssl_options}\n")
-        procs.append(server([args.attache, "run", "-c", f"{work}/attache.yaml"]))
+        attache = server([args.attache, "run", "-c", f"{work}/attache.yaml"])
+        procs.append(attache)
         procs.append(server(["haproxy", "-f", f"{work}/haproxy.cfg", "-db"]))
         for port in (*ports.values(), *haproxy.values()):
             wait_port(port)
@@ -172,6 +174,13 @@ def main():
                   f"| {near_p50[name]:.0f} | {near_p50[name] / near_p50[base]:.2f}x | {near_p99[name]:.0f} "
                   f"| {p50[name]:.0f} | {p50[name] / p50[base]:.2f}x | {p99[name]:.0f} |")
         print("\n(TLS rows compare with direct TLS: the app doing its own mutual TLS to the server.)")
+        plain_targets = ["direct", "attache", "attache + warm pool", "HAProxy"]
+        save_results("warm", args.rounds, [
+            {"case": "new connections to Redis, plaintext", "unit": "conn/s", "baseline": "direct",
+             "values": {name: rate[name] for name in plain_targets}},
+            {"case": "new connections to Redis, mutual TLS to the server", "unit": "conn/s", "baseline": "direct TLS",
+             "values": {name: rate[name] for name in rate if name not in plain_targets}},
+        ], {"peak RSS (8 listeners, 4 warm pools of 32)": peak_rss_mib(attache.pid)})
     finally:
         stop(procs)
         shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,163 @@
+//! Documentation held to the running program: the metrics catalogue in
+//! docs/operations.md lists exactly the series a running attache exposes,
+//! with their types and labels, and docs/benchmarks.svg is what
+//! integration/bench/chart.py draws from the committed results.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use attache_integration::pki::Pki;
+use attache_integration::redis_server::RedisServer;
+use attache_integration::{Attache, redis_ping};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The metrics table of docs/operations.md: name → (type, label names).
+/// A label is a code span opening one of the comma-separated items of the
+/// labels cell (`listener`, `reason` = `a` \| `b`).
+fn catalogue() -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let operations = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let section = operations
+        .split("## Metrics")
+        .nth(1)
+        .expect("docs/operations.md has a Metrics section");
+    let mut metrics = BTreeMap::new();
+    for row in section
+        .lines()
+        .filter(|line| line.starts_with("| `attache_"))
+    {
+        let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+        let labels = cells[2]
+            .split(", ")
+            .filter(|item| item.starts_with('`'))
+            .filter_map(|item| item.split('`').nth(1))
+            .map(str::to_owned)
+            .collect();
+        metrics.insert(
+            cells[0].trim_matches('`').to_owned(),
+            (cells[1].to_owned(), labels),
+        );
+    }
+    metrics
+}
+
+/// Families from `# TYPE` lines (counters under their `_total` sample
+/// name, as the table writes them), and the label names seen on samples.
+fn exposed(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let mut families = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(declaration) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = declaration.split_once(' ').unwrap();
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            families.insert(name, (kind.to_owned(), BTreeSet::new()));
+        }
+    }
+    for sample in text.lines().filter(|line| !line.starts_with('#')) {
+        let name = sample.split(['{', ' ']).next().unwrap();
+        let family = families
+            .keys()
+            .filter(|family| {
+                name == family.as_str()
+                    || ["_bucket", "_sum", "_count", "_created"]
+                        .iter()
+                        .any(|suffix| name == format!("{family}{suffix}"))
+            })
+            .max_by_key(|family| family.len())
+            .cloned();
+        let Some(family) = family else { continue };
+        if let Some((labels, _)) = sample
+            .split_once('{')
+            .and_then(|(_, rest)| rest.split_once('}'))
+        {
+            let names = labels
+                .split("\",")
+                .filter_map(|pair| pair.split_once('=').map(|(name, _)| name.trim().to_owned()))
+                .filter(|name| name != "le");
+            families.get_mut(&family).unwrap().1.extend(names);
+        }
+    }
+    families
+}
+
+#[tokio::test]
+async fn the_metrics_catalogue_lists_every_exposed_series_with_its_type_and_labels() {
+    let pki = Pki::new();
+    let redis = RedisServer::plain();
+    // Every kind of listener and upstream feature, so every family registers.
+    let config = format!(
+        "
+listeners:
+  - {{name: tcp, listen: 127.0.0.1:0, protocol: tcp, upstream: redis}}
+  - {{name: resp, listen: 127.0.0.1:0, protocol: redis, upstream: redis}}
+  - name: door
+    listen: 127.0.0.1:0
+    protocol: http
+    tls: {{cert: {cert}, key: {key}, client_ca: {ca}}}
+    http: {{routes: [{{match: {{path_prefix: /}}, direct_response: {{status: 200, body: ok}}}}]}}
+upstreams:
+  redis:
+    endpoints: [\"{redis}\"]
+    warm_pool: {{size: 1}}
+    health_check: {{probe: redis}}
+",
+        cert = pki.cert("server"),
+        key = pki.key("server"),
+        ca = pki.ca(),
+        redis = redis.address,
+    );
+    let attache = Attache::run(&config).await.unwrap();
+    assert_eq!(redis_ping(attache.listener("tcp")).await.unwrap(), "PONG");
+    assert_eq!(redis_ping(attache.listener("resp")).await.unwrap(), "PONG");
+    let (status, metrics) = attache.admin_get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+
+    let documented = catalogue();
+    let exposed = exposed(&metrics);
+    assert!(documented.len() > 30, "{} rows read", documented.len());
+    let names = |map: &BTreeMap<String, (String, BTreeSet<String>)>| {
+        map.keys().cloned().collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        names(&documented),
+        names(&exposed),
+        "documented (left) and exposed (right) metric names differ"
+    );
+    for (name, (kind, labels)) in &exposed {
+        let (documented_kind, documented_labels) = &documented[name];
+        assert_eq!(documented_kind, kind, "{name}: documented type");
+        assert!(
+            labels.is_subset(documented_labels),
+            "{name}: exposed labels {labels:?}, documented {documented_labels:?}"
+        );
+    }
+    // The traffic above gave most families samples, so labels were compared.
+    let with_labels = exposed
+        .values()
+        .filter(|(_, labels)| !labels.is_empty())
+        .count();
+    assert!(
+        with_labels >= 15,
+        "only {with_labels} families had labelled samples"
+    );
+}
+
+#[test]
+fn the_benchmark_chart_is_drawn_from_the_committed_results() {
+    let output = Command::new("python3")
+        .arg(root().join("integration/bench/chart.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
