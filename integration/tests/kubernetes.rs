@@ -1,8 +1,10 @@
 //! The Kubernetes material: every manifest under docs/kubernetes validates
 //! against the Kubernetes schemas (kubernetes-validate, offline), every
 //! attache config embedded in a ConfigMap passes `attache check`, what
-//! `attache inject` writes validates too, and every shipped example config
-//! is referenced by the documentation.
+//! `attache inject` writes validates too, every shipped example config is
+//! referenced by the documentation, plain-secrets.sh makes exactly the
+//! Secrets the workloads mount with the names the Certificates ask for, and
+//! the migration Job's shutdown lines stop attache.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -156,4 +158,180 @@ fn every_example_config_is_referenced_by_the_documentation() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         assert!(documentation.contains(&name), "no document mentions {name}");
     }
+}
+
+/// Every document of a YAML file (or text) as JSON values.
+fn documents(text: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_str_multiple(text).unwrap()
+}
+
+fn manifest_documents() -> Vec<serde_json::Value> {
+    manifests()
+        .iter()
+        .flat_map(|path| documents(&std::fs::read_to_string(path).unwrap()))
+        .collect()
+}
+
+/// The subject alternative names of a PEM certificate, as OpenSSL prints them
+/// (`DNS:a`, `URI:spiffe://...`), sorted.
+fn subject_alternative_names(pem: &[u8]) -> Vec<String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), pem).unwrap();
+    let output = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let mut names: Vec<String> = text
+        .lines()
+        .skip(1)
+        .flat_map(|line| line.split(", "))
+        .map(|name| name.trim().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    output.stdout
+}
+
+#[test]
+fn plain_secrets_match_the_certificates_and_the_mounted_secrets() {
+    let work = tempfile::tempdir().unwrap();
+    let output = Command::new("bash")
+        .arg(root().join("docs/kubernetes/plain-secrets.sh"))
+        .arg(work.path().join("ca"))
+        .env("ATTACHE", binary())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    std::fs::write(file.path(), &printed).unwrap();
+    validate(file.path());
+
+    let manifests = manifest_documents();
+    // Secrets the workloads mount, and what cert-manager is asked to issue.
+    let mut mounted = std::collections::BTreeSet::new();
+    let mut certificates = std::collections::BTreeMap::new();
+    for document in &manifests {
+        let volumes = &document["spec"]["template"]["spec"]["volumes"];
+        for volume in volumes.as_array().into_iter().flatten() {
+            if let Some(name) = volume["secret"]["secretName"].as_str() {
+                mounted.insert(name.to_owned());
+            }
+        }
+        if document["kind"] == "Certificate" {
+            let spec = &document["spec"];
+            let mut names: Vec<String> = spec["dnsNames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|name| format!("DNS:{}", name.as_str().unwrap()))
+                .chain(
+                    spec["uris"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|uri| format!("URI:{}", uri.as_str().unwrap())),
+                )
+                .collect();
+            names.sort();
+            certificates.insert(spec["secretName"].as_str().unwrap().to_owned(), names);
+        }
+    }
+    let secrets: std::collections::BTreeMap<String, serde_json::Value> = documents(&printed)
+        .into_iter()
+        .map(|secret| {
+            (
+                secret["metadata"]["name"].as_str().unwrap().to_owned(),
+                secret,
+            )
+        })
+        .collect();
+    assert!(mounted.len() >= 3, "mounted: {mounted:?}");
+    assert_eq!(
+        mounted,
+        certificates.keys().cloned().collect(),
+        "Secrets mounted vs Secrets cert-manager makes"
+    );
+    assert_eq!(
+        mounted,
+        secrets.keys().cloned().collect(),
+        "Secrets mounted vs Secrets plain-secrets.sh makes"
+    );
+    for (name, secret) in &secrets {
+        assert_eq!(secret["type"], "kubernetes.io/tls");
+        for key in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(secret["data"][key].is_string(), "{name} has no {key}");
+        }
+        let pem = base64_decode(secret["data"]["tls.crt"].as_str().unwrap());
+        assert_eq!(
+            subject_alternative_names(&pem),
+            certificates[name],
+            "{name}: plain-secrets.sh issues other names than the Certificate"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_migration_job_stops_attache_with_the_lines_it_runs() {
+    let manifest =
+        std::fs::read_to_string(root().join("docs/kubernetes/migration-job.yaml")).unwrap();
+    // The job's own lines, from opening the admin port to reading the status.
+    let lines: Vec<&str> = manifest
+        .lines()
+        .map(str::trim)
+        .skip_while(|line| !line.starts_with("exec 3<>/dev/tcp/"))
+        .take(3)
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[2].starts_with("head -n 1"), "{lines:?}");
+    let config = "
+admin: {shutdown_endpoint: true}
+listeners:
+  - {name: mariadb, listen: 127.0.0.1:0, protocol: tcp, upstream: mariadb}
+upstreams:
+  mariadb: {endpoints: [\"127.0.0.1:3306\"]}
+";
+    let mut attache = attache_integration::Attache::run(config).await.unwrap();
+    let port = attache.admin().port().to_string();
+    let script = lines.join("\n").replace("9901", &port);
+    let output = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim_end(),
+        "HTTP/1.1 202 Accepted"
+    );
+    let status = attache
+        .wait_exit(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
 }
