@@ -123,7 +123,7 @@ fn sidecar(options: &Options) -> Value {
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
         },
-        // Measured: about 9 MiB idle, tens of MiB under load (docs/benchmarks.md).
+        // Twice the measured peak of most scenarios (docs/operations.md#sizing).
         "resources": {
             "requests": {"cpu": "50m", "memory": "32Mi"},
             "limits": {"memory": "128Mi"},
@@ -236,6 +236,27 @@ spec:
         let twice = inject(&once, &options(None)).unwrap();
         assert_eq!(documents(&once), documents(&twice));
         assert_eq!(once, twice);
+    }
+
+    #[test]
+    fn every_workload_kind_gets_the_sidecar_in_its_pod_spec() {
+        let template = "template: {spec: {containers: [{name: app, image: app}]}}";
+        let manifests = [
+            format!("kind: StatefulSet\nspec: {{serviceName: db, {template}}}"),
+            format!("kind: DaemonSet\nspec: {{{template}}}"),
+            format!("kind: Job\nspec: {{{template}}}"),
+            "kind: Pod\nspec: {containers: [{name: app, image: app}]}".to_owned(),
+            "kind: ConfigMap\ndata: {spec: x}".to_owned(),
+        ]
+        .join("\n---\n");
+        let after = documents(&inject(&manifests, &options(None)).unwrap());
+        for document in &after[..3] {
+            let pod = &document["spec"]["template"]["spec"];
+            assert_eq!(pod["initContainers"][0]["name"], "attache", "{document}");
+            assert_eq!(pod["containers"][0]["name"], "app");
+        }
+        assert_eq!(after[3]["spec"]["initContainers"][0]["name"], "attache");
+        assert_eq!(after[4], documents(&manifests)[4]);
     }
 
     #[test]
