@@ -4,7 +4,9 @@
 //! `attache inject` writes validates too, every shipped example config is
 //! referenced by the documentation, plain-secrets.sh makes exactly the
 //! Secrets the workloads mount with the names the Certificates ask for, and
-//! the migration Job's shutdown lines stop attache.
+//! the migration Job's shutdown lines stop attache, and every sidecar has its
+//! probes, a locked-down securityContext, memory requests and limits, and a
+//! drain that ends within the pod's grace period.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -334,4 +336,93 @@ upstreams:
         .await
         .unwrap();
     assert!(status.success(), "exit status {status}");
+}
+
+/// What every attache sidecar in the manifests must have: the probes on
+/// the admin port, the locked-down securityContext, memory requests and
+/// limits, the native form unless it says it is classic, and a drain that
+/// ends before Kubernetes kills the pod.
+#[test]
+fn every_sidecar_has_probes_a_locked_down_context_resources_and_a_drain_within_the_grace_period() {
+    let documents = manifest_documents();
+    let config_maps: std::collections::BTreeMap<String, String> = documents
+        .iter()
+        .filter(|document| document["kind"] == "ConfigMap")
+        .filter_map(|document| {
+            let name = document["metadata"]["name"].as_str()?.to_owned();
+            Some((name, document["data"]["attache.yaml"].as_str()?.to_owned()))
+        })
+        .collect();
+    let mut sidecars = 0;
+    for document in &documents {
+        let pod = &document["spec"]["template"]["spec"];
+        let containers = ["initContainers", "containers"]
+            .into_iter()
+            .flat_map(|list| {
+                pod[list]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |container| (list, container))
+            });
+        for (list, container) in containers {
+            if container["args"][0] != "run"
+                || !container["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("attache")
+            {
+                continue;
+            }
+            sidecars += 1;
+            let name = document["metadata"]["name"].as_str().unwrap();
+            if list == "initContainers" {
+                assert_eq!(
+                    container["restartPolicy"], "Always",
+                    "{name}: a native sidecar"
+                );
+            }
+            for (probe, path) in [
+                ("startupProbe", "/startup"),
+                ("readinessProbe", "/ready"),
+                ("livenessProbe", "/live"),
+            ] {
+                assert_eq!(container[probe]["httpGet"]["path"], path, "{name}: {probe}");
+                assert_eq!(
+                    container[probe]["httpGet"]["port"], "attache-admin",
+                    "{name}: {probe}"
+                );
+            }
+            let context = &container["securityContext"];
+            assert_eq!(context["runAsNonRoot"], true, "{name}");
+            assert_eq!(context["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(context["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(
+                context["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{name}"
+            );
+            for kind in ["requests", "limits"] {
+                assert!(
+                    container["resources"][kind]["memory"].is_string(),
+                    "{name}: memory {kind}"
+                );
+            }
+            let config_map = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|volume| volume["configMap"]["name"].as_str())
+                .unwrap_or_else(|| panic!("{name}: no config volume"));
+            let config = attache_config::parse(&config_maps[config_map], config_map, &|_| None)
+                .unwrap_or_else(|error| panic!("{error}"));
+            let pod_grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+            assert!(
+                config.drain.grace_period < std::time::Duration::from_secs(pod_grace),
+                "{name}: drain.grace_period {:?} is not below terminationGracePeriodSeconds {pod_grace}",
+                config.drain.grace_period
+            );
+        }
+    }
+    assert!(sidecars >= 9, "{sidecars} sidecars checked");
 }
