@@ -118,27 +118,16 @@ spec:
               exec: {command: [/bin/sh, -c, sleep 15]}
       terminationGracePeriodSeconds: 45
 ";
-    let mut child = Command::new(binary())
-        .args([
-            "inject",
-            "-",
-            "--config-map",
-            "prod-attache",
-            "--secret",
-            "prod-tls",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(deployment.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut inject = Command::new(binary());
+    inject.args([
+        "inject",
+        "-",
+        "--config-map",
+        "prod-attache",
+        "--secret",
+        "prod-tls",
+    ]);
+    let output = run_with_input(&mut inject, deployment);
     assert!(output.status.success());
     let injected = String::from_utf8(output.stdout).unwrap();
     assert!(injected.contains("name: attache"));
@@ -196,9 +185,9 @@ fn subject_alternative_names(pem: &[u8]) -> Vec<String> {
     names
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
-    let mut child = Command::new("base64")
-        .arg("-d")
+/// Runs `command` with `input` on its stdin; its output.
+fn run_with_input(command: &mut Command, input: &str) -> std::process::Output {
+    let mut child = command
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -208,9 +197,13 @@ fn base64_decode(text: &str) -> Vec<u8> {
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let output = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let output = run_with_input(Command::new("base64").arg("-d"), text);
     assert!(output.status.success());
     output.stdout
 }
