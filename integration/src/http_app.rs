@@ -6,6 +6,7 @@
 //! - `/script...`: the next status from [`HttpApp::script`], then 200
 //! - `/hang...`: never answers
 //! - `/download/N/SEED`: N pseudo-random bytes ([`crate::servers::random_chunks`]), streamed
+//! - `/stall/N`: announces 2N bytes, sends N, then sends nothing more
 //! - `/upload`: reads the body as it streams and answers its length and SHA-256
 //! - `/ws`: a WebSocket that echoes every message
 //!
@@ -139,6 +140,8 @@ async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body>
         response
     } else if let Some(spec) = path.strip_prefix("/download/") {
         download(spec)
+    } else if let Some(count) = path.strip_prefix("/stall/") {
+        stall(count.parse().unwrap_or(0))
     } else if path == "/upload" {
         upload(request).await
     } else if path == "/ws" {
@@ -183,6 +186,24 @@ async fn echo(request: Request<Incoming>) -> Response<Body> {
     response
         .headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+fn stall(count: usize) -> Response<Body> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        let _ = sender
+            .send(Ok(Frame::data(Bytes::from(vec![b'x'; count]))))
+            .await;
+        // Holding the sender keeps the body open with half of it unsent.
+        sender.closed().await;
+    });
+    let body = StreamBody::new(tokio_stream_from(receiver));
+    let mut response = Response::new(BodyExt::boxed(body));
+    response.headers_mut().insert(
+        "content-length",
+        (2 * count).to_string().parse().expect("header"),
+    );
     response
 }
 

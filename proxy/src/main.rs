@@ -6,12 +6,14 @@
 //! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
 //! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind and accept; `tcp`: L4 forwarding.
+//! - `listener`: bind and accept; `tcp`: L4 forwarding; `activity`: the idle
+//!   timeout of connections that hyper drives.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
 //!   `resilience`: backoff, retry budget, breaker, concurrency limit.
 //! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
 
+mod activity;
 mod admin;
 mod cli;
 mod http;

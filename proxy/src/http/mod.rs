@@ -33,6 +33,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
+use crate::activity::{Activity, Watched};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::tcp::stream::ClientStream;
 use crate::telemetry::metrics::CloseResult;
@@ -45,6 +46,8 @@ pub(crate) struct ClientConnection {
     /// The address's IP as a header value, made once per connection.
     ip: http::HeaderValue,
     tls: bool,
+    /// When the connection last moved a byte (the idle timeout).
+    activity: Arc<Activity>,
     /// The verified client certificate's primary name: its first URI SAN
     /// (SPIFFE ID), else its first DNS SAN, else its common name.
     identity: Option<String>,
@@ -94,10 +97,12 @@ pub(crate) async fn serve(
     });
     let ip = http::HeaderValue::from_str(&address.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
+    let activity = Activity::new();
     let connection = Arc::new(ClientConnection {
         address,
         ip,
         tls: proxy.tls.is_some(),
+        activity: activity.clone(),
         identity,
     });
     let service = {
@@ -120,13 +125,19 @@ pub(crate) async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let watched = Watched::new(stream, activity.clone());
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(watched), service);
     tokio::pin!(served);
     let mut phase = lifecycle.watch_phase();
     let mut draining = false;
     let result = loop {
         tokio::select! {
             result = served.as_mut() => break result,
+            () = activity.idle_for(limits.idle_timeout) => {
+                metrics.closed(CloseResult::IdleTimeout);
+                tracing::debug!(listener = %proxy.listener, client = %address, "closing: no byte moved for the idle timeout");
+                return;
+            }
             changed = phase.changed(), if !draining => {
                 if changed.is_err() || *phase.borrow_and_update() == Phase::Closing {
                     draining = true;

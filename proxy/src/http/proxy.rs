@@ -22,6 +22,7 @@ use super::body::{OnFinish, RequestBody, ResponseBody};
 use super::client::{Endpoints, NoEndpoint, PerTryTimeout, ServedBy, Tried};
 use super::headers;
 use super::routing::{self, Matcher};
+use crate::activity::Activity;
 use crate::reload::SharedServerConfig;
 use crate::resilience::limit::{ConcurrencyLimit, Limited, Refusal};
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
@@ -84,6 +85,9 @@ impl HttpUpstream {
 
 /// Server-side limits of a listener's connections.
 pub(crate) struct ConnectionLimits {
+    /// A connection (or, after an upgrade, its tunnel) that moves no byte
+    /// either way for this long is closed: the listener's `idle_timeout`.
+    pub(crate) idle_timeout: Duration,
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_header_bytes: usize,
     pub(crate) max_headers: usize,
@@ -179,6 +183,7 @@ impl HttpProxy {
             metrics: metrics.listener(listener),
             tls,
             limits: ConnectionLimits {
+                idle_timeout: config.idle_timeout,
                 header_read_timeout: settings.header_read_timeout,
                 max_header_bytes: settings.max_header_bytes,
                 max_headers: settings.max_headers,
@@ -373,7 +378,8 @@ impl HttpProxy {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            let idle = (connection.activity.clone(), self.limits.idle_timeout);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, idle));
         } else {
             headers::strip_hop_by_hop(response.headers_mut());
         }
@@ -627,8 +633,15 @@ fn version_label(version: http::Version) -> &'static str {
     }
 }
 
-/// Relays an upgraded connection (WebSocket) both ways until either side closes.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Relays an upgraded connection (WebSocket) both ways until either side
+/// closes, or until no byte has moved for the idle timeout (the client side
+/// is still the [`Watched`](crate::activity::Watched) stream, so its
+/// activity keeps counting).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    (activity, idle_timeout): (Arc<Activity>, Duration),
+) {
     let (client, upstream) = tokio::join!(client, upstream);
     let (Ok(client), Ok(upstream)) = (client, upstream) else {
         tracing::debug!("upgrade did not complete on both sides");
@@ -636,8 +649,15 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
     let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(error) = copied {
+                tracing::debug!(%error, "upgraded connection ended with an error");
+            }
+        }
+        () = activity.idle_for(idle_timeout) => {
+            tracing::debug!("closing an upgraded connection idle for {idle_timeout:?}");
+        }
     }
 }
 

@@ -31,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::reload::SharedServerConfig;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
@@ -56,6 +57,10 @@ pub(crate) struct RedisProxy {
     target: Arc<Target>,
     shared_connections: usize,
     command_timeout: Duration,
+    /// A client with nothing in flight and no pinned session that sends
+    /// nothing for this long is closed (Redis' own `timeout`, which also
+    /// spares blocked and subscribed clients).
+    idle_timeout: Duration,
     limits: Limits,
     /// Shared connections per database, made when a client first uses it.
     pools: Mutex<HashMap<SharedSetKey, Arc<[SharedConnection]>>>,
@@ -89,6 +94,7 @@ impl RedisProxy {
             tls,
             shared_connections: settings.shared_connections,
             command_timeout: settings.command_timeout,
+            idle_timeout: config.idle_timeout,
             limits: Limits::default(),
             pools: Mutex::new(HashMap::new()),
             pinned: pinned::Lender {
@@ -178,6 +184,10 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     let mut replies = Replies::new(proxy.command_timeout, proxy.redis_metrics.clone(), tracing);
     let mut closing = false;
     let mut authenticated = proxy.client_auth.is_none();
+    // Re-armed from the last activity only when it fires, as in the TCP relay.
+    let mut last_activity = Instant::now();
+    let idle = tokio::time::sleep(proxy.idle_timeout);
+    tokio::pin!(idle);
     let result = loop {
         // Everything complete in the input: shared commands go out as one
         // batch; a command that needs its own connection stops the scan.
@@ -297,6 +307,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
             )
             .await;
             proxy.redis_metrics.pinned_connections.dec();
+            last_activity = Instant::now();
             match ended {
                 pinned::Ended::Shared { database: now } => {
                     if now != database {
@@ -314,13 +325,29 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
         tokio::select! {
             read = client.read_buf(&mut input), if !closing => match read {
                 Ok(0) => break CloseResult::Ok,
-                Ok(_) => {}
+                Ok(_) => last_activity = Instant::now(),
                 Err(_) => break CloseResult::Error,
             },
             Some(batch) = replies.next_batch() => {
                 if client.write_all(&batch).await.is_err() {
                     break CloseResult::Error;
                 }
+                last_activity = Instant::now();
+            }
+            () = &mut idle => {
+                let deadline = last_activity + proxy.idle_timeout;
+                if replies.is_empty() && Instant::now() >= deadline {
+                    tracing::debug!(listener = %proxy.listener, client = %address, "closing: idle for the idle timeout");
+                    break CloseResult::IdleTimeout;
+                }
+                // A client waiting for replies is not idle; they are
+                // bounded by the command timeout, and sending them is activity.
+                let next = if replies.is_empty() {
+                    deadline
+                } else {
+                    Instant::now() + proxy.idle_timeout
+                };
+                idle.as_mut().reset(next);
             }
         }
     };
