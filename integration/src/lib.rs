@@ -108,7 +108,11 @@ impl Attache {
         Self::spawn_with_env(arguments, config, &[]).await
     }
 
-    async fn spawn_with_env(
+    /// Like [`Attache::spawn`], with extra environment variables.
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time.
+    pub async fn spawn_with_env(
         arguments: &[&str],
         config: Option<tempfile::NamedTempFile>,
         env: &[(&str, &str)],

@@ -1,12 +1,14 @@
 //! The command line: `attache check` on good and broken configs (every
 //! problem with key path and line, exit 1), `attache run` refusing a broken
-//! config, `attache wait`, `attache tcp` and `attache version`.
+//! config, `attache wait`, the `attache tcp` and `attache redis` one-liners
+//! and `attache version`.
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use attache_integration::redis_server::RedisServer;
 use attache_integration::{Attache, binary, servers, write_config};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn attache(arguments: &[&str]) -> Output {
     Command::new(binary())
@@ -169,6 +171,80 @@ async fn tcp_one_liner_forwards() {
     client.read_to_string(&mut greeting).await.unwrap();
     assert_eq!(greeting, "hello from upstream");
     assert_eq!(attache.admin_get("/ready").await.unwrap().0, 200);
+}
+
+/// Sends `command` (inline form) and reads the reply's first line.
+async fn exchange_line(client: &mut tokio::net::TcpStream, command: &str) -> String {
+    client
+        .write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_line(client).await
+}
+
+async fn read_line(client: &mut tokio::net::TcpStream) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        let mut byte = [0];
+        client.read_exact(&mut byte).await.unwrap();
+        line.push(byte[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+#[tokio::test]
+async fn redis_one_liner_checks_the_password_and_multiplexes() {
+    let redis = RedisServer::plain();
+    let upstream = redis.address.to_string();
+    let attache = Attache::spawn_with_env(
+        &[
+            "redis",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        None,
+        &[("ATTACHE_REDIS_PASSWORD", "s3cret")],
+    )
+    .await
+    .unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", attache.pid())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("s3cret"),
+        "the password stays out of the command line"
+    );
+    let front = attache.listener("redis");
+    let mut clients = Vec::new();
+    for index in 0..4 {
+        let mut client = tokio::net::TcpStream::connect(front).await.unwrap();
+        assert_eq!(
+            exchange_line(&mut client, "PING").await,
+            "-NOAUTH Authentication required.\r\n"
+        );
+        assert_eq!(exchange_line(&mut client, "AUTH s3cret").await, "+OK\r\n");
+        let key = format!("one-liner-{}-{index}", std::process::id());
+        assert_eq!(
+            exchange_line(&mut client, &format!("SET {key} {index}")).await,
+            "+OK\r\n"
+        );
+        assert_eq!(
+            exchange_line(&mut client, &format!("GET {key}")).await,
+            "$1\r\n"
+        );
+        assert_eq!(read_line(&mut client).await, format!("{index}\r\n"));
+        clients.push(client);
+    }
+    assert_eq!(
+        attache
+            .metric("attache_redis_upstream_connections{listener=\"redis\",kind=\"shared\"}")
+            .await
+            .unwrap(),
+        2.0,
+        "four clients over the two shared connections"
+    );
 }
 
 #[tokio::test]

@@ -60,6 +60,15 @@ enum Command {
     /// HTTPS front door: attache http --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080
     ///   --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt
     Http(Box<TcpArgs>),
+    /// A Redis ambassador from a local address to a Redis (or its Sentinels),
+    /// without a config file: commands multiplexed over a few shared
+    /// connections, with the defaults of a `redis` listener.
+    ///
+    /// Example: attache redis --listen 127.0.0.1:6379 --upstream redis.prod:6379
+    ///
+    /// Behind Sentinel: attache redis --listen 127.0.0.1:6379 --sentinel-master mymaster
+    ///   --upstream sentinel-0:26379 --upstream sentinel-1:26379 --upstream sentinel-2:26379
+    Redis(Box<RedisArgs>),
     /// Wait until every target accepts a TCP connection, then exit 0 (for init containers).
     ///
     /// Example: attache wait tcp://mariadb:3306 tcp://redis:6379 --timeout 60s
@@ -323,6 +332,65 @@ struct TlsArgs {
     upstream_allow_uri: Vec<String>,
 }
 
+/// `attache redis`: the `tcp` flags plus a `redis` listener's settings.
+#[derive(Debug, Args)]
+struct RedisArgs {
+    #[command(flatten)]
+    common: TcpArgs,
+    /// Long-lived upstream connections shared by every client, per database.
+    #[arg(long, default_value_t = model::DEFAULT_SHARED_CONNECTIONS, help_heading = "Redis")]
+    shared_connections: usize,
+    /// A command without a reply after this gets an error reply.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, help_heading = "Redis")]
+    command_timeout: Duration,
+    /// Connections lent to one client at a time (transactions, blocking commands, pub/sub).
+    #[arg(long, default_value_t = model::DEFAULT_MAX_PINNED, help_heading = "Redis")]
+    max_pinned: u32,
+    /// Password clients must AUTH with (checked by attache, never sent upstream).
+    #[arg(
+        long,
+        env = "ATTACHE_REDIS_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Redis"
+    )]
+    password: Option<String>,
+    /// attache's own ACL user for Redis (needs --upstream-password).
+    #[arg(long, requires = "upstream_password", help_heading = "Redis")]
+    upstream_username: Option<String>,
+    /// attache's own password for Redis, sent on every upstream connection.
+    #[arg(
+        long,
+        env = "ATTACHE_REDIS_UPSTREAM_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Redis"
+    )]
+    upstream_password: Option<String>,
+    /// The upstreams are Redis Sentinels; follow the master they monitor under this name.
+    #[arg(long, value_name = "NAME", help_heading = "Redis")]
+    sentinel_master: Option<String>,
+}
+
+impl RedisArgs {
+    fn into_config(self) -> Config {
+        let mut config = self.common.into_config(model::Protocol::Redis);
+        // Empty means none, as in a config file (`${PASSWORD:-}`).
+        let given = |value: Option<String>| value.filter(|value| !value.is_empty());
+        config.listeners[0].redis = Some(model::RedisListener {
+            shared_connections: self.shared_connections,
+            command_timeout: self.command_timeout,
+            max_pinned: self.max_pinned,
+            password: given(self.password),
+            username: None,
+            upstream_username: self.upstream_username,
+            upstream_password: given(self.upstream_password),
+        });
+        config.upstreams[0].sentinel = self
+            .sentinel_master
+            .map(|master_name| model::Sentinel { master_name });
+        config
+    }
+}
+
 impl TlsArgs {
     fn listener(&self) -> Option<model::ListenerTls> {
         let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
@@ -376,7 +444,8 @@ impl TcpArgs {
         self.admin.apply(&mut admin);
         let (name, http) = match protocol {
             model::Protocol::Http => ("http".to_owned(), Some(model::HttpListener::default())),
-            model::Protocol::Tcp | model::Protocol::Redis => ("tcp".to_owned(), None),
+            model::Protocol::Redis => ("redis".to_owned(), None),
+            model::Protocol::Tcp => ("tcp".to_owned(), None),
         };
         Config {
             tracing: model::Tracing::default(),
@@ -492,8 +561,9 @@ pub(crate) fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
-        Command::Tcp(arguments) => one_liner(*arguments, model::Protocol::Tcp),
-        Command::Http(arguments) => one_liner(*arguments, model::Protocol::Http),
+        Command::Tcp(arguments) => one_liner(arguments.into_config(model::Protocol::Tcp)),
+        Command::Http(arguments) => one_liner(arguments.into_config(model::Protocol::Http)),
+        Command::Redis(arguments) => one_liner(arguments.into_config()),
         Command::Wait {
             targets,
             timeout,
@@ -553,9 +623,8 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
-/// Runs `attache tcp` / `attache http`: the config their flags describe.
-fn one_liner(arguments: TcpArgs, protocol: model::Protocol) -> ExitCode {
-    let config = arguments.into_config(protocol);
+/// Runs `attache tcp` / `http` / `redis`: the config their flags describe.
+fn one_liner(config: Config) -> ExitCode {
     let problems = attache_config::validate::validate(&config, &Default::default());
     if let Some(problem) = problems.first() {
         eprintln!("attache: invalid arguments: {problem}");
