@@ -290,3 +290,81 @@ fn wait_fails_with_a_clear_message_after_its_timeout() {
         "{text}"
     );
 }
+
+fn tls_config(cert: &str, key: &str, ca: &str, upstream_ca: &str) -> tempfile::NamedTempFile {
+    write_config(&format!(
+        "
+listeners:
+  - name: door
+    listen: 127.0.0.1:0
+    protocol: tcp
+    upstream: app
+    tls: {{cert: {cert}, key: {key}, client_ca: {ca}}}
+upstreams:
+  app:
+    endpoints: [\"127.0.0.1:1\"]
+    tls: {{ca: {upstream_ca}}}
+"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn check_with_tls_files_loads_every_certificate_key_and_ca() {
+    let pki = attache_integration::pki::Pki::new();
+    let good = tls_config(
+        &pki.cert("server"),
+        &pki.key("server"),
+        &pki.ca(),
+        &pki.ca(),
+    );
+    let output = attache(&["check", "-c", good.path().to_str().unwrap(), "--tls-files"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // The app's key with the server's certificate, and a CA file that is not there.
+    let broken = tls_config(
+        &pki.cert("server"),
+        &pki.key("app"),
+        &pki.ca(),
+        "/nonexistent/ca.crt",
+    );
+    let path = broken.path().to_str().unwrap();
+    assert!(
+        attache(&["check", "-c", path]).status.success(),
+        "without --tls-files the files are not read"
+    );
+    let output = attache(&["check", "-c", path, "--tls-files"]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0].matches("listener \"door\"").count(), 1, "{text}");
+    assert!(lines[0].contains("keys may not be consistent"), "{text}");
+    assert!(
+        lines[1].contains("upstream \"app\": /nonexistent/ca.crt: cannot read: No such file or directory (os error 2)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn run_names_a_missing_certificate_once_and_does_not_start() {
+    let pki = attache_integration::pki::Pki::new();
+    let config = tls_config(
+        "/nonexistent/tls.crt",
+        &pki.key("server"),
+        &pki.ca(),
+        &pki.ca(),
+    );
+    let output = attache(&[
+        "run",
+        "-c",
+        config.path().to_str().unwrap(),
+        "--admin",
+        "off",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output).lines().last().unwrap(),
+        "attache: listener \"door\": TLS: /nonexistent/tls.crt: cannot read: No such file or directory (os error 2)"
+    );
+}

@@ -40,6 +40,10 @@ enum Command {
         /// The config file to validate.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Also load every certificate, key and CA file the config names, as
+        /// `run` does at start (where the files exist: in the pod, not in CI).
+        #[arg(long)]
+        tls_files: bool,
     },
     /// Forward TCP from a local address to one or more upstream endpoints, without a config file.
     ///
@@ -513,8 +517,19 @@ pub(crate) fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Certs(command) => certs(command),
-        Command::Check { config } => match attache_config::load(&config) {
+        Command::Check { config, tls_files } => match attache_config::load(&config) {
             Ok(loaded) => {
+                let problems = if tls_files {
+                    tls_problems(&loaded)
+                } else {
+                    Vec::new()
+                };
+                if !problems.is_empty() {
+                    for problem in problems {
+                        eprintln!("attache: {}: {problem}", config.display());
+                    }
+                    return ExitCode::FAILURE;
+                }
                 println!(
                     "{}: ok ({} listeners, {} upstreams)",
                     config.display(),
@@ -617,8 +632,7 @@ fn serve(config: Config) -> ExitCode {
     logging::init(config.log.level, config.log.format);
     match block_on(runtime::run(config)) {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        // `{:#}`: the whole chain, "cannot listen on ...: Address in use".
-        Ok(Err(error)) => fail(&format_args!("{error:#}")),
+        Ok(Err(error)) => fail(&describe(&error)),
         Err(error) => fail(&*error),
     }
 }
@@ -662,7 +676,69 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, Box<dyn std::error::Error
     Ok(runtime.block_on(future))
 }
 
+/// What loading each listener's and upstream's TLS material found wrong,
+/// each problem naming its listener or upstream once.
+fn tls_problems(config: &Config) -> Vec<String> {
+    let named = |owner: String, error: attache_certs::tls::TlsError| {
+        let error = error.to_string();
+        if error.starts_with(&owner) {
+            error
+        } else {
+            format!("{owner}: {error}")
+        }
+    };
+    let listeners = config.listeners.iter().filter_map(|listener| {
+        let tls = listener.tls.as_ref()?;
+        let error = attache_certs::tls::server_config(tls, &listener.name).err()?;
+        Some(named(format!("listener {:?}", listener.name), error))
+    });
+    let upstreams = config.upstreams.iter().filter_map(|upstream| {
+        let tls = upstream.tls.as_ref()?;
+        let error = attache_certs::tls::client_config(tls, &upstream.name).err()?;
+        Some(named(format!("upstream {:?}", upstream.name), error))
+    });
+    listeners.chain(upstreams).collect()
+}
+
+/// The error and its causes, "listener \"a\": TLS: ...: No such file", each
+/// cause written once: many errors already print their source in their own
+/// message, and `{:#}` would repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("attache: {error}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_writes_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let repeated = anyhow::Error::new(io).context("tls.crt: cannot read: No such file");
+        let error = repeated.context("listener \"a\"");
+        assert_eq!(
+            describe(&error),
+            "listener \"a\": tls.crt: cannot read: No such file"
+        );
+        let chained = anyhow::anyhow!("Address in use").context("cannot listen on 127.0.0.1:1");
+        assert_eq!(
+            describe(&chained),
+            "cannot listen on 127.0.0.1:1: Address in use"
+        );
+    }
 }
