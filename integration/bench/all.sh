@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in turn, each writing integration/bench/results/<name>.json,
-# then the chart (docs/benchmarks.svg) drawn from those results. About 15
+# then the chart (docs/benchmarks.svg) drawn from those results. About 25
 # minutes on two cores; run it on an otherwise idle machine.
 #
 #   integration/bench/all.sh

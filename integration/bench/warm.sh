@@ -5,7 +5,7 @@
 # alternated in one run and reported as ratios.
 # Installs its tools from Debian packages, builds attache in release.
 #
-#   integration/bench/warm.sh [ROUNDS]      (default 3 rounds; about 2 minutes)
+#   integration/bench/warm.sh [ROUNDS]      (default 3 rounds; about 5 minutes each)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
