@@ -77,12 +77,11 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
     }
     if let Some(endpoint) = &tracing.otlp_endpoint
         && !endpoint.starts_with("http://")
+        && !endpoint.starts_with("https://")
     {
         report(
             "tracing.otlp_endpoint".into(),
-            format!(
-                "{endpoint:?} is not an http:// URL (OTLP/HTTP to a collector beside attache; https is not supported)"
-            ),
+            format!("{endpoint:?} is not an http:// or https:// URL (OTLP/HTTP)"),
         );
     }
     if config.drain.grace_period.is_zero() {

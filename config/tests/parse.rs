@@ -416,7 +416,7 @@ upstreams:
   app:
     endpoints: [\"127.0.0.1:9000\"]
     warm_pool: { size: 1 }
-tracing: { otlp_endpoint: \"https://collector:4318\", sample_ratio: 2 }
+tracing: { otlp_endpoint: \"grpc://collector:4317\", sample_ratio: 2 }
 ";
     assert_eq!(
         rendered(text),
@@ -432,7 +432,7 @@ tracing: { otlp_endpoint: \"https://collector:4318\", sample_ratio: 2 }
             "listeners[2].upstream: required: the upstream that connections (on an http listener: unrouted requests) go to (line 20)",
             "upstreams.app.warm_pool: http listener \"front\" sends requests here over its own keep-alive pool; a warm pool serves tcp listeners only (line 26)",
             "tracing.sample_ratio: 2 is not a ratio between 0 and 1 (line 27)",
-            "tracing.otlp_endpoint: \"https://collector:4318\" is not an http:// URL (OTLP/HTTP to a collector beside attache; https is not supported) (line 27)",
+            "tracing.otlp_endpoint: \"grpc://collector:4317\" is not an http:// or https:// URL (OTLP/HTTP) (line 27)",
         ]
     );
 }

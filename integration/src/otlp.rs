@@ -44,39 +44,121 @@ pub const CLIENT: i32 = 3;
 /// A running receiver.
 pub struct Collector {
     pub address: SocketAddr,
+    tls: bool,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// The headers of every export request.
+    headers: Arc<Mutex<Vec<http::HeaderMap>>>,
 }
 
 impl Collector {
-    /// Starts a receiver on a free loopback port.
+    /// Starts a plaintext receiver on a free loopback port.
     ///
     /// # Panics
     /// When no port can be bound.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Starts a receiver that speaks TLS with `cert` and `key` (PEM files)
+    /// and, with `client_ca`, requires a client certificate it signed.
+    ///
+    /// # Panics
+    /// When the files cannot be used or no port can be bound.
+    pub async fn start_tls(cert: &str, key: &str, client_ca: Option<&str>) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("certificate file")
+            .collect::<Result<_, _>>()
+            .expect("certificates");
+        let key = PrivateKeyDer::from_pem_file(key).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions");
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for certificate in CertificateDer::pem_file_iter(ca).expect("CA file") {
+                    roots.add(certificate.expect("CA")).expect("CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let config = builder.with_single_cert(chain, key).expect("server config");
+        Self::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
+        let headers = Arc::new(Mutex::new(Vec::new()));
+        let collector = Self {
+            address,
+            tls: tls.is_some(),
+            spans: spans.clone(),
+            headers: headers.clone(),
+        };
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let sink = sink.clone();
+                let (spans, headers, tls) = (spans.clone(), headers.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let sink = sink.clone();
-                        async move { Ok::<_, Infallible>(receive(&sink, request).await) }
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let (spans, headers) = (spans.clone(), headers.clone());
+                        async move {
+                            headers.lock().unwrap().push(request.headers().clone());
+                            Ok::<_, Infallible>(receive(&spans, request).await)
+                        }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = match tls {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                        None => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                    };
                 });
             }
         });
-        Self { address, spans }
+        collector
     }
 
     /// The base URL to configure as the OTLP endpoint.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
+    /// The values of header `name` on every export request so far.
+    ///
+    /// # Panics
+    /// When the lock is poisoned.
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|headers| headers.get_all(name))
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+            .collect()
     }
 
     /// Every span received so far.

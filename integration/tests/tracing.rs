@@ -1,11 +1,13 @@
 //! Spans reach a local OTLP/HTTP receiver and decode: an HTTP request's
 //! server span continues the caller's `traceparent`, each upstream try is
 //! a client span under it whose context the app receives, retries are
-//! counted on the try spans, and a TCP connection becomes a span with its
-//! byte counts.
+//! counted on the try spans, a TCP connection becomes a span with its
+//! byte counts, and spans reach an https collector that requires a client
+//! certificate, with the headers `OTEL_EXPORTER_OTLP_HEADERS` names.
 
 use attache_integration::http_app::HttpApp;
 use attache_integration::otlp::{CLIENT, Collector, ReceivedSpan, SERVER};
+use attache_integration::pki::Pki;
 use attache_integration::{Attache, curl, servers};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -233,4 +235,74 @@ upstreams:
         let expected_status = if span.name == "INCR" { 2 } else { 0 };
         assert_eq!(span.status_code, expected_status, "{span:#?}");
     }
+}
+
+#[tokio::test]
+async fn spans_reach_an_https_collector_with_a_client_certificate_and_headers() {
+    let pki = Pki::new();
+    let collector =
+        Collector::start_tls(&pki.cert("server"), &pki.key("server"), Some(&pki.ca())).await;
+    let echo = servers::echo().await;
+    let config = format!(
+        "listeners:
+  - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
+upstreams:
+  echo: {{ endpoints: [\"{echo}\"] }}
+tracing:
+  otlp_endpoint: {}
+",
+        collector.endpoint()
+    );
+    let (ca, cert, key) = (pki.ca(), pki.cert("app"), pki.key("app"));
+    let attache = Attache::run_with_env(
+        &config,
+        &[
+            FAST_EXPORT[0],
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s3cret"),
+        ],
+    )
+    .await
+    .unwrap();
+    let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
+        .await
+        .unwrap();
+    client.write_all(b"over https").await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).await.unwrap();
+    let spans = collector.wait_until(|spans| !spans.is_empty()).await;
+    assert_eq!(spans[0].name, "tcp echo");
+    assert_eq!(attribute(&spans[0], "attache.bytes_to_upstream"), "10");
+    let keys = collector.header_values("x-api-key");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|key| key == "s3cret"),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_https_collector_with_an_unreadable_ca_file_stops_the_start() {
+    let config = "listeners:
+  - { name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }
+upstreams:
+  echo: { endpoints: [\"127.0.0.1:1\"] }
+tracing:
+  otlp_endpoint: https://collector.example:4318
+";
+    let error = Attache::run_with_env(
+        config,
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.crt")],
+    )
+    .await
+    .err()
+    .expect("attache refuses to start");
+    assert!(
+        error
+            .to_string()
+            .contains("/nonexistent/ca.crt: cannot read: No such file or directory"),
+        "{error}"
+    );
 }

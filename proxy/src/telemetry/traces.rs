@@ -6,13 +6,19 @@
 //! The SDK's batch processor runs on its own thread without a Tokio
 //! runtime; the exporter's HTTP client therefore hands each request to the
 //! runtime through a captured handle (the SDK's own hyper client panics
-//! there, silently dropping every span).
+//! there, silently dropping every span). `https://` endpoints are verified
+//! against the CA file of `OTEL_EXPORTER_OTLP_CERTIFICATE` (or its
+//! `_TRACES_` form), else the system's roots, with an optional client
+//! certificate (`..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`); headers such as
+//! an API key come from `OTEL_EXPORTER_OTLP_HEADERS`, read by the exporter.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -56,9 +62,30 @@ impl Traces {
         if disabled || (config.otlp_endpoint.is_none() && !from_env) {
             return Ok(Self { provider: None });
         }
+        let endpoint = config
+            .otlp_endpoint
+            .clone()
+            .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+            .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_default();
+        let tls = if endpoint.starts_with("https://") {
+            collector_tls(&env)?
+        } else {
+            // Never used: every request goes to an http:// endpoint.
+            rustls::ClientConfig::builder_with_provider(attache_certs::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|error| TracingError(error.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let client = RuntimeClient {
             handle: tokio::runtime::Handle::current(),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
         };
         let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -123,10 +150,57 @@ pub(crate) fn inject(context: &Context, headers: &mut http::HeaderMap) {
     TraceContextPropagator::new().inject_context(context, &mut HeaderInjector(headers));
 }
 
+/// TLS to an `https://` collector: roots from the CA file the `OTEL_*`
+/// variables name, else the system's; a client certificate when both its
+/// files are named. The `_TRACES_` form of each variable wins.
+fn collector_tls(
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<rustls::ClientConfig, TracingError> {
+    let variable = |suffix: &str| {
+        env(&format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"))
+            .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
+    };
+    let failed = |error: &dyn fmt::Display| TracingError(error.to_string());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = variable("CERTIFICATE") {
+        for certificate in
+            attache_certs::pem::load_certificates(Path::new(&path)).map_err(|e| failed(&e))?
+        {
+            roots.add(certificate).map_err(|e| failed(&e))?;
+        }
+    } else {
+        let system = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(system.certs);
+        if roots.is_empty() {
+            return Err(TracingError(format!(
+                "no system CA certificates to verify the collector with ({:?}); \
+                 set OTEL_EXPORTER_OTLP_CERTIFICATE to a CA file",
+                system.errors
+            )));
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(attache_certs::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(&e))?
+        .with_root_certificates(roots);
+    match (variable("CLIENT_CERTIFICATE"), variable("CLIENT_KEY")) {
+        (Some(certificate), Some(key)) => {
+            let chain = attache_certs::pem::load_certificates(Path::new(&certificate))
+                .map_err(|e| failed(&e))?;
+            let key =
+                attache_certs::pem::load_private_key(Path::new(&key)).map_err(|e| failed(&e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| failed(&e))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
 /// The exporter's HTTP client: each request runs on attache's runtime.
 struct RuntimeClient {
     handle: tokio::runtime::Handle,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl fmt::Debug for RuntimeClient {
