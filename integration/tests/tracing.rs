@@ -111,18 +111,34 @@ upstreams:
     assert_eq!(attribute(server, "http.response.status_code"), "200");
 }
 
+/// A TCP listener `echo` in front of `echo`, then `extra` at the top level.
+fn echo_config(echo: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "listeners:
+  - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
+upstreams:
+  echo: {{ endpoints: [\"{echo}\"] }}
+{extra}"
+    )
+}
+
+/// Sends `bytes` on a new connection to `address`, half-closes, and
+/// returns everything read back until the connection closes.
+async fn echo_once(address: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+    client.write_all(bytes).await.unwrap();
+    client.shutdown().await.unwrap();
+    let mut echoed = Vec::new();
+    client.read_to_end(&mut echoed).await.unwrap();
+    echoed
+}
+
 #[tokio::test]
 async fn a_tcp_connection_becomes_a_span_with_its_bytes() {
     let collector = Collector::start().await;
     let echo = servers::echo().await;
     // No tracing section: the standard environment variable turns export on.
-    let config = format!(
-        "listeners:
-  - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
-upstreams:
-  echo: {{ endpoints: [\"{echo}\"] }}
-"
-    );
+    let config = echo_config(echo, "");
     let endpoint = collector.endpoint();
     // On a current-thread runtime (as on a one-CPU pod): the flush at exit
     // runs the exporter's requests on the thread that waits for it.
@@ -135,15 +151,10 @@ upstreams:
     )
     .await
     .unwrap();
-    let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
-        .await
-        .unwrap();
-    client.write_all(b"hello, span").await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut echoed = Vec::new();
-    client.read_to_end(&mut echoed).await.unwrap();
-    assert_eq!(echoed, b"hello, span");
-    drop(client);
+    assert_eq!(
+        echo_once(attache.listener("echo"), b"hello, span").await,
+        b"hello, span"
+    );
     // The default 5 s export interval has not passed: the exit flushes.
     attache.terminate();
     assert!(
@@ -243,16 +254,8 @@ async fn spans_reach_an_https_collector_with_a_client_certificate_and_headers() 
     let collector =
         Collector::start_tls(&pki.cert("server"), &pki.key("server"), Some(&pki.ca())).await;
     let echo = servers::echo().await;
-    let config = format!(
-        "listeners:
-  - {{ name: echo, listen: \"127.0.0.1:0\", protocol: tcp, upstream: echo }}
-upstreams:
-  echo: {{ endpoints: [\"{echo}\"] }}
-tracing:
-  otlp_endpoint: {}
-",
-        collector.endpoint()
-    );
+    let endpoint = format!("tracing: {{ otlp_endpoint: {} }}\n", collector.endpoint());
+    let config = echo_config(echo, &endpoint);
     let (ca, cert, key) = (pki.ca(), pki.cert("app"), pki.key("app"));
     let attache = Attache::run_with_env(
         &config,
@@ -266,13 +269,10 @@ tracing:
     )
     .await
     .unwrap();
-    let mut client = tokio::net::TcpStream::connect(attache.listener("echo"))
-        .await
-        .unwrap();
-    client.write_all(b"over https").await.unwrap();
-    client.shutdown().await.unwrap();
-    let mut echoed = Vec::new();
-    client.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(
+        echo_once(attache.listener("echo"), b"over https").await,
+        b"over https"
+    );
     let spans = collector.wait_until(|spans| !spans.is_empty()).await;
     assert_eq!(spans[0].name, "tcp echo");
     assert_eq!(attribute(&spans[0], "attache.bytes_to_upstream"), "10");
