@@ -115,6 +115,7 @@ struct HttpDocument {
 #[serde(deny_unknown_fields)]
 struct AccessLogDocument {
     enabled: Option<bool>,
+    headers: Option<Vec<String>>,
     redact_headers: Option<Vec<String>>,
     redact_query: Option<Vec<String>>,
 }
@@ -646,6 +647,7 @@ impl HttpDocument {
             ),
             access_log: model::AccessLog {
                 enabled: access_log.enabled.unwrap_or(defaults.access_log.enabled),
+                headers: access_log.headers.as_deref().map(lowercase),
                 redact_headers: access_log
                     .redact_headers
                     .as_deref()

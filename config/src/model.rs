@@ -275,6 +275,8 @@ impl Default for HttpListener {
 pub struct AccessLog {
     /// Whether a line is written per request.
     pub enabled: bool,
+    /// The request headers (lowercase names) a line carries; `None`: all.
+    pub headers: Option<Vec<String>>,
     /// Header names (lowercase) logged as `[redacted]`.
     pub redact_headers: Vec<String>,
     /// Query parameter names whose values are logged as `[redacted]`.
@@ -285,6 +287,7 @@ impl Default for AccessLog {
     fn default() -> Self {
         Self {
             enabled: true,
+            headers: None,
             redact_headers: DEFAULT_REDACTED_HEADERS.map(str::to_owned).to_vec(),
             redact_query: DEFAULT_REDACTED_QUERY.map(str::to_owned).to_vec(),
         }

@@ -406,6 +406,39 @@ async fn a_client_trickling_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
+async fn an_access_log_header_list_keeps_only_those_headers() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(
+        app.address,
+        "      access_log: {headers: [User-Agent, authorization]}",
+    ))
+    .await
+    .unwrap();
+    let url = format!("http://{}/echo", attache.listener("front"));
+    let CurlResponse { status, body, .. } = curl(&[
+        &url,
+        "-H",
+        "Authorization: Bearer secret",
+        "-H",
+        "X-Other: 1",
+        "-A",
+        "curl-test",
+    ])
+    .await;
+    assert_eq!(status, 200);
+    // The app still gets every header; only the log line is shorter.
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(single(&echo, "x-other"), "1");
+    let lines = attache.wait_for_stdout_lines(1).await.unwrap();
+    let logged = lines[0]["request_headers"].as_object().unwrap();
+    let mut names: Vec<&String> = logged.keys().collect();
+    names.sort();
+    assert_eq!(names, ["authorization", "user-agent"]);
+    assert_eq!(logged["authorization"], "[redacted]");
+    assert_eq!(logged["user-agent"], "curl-test");
+}
+
+#[tokio::test]
 async fn websocket_messages_echo_through_the_proxy() {
     let app = HttpApp::start("app").await;
     // On a current-thread runtime, as on a one-CPU pod: the tunnel task

@@ -13,6 +13,8 @@ const REDACTED: &str = "[redacted]";
 /// What to redact, from `access_log` in the listener's `http` section.
 pub(crate) struct AccessLog {
     enabled: bool,
+    /// `None`: every request header is logged.
+    logged_headers: Option<HashSet<String>>,
     redact_headers: HashSet<String>,
     redact_query: HashSet<String>,
 }
@@ -51,6 +53,10 @@ impl AccessLog {
     pub(crate) fn new(config: &attache_config::AccessLog) -> Self {
         Self {
             enabled: config.enabled,
+            logged_headers: config
+                .headers
+                .as_ref()
+                .map(|names| names.iter().cloned().collect()),
             redact_headers: config.redact_headers.iter().cloned().collect(),
             redact_query: config.redact_query.iter().cloned().collect(),
         }
@@ -60,13 +66,19 @@ impl AccessLog {
         self.enabled
     }
 
-    /// Request headers as a JSON object, redacted ones as `[redacted]`.
+    /// Request headers as a JSON object (those `headers` lists, or all),
+    /// redacted ones as `[redacted]`.
     pub(crate) fn headers(
         &self,
         headers: &HeaderMap,
     ) -> serde_json::Map<String, serde_json::Value> {
         let mut logged = serde_json::Map::new();
         for (name, value) in headers {
+            if let Some(only) = &self.logged_headers
+                && !only.contains(name.as_str())
+            {
+                continue;
+            }
             let text = if self.redact_headers.contains(name.as_str()) {
                 REDACTED.to_owned()
             } else {
@@ -134,5 +146,30 @@ mod tests {
             log.path(&uri),
             "/login?user=ann&password=[redacted]&token=[redacted]&next=/"
         );
+    }
+
+    #[test]
+    fn a_header_list_keeps_only_those_headers_and_still_redacts() {
+        let config = attache_config::AccessLog {
+            headers: Some(vec!["user-agent".into(), "authorization".into()]),
+            ..attache_config::AccessLog::default()
+        };
+        let log = AccessLog::new(&config);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer abc".parse().unwrap());
+        headers.insert("cookie", "session=1".parse().unwrap());
+        headers.insert("user-agent", "curl/8".parse().unwrap());
+        headers.insert("accept", "*/*".parse().unwrap());
+        let logged = log.headers(&headers);
+        let mut names: Vec<&String> = logged.keys().collect();
+        names.sort();
+        assert_eq!(names, ["authorization", "user-agent"]);
+        assert_eq!(logged["authorization"], REDACTED);
+
+        let none = attache_config::AccessLog {
+            headers: Some(Vec::new()),
+            ..attache_config::AccessLog::default()
+        };
+        assert!(AccessLog::new(&none).headers(&headers).is_empty());
     }
 }
