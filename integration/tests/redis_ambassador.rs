@@ -246,6 +246,19 @@ async fn select_moves_a_client_to_its_own_database() {
         .await
         .unwrap();
     assert_eq!(direct.get::<_, String>("isolated").await.unwrap(), "in 3");
+
+    // A database Redis does not have (16 by default) gets Redis' refusal,
+    // and the client stays where it was.
+    let error = redis::cmd("SELECT")
+        .arg(99)
+        .query_async::<()>(&mut three)
+        .await
+        .expect_err("database 99 does not exist");
+    assert!(
+        error.to_string().contains("DB index is out of range"),
+        "{error}"
+    );
+    assert_eq!(three.get::<_, String>("isolated").await.unwrap(), "in 3");
 }
 
 /// Sends `request` on a raw connection and reads until `expected` bytes came.

@@ -150,6 +150,49 @@ impl RedisProxy {
             })
             .clone()
     }
+
+    /// The shared connections of `database` once Redis has accepted it:
+    /// their handshake `SELECT`s it, so a `PING` through them tells whether
+    /// the index exists. A refused index gets Redis' error (through
+    /// attache's), and its shared set is dropped again, so a client cannot
+    /// pile up sets for databases that do not exist.
+    async fn select(
+        &self,
+        database: u32,
+        protocol: u8,
+        affinity: usize,
+    ) -> Result<Arc<[SharedConnection]>, Bytes> {
+        let existed = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains_key(&(database, protocol));
+        let pool = self.pool(database, protocol);
+        let (sender, receiver) = oneshot::channel();
+        let mut ping = Batch::new();
+        ping.push(encode::command([&b"PING"[..]].into_iter()), sender, true);
+        flush_batch(&pool, affinity, &mut ping).await;
+        let answer = match tokio::time::timeout(self.command_timeout, receiver).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(encode::error("ERR attache: the shared connection closed")),
+            Err(_) => Err(encode::error(&format!(
+                "ERR attache: no answer from Redis within {:?}",
+                self.command_timeout
+            ))),
+        };
+        match answer {
+            Ok(_) => Ok(pool),
+            Err(reply) => {
+                if !existed {
+                    self.pools
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .remove(&(database, protocol));
+                }
+                Err(reply)
+            }
+        }
+    }
 }
 
 /// Serves one client connection until it closes or sends garbage.
@@ -272,11 +315,19 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     pin = Some(command);
                     break;
                 }
+                Class::Select(requested) if requested == database => {
+                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                }
                 Class::Select(requested) => {
                     flush_batch(&pool, affinity, &mut batch).await;
-                    database = requested;
-                    pool = proxy.pool(database, protocol);
-                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                    match proxy.select(requested, protocol, affinity).await {
+                        Ok(selected) => {
+                            database = requested;
+                            pool = selected;
+                            replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                        }
+                        Err(reply) => replies.push_ready(reply),
+                    }
                 }
                 Class::Quit => {
                     replies.push_ready(Bytes::from_static(b"+OK\r\n"));
