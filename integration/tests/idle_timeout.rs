@@ -13,10 +13,10 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn listener(protocol: &str, upstream: &str) -> String {
+fn listener(protocol: &str, upstream: &str, idle_timeout: &str) -> String {
     format!(
         "listeners:
-  - {{name: front, listen: 127.0.0.1:0, protocol: {protocol}, upstream: app, idle_timeout: 1s}}
+  - {{name: front, listen: 127.0.0.1:0, protocol: {protocol}, upstream: app, idle_timeout: {idle_timeout}}}
 upstreams:
   app:
     endpoints: [\"{upstream}\"]
@@ -34,7 +34,7 @@ async fn idle_closes(attache: &Attache) -> f64 {
 #[tokio::test]
 async fn an_http_response_whose_upstream_stops_sending_is_cut_after_the_idle_timeout() {
     let app = HttpApp::start("app").await;
-    let attache = Attache::run(&listener("http", &app.address.to_string()))
+    let attache = Attache::run(&listener("http", &app.address.to_string(), "1s"))
         .await
         .unwrap();
     let url = format!("http://{}/stall/1000", attache.listener("front"));
@@ -58,7 +58,7 @@ async fn an_http_response_whose_upstream_stops_sending_is_cut_after_the_idle_tim
 #[tokio::test]
 async fn a_websocket_tunnel_that_moves_nothing_is_closed_after_the_idle_timeout() {
     let app = HttpApp::start("app").await;
-    let attache = Attache::run(&listener("http", &app.address.to_string()))
+    let attache = Attache::run(&listener("http", &app.address.to_string(), "3s"))
         .await
         .unwrap();
     let front = attache.listener("front");
@@ -66,8 +66,9 @@ async fn a_websocket_tunnel_that_moves_nothing_is_closed_after_the_idle_timeout(
     let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{front}/ws"), stream)
         .await
         .unwrap();
-    // Messages more often than the timeout keep it open.
-    for round in 0..4 {
+    // Messages every 0.5 s, well within the 3 s timeout, keep it open
+    // for longer than the timeout.
+    for round in 0..8 {
         let message = Message::text(format!("ping {round}"));
         socket.send(message.clone()).await.unwrap();
         assert_eq!(socket.next().await.unwrap().unwrap(), message);
@@ -86,7 +87,7 @@ async fn a_websocket_tunnel_that_moves_nothing_is_closed_after_the_idle_timeout(
 #[tokio::test]
 async fn an_idle_redis_client_is_closed_but_a_blocked_one_is_not() {
     let redis = RedisServer::plain();
-    let attache = Attache::run(&listener("redis", &redis.address.to_string()))
+    let attache = Attache::run(&listener("redis", &redis.address.to_string(), "1s"))
         .await
         .unwrap();
     let front = attache.listener("front");
