@@ -237,13 +237,15 @@ async fn redis_one_liner_checks_the_password_and_multiplexes() {
         assert_eq!(read_line(&mut client).await, format!("{index}\r\n"));
         clients.push(client);
     }
-    assert_eq!(
-        attache
-            .metric("attache_redis_upstream_connections{listener=\"redis\",kind=\"shared\"}")
-            .await
-            .unwrap(),
-        2.0,
-        "four clients over the two shared connections"
+    // Each client sticks to one of the two shared connections, picked at
+    // random and opened on first use: one or two, never one per client.
+    let shared = attache
+        .metric("attache_redis_upstream_connections{listener=\"redis\",kind=\"shared\"}")
+        .await
+        .unwrap();
+    assert!(
+        (1.0..=2.0).contains(&shared),
+        "{shared} shared connections for four clients"
     );
 }
 
