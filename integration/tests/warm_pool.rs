@@ -153,22 +153,23 @@ async fn warm_tls_connections_are_handshaken_before_the_client_arrives() {
 
     // Refills read the server's session tickets before joining the pool,
     // so later refills resume instead of repeating full handshakes. The
-    // first two cannot (no ticket yet). Reading a ticket waits at most
-    // 50 ms, which a loaded machine can miss now and then, so the test asks
-    // for all later handshakes but one to resume: leaving tickets unread
-    // resumed half of them (issue 4).
+    // very first handshake has no session to resume; the second one, made
+    // at the same time, usually has none either. Reading a ticket waits at
+    // most 50 ms, which a loaded machine can miss now and then. So the test
+    // asks for every handshake after the first two but one to resume:
+    // leaving tickets unread resumed half of them (issue 4).
     for _ in 0..6 {
         assert_eq!(redis_ping(attache.listener("db")).await.unwrap(), "PONG");
     }
     attache.wait_for_metric(&idle, 2.0).await.unwrap();
     let metrics = attache.metrics().await.unwrap();
     let resumed = metrics[&pool_sample("upstream_tls_resumptions_total", &endpoint, "")];
-    let later = metrics[&handshakes] - 2.0;
-    assert!(later >= 6.0, "{later} handshakes after the first two");
-    assert!(resumed <= later, "the first two handshakes cannot resume");
+    let total = metrics[&handshakes];
+    assert!(total >= 8.0, "{total} handshakes");
+    assert!(resumed <= total - 1.0, "the first handshake cannot resume");
     assert!(
-        resumed >= later - 1.0,
-        "{resumed} of {later} later handshakes resumed"
+        resumed >= total - 3.0,
+        "{resumed} of {total} handshakes resumed"
     );
 }
 
