@@ -210,6 +210,23 @@ impl Attache {
         }
     }
 
+    /// Waits until the log holds `text` anywhere in an event (the log is
+    /// read from attache's stderr by a thread, so a line can trail the
+    /// metric or reply that it goes with).
+    ///
+    /// # Errors
+    /// When it does not appear within the start-up timeout.
+    pub async fn wait_for_log_text(&self, text: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.log_text().contains(text) {
+            if Instant::now() > deadline {
+                bail!("no {text:?} in the log in time; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// The log as text, for failure messages.
     pub fn log_text(&self) -> String {
         self.events()

@@ -331,11 +331,10 @@ async fn origination_reaches_a_tls_redis_server_that_requires_client_certificate
         .wait_for_metric_at_least(errors, 1.0)
         .await
         .unwrap();
-    assert!(
-        without_cert.log_text().contains("CertificateRequired"),
-        "{}",
-        without_cert.log_text()
-    );
+    without_cert
+        .wait_for_log_text("CertificateRequired")
+        .await
+        .unwrap();
     assert_eq!(
         without_cert.metric(&tls_failures).await.unwrap(),
         0.0,

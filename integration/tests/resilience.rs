@@ -167,7 +167,10 @@ async fn retries_stop_when_the_budget_is_spent() {
         metrics[&sample("upstream_retry_budget_exhausted_total", "upstream=\"db\"")],
         2.0
     );
-    assert!(attache.log_text().contains("the retry budget was spent"));
+    attache
+        .wait_for_log_text("the retry budget was spent")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -190,7 +193,10 @@ async fn retries_stop_at_the_client_deadline() {
         (2.0..100.0).contains(&tried),
         "retried, then stopped by the deadline rather than the attempts ({tried})"
     );
-    assert!(attache.log_text().contains("the connect deadline passed"));
+    attache
+        .wait_for_log_text("the connect deadline passed")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -302,9 +308,10 @@ async fn when_every_endpoint_is_ejected_clients_fail_fast_with_a_clear_log_line(
         &format!("upstream=\"db\",endpoint=\"{closed}\",state=\"open\""),
     );
     assert_eq!(metrics[&state], 1.0);
-    assert!(
-        attache.log_text().contains(
-            "every endpoint is ejected by its circuit breaker or unhealthy; failing fast"
+    attache
+        .wait_for_log_text(
+            "every endpoint is ejected by its circuit breaker or unhealthy; failing fast",
         )
-    );
+        .await
+        .unwrap();
 }
