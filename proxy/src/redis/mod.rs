@@ -126,13 +126,15 @@ impl RedisProxy {
         }
     }
 
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<SharedSetKey, Arc<[SharedConnection]>>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// The shared connections of `database`, started on first use.
     fn pool(&self, database: u32, protocol: u8) -> Arc<[SharedConnection]> {
-        let mut pools = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        pools
+        self.pools()
             .entry((database, protocol))
             .or_insert_with(|| {
                 (0..self.shared_connections)
@@ -162,11 +164,7 @@ impl RedisProxy {
         protocol: u8,
         affinity: usize,
     ) -> Result<Arc<[SharedConnection]>, Bytes> {
-        let existed = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .contains_key(&(database, protocol));
+        let existed = self.pools().contains_key(&(database, protocol));
         let pool = self.pool(database, protocol);
         let (sender, receiver) = oneshot::channel();
         let mut ping = Batch::new();
@@ -184,10 +182,7 @@ impl RedisProxy {
             Ok(_) => Ok(pool),
             Err(reply) => {
                 if !existed {
-                    self.pools
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner())
-                        .remove(&(database, protocol));
+                    self.pools().remove(&(database, protocol));
                 }
                 Err(reply)
             }

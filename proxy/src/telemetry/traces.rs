@@ -68,16 +68,7 @@ impl Traces {
             .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
             .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or_default();
-        let tls = if endpoint.starts_with("https://") {
-            collector_tls(&env)?
-        } else {
-            // Never used: every request goes to an http:// endpoint.
-            rustls::ClientConfig::builder_with_provider(attache_certs::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|error| TracingError(error.to_string()))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        };
+        let tls = collector_tls(&env, endpoint.starts_with("https://"))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -152,13 +143,16 @@ pub(crate) fn inject(context: &Context, headers: &mut http::HeaderMap) {
 
 /// TLS to an `https://` collector: roots from the CA file the `OTEL_*`
 /// variables name, else the system's; a client certificate when both its
-/// files are named. The `_TRACES_` form of each variable wins.
+/// files are named. The `_TRACES_` form of each variable wins. For an
+/// `http://` collector nothing is loaded: the configuration is never used.
 fn collector_tls(
     env: &dyn Fn(&str) -> Option<String>,
+    https: bool,
 ) -> Result<rustls::ClientConfig, TracingError> {
     let variable = |suffix: &str| {
         env(&format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"))
             .or_else(|| env(&format!("OTEL_EXPORTER_OTLP_{suffix}")))
+            .filter(|_| https)
     };
     let failed = |error: &dyn fmt::Display| TracingError(error.to_string());
     let mut roots = rustls::RootCertStore::empty();
@@ -168,7 +162,7 @@ fn collector_tls(
         {
             roots.add(certificate).map_err(|e| failed(&e))?;
         }
-    } else {
+    } else if https {
         let system = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(system.certs);
         if roots.is_empty() {
