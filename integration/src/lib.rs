@@ -69,7 +69,19 @@ pub struct Attache {
     child: Child,
     events: Arc<Mutex<Vec<Value>>>,
     stdout: Arc<Mutex<Vec<Value>>>,
+    /// The read end of a stream nobody reads any more (see [`Stalled`]).
+    _stalled: Option<Box<dyn std::io::Read + Send>>,
     _config: Option<tempfile::NamedTempFile>,
+}
+
+/// A stream whose reader stops, as a stuck log collector does: attache's
+/// end of the pipe stays open and fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// stdout (the access log) is never read.
+    Stdout,
+    /// stderr (the log) is read until "attache started", then never again.
+    Stderr,
 }
 
 impl Attache {
@@ -117,6 +129,19 @@ impl Attache {
         config: Option<tempfile::NamedTempFile>,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn_stalled(arguments, config, env, None).await
+    }
+
+    /// Like [`Attache::spawn_with_env`], with one stream's reader stopped.
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time.
+    pub async fn spawn_stalled(
+        arguments: &[&str],
+        config: Option<tempfile::NamedTempFile>,
+        env: &[(&str, &str)],
+        stalled: Option<Stalled>,
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(binary())
             .args(arguments)
             .env("RUST_LOG", "attache=debug")
@@ -128,26 +153,52 @@ impl Attache {
             .context("spawn attache")?;
         let stderr = child.stderr.take().context("stderr is piped")?;
         let stdout = child.stdout.take().context("stdout is piped")?;
-        let collect = |stream: Box<dyn std::io::Read + Send>| {
+        let (hand_back, handed_back) = std::sync::mpsc::channel();
+        // Reads `stream` line by line; with `stop_at`, stops reading after
+        // the line holding it and hands the reader back, unread.
+        let collect = |stream: Box<dyn std::io::Read + Send>, stop_at: Option<&'static str>| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
+            let hand_back = hand_back.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let event = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                while matches!(reader.read_line(&mut line), Ok(read) if read > 0) {
+                    let text = line.trim_end_matches('\n').to_owned();
+                    line.clear();
+                    let stop = stop_at.is_some_and(|marker| text.contains(marker));
+                    let event = serde_json::from_str(&text).unwrap_or(Value::String(text));
                     sink.lock().expect("log sink").push(event);
+                    if stop {
+                        let _ = hand_back.send(Box::new(reader) as Box<dyn std::io::Read + Send>);
+                        return;
+                    }
                 }
             });
             lines
         };
-        let events = collect(Box::new(stderr));
-        let stdout = collect(Box::new(stdout));
+        let stderr_stop = (stalled == Some(Stalled::Stderr)).then_some("attache started");
+        let events = collect(Box::new(stderr), stderr_stop);
+        let (stdout, mut unread) = if stalled == Some(Stalled::Stdout) {
+            (
+                Arc::default(),
+                Some(Box::new(stdout) as Box<dyn std::io::Read + Send>),
+            )
+        } else {
+            (collect(Box::new(stdout), None), None)
+        };
         let mut attache = Self {
             child,
             events,
             stdout,
+            _stalled: None,
             _config: config,
         };
         attache.wait_for_log("attache started").await?;
+        if stderr_stop.is_some() {
+            unread = Some(handed_back.recv_timeout(START_TIMEOUT)?);
+        }
+        attache._stalled = unread;
         Ok(attache)
     }
 

@@ -21,6 +21,19 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// The message of the last stderr line of a command that serves: stderr is
+/// not a terminal here, so the fatal error is a JSON event like every other
+/// log line.
+fn fatal_message(output: &Output) -> String {
+    let text = stderr(output);
+    let last = text.lines().last().unwrap_or_default();
+    let event: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("not a JSON line: {text}"));
+    assert_eq!(event["level"], "ERROR", "{text}");
+    assert!(event["timestamp"].is_string(), "{text}");
+    event["message"].as_str().unwrap_or_default().to_owned()
+}
+
 const BROKEN: &str = "\
 listeners:
   - name: a
@@ -110,11 +123,8 @@ fn run_refuses_to_start_on_a_broken_config() {
         "127.0.0.1:0",
     ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("no upstream named \"cache\""),
-        "{}",
-        stderr(&output)
-    );
+    let message = fatal_message(&output);
+    assert!(message.contains("no upstream named \"cache\""), "{message}");
 }
 
 #[test]
@@ -129,11 +139,8 @@ fn tcp_refuses_a_plaintext_network_listener_without_opt_in() {
         "off",
     ]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("unsafe_plaintext"),
-        "{}",
-        stderr(&output)
-    );
+    let message = fatal_message(&output);
+    assert!(message.contains("unsafe_plaintext"), "{message}");
 }
 
 #[test]
@@ -366,7 +373,7 @@ fn run_names_a_missing_certificate_once_and_does_not_start() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
-        stderr(&output).lines().last().unwrap(),
+        fatal_message(&output),
         "attache: listener \"door\": TLS: /nonexistent/tls.crt: cannot read: No such file or directory (os error 2)"
     );
 }

@@ -9,7 +9,7 @@ use attache_config::model::{self, LogFormat, LogLevel};
 use attache_config::{Balance, Breaker, Config, Endpoint, Limits, Retry};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::telemetry::logging;
+use crate::telemetry::{logging, output};
 use crate::{runtime, wait};
 
 /// attache: a sidecar proxy that runs beside one application.
@@ -545,7 +545,8 @@ pub(crate) fn main() -> ExitCode {
                 admin.apply(&mut loaded.admin);
                 serve(loaded)
             }
-            Err(error) => fail(&error),
+            // The config's own log format is unknown here: auto.
+            Err(error) => fatal(LogFormat::Auto, &error),
         },
         Command::Inject {
             file,
@@ -629,11 +630,17 @@ fn certs(command: CertsCommand) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    logging::init(config.log.level, config.log.format);
+    let format = config.log.format;
+    logging::init(config.log.level, format);
     match block_on(runtime::run(config)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => fail(&describe(&error)),
-        Err(error) => fail(&*error),
+        Ok(Ok(())) => {
+            // What is queued (the drain summary) reaches a reader that
+            // reads; a stuck one holds the exit back a second at most.
+            output::flush(Duration::from_secs(1));
+            ExitCode::SUCCESS
+        }
+        Ok(Err(error)) => fatal(format, &describe(&error)),
+        Err(error) => fatal(format, &*error),
     }
 }
 
@@ -641,8 +648,7 @@ fn serve(config: Config) -> ExitCode {
 fn one_liner(config: Config) -> ExitCode {
     let problems = attache_config::validate::validate(&config, &Default::default());
     if let Some(problem) = problems.first() {
-        eprintln!("attache: invalid arguments: {problem}");
-        return ExitCode::FAILURE;
+        return fatal(config.log.format, &format!("invalid arguments: {problem}"));
     }
     serve(config)
 }
@@ -719,6 +725,28 @@ fn describe(error: &anyhow::Error) -> String {
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("attache: {error}");
+    ExitCode::FAILURE
+}
+
+/// Ends a command that serves: the error as text on a terminal, else as one
+/// JSON event shaped like every other log line, so a log pipeline that
+/// parses attache's lines also parses the one that says why it stopped.
+/// Queued like every line, so a stuck reader holds the exit back a second
+/// at most.
+fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
+    let line = if logging::json_on_stderr(format) {
+        serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "ERROR",
+            "message": format!("attache: {error}"),
+            "target": "attache",
+        })
+        .to_string()
+    } else {
+        format!("attache: {error}")
+    };
+    output::Stream::Stderr.write_line(format!("{line}\n").into_bytes());
+    output::flush(Duration::from_secs(1));
     ExitCode::FAILURE
 }
 

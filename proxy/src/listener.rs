@@ -15,6 +15,7 @@ use crate::http::{self, HttpProxy};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::redis::{self, RedisProxy};
 use crate::tcp::{self, TcpRoute};
+use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::ListenerMetrics;
 
 /// Pending connections the kernel queues before `accept`.
@@ -121,7 +122,17 @@ impl Listener {
                     accepted
                 }
                 Err(error) => {
-                    tracing::warn!(listener = %name, %error, "accept failed; backing off for {backoff:?}");
+                    let reason = if tcp::out_of_local_resources(&error) {
+                        metrics.refused_local_resources.inc();
+                        "local_resources"
+                    } else {
+                        "accept"
+                    };
+                    limited!(
+                        metrics.log_limit,
+                        reason,
+                        warn!(listener = %name, %error, "accept failed; backing off for {backoff:?}")
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;

@@ -6,12 +6,15 @@ use std::io;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use rustls::{AlertDescription, CertificateError, Error as TlsError};
+use rustls::{
+    AlertDescription, CertificateError, Error as TlsError, InvalidMessage, PeerIncompatible,
+};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::reload::SharedServerConfig;
 use crate::tcp::stream::ClientStream;
+use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, HandshakeResult, ListenerMetrics};
 
 /// Limit on a client's TLS handshake on a listener.
@@ -83,7 +86,11 @@ pub(crate) async fn terminate(
         Err(failed) => {
             metrics.handshake(failed.result);
             metrics.closed(CloseResult::TlsHandshakeFailed);
-            tracing::info!(listener = %listener, client = %client_address, error = %failed, "client TLS handshake failed");
+            limited!(
+                metrics.log_limit,
+                failed.result.label(),
+                info!(listener = %listener, client = %client_address, error = %failed, "client TLS handshake failed")
+            );
             None
         }
     }
@@ -110,7 +117,13 @@ fn classify(error: &io::Error) -> HandshakeResult {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<TlsError>())
     else {
-        return HandshakeResult::Error;
+        // No rustls error: the socket ended or failed under the handshake.
+        return match error.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => HandshakeResult::Eof,
+            _ => HandshakeResult::Error,
+        };
     };
     match tls {
         TlsError::NoCertificatesPresented => HandshakeResult::NoClientCert,
@@ -129,17 +142,84 @@ fn classify(error: &io::Error) -> HandshakeResult {
             CertificateError::ApplicationVerificationFailure
             | CertificateError::NotValidForName
             | CertificateError::NotValidForNameContext { .. } => HandshakeResult::IdentityRefused,
-            _ => HandshakeResult::Error,
+            // Bad encoding, a wrong key usage, a CA certificate presented as
+            // a leaf (webpki's CaUsedAsEndEntity arrives as `Other`), an
+            // unsupported signature algorithm: the certificate itself is unfit.
+            _ => HandshakeResult::BadCertificate,
         },
-        TlsError::PeerIncompatible(_)
-        | TlsError::AlertReceived(AlertDescription::ProtocolVersion) => {
+        TlsError::PeerIncompatible(incompatible) => match incompatible {
+            PeerIncompatible::ServerDoesNotSupportTls12Or13
+            | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
+            | PeerIncompatible::SupportedVersionsExtensionRequired
+            | PeerIncompatible::Tls12NotOffered
+            | PeerIncompatible::Tls12NotOfferedOrEnabled
+            | PeerIncompatible::Tls13RequiredForQuic => HandshakeResult::ProtocolVersion,
+            _ => HandshakeResult::NoCommonParameters,
+        },
+        TlsError::AlertReceived(AlertDescription::ProtocolVersion) => {
             HandshakeResult::ProtocolVersion
         }
+        TlsError::AlertReceived(AlertDescription::HandshakeFailure) => {
+            HandshakeResult::NoCommonParameters
+        }
         TlsError::AlertReceived(_) => HandshakeResult::PeerAlert,
+        TlsError::DecryptError
+        | TlsError::InvalidMessage(InvalidMessage::MessageTooLarge)
+        | TlsError::InvalidMessage(InvalidMessage::MessageTooShort) => HandshakeResult::BadRecord,
         TlsError::InvalidMessage(_)
         | TlsError::InappropriateMessage { .. }
         | TlsError::InappropriateHandshakeMessage { .. }
         | TlsError::PeerMisbehaved(_) => HandshakeResult::ProtocolError,
         _ => HandshakeResult::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(error: TlsError) -> HandshakeResult {
+        classify(&io::Error::new(io::ErrorKind::InvalidData, error))
+    }
+
+    #[test]
+    fn each_failure_gets_its_own_class() {
+        assert_eq!(
+            class(TlsError::PeerIncompatible(
+                PeerIncompatible::NoCipherSuitesInCommon
+            )),
+            HandshakeResult::NoCommonParameters
+        );
+        assert_eq!(
+            class(TlsError::PeerIncompatible(
+                PeerIncompatible::NoSignatureSchemesInCommon
+            )),
+            HandshakeResult::NoCommonParameters
+        );
+        assert_eq!(
+            class(TlsError::PeerIncompatible(
+                PeerIncompatible::SupportedVersionsExtensionRequired
+            )),
+            HandshakeResult::ProtocolVersion
+        );
+        assert_eq!(class(TlsError::DecryptError), HandshakeResult::BadRecord);
+        assert_eq!(
+            class(TlsError::InvalidMessage(InvalidMessage::MessageTooLarge)),
+            HandshakeResult::BadRecord
+        );
+        assert_eq!(
+            class(TlsError::InvalidCertificate(CertificateError::BadEncoding)),
+            HandshakeResult::BadCertificate
+        );
+        assert_eq!(
+            classify(&io::Error::from(io::ErrorKind::UnexpectedEof)),
+            HandshakeResult::Eof
+        );
+        assert_eq!(
+            class(TlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer
+            )),
+            HandshakeResult::UnknownCa
+        );
     }
 }

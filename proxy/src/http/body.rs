@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,8 +16,39 @@ pub(crate) enum RequestBody {
     /// Held whole (`None` once sent, or when empty): the request may be replayed.
     Buffered(Option<Bytes>),
     /// Streamed from the client as it arrives; it can be sent only once.
-    /// The counter adds up the bytes that went through.
-    Streaming(Incoming, Arc<AtomicU64>),
+    Streaming(Incoming, Arc<BodyProgress>),
+}
+
+/// What a request body has done so far: the bytes that went through, and
+/// whether it ended or the client's side of it failed (a malformed chunk, an
+/// upload the client aborted). A try that fails because of the client's
+/// body is never held against the endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct BodyProgress {
+    received: AtomicU64,
+    ended: AtomicBool,
+    client_failed: AtomicBool,
+}
+
+impl BodyProgress {
+    /// Bytes of the body received from the client so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn add(&self, bytes: u64) {
+        self.received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether reading the body from the client failed.
+    pub(crate) fn client_failed(&self) -> bool {
+        self.client_failed.load(Ordering::Acquire)
+    }
+
+    /// Whether the whole body arrived from the client.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
 }
 
 impl RequestBody {
@@ -33,6 +64,15 @@ impl RequestBody {
             Self::Streaming(..) => None,
         }
     }
+
+    /// The progress of a streamed body; `None` for one held whole (which
+    /// the client has already sent completely).
+    pub(crate) fn progress(&self) -> Option<Arc<BodyProgress>> {
+        match self {
+            Self::Buffered(_) => None,
+            Self::Streaming(_, progress) => Some(progress.clone()),
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -45,12 +85,19 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Self::Buffered(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Self::Streaming(body, received) => {
+            Self::Streaming(body, progress) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    received.fetch_add(data.len() as u64, Ordering::Relaxed);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            progress.add(data.len() as u64);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        progress.client_failed.store(true, Ordering::Release)
+                    }
+                    Poll::Ready(None) => progress.ended.store(true, Ordering::Release),
+                    Poll::Pending => {}
                 }
                 polled
             }
@@ -60,7 +107,13 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Buffered(bytes) => bytes.is_none(),
-            Self::Streaming(body, _) => body.is_end_stream(),
+            Self::Streaming(body, progress) => {
+                let ended = body.is_end_stream();
+                if ended {
+                    progress.ended.store(true, Ordering::Release);
+                }
+                ended
+            }
         }
     }
 
@@ -74,11 +127,22 @@ impl Body for RequestBody {
     }
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Sent whole.
+    Complete,
+    /// The upstream's body failed before its end (a connection closed short
+    /// of the declared length, a reset): the client got a truncated body.
+    UpstreamCut,
+    /// The client left before the end.
+    ClientLeft,
+}
+
 /// Told once when a response body has been sent, or abandoned.
 pub(crate) trait OnFinish: Send + Sync {
-    /// `sent` bytes went out; `complete` is false when the body failed or
-    /// the client left before its end.
-    fn finish(self: Box<Self>, sent: u64, complete: bool);
+    /// `sent` bytes went out, and the body ended as `ending` says.
+    fn finish(self: Box<Self>, sent: u64, ending: Ending);
 }
 
 /// A response body on its way to the client.
@@ -112,9 +176,9 @@ impl ResponseBody {
         }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, ending: Ending) {
         if let Some(on_finish) = self.on_finish.take() {
-            on_finish.finish(self.sent, complete);
+            on_finish.finish(self.sent, ending);
         }
     }
 }
@@ -122,8 +186,12 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // Bodies hyper never polls (HEAD, 304) end here; so do abandoned ones.
-        let complete = self.is_end_stream();
-        self.finish(complete);
+        let ending = if self.is_end_stream() {
+            Ending::Complete
+        } else {
+            Ending::ClientLeft
+        };
+        self.finish(ending);
     }
 }
 
@@ -148,8 +216,8 @@ impl Body for ResponseBody {
                     this.sent += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(Ending::UpstreamCut),
+            Poll::Ready(None) => this.finish(Ending::Complete),
             Poll::Pending => {}
         }
         polled

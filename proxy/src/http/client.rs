@@ -25,6 +25,7 @@ use tower::BoxError;
 use super::body::RequestBody;
 use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::traces::{self, RequestContext};
+use crate::upstream::connector::ConnectError;
 use crate::upstream::{EndpointState, Upstream};
 use opentelemetry_sdk::trace::Tracer;
 
@@ -44,6 +45,13 @@ pub(crate) struct NoEndpoint;
 #[derive(Debug, thiserror::Error)]
 #[error("the endpoint did not answer within the per-try timeout ({0:?})")]
 pub(crate) struct PerTryTimeout(pub(crate) Duration);
+
+/// The try failed because reading the client's request body failed: it was
+/// malformed (an invalid chunk) or the client aborted the upload. Never
+/// held against the endpoint.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub(crate) struct ClientBodyFailed(#[source] pub(crate) BoxError);
 
 /// Endpoints a request has been tried on, shared by its tries (it travels
 /// in the request's extensions, which each replayed copy clones).
@@ -167,6 +175,7 @@ impl Endpoints {
             _ => None,
         };
         tried.push(index);
+        let body = request.body().progress();
         let state = self.upstream.endpoint(index);
         state
             .active
@@ -190,6 +199,28 @@ impl Endpoints {
             };
             traces::end_client_span(span, outcome);
         }
+        // Failures the client caused are neither a success nor a failure of
+        // the endpoint: the permit goes back unsettled (a half-open probe
+        // lets the next request probe).
+        let result = match (result, &body) {
+            (Err(error), Some(body)) if body.client_failed() => {
+                drop(permit);
+                return Err(ClientBodyFailed(error).into());
+            }
+            (Err(error), Some(body)) if error.is::<PerTryTimeout>() && !body.ended() => {
+                // The body was still arriving: a slow client, not a slow endpoint.
+                drop(permit);
+                return Err(error);
+            }
+            (Err(error), _)
+                if super::proxy::connect_error(&error).is_some_and(ConnectError::is_local) =>
+            {
+                // attache ran out of file descriptors or buffers, not the endpoint.
+                drop(permit);
+                return Err(error);
+            }
+            (result, _) => result,
+        };
         // Outlier detection: errors and 5xx count against the endpoint.
         let succeeded = result
             .as_ref()

@@ -129,19 +129,141 @@ pub(crate) fn host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
     Some(authority)
 }
 
-/// `host[:port]` without the port, lowercase (IPv6 keeps its brackets).
+/// `host[:port]` without the port, lowercase, without the trailing dot of
+/// a fully qualified name (`admin.internal.` is `admin.internal`); IPv6
+/// keeps its brackets.
 pub(crate) fn strip_port(authority: &str) -> String {
     let host = if authority.starts_with('[') {
         authority.split_inclusive(']').next().unwrap_or(authority)
     } else {
         authority.split(':').next().unwrap_or(authority)
     };
-    host.to_ascii_lowercase()
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+/// Why a request's authority cannot be trusted (RFC 9112 §3.2, RFC 9113
+/// §8.3.1): the request gets 400 and is neither routed nor forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadAuthority {
+    #[error("an HTTP/1.1 request needs a Host header")]
+    MissingHost,
+    #[error("the request has more than one Host header")]
+    TwoHosts,
+    #[error("the Host header is not a valid authority")]
+    InvalidHost,
+    #[error("the Host header names another host than the request target")]
+    HostDisagrees,
+}
+
+/// Makes the request name one authority, for routing and for the app
+/// alike: when the target carries one (absolute form, or HTTP/2's
+/// `:authority`), it replaces `Host` (RFC 9112 §3.2.2), and a `Host` that
+/// names another host is refused rather than silently replaced, so a
+/// route that matches on `Host` cannot be bypassed.
+///
+/// # Errors
+/// [`BadAuthority`] saying what is wrong.
+pub(crate) fn settle_authority(
+    uri: &http::Uri,
+    version: http::Version,
+    headers: &mut HeaderMap,
+) -> Result<(), BadAuthority> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next().cloned();
+    if hosts.next().is_some() {
+        return Err(BadAuthority::TwoHosts);
+    }
+    let host_text = match &host {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|text| text.parse::<http::uri::Authority>().is_ok())
+                .ok_or(BadAuthority::InvalidHost)?,
+        ),
+        None => None,
+    };
+    match (uri.authority(), host_text) {
+        (Some(target), Some(host)) => {
+            if !same_authority(target.as_str(), host) {
+                return Err(BadAuthority::HostDisagrees);
+            }
+            if let Ok(value) = HeaderValue::from_str(target.as_str()) {
+                headers.insert(header::HOST, value);
+            }
+            Ok(())
+        }
+        (_, None) if version == http::Version::HTTP_11 => Err(BadAuthority::MissingHost),
+        _ => Ok(()),
+    }
+}
+
+/// Whether two authorities name the same host (case, a trailing dot and an
+/// absent port aside; two explicit ports must agree).
+fn same_authority(a: &str, b: &str) -> bool {
+    let port = |authority: &str| {
+        authority
+            .parse::<http::uri::Authority>()
+            .ok()
+            .and_then(|parsed| parsed.port_u16())
+    };
+    let ports_agree = match (port(a), port(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    strip_port(a) == strip_port(b) && ports_agree
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settle(uri: &str, version: http::Version, hosts: &[&str]) -> Result<String, BadAuthority> {
+        let mut headers = HeaderMap::new();
+        for host in hosts {
+            headers.append(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        settle_authority(&uri.parse().unwrap(), version, &mut headers)?;
+        Ok(headers
+            .get(header::HOST)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default())
+    }
+
+    #[test]
+    fn one_authority_per_request() {
+        use http::Version;
+        let h11 = Version::HTTP_11;
+        assert_eq!(settle("/", h11, &["app"]), Ok("app".into()));
+        assert_eq!(settle("/", h11, &[]), Err(BadAuthority::MissingHost));
+        assert_eq!(settle("/", Version::HTTP_10, &[]), Ok(String::new()));
+        assert_eq!(settle("/", h11, &["a", "b"]), Err(BadAuthority::TwoHosts));
+        assert_eq!(
+            settle("http://other.example/", h11, &["admin.internal"]),
+            Err(BadAuthority::HostDisagrees)
+        );
+        assert_eq!(
+            settle("http://Admin.Internal./x", h11, &["admin.internal:80"]),
+            Ok("Admin.Internal.".into())
+        );
+        assert_eq!(
+            settle("http://app:8080/", h11, &["app:9090"]),
+            Err(BadAuthority::HostDisagrees)
+        );
+        assert_eq!(
+            settle("http://app/", h11, &[]),
+            Err(BadAuthority::MissingHost)
+        );
+        // HTTP/2 names the authority in :authority; Host is optional.
+        assert_eq!(
+            settle("http://app/", Version::HTTP_2, &[]),
+            Ok(String::new())
+        );
+        assert_eq!(
+            settle("/", h11, &["bad host"]),
+            Err(BadAuthority::InvalidHost)
+        );
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

@@ -4,7 +4,6 @@
 //! its response body ends (metrics and the access log).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use attache_config::RouteAction;
@@ -18,8 +17,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceExt as _};
 
 use super::ClientConnection;
-use super::body::{OnFinish, RequestBody, ResponseBody};
-use super::client::{Endpoints, NoEndpoint, PerTryTimeout, ServedBy, Tried};
+use super::body::{BodyProgress, Ending, OnFinish, RequestBody, ResponseBody};
+use super::client::{ClientBodyFailed, Endpoints, NoEndpoint, PerTryTimeout, ServedBy, Tried};
 use super::headers;
 use super::routing::{self, Matcher};
 use crate::activity::Activity;
@@ -27,9 +26,11 @@ use crate::reload::SharedServerConfig;
 use crate::resilience::limit::{ConcurrencyLimit, Limited, Refusal};
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
 use crate::telemetry::access_log::{AccessLog, Entry};
+use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{ListenerMetrics, Metrics, RouteMetrics, UpstreamRefusal};
 use crate::telemetry::traces::{self, RequestContext};
 use crate::upstream::Upstream;
+use crate::upstream::connector::ConnectError;
 use opentelemetry_sdk::trace::Tracer;
 
 type Stack = BoxCloneSyncService<Request<RequestBody>, Response<Incoming>, BoxError>;
@@ -210,7 +211,13 @@ impl HttpProxy {
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let request_id = headers::request_id(&mut parts.headers);
-        let host = routing::request_host(&parts);
+        let bad_authority =
+            headers::settle_authority(&parts.uri, parts.version, &mut parts.headers).err();
+        let host = if bad_authority.is_some() {
+            None
+        } else {
+            routing::request_host(&parts)
+        };
         let route = self
             .routes
             .iter()
@@ -230,15 +237,16 @@ impl HttpProxy {
                 &route.name,
             )
         });
-        let finish = Finish {
+        let mut finish = Finish {
             span,
             error: None,
             proxy: self.clone(),
             metrics: route.metrics.clone(),
             started,
             status: StatusCode::OK,
-            received: Arc::new(AtomicU64::new(0)),
+            received: Arc::default(),
             entry: self.access_log.enabled().then(|| Entry {
+                timestamp: AccessLog::timestamp(),
                 listener: self.listener.clone(),
                 route: route.name.to_string(),
                 request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
@@ -261,6 +269,20 @@ impl HttpProxy {
                 complete: false,
             }),
         };
+        if let Some(problem) = bad_authority {
+            finish.error("bad_authority", &problem);
+            return finish.respond(
+                StatusCode::BAD_REQUEST,
+                Bytes::from(format!("attache: {problem}\n")),
+            );
+        }
+        if parts.method == Method::CONNECT {
+            finish.error("connect_refused", &"CONNECT is not tunnelled");
+            return finish.respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Bytes::from_static(b"attache: CONNECT is not supported: attache is a reverse proxy, not a forward proxy\n"),
+            );
+        }
         match &route.target {
             Target::Direct { status, body } => finish.respond(*status, body.clone()),
             Target::NotFound => finish.respond(
@@ -398,7 +420,7 @@ impl HttpProxy {
     async fn request_body(
         &self,
         body: Incoming,
-        received: Arc<AtomicU64>,
+        received: Arc<BodyProgress>,
     ) -> Result<RequestBody, hyper::Error> {
         if body.is_end_stream() {
             return Ok(RequestBody::buffered(Bytes::new()));
@@ -406,7 +428,7 @@ impl HttpProxy {
         match body.size_hint().exact() {
             Some(length) if length <= self.retry_buffer_bytes as u64 => {
                 let bytes = body.collect().await?.to_bytes();
-                received.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                received.add(bytes.len() as u64);
                 Ok(RequestBody::buffered(bytes))
             }
             _ => Ok(RequestBody::Streaming(body, received)),
@@ -422,6 +444,16 @@ impl HttpProxy {
     ) -> (StatusCode, &'static str, String) {
         let name = upstream.name();
         let metrics = upstream.upstream.metrics();
+        if error.is::<ClientBodyFailed>() {
+            return (
+                StatusCode::BAD_REQUEST,
+                "client_body",
+                format!(
+                    "attache: the request body could not be read: {}\n",
+                    error_chain(error)
+                ),
+            );
+        }
         if error.is::<tower::timeout::error::Elapsed>() {
             return (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -459,6 +491,19 @@ impl HttpProxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no_endpoint",
                 format!("attache: upstream {name:?}: {NoEndpoint}; failing fast\n"),
+            );
+        }
+        if connect_error(error).is_some_and(ConnectError::is_local) {
+            self.metrics.refused_local_resources.inc();
+            limited!(
+                self.metrics.log_limit,
+                "local_resources",
+                warn!(listener = %self.listener, upstream = name, error = %error_chain(error), "request refused: attache is out of local resources (file descriptors?); the upstream is not blamed")
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "local_resources",
+                "attache: out of local resources; try again\n".to_owned(),
             );
         }
         if is_connect_failure(error) {
@@ -499,7 +544,7 @@ struct Finish {
     metrics: RouteMetrics,
     started: Instant,
     status: StatusCode,
-    received: Arc<AtomicU64>,
+    received: Arc<BodyProgress>,
     entry: Option<Entry>,
 }
 
@@ -525,9 +570,13 @@ impl Finish {
 }
 
 impl OnFinish for Finish {
-    fn finish(self: Box<Self>, sent: u64, complete: bool) {
+    fn finish(self: Box<Self>, sent: u64, ending: Ending) {
         let took = self.started.elapsed();
         self.metrics.answered(self.status, took);
+        if ending == Ending::UpstreamCut {
+            self.metrics.truncated.inc();
+        }
+        let complete = ending == Ending::Complete;
         if let Some(span) = &self.span {
             let error = self.error.or((!complete).then_some("response_incomplete"));
             traces::end_server_span(span, self.status, error);
@@ -535,9 +584,12 @@ impl OnFinish for Finish {
         if let Some(mut entry) = self.entry {
             entry.status = self.status.as_u16();
             entry.bytes_sent = sent;
-            entry.bytes_received = self.received.load(Ordering::Relaxed);
+            entry.bytes_received = self.received.received();
             entry.duration_ms = took.as_secs_f64() * 1000.0;
             entry.complete = complete;
+            if ending == Ending::UpstreamCut && entry.error.is_none() {
+                entry.error = Some("response_truncated: the upstream ended the body early".into());
+            }
             self.proxy.access_log.write(&entry);
         }
     }
@@ -573,7 +625,16 @@ impl RetryClass<Request<RequestBody>, Response<Incoming>, BoxError> for HttpRetr
         let replay_allowed = self.non_idempotent || is_idempotent(request.method());
         match result {
             Ok(response) => replay_allowed && self.statuses.contains(&response.status().as_u16()),
-            Err(error) if error.is::<NoEndpoint>() => false,
+            Err(error) if error.is::<NoEndpoint>() || error.is::<ClientBodyFailed>() => false,
+            // A refused certificate stays refused, and a process out of
+            // file descriptors stays out of them for the next try too.
+            Err(error)
+                if connect_error(error).is_some_and(|connect| {
+                    connect.is_certificate_refusal() || connect.is_local()
+                }) =>
+            {
+                false
+            }
             Err(error) => replay_allowed || is_connect_failure(error),
         }
     }
@@ -592,6 +653,18 @@ fn is_connect_failure(error: &BoxError) -> bool {
     error
         .downcast_ref::<hyper_util::client::legacy::Error>()
         .is_some_and(hyper_util::client::legacy::Error::is_connect)
+}
+
+/// The connector's error behind a failed try, when connecting failed.
+pub(super) fn connect_error(error: &BoxError) -> Option<&ConnectError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(cause) = source {
+        if let Some(connect) = cause.downcast_ref::<ConnectError>() {
+            return Some(connect);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 fn error_chain(error: &BoxError) -> String {

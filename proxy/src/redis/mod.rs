@@ -34,6 +34,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::reload::SharedServerConfig;
+use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
 use crate::tls;
 use classify::Class;
@@ -240,7 +241,11 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     let reply = encode::error(&format!("ERR Protocol error: {error}"));
                     replies.push_ready(reply);
                     closing = true;
-                    tracing::info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP");
+                    limited!(
+                        proxy.metrics.log_limit,
+                        "invalid_resp",
+                        info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP")
+                    );
                     break;
                 }
             };

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::reload::SharedServerConfig;
+use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::telemetry::traces::{self, ConnectionSpan};
 use crate::tls;
@@ -46,6 +47,23 @@ pub(crate) fn tune(socket: SockRef<'_>) {
     {
         tracing::debug!(%error, "cannot set TCP_NODELAY or keepalive");
     }
+}
+
+/// Whether `error` says this process or host ran out of something (file
+/// descriptors, socket buffers, memory, local ports): our fault, never the
+/// peer's, so it must not count against an upstream endpoint.
+pub(crate) fn out_of_local_resources(error: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    error.raw_os_error().is_some_and(|code| {
+        [
+            Errno::EMFILE,
+            Errno::ENFILE,
+            Errno::ENOBUFS,
+            Errno::ENOMEM,
+            Errno::EADDRNOTAVAIL,
+        ]
+        .contains(&Errno::from_raw(code))
+    })
 }
 
 /// What a listener's connections share.
@@ -86,7 +104,20 @@ pub(crate) async fn serve(
     let mut upstream = match Box::pin(route.upstream.connect()).await {
         Ok(connection) => connection,
         Err(error) => {
-            tracing::warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable");
+            if error.out_of_local_resources() {
+                route.metrics.refused_local_resources.inc();
+                limited!(
+                    route.metrics.log_limit,
+                    "local_resources",
+                    warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: attache is out of local resources (file descriptors?); the upstream is not blamed")
+                );
+            } else {
+                limited!(
+                    route.metrics.log_limit,
+                    "upstream_unavailable",
+                    warn!(listener = %route.listener, client = %client_address, %error, "closing client connection: upstream unavailable")
+                );
+            }
             route.metrics.closed(CloseResult::UpstreamUnavailable);
             record_span(
                 &route,

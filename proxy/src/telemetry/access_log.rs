@@ -3,10 +3,11 @@
 //! header values and query parameters redacted.
 
 use std::collections::HashSet;
-use std::io::Write as _;
 
 use http::HeaderMap;
 use serde::Serialize;
+
+use super::output::Stream;
 
 const REDACTED: &str = "[redacted]";
 
@@ -22,6 +23,8 @@ pub(crate) struct AccessLog {
 /// One request's line.
 #[derive(Serialize)]
 pub(crate) struct Entry {
+    /// When the request's headers arrived, RFC 3339 in UTC.
+    pub(crate) timestamp: String,
     pub(crate) listener: String,
     pub(crate) route: String,
     pub(crate) request_id: String,
@@ -113,14 +116,20 @@ impl AccessLog {
         format!("{path}?{}", query.join("&"))
     }
 
+    /// Now, as an entry's `timestamp`.
+    pub(crate) fn timestamp() -> String {
+        humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+    }
+
     /// Writes `entry` as one line.
     pub(crate) fn write(&self, entry: &Entry) {
         let Ok(mut line) = serde_json::to_vec(entry) else {
             return;
         };
         line.push(b'\n');
-        // One write per line, so concurrent lines never interleave.
-        let _ = std::io::stdout().lock().write_all(&line);
+        // Queued whole, so lines never interleave and a stuck reader never
+        // blocks the request.
+        Stream::Stdout.write_line(line);
     }
 }
 

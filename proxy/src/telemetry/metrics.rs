@@ -7,19 +7,23 @@
 //! - `connections_total{listener}`: connections accepted and handed to a handler
 //! - `connections_active{listener}`: connections being proxied now
 //! - `connections_refused_total{listener,reason}`: closed at accept; reason is
-//!   `max_connections` or `draining`
+//!   `max_connections`, `draining` or `local_resources` (an accept, or the
+//!   client's upstream connect, failed for lack of file descriptors, buffers
+//!   or memory: attache's limit, not the upstream's failure)
 //! - `connections_closed_total{listener,result}`: result is `ok`,
 //!   `idle_timeout`, `error` or `upstream_unavailable`
 //! - `transferred_bytes_total{listener,direction}`: `to_upstream` / `to_client`
 //! - `upstream_connect_attempts_total{upstream,endpoint}`
 //! - `upstream_connect_failures_total{upstream,endpoint,reason}`: reason is
-//!   `timeout`, `refused`, `resolve` or `error`
+//!   `timeout`, `refused`, `resolve`, `tls`, `local_resources` (never held
+//!   against the endpoint) or `error`
 //! - `upstream_connect_duration_seconds{upstream,endpoint}`: successful connects
 //! - `tls_handshakes_total{listener,result}`: TLS terminated on a listener
 //! - `upstream_tls_handshakes_total{upstream,endpoint,result}`: TLS originated
 //!   to an endpoint; result is `ok`, `no_client_cert`, `unknown_ca`,
 //!   `expired`, `not_yet_valid`, `identity_refused`, `protocol_version`,
-//!   `protocol_error`, `peer_alert`, `timeout` or `error`
+//!   `no_common_parameters`, `protocol_error`, `bad_record`,
+//!   `bad_certificate`, `eof`, `peer_alert`, `timeout` or `error`
 //! - `upstream_tls_resumptions_total{upstream,endpoint}`: originated
 //!   handshakes that resumed a session (no certificate exchange)
 //! - `tls_reloads_total{result}`: certificate reloads, `ok` or `error`
@@ -41,6 +45,9 @@
 //!   responses and unrouted requests
 //! - `http_request_duration_seconds{listener,route,upstream}`: from the
 //!   request's headers to the end of the response body
+//! - `http_responses_truncated_total{listener,route,upstream}`: responses
+//!   whose body the upstream cut short (counted in `http_requests_total`
+//!   by their status too)
 //! - `upstream_breaker_state{upstream,endpoint,state}`: 1 for the current state
 //!   (`closed`, `open`, `half_open`), read at scrape
 //! - `upstream_breaker_transitions_total{upstream,endpoint,state}`: entries into a state
@@ -61,6 +68,8 @@
 //!   arrival to its reply
 //! - `redis_upstream_connections{listener,kind}`: `shared` connections open
 //!   and `pinned` ones lent to a client now
+//! - `log_lines_dropped_total{stream}`: log and access-log lines dropped
+//!   because the reader of `stdout` or `stderr` was not keeping up
 //! - `build_info{version}`: always 1
 
 use std::sync::{Arc, OnceLock};
@@ -76,6 +85,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use super::log_limit::LogLimit;
+use super::output::Stream;
 use crate::resilience::breaker::State as BreakerState;
 use crate::upstream::status::UpstreamStatus;
 use crate::upstream::{Health, Upstream};
@@ -308,6 +319,7 @@ pub(crate) struct Metrics {
     retry_overflow: Family<UpstreamLabels, Counter>,
     http_requests: Family<RouteStatusLabels, Counter>,
     http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    http_truncated: Family<RouteLabels, Counter>,
     redis_commands: Family<RedisCommandLabels, Counter>,
     redis_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
     redis_connections: Family<RedisConnectionLabels, Gauge>,
@@ -345,6 +357,7 @@ impl Metrics {
             retry_overflow: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(request_duration_histogram),
+            http_truncated: Family::default(),
             redis_commands: Family::default(),
             redis_duration: Family::new_with_constructor(redis_duration_histogram),
             redis_connections: Family::default(),
@@ -457,6 +470,11 @@ impl Metrics {
             metrics.http_requests.clone(),
         );
         registry.register(
+            "http_responses_truncated",
+            "HTTP responses whose body the upstream cut short",
+            metrics.http_truncated.clone(),
+        );
+        registry.register(
             "redis_commands",
             "Redis commands answered, by command (a closed set, else other) and result",
             metrics.redis_commands.clone(),
@@ -508,6 +526,7 @@ impl Metrics {
             "Client connections served from the warm pool",
             metrics.warm_used.clone(),
         );
+        registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(UpstreamStates {
             upstreams: metrics.upstreams.clone(),
         }));
@@ -581,6 +600,8 @@ impl Metrics {
             active: self.connections_active.get_or_create(&labels).clone(),
             refused_max_connections: refused("max_connections"),
             refused_draining: refused("draining"),
+            refused_local_resources: refused("local_resources"),
+            log_limit: Arc::default(),
             closed: CloseResult::ALL.map(|result| {
                 self.connections_closed
                     .get_or_create(&ClosedLabels {
@@ -697,16 +718,15 @@ impl Metrics {
                 })
                 .clone()
         };
+        let labels = RouteLabels {
+            listener: listener.to_owned(),
+            route: route.to_owned(),
+            upstream: upstream.to_owned(),
+        };
         RouteMetrics {
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(status),
-            duration: self
-                .http_duration
-                .get_or_create(&RouteLabels {
-                    listener: listener.to_owned(),
-                    route: route.to_owned(),
-                    upstream: upstream.to_owned(),
-                })
-                .clone(),
+            duration: self.http_duration.get_or_create(&labels).clone(),
+            truncated: self.http_truncated.get_or_create(&labels).clone(),
         }
     }
 
@@ -807,16 +827,20 @@ pub(crate) enum ConnectFailure {
     Resolve,
     /// The TLS handshake failed (counted by class in `upstream_tls_handshakes_total`).
     Tls,
+    /// attache ran out of file descriptors, buffers or memory: not the
+    /// endpoint's failure.
+    LocalResources,
     /// Any other error (unreachable network, ...).
     Error,
 }
 
 impl ConnectFailure {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Timeout,
         Self::Refused,
         Self::Resolve,
         Self::Tls,
+        Self::LocalResources,
         Self::Error,
     ];
 
@@ -826,6 +850,7 @@ impl ConnectFailure {
             Self::Refused => "refused",
             Self::Resolve => "resolve",
             Self::Tls => "tls",
+            Self::LocalResources => "local_resources",
             Self::Error => "error",
         }
     }
@@ -846,8 +871,18 @@ pub(crate) enum HandshakeResult {
     IdentityRefused,
     /// No TLS version in common (for example, a TLS 1.0 or 1.1 client).
     ProtocolVersion,
+    /// A TLS version in common, but no cipher suite, signature scheme or key
+    /// exchange group.
+    NoCommonParameters,
     /// Not TLS, or malformed (for example, plaintext sent to a TLS port).
     ProtocolError,
+    /// A record that failed decryption (bad MAC) or exceeded the size limit.
+    BadRecord,
+    /// A certificate that is no valid end-entity certificate (a CA
+    /// certificate presented as a server's, bad encoding, a wrong key usage).
+    BadCertificate,
+    /// The peer closed the connection before the handshake finished.
+    Eof,
     /// The peer refused us with an alert (for example, our certificate).
     PeerAlert,
     Timeout,
@@ -855,7 +890,7 @@ pub(crate) enum HandshakeResult {
 }
 
 impl HandshakeResult {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 15] = [
         Self::Ok,
         Self::NoClientCert,
         Self::UnknownCa,
@@ -863,7 +898,11 @@ impl HandshakeResult {
         Self::NotYetValid,
         Self::IdentityRefused,
         Self::ProtocolVersion,
+        Self::NoCommonParameters,
         Self::ProtocolError,
+        Self::BadRecord,
+        Self::BadCertificate,
+        Self::Eof,
         Self::PeerAlert,
         Self::Timeout,
         Self::Error,
@@ -878,11 +917,28 @@ impl HandshakeResult {
             Self::NotYetValid => "not_yet_valid",
             Self::IdentityRefused => "identity_refused",
             Self::ProtocolVersion => "protocol_version",
+            Self::NoCommonParameters => "no_common_parameters",
             Self::ProtocolError => "protocol_error",
+            Self::BadRecord => "bad_record",
+            Self::BadCertificate => "bad_certificate",
+            Self::Eof => "eof",
             Self::PeerAlert => "peer_alert",
             Self::Timeout => "timeout",
             Self::Error => "error",
         }
+    }
+
+    /// Whether the peer's certificate was refused: presenting it again
+    /// cannot succeed.
+    pub(crate) fn is_certificate_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::UnknownCa
+                | Self::Expired
+                | Self::NotYetValid
+                | Self::IdentityRefused
+                | Self::BadCertificate
+        )
     }
 }
 
@@ -899,10 +955,15 @@ pub(crate) struct ListenerMetrics {
     pub(crate) active: Gauge,
     pub(crate) refused_max_connections: Counter,
     pub(crate) refused_draining: Counter,
+    /// Accepts that failed, and clients closed before an upstream try, for
+    /// lack of local resources (file descriptors, buffers, memory).
+    pub(crate) refused_local_resources: Counter,
     closed: [Counter; 5],
     pub(crate) to_upstream_bytes: Counter,
     pub(crate) to_client_bytes: Counter,
-    handshakes: [Counter; 11],
+    handshakes: [Counter; HandshakeResult::ALL.len()],
+    /// Rate limits for this listener's per-connection failure lines.
+    pub(crate) log_limit: Arc<LogLimit>,
 }
 
 impl ListenerMetrics {
@@ -1010,6 +1071,7 @@ impl RedisMetrics {
 pub(crate) struct RouteMetrics {
     requests: [Counter; 5],
     duration: Histogram,
+    pub(crate) truncated: Counter,
 }
 
 impl RouteMetrics {
@@ -1035,9 +1097,9 @@ pub(crate) struct EndpointMetrics {
     breaker_transitions: [Counter; 3],
     health_checks: [Counter; 2],
     pub(crate) attempts: Counter,
-    failures: [Counter; 5],
+    failures: [Counter; ConnectFailure::ALL.len()],
     pub(crate) duration: Histogram,
-    handshakes: [Counter; 11],
+    handshakes: [Counter; HandshakeResult::ALL.len()],
 }
 
 impl EndpointMetrics {
@@ -1055,6 +1117,32 @@ impl EndpointMetrics {
 
     pub(crate) fn handshake(&self, result: HandshakeResult) {
         self.handshakes[result as usize].inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabels {
+    stream: &'static str,
+}
+
+/// Lines the output queues dropped, read at each scrape.
+#[derive(Debug)]
+struct DroppedLogLines;
+
+impl Collector for DroppedLogLines {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log and access-log lines dropped because the stream's reader was not keeping up",
+            None,
+            MetricType::Counter,
+        )?;
+        for stream in Stream::ALL {
+            ConstCounter::new(stream.dropped()).encode(family.encode_family(&StreamLabels {
+                stream: stream.label(),
+            })?)?;
+        }
+        Ok(())
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) enum ConnectError {
     NoAddress { endpoint: String },
     #[error("connect to {endpoint} failed: {source}")]
     Io { endpoint: String, source: io::Error },
+    #[error("connect to {endpoint} failed for lack of local resources: {source}")]
+    LocalResources { endpoint: String, source: io::Error },
     #[error("{endpoint}: {source}")]
     Tls {
         endpoint: String,
@@ -49,8 +51,21 @@ impl ConnectError {
                 ConnectFailure::Refused
             }
             Self::Io { .. } => ConnectFailure::Error,
+            Self::LocalResources { .. } => ConnectFailure::LocalResources,
             Self::Tls { .. } => ConnectFailure::Tls,
         }
+    }
+
+    /// attache, not the endpoint, ran out of something: never counted
+    /// against the endpoint's breaker.
+    pub(crate) fn is_local(&self) -> bool {
+        matches!(self, Self::LocalResources { .. })
+    }
+
+    /// The endpoint's certificate was refused (unknown CA, wrong name,
+    /// expired...): trying the same endpoint again cannot succeed.
+    pub(crate) fn is_certificate_refusal(&self) -> bool {
+        matches!(self, Self::Tls { source, .. } if source.result.is_certificate_refusal())
     }
 }
 
@@ -125,6 +140,13 @@ async fn resolve_and_connect(endpoint: &Endpoint) -> Result<TcpStream, ConnectEr
     for address in addresses {
         match TcpStream::connect(address).await {
             Ok(stream) => return Ok(stream),
+            Err(source) if tcp::out_of_local_resources(&source) => {
+                // Another address would fail alike.
+                return Err(ConnectError::LocalResources {
+                    endpoint: endpoint.to_string(),
+                    source,
+                });
+            }
             Err(source) => {
                 last_error = ConnectError::Io {
                     endpoint: endpoint.to_string(),

@@ -158,10 +158,14 @@ impl EndpointState {
     }
 
     /// One client's connect attempt under `permit`: counted, and its outcome
-    /// fed to the breaker.
+    /// fed to the breaker (a failure for lack of local resources is
+    /// attache's, not the endpoint's: the permit goes back unsettled).
     pub(super) async fn connect(&self, permit: Permit<'_>) -> Result<Connected, ConnectError> {
         let result = self.establish(Some(&self.metrics)).await;
-        self.settle(permit, result.is_ok());
+        match &result {
+            Err(error) if error.is_local() => drop(permit),
+            _ => self.settle(permit, result.is_ok()),
+        }
         result
     }
 

@@ -23,7 +23,7 @@
 //! - `status`: the snapshot behind `/upstreams` and the state gauges.
 
 pub(crate) mod balancer;
-mod connector;
+pub(crate) mod connector;
 mod endpoint;
 mod health;
 pub(crate) mod status;
@@ -100,6 +100,8 @@ pub(crate) enum Stop {
     Deadline,
     #[error("no endpoint was left to try")]
     NoEndpoint,
+    #[error("every endpoint tried refused on its certificate, which a retry cannot change")]
+    CertificateRefused,
 }
 
 /// No endpoint of an upstream could be connected.
@@ -108,6 +110,14 @@ pub(crate) enum Stop {
 pub(crate) struct UpstreamUnavailable {
     upstream: Arc<str>,
     reason: Unavailable,
+}
+
+impl UpstreamUnavailable {
+    /// Whether the last attempt failed for lack of local resources (file
+    /// descriptors, buffers): attache's limit, not the upstream's failure.
+    pub(crate) fn out_of_local_resources(&self) -> bool {
+        matches!(&self.reason, Unavailable::Failed { last: Some(error), .. } if error.is_local())
+    }
 }
 
 /// How the upstream leg was obtained.
@@ -279,9 +289,14 @@ impl Upstream {
         let mut next = self.pick();
         let mut attempts = 0;
         let mut last = None;
+        // Endpoints whose certificate was refused: not tried again.
+        let mut refused_certificates = Vec::new();
         let stopped = loop {
             if attempts == self.attempts {
                 break Stop::Attempts;
+            }
+            if refused_certificates.len() == count {
+                break Stop::CertificateRefused;
             }
             if attempts == 0 {
                 self.budget.deposit(Instant::now());
@@ -304,6 +319,11 @@ impl Upstream {
                 }
                 break Stop::NoEndpoint;
             };
+            if refused_certificates.contains(&index) {
+                // Unsettled: this endpoint is not tried, so nothing is learned.
+                drop(permit);
+                break Stop::CertificateRefused;
+            }
             next = (index + 1) % count;
             attempts += 1;
             let endpoint = &self.endpoints[index];
@@ -321,7 +341,12 @@ impl Upstream {
                         _slot: slot,
                     });
                 }
-                Ok(Err(error)) => last = Some(error),
+                Ok(Err(error)) => {
+                    if error.is_certificate_refusal() {
+                        refused_certificates.push(index);
+                    }
+                    last = Some(error);
+                }
                 Err(_) => break Stop::Deadline,
             }
         };
