@@ -74,6 +74,16 @@ pub struct Attache {
     _config: Option<tempfile::NamedTempFile>,
 }
 
+/// How to run attache, for [`Attache::launch`].
+pub struct Launch<'a> {
+    pub arguments: &'a [&'a str],
+    pub config: Option<tempfile::NamedTempFile>,
+    pub env: &'a [(&'a str, &'a str)],
+    pub stalled: Option<Stalled>,
+    /// A hard and soft limit on open files (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
 /// A stream whose reader stops, as a stuck log collector does: attache's
 /// end of the pipe stays open and fills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +152,41 @@ impl Attache {
         env: &[(&str, &str)],
         stalled: Option<Stalled>,
     ) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary())
+        Self::launch(Launch {
+            arguments,
+            config,
+            env,
+            stalled,
+            open_files: None,
+        })
+        .await
+    }
+
+    /// Runs attache as `launch` says and waits for "attache started".
+    ///
+    /// # Errors
+    /// When attache exits or does not start in time.
+    pub async fn launch(launch: Launch<'_>) -> anyhow::Result<Self> {
+        let Launch {
+            arguments,
+            config,
+            env,
+            stalled,
+            open_files,
+        } = launch;
+        // prlimit (util-linux) sets the limit and execs attache: same pid.
+        let mut command = match open_files {
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .args(arguments)
             .env("RUST_LOG", "attache=debug")
             .envs(env.iter().copied())

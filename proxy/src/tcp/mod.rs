@@ -140,15 +140,9 @@ pub(crate) async fn serve(
         (ClientStream::Plain(client), UpstreamStream::Plain(server)) => {
             relay::relay(client, server, timeout, metrics).await
         }
-        (ClientStream::Plain(client), UpstreamStream::Tls(server)) => {
-            relay::relay(client, server.as_mut(), timeout, metrics).await
-        }
-        (ClientStream::Tls(client), UpstreamStream::Plain(server)) => {
-            relay::relay(client.as_mut(), server, timeout, metrics).await
-        }
-        (ClientStream::Tls(client), UpstreamStream::Tls(server)) => {
-            relay::relay(client.as_mut(), server.as_mut(), timeout, metrics).await
-        }
+        // With TLS on either leg, through the enums: their reads also send
+        // what rustls queued while reading (tickets, alerts).
+        (client, server) => relay::relay(client, server, timeout, metrics).await,
     };
     let result = match &relayed.result {
         Ok(result) => *result,

@@ -28,12 +28,55 @@ fn poll_tls_read_ready<Data>(
     connection: &mut rustls::ConnectionCommon<Data>,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    match connection.process_new_packets() {
+    let processed = connection.process_new_packets();
+    send_queued_tls(socket, connection, cx);
+    match processed {
         Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {
             socket.poll_read_ready(cx)
         }
         // Buffered data, a close, or an error the next read reports.
         _ => Poll::Ready(Ok(())),
+    }
+}
+
+/// Sends what rustls queued while reading (session tickets, the answer to
+/// a KeyUpdate, a `no_renegotiation` warning, the alert for a fatal error)
+/// without waiting for the next write: tokio-rustls writes only when the
+/// stream is written to or flushed, so a connection that only reads (a
+/// client waiting for its first response, a peer asking to renegotiate)
+/// would hold them, and a peer waiting for them would hang. Never blocks: a
+/// full socket buffer leaves the rest for the next read, and wakes the task
+/// when the socket can take more.
+fn send_queued_tls<Data>(
+    socket: &TcpStream,
+    connection: &mut rustls::ConnectionCommon<Data>,
+    cx: &mut Context<'_>,
+) {
+    while connection.wants_write() {
+        match connection.write_tls(&mut SocketWriter(socket)) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if socket.poll_write_ready(cx).is_pending() {
+                    return;
+                }
+            }
+            // The next read or write reports it.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Non-blocking writes to a socket, as `io::Write` for rustls.
+struct SocketWriter<'a>(&'a TcpStream);
+
+impl io::Write for SocketWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.try_write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -84,7 +127,20 @@ macro_rules! delegate_io {
             ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     Self::Plain(stream) => std::pin::Pin::new(stream).poll_read(cx, buf),
-                    Self::Tls(stream) => std::pin::Pin::new(stream.as_mut()).poll_read(cx, buf),
+                    Self::Tls(stream) => {
+                        let polled = std::pin::Pin::new(stream.as_mut()).poll_read(cx, buf);
+                        let (socket, connection) = stream.get_mut();
+                        if matches!(&polled, Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::InvalidData)
+                        {
+                            // A protocol error for which rustls sends no alert
+                            // (a record with no content type): close_notify,
+                            // so the peer sees TLS end, not a bare TCP close.
+                            // A no-op when rustls already sent a fatal alert.
+                            connection.send_close_notify();
+                        }
+                        send_queued_tls(socket, connection, cx);
+                        polled
+                    }
                 }
             }
         }
@@ -158,6 +214,15 @@ impl UpstreamStream {
 }
 
 impl Stream for ClientStream {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Self::Plain(stream) => Stream::poll_read_ready(stream, cx),
+            Self::Tls(stream) => stream.as_mut().poll_read_ready(cx),
+        }
+    }
+}
+
+impl Stream for UpstreamStream {
     fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Self::Plain(stream) => Stream::poll_read_ready(stream, cx),
