@@ -542,3 +542,116 @@ async fn sessions_resume_and_alpn_is_negotiated() {
         "{second}"
     );
 }
+
+// Blocking child processes run while in-process servers serve.
+#[tokio::test(flavor = "multi_thread")]
+async fn handshake_failures_get_precise_classes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let door = front_door(&pki, servers::echo().await).await;
+    let front = door.listener("front");
+    let client = [
+        "-CAfile".to_owned(),
+        pki.ca(),
+        "-cert".into(),
+        pki.cert("app"),
+        "-key".into(),
+        pki.key("app"),
+    ];
+    let with = |extra: &[&str]| {
+        let mut arguments: Vec<String> = client.to_vec();
+        arguments.extend(extra.iter().map(|argument| (*argument).to_owned()));
+        arguments
+    };
+
+    // TLS 1.2 with only a cipher suite rustls does not implement (RSA key exchange).
+    let arguments = with(&["-tls1_2", "-cipher", "AES128-SHA"]);
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let _ = s_client(front, &arguments, "");
+    door.wait_for_metric(&handshakes("no_common_parameters"), 1.0)
+        .await
+        .unwrap();
+
+    // A TLS 1.1 client: refused with rustls' handshake_failure alert (rustls
+    // offers no way to send protocol_version), counted as protocol_version.
+    let old = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-connect", &front.to_string()])
+        .args(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&old.stderr).contains("alert"),
+        "refused with an alert: {}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    door.wait_for_metric(&handshakes("protocol_version"), 1.0)
+        .await
+        .unwrap();
+
+    // A record header announcing more than any record may hold.
+    let mut oversized = tokio::net::TcpStream::connect(front).await.unwrap();
+    oversized
+        .write_all(&[0x16, 0x03, 0x01, 0x50, 0x00])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = oversized.read_to_end(&mut answer).await;
+    door.wait_for_metric(&handshakes("bad_record"), 1.0)
+        .await
+        .unwrap();
+
+    // A client that connects and leaves before saying anything.
+    drop(tokio::net::TcpStream::connect(front).await.unwrap());
+    door.wait_for_metric(&handshakes("eof"), 1.0).await.unwrap();
+    assert_eq!(door.metric(&handshakes("error")).await.unwrap(), 0.0);
+}
+
+#[tokio::test]
+async fn a_refused_upstream_certificate_is_final_not_retried() {
+    let pki = Pki::new();
+    // The door presents its CA's own certificate as a server certificate.
+    let door = Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
+         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
+         upstreams:\n  app:\n    endpoints: [\"{}\"]\n",
+        pki.ca(),
+        pki.path("ca/ca.key"),
+        pki.ca(),
+        servers::echo().await,
+    ))
+    .await
+    .unwrap();
+    let endpoint = door.listener("front").to_string();
+    let ambassador = Attache::run(&format!(
+        "listeners:\n  - name: app\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: door\n\
+         upstreams:\n  door:\n    endpoints: [\"{endpoint}\"]\n    retry: {{attempts: 3}}\n\
+         \x20   tls: {{ca: {}, cert: {}, key: {}, server_name: localhost}}\n",
+        pki.ca(),
+        pki.cert("app"),
+        pki.key("app"),
+    ))
+    .await
+    .unwrap();
+    attache_integration::expect_closed(ambassador.listener("app")).await;
+    let labels = format!("upstream=\"door\",endpoint=\"{endpoint}\"");
+    ambassador
+        .wait_for_metric(
+            &format!(
+                "attache_upstream_tls_handshakes_total{{{labels},result=\"bad_certificate\"}}"
+            ),
+            1.0,
+        )
+        .await
+        .unwrap();
+    let metrics = ambassador.metrics().await.unwrap();
+    assert_eq!(
+        metrics[&format!("attache_upstream_connect_attempts_total{{{labels}}}")],
+        1.0,
+        "a refused certificate is not retried"
+    );
+    assert_eq!(
+        metrics["attache_upstream_retries_total{upstream=\"door\"}"],
+        0.0
+    );
+}
