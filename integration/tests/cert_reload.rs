@@ -109,6 +109,7 @@ async fn front_door(pki: &Pki, cert: &str, key: &str) -> Attache {
 
 const RELOADS_OK: &str = "attache_tls_reloads_total{result=\"ok\"}";
 const RELOADS_ERROR: &str = "attache_tls_reloads_total{result=\"error\"}";
+const RELOADS_UNCHANGED: &str = "attache_tls_reloads_total{result=\"unchanged\"}";
 const EXPIRY: &str =
     "attache_tls_certificate_expiry_timestamp_seconds{kind=\"listener\",name=\"front\"}";
 
@@ -280,7 +281,7 @@ async fn a_kubernetes_secret_symlink_swap_is_picked_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sighup_reloads_the_certificates() {
+async fn sighup_rebuilds_only_what_changed() {
     let pki = Pki::new();
     pki.issue("tls", "server", &["--dns", "localhost"]);
     let door = front_door(
@@ -292,5 +293,110 @@ async fn sighup_reloads_the_certificates() {
     assert_eq!(door.metric(RELOADS_OK).await.unwrap(), 0.0);
     let pid = nix::unistd::Pid::from_raw(door.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    door.wait_for_metric(RELOADS_UNCHANGED, 1.0).await.unwrap();
+    assert_eq!(door.metric(RELOADS_OK).await.unwrap(), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_the_files_never_reloads_and_sessions_keep_resuming() {
+    let pki = Pki::new();
+    pki.issue("tls", "server", &["--dns", "localhost"]);
+    let (cert, key) = (
+        PathBuf::from(pki.path("tls/server.crt")),
+        PathBuf::from(pki.path("tls/server.key")),
+    );
+    let door = Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: redis\n\
+         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
+         upstreams:\n  redis:\n    endpoints: [\"127.0.0.1:6379\"]\n",
+        cert.display(),
+        key.display(),
+        pki.path("ca/ca.crt"),
+    ))
+    .await
+    .unwrap();
+    let session = pki.path("session.pem");
+    let connect = |session_flag: &str| {
+        let output = Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-connect"])
+            .arg(door.listener("front").to_string())
+            .args([
+                "-servername",
+                "localhost",
+                "-CAfile",
+                &pki.path("ca/ca.crt"),
+            ])
+            .args([
+                "-cert",
+                &pki.path("certs/app.crt"),
+                "-key",
+                &pki.path("certs/app.key"),
+            ])
+            .args(["-ign_eof", session_flag, &session])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                // QUIT: Redis closes, after the session tickets arrived.
+                child.stdin.take().unwrap().write_all(b"PING\r\nQUIT\r\n")?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let first = connect("-sess_out");
+    assert!(
+        first.contains("New, TLSv1.3") && first.contains("+PONG"),
+        "{first}"
+    );
+
+    // A backup agent, an app reading the same Secret, `openssl -CAfile`.
+    for _ in 0..20 {
+        for file in [&cert, &key, &PathBuf::from(pki.path("ca/ca.crt"))] {
+            std::fs::read(file).unwrap();
+        }
+    }
+    // A file created beside them is a change event: once attache has
+    // handled it, it has handled every read before it.
+    std::fs::write(pki.path("tls/marker"), b"x").unwrap();
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    loop {
+        let handled =
+            door.metric(RELOADS_OK).await.unwrap() + door.metric(RELOADS_UNCHANGED).await.unwrap();
+        if handled >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", door.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        door.metric(RELOADS_OK).await.unwrap(),
+        0.0,
+        "reads or an unchanged directory reloaded; log:\n{}",
+        door.log_text()
+    );
+    let second = connect("-sess_in");
+    assert!(
+        second.contains("Reused, TLSv1.3") && second.contains("+PONG"),
+        "resumption broke: {second}"
+    );
+
+    // A real change (a new pair moved into place): one reload.
+    pki.issue("staging", "server", &["--dns", "localhost"]);
+    for file in ["server.key", "server.crt"] {
+        std::fs::rename(
+            pki.path(&format!("staging/{file}")),
+            pki.path(&format!("tls/{file}")),
+        )
+        .unwrap();
+    }
     door.wait_for_metric(RELOADS_OK, 1.0).await.unwrap();
+    // A reload asked for now finds nothing new, and nothing else reloaded.
+    let pid = nix::unistd::Pid::from_raw(door.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    door.wait_for_metric_at_least(RELOADS_UNCHANGED, 2.0)
+        .await
+        .unwrap();
+    assert_eq!(door.metric(RELOADS_OK).await.unwrap(), 1.0);
 }

@@ -1,14 +1,18 @@
 //! Certificate reload. Every TLS listener and upstream reads its rustls
 //! configuration from an [`ArcSwap`] on each handshake; SIGHUP or a change in
 //! a directory holding its files (including Kubernetes' atomic `..data`
-//! symlink swap) rebuilds them. A rebuild that fails (unreadable or corrupt
-//! PEM, a key that does not match, a certificate not valid now) keeps the
-//! material in service, is logged and is counted. Established connections
-//! are never touched.
+//! symlink swap) rebuilds them. Only events that can change content count
+//! (not reads: `cat tls.crt`, or an app reading the same Secret), and only
+//! files whose content changed are rebuilt, so an unchanged configuration
+//! keeps its session tickets and resumption cache. A rebuild that fails
+//! (unreadable or corrupt PEM, a key that does not match, a certificate not
+//! valid now) keeps the material in service, is logged and is counted.
+//! Established connections are never touched.
 
 use std::collections::BTreeSet;
+use std::hash::{Hash as _, Hasher as _};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -33,18 +37,36 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 struct Reloadable<Source, Rustls> {
     name: String,
     source: Source,
+    /// The files the configuration is built from.
+    files: Vec<PathBuf>,
+    /// Their content when the configuration in service was built.
+    fingerprint: Mutex<Option<u64>>,
     current: Arc<ArcSwap<Rustls>>,
     expiry: Gauge,
     build: fn(&Source, &str) -> Result<Loaded<Rustls>, TlsError>,
+}
+
+/// A hash of the files' content (`None` when one cannot be read: the
+/// rebuild then reports why).
+fn fingerprint(files: &[PathBuf]) -> Option<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        std::fs::read(file).ok()?.hash(&mut hasher);
+    }
+    Some(hasher.finish())
 }
 
 impl<Source, Rustls> Reloadable<Source, Rustls> {
     fn load(
         name: &str,
         source: Source,
+        files: Vec<PathBuf>,
         expiry: Gauge,
         build: fn(&Source, &str) -> Result<Loaded<Rustls>, TlsError>,
     ) -> Result<Self, TlsError> {
+        // Read before the build: a file replaced in between makes the next
+        // event rebuild again, never leaves a stale configuration.
+        let fingerprint = fingerprint(&files);
         let loaded = build(&source, name)?;
         if let Some(expires_at) = loaded.expires_at {
             expiry.set(expires_at);
@@ -52,16 +74,30 @@ impl<Source, Rustls> Reloadable<Source, Rustls> {
         Ok(Self {
             name: name.to_owned(),
             source,
+            files,
+            fingerprint: Mutex::new(fingerprint),
             current: Arc::new(ArcSwap::new(loaded.config)),
             expiry,
             build,
         })
     }
 
-    /// Rebuilds; on failure the current configuration stays.
+    /// Rebuilds when the files' content changed; on failure the current
+    /// configuration stays.
     fn reload(&self, kind: &str, metrics: &ReloadMetrics) {
+        let now = fingerprint(&self.files);
+        let mut in_service = self
+            .fingerprint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if now.is_some() && now == *in_service {
+            metrics.unchanged.inc();
+            tracing::debug!(kind, name = %self.name, "TLS files unchanged; nothing reloaded");
+            return;
+        }
         match (self.build)(&self.source, &self.name) {
             Ok(loaded) => {
+                *in_service = now;
                 self.current.store(loaded.config);
                 if let Some(expires_at) = loaded.expires_at {
                     self.expiry.set(expires_at);
@@ -110,10 +146,21 @@ impl TlsMaterial {
                 .into_iter()
                 .flatten()
                 .for_each(|path| watch(path));
+            let files = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let expiry = metrics.certificate_expiry("listener", &listener.name);
             listeners.push(
-                Reloadable::load(&listener.name, tls.clone(), expiry, tls::server_config)
-                    .with_context(|| format!("listener {:?}: TLS", listener.name))?,
+                Reloadable::load(
+                    &listener.name,
+                    tls.clone(),
+                    files,
+                    expiry,
+                    tls::server_config,
+                )
+                .with_context(|| format!("listener {:?}: TLS", listener.name))?,
             );
         }
         let mut upstreams = Vec::new();
@@ -123,10 +170,21 @@ impl TlsMaterial {
                 .into_iter()
                 .flatten()
                 .for_each(|path| watch(path));
+            let files = [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let expiry = metrics.certificate_expiry("upstream", &upstream.name);
             upstreams.push(
-                Reloadable::load(&upstream.name, tls.clone(), expiry, tls::client_config)
-                    .with_context(|| format!("upstream {:?}: TLS", upstream.name))?,
+                Reloadable::load(
+                    &upstream.name,
+                    tls.clone(),
+                    files,
+                    expiry,
+                    tls::client_config,
+                )
+                .with_context(|| format!("upstream {:?}: TLS", upstream.name))?,
             );
         }
         Ok(Self {
@@ -153,7 +211,7 @@ impl TlsMaterial {
             .map(|item| item.current.clone())
     }
 
-    /// Rebuilds everything; each failure keeps its previous configuration.
+    /// Rebuilds whatever changed; each failure keeps its previous configuration.
     pub(crate) fn reload(&self) {
         for listener in &self.listeners {
             listener.reload("listener", &self.metrics);
@@ -170,7 +228,7 @@ impl TlsMaterial {
         }
         let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|event| may_change_content(event.kind)) {
                 let _ = changed.send(());
             }
         });
@@ -191,6 +249,46 @@ impl TlsMaterial {
             while changes.try_recv().is_ok() {}
             tracing::info!("certificate files changed; reloading");
             self.reload();
+        }
+    }
+}
+
+/// Whether a file event can mean new content: a create, a write that was
+/// closed, a rename (the `..data` swap), a removal. Reads (open, access,
+/// close without writing) never can, and attache's own reads of the files
+/// would otherwise start the next reload, forever.
+fn may_change_content(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    #[test]
+    fn reads_never_trigger_a_reload_and_writes_renames_and_creates_do() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert!(!may_change_content(read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Modify(ModifyKind::Data(notify::event::DataChange::Any)),
+            EventKind::Remove(notify::event::RemoveKind::File),
+        ] {
+            assert!(may_change_content(change), "{change:?}");
         }
     }
 }

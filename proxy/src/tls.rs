@@ -154,8 +154,6 @@ fn classify(error: &io::Error) -> HandshakeResult {
             // The extension TLS 1.2 introduced: a TLS 1.0 or 1.1 client.
             | PeerIncompatible::SignatureAlgorithmsExtensionRequired
             | PeerIncompatible::Tls12NotOffered
-            // The extension TLS 1.2 introduced: a TLS 1.0 or 1.1 client.
-            | PeerIncompatible::SignatureAlgorithmsExtensionRequired
             | PeerIncompatible::Tls12NotOfferedOrEnabled
             | PeerIncompatible::Tls13RequiredForQuic => HandshakeResult::ProtocolVersion,
             _ => HandshakeResult::NoCommonParameters,

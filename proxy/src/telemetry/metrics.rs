@@ -26,8 +26,9 @@
 //!   `bad_certificate`, `eof`, `peer_alert`, `timeout` or `error`
 //! - `upstream_tls_resumptions_total{upstream,endpoint}`: originated
 //!   handshakes that resumed a session (no certificate exchange)
-//! - `tls_reloads_total{result}`: certificate reloads, `ok` or `error`
-//!   (rejected; the previous material stays)
+//! - `tls_reloads_total{result}`: certificate reloads, `ok`, `error`
+//!   (rejected; the previous material stays) or `unchanged` (asked for, but
+//!   the files' content had not changed: nothing rebuilt)
 //! - `tls_certificate_expiry_timestamp_seconds{kind,name}`: `notAfter` of the
 //!   certificate a listener or upstream presents
 //! - `upstream_connections_active{upstream}`, `upstream_pending_clients{upstream}`:
@@ -561,6 +562,7 @@ impl Metrics {
         ReloadMetrics {
             ok: counter("ok"),
             error: counter("error"),
+            unchanged: counter("unchanged"),
         }
     }
 
@@ -946,6 +948,8 @@ impl HandshakeResult {
 pub(crate) struct ReloadMetrics {
     pub(crate) ok: Counter,
     pub(crate) error: Counter,
+    /// A reload asked for (SIGHUP, a file event) found the content unchanged.
+    pub(crate) unchanged: Counter,
 }
 
 /// One listener's metric handles.
