@@ -180,6 +180,45 @@ async fn tcp_one_liner_forwards() {
     assert_eq!(attache.admin_get("/ready").await.unwrap().0, 200);
 }
 
+#[tokio::test]
+async fn tcp_one_liner_limits_upstream_connections() {
+    let upstream = servers::echo().await.to_string();
+    let attache = Attache::spawn(
+        &[
+            "tcp",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--upstream-max-connections",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let front = attache.listener("tcp");
+    let mut first = tokio::net::TcpStream::connect(front).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    let mut echoed = [0; 3];
+    first.read_exact(&mut echoed).await.unwrap();
+    // The second client waits for the only slot.
+    let _second = tokio::net::TcpStream::connect(front).await.unwrap();
+    attache
+        .wait_for_metric("attache_upstream_pending_clients{upstream=\"tcp\"}", 1.0)
+        .await
+        .unwrap();
+    assert_eq!(
+        attache
+            .metric("attache_upstream_connections_active{upstream=\"tcp\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
 /// Sends `command` (inline form) and reads the reply's first line.
 async fn exchange_line(client: &mut tokio::net::TcpStream, command: &str) -> String {
     client

@@ -390,6 +390,19 @@ fn every_sidecar_has_probes_a_locked_down_context_resources_and_a_drain_within_t
             assert_eq!(context["runAsNonRoot"], true, "{name}");
             assert_eq!(context["readOnlyRootFilesystem"], true, "{name}");
             assert_eq!(context["allowPrivilegeEscalation"], false, "{name}");
+            // Pod Security "restricted" requires it.
+            assert_eq!(
+                context["seccompProfile"]["type"], "RuntimeDefault",
+                "{name}"
+            );
+            // One slow probe must not take the pod out of its Service
+            // (Kubernetes' default is 3).
+            assert!(
+                container["readinessProbe"]["failureThreshold"]
+                    .as_u64()
+                    .is_none_or(|threshold| threshold >= 3),
+                "{name}: readiness failureThreshold"
+            );
             assert_eq!(
                 context["capabilities"]["drop"],
                 serde_json::json!(["ALL"]),

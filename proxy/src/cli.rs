@@ -232,6 +232,10 @@ struct TcpArgs {
     /// Concurrent client connections; excess ones are closed at once and counted.
     #[arg(long, default_value_t = model::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Upstream connections handed to clients at once; clients beyond it wait
+    /// for a slot (up to 256, for 5 s) or are refused.
+    #[arg(long, default_value_t = model::DEFAULT_UPSTREAM_MAX_CONNECTIONS)]
+    upstream_max_connections: usize,
     /// Allow plaintext on a non-loopback listen address.
     #[arg(long)]
     unsafe_plaintext: bool,
@@ -497,7 +501,10 @@ impl TcpArgs {
                 connect_timeout: self.connect_timeout,
                 tls: self.tls.upstream(),
                 warm_pool: None,
-                limits: Limits::default(),
+                limits: Limits {
+                    max_connections: self.upstream_max_connections,
+                    ..Limits::default()
+                },
                 retry: Retry::default(),
                 breaker: Breaker::default(),
                 health_check: None,

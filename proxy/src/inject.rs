@@ -113,7 +113,9 @@ fn sidecar(options: &Options) -> Value {
         "ports": [{"name": "attache-admin", "containerPort": options.admin_port}],
         // The app starts only once attache's listeners are bound.
         "startupProbe": probe("/startup", 1, 30),
-        "readinessProbe": probe("/ready", 5, 1),
+        // Three misses, not one: a single slow probe must not take the pod
+        // out of its Service.
+        "readinessProbe": probe("/ready", 5, 3),
         "livenessProbe": probe("/live", 10, 3),
         "securityContext": {
             "runAsNonRoot": true,
@@ -122,6 +124,8 @@ fn sidecar(options: &Options) -> Value {
             "readOnlyRootFilesystem": true,
             "allowPrivilegeEscalation": false,
             "capabilities": {"drop": ["ALL"]},
+            // Pod Security "restricted" rejects a container without it.
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         // Twice the measured peak of most scenarios (docs/operations.md#sizing).
         "resources": {
@@ -207,6 +211,11 @@ spec:
         assert_eq!(init[0]["restartPolicy"], "Always");
         assert_eq!(init[0]["startupProbe"]["httpGet"]["path"], "/startup");
         assert_eq!(init[0]["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            init[0]["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(init[0]["readinessProbe"]["failureThreshold"], 3);
         assert_eq!(
             init[1]["name"], "wait-for-db",
             "the app's init containers follow"
