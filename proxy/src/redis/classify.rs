@@ -23,6 +23,12 @@ pub(super) enum Class {
     /// `HELLO`: the protocol (RESP2 or RESP3) and optional login, handled
     /// by attache; the server's HELLO answer comes from the new shared set.
     Hello,
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE` from a client that is
+    /// not subscribed (a client on shared connections never is): answered
+    /// here, one confirmation per channel as Redis sends them. Forwarded, a
+    /// command with several replies would shift every later reply on the
+    /// shared connection onto other clients' commands.
+    Unsubscribed,
 }
 
 /// Commands that start state on their connection: a pinned session.
@@ -138,6 +144,7 @@ pub(super) fn classify(command: &Command) -> Class {
         "QUIT" => Class::Quit,
         "AUTH" => Class::Auth,
         "HELLO" => Class::Hello,
+        "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => Class::Unsubscribed,
         "CLIENT" => match arg(1).as_deref() {
             Some("SETNAME" | "SETINFO") => Class::LocalOk,
             Some("REPLY") => Class::Refused(
@@ -198,6 +205,12 @@ mod tests {
         assert_eq!(classify(&command(&["multi"])), Class::Pinned);
         assert_eq!(classify(&command(&["blpop", "q", "0"])), Class::Pinned);
         assert_eq!(classify(&command(&["subscribe", "news"])), Class::Pinned);
+        for unsubscribe in ["unsubscribe", "PUNSUBSCRIBE", "sunsubscribe"] {
+            assert_eq!(
+                classify(&command(&[unsubscribe, "a", "b"])),
+                Class::Unsubscribed
+            );
+        }
         assert_eq!(
             classify(&command(&["exec"])),
             Class::Shared,

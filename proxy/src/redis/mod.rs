@@ -294,9 +294,12 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                 class = Class::Refused("NOAUTH Authentication required.".to_owned());
             }
             let local = match &class {
-                Class::Select(_) | Class::Quit | Class::LocalOk | Class::Auth | Class::Hello => {
-                    Some(RedisResult::Ok)
-                }
+                Class::Select(_)
+                | Class::Quit
+                | Class::LocalOk
+                | Class::Auth
+                | Class::Hello
+                | Class::Unsubscribed => Some(RedisResult::Ok),
                 Class::Refused(_) => Some(RedisResult::Failed),
                 Class::Shared | Class::Pinned => None,
             };
@@ -337,6 +340,7 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
                     replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
                 Class::Refused(reason) => replies.push_ready(encode::error(&reason)),
+                Class::Unsubscribed => replies.push_ready(unsubscribed(&command, protocol)),
             }
         }
         flush_batch(&pool, affinity, &mut batch).await;
@@ -404,6 +408,41 @@ pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<Red
     };
     let _ = client.shutdown().await;
     metrics.closed(result);
+}
+
+/// What Redis answers a client with no subscription that leaves channels
+/// (or patterns, or shard channels): per channel named, or once for none,
+/// `[kind, channel or null, 0]`, a push message in RESP3.
+fn unsubscribed(command: &attache_resp::Command, protocol: u8) -> Bytes {
+    let kind = command.name().to_ascii_lowercase();
+    let header: &[u8] = if protocol == 3 { b">3\r\n" } else { b"*3\r\n" };
+    let null: &[u8] = if protocol == 3 { b"_\r\n" } else { b"$-1\r\n" };
+    let confirmation = |channel: Option<&[u8]>| {
+        let mut reply = header.to_vec();
+        reply.extend_from_slice(format!("${}\r\n", kind.len()).as_bytes());
+        reply.extend_from_slice(&kind);
+        reply.extend_from_slice(b"\r\n");
+        match channel {
+            Some(channel) => {
+                reply.extend_from_slice(format!("${}\r\n", channel.len()).as_bytes());
+                reply.extend_from_slice(channel);
+                reply.extend_from_slice(b"\r\n");
+            }
+            None => reply.extend_from_slice(null),
+        }
+        reply.extend_from_slice(b":0\r\n");
+        reply
+    };
+    let channels = &command.args[1..];
+    let replies: Vec<u8> = if channels.is_empty() {
+        confirmation(None)
+    } else {
+        channels
+            .iter()
+            .flat_map(|channel| confirmation(Some(channel)))
+            .collect()
+    };
+    Bytes::from(replies)
 }
 
 /// Uncounts a client however its connection ends.

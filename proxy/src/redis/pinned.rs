@@ -500,13 +500,16 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 break Ended::Close;
             }
         }
+        if quitting && state.pending.is_empty() {
+            // Every reply owed before QUIT went out. Whatever state the
+            // session holds (tracking, a transaction, subscriptions), the
+            // client is gone: answer as Redis does and close; RESET below
+            // clears the connection for the next client.
+            let _ = client.write_all(b"+OK\r\n").await;
+            break Ended::Close;
+        }
         if state.done() {
-            break if quitting {
-                let _ = client.write_all(b"+OK\r\n").await;
-                Ended::Close
-            } else {
-                Ended::Shared { database }
-            };
+            break Ended::Shared { database };
         }
         if pinned.generation
             != master_changes
