@@ -235,3 +235,52 @@ async fn quit_in_a_pinned_session_answers_ok_and_closes() {
         .await
         .unwrap();
 }
+
+/// What `input` gets from the server at `address`: every reply until the
+/// server closes the connection, or `replies` of them.
+async fn answers(address: SocketAddr, input: &[u8], replies: Option<usize>) -> Vec<u8> {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(input).await.unwrap();
+    match replies {
+        Some(count) => frames(&mut stream, count, &mut Vec::new()).await.concat(),
+        None => {
+            let mut all = Vec::new();
+            tokio::time::timeout(REPLY, stream.read_to_end(&mut all))
+                .await
+                .expect("closed after a protocol error")
+                .unwrap();
+            all
+        }
+    }
+}
+
+#[tokio::test]
+async fn inline_quoting_empty_counts_and_protocol_errors_are_as_on_redis() {
+    let redis: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let attache = ambassador(redis, 2).await;
+    let key = format!("attache:quoting:{}", std::process::id());
+    let quoted = format!(
+        "set \"{key} sp ace\" \"a\\x41b\"\r\nget \"{key} sp ace\"\r\nget '{key} sp ace'\r\ndel \"{key} sp ace\"\r\n"
+    );
+    let cases: Vec<(Vec<u8>, Option<usize>)> = vec![
+        (quoted.into_bytes(), Some(4)),
+        (
+            b"*0\r\n*-10\r\nPING\r\n*1\r\n$4\r\nPING\r\n".to_vec(),
+            Some(2),
+        ),
+        (format!("set \"\"\"{key}\"\"\" v\r\n").into_bytes(), None),
+        (b"*1\r\n:1\r\n".to_vec(), None),
+        (b"*x\r\n".to_vec(), None),
+        (b"*1\r\n$x\r\n".to_vec(), None),
+    ];
+    for (input, replies) in cases {
+        let direct = answers(redis, &input, replies).await;
+        let through = answers(attache.listener("redis"), &input, replies).await;
+        assert_eq!(
+            String::from_utf8_lossy(&through),
+            String::from_utf8_lossy(&direct),
+            "{}",
+            String::from_utf8_lossy(&input)
+        );
+    }
+}

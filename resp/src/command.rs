@@ -1,7 +1,9 @@
 //! A client's command: the array of bulk strings every client library
-//! sends, or an inline command (`PING\r\n`, as typed into telnet). Parsed
-//! in two phases: a check that allocates nothing, then one split of the
-//! buffer whose arguments share its memory.
+//! sends, or an inline command (`PING\r\n`, as typed into telnet, split
+//! by Redis' own quoting rules). Parsed in two phases: a check that
+//! allocates nothing, then one split of the buffer whose arguments share
+//! its memory. What Redis skips (`*0`, `*-1`, empty lines) is skipped, and
+//! what it refuses gets its wording.
 
 use bytes::{Buf as _, Bytes, BytesMut};
 
@@ -61,7 +63,11 @@ pub fn parse_command(
     loop {
         match buffer.first() {
             None => return Ok(None),
-            Some(b'*') => return multibulk(buffer, limits),
+            Some(b'*') => match multibulk(buffer, limits)? {
+                Multibulk::Incomplete => return Ok(None),
+                Multibulk::Skipped => continue,
+                Multibulk::Command(command) => return Ok(Some(command)),
+            },
             Some(_) => match inline(buffer, limits)? {
                 Inline::Incomplete => return Ok(None),
                 Inline::Empty => continue,
@@ -71,14 +77,25 @@ pub fn parse_command(
     }
 }
 
-fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, ProtocolError> {
+enum Multibulk {
+    Incomplete,
+    /// A count of zero or less: Redis reads on.
+    Skipped,
+    Command(Command),
+}
+
+fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Multibulk, ProtocolError> {
     // Phase one: offsets of every argument, without allocating.
     let Some((count_line, mut position)) = line(buffer, 1, limits)? else {
-        return Ok(None);
+        return Ok(Multibulk::Incomplete);
     };
-    let count = length(count_line)?;
+    let count = match count_line {
+        [b'-', digits @ ..] if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => 0,
+        _ => length(count_line).map_err(|_| ProtocolError::InvalidMultibulkLength)?,
+    };
     if count == 0 {
-        return Err(ProtocolError::NotACommand);
+        buffer.advance(position);
+        return Ok(Multibulk::Skipped);
     }
     if count > limits.max_elements as u64 {
         return Err(ProtocolError::TooManyElements {
@@ -88,14 +105,14 @@ fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, 
     }
     for _ in 0..count {
         match buffer.get(position) {
-            None => return Ok(None),
+            None => return Ok(Multibulk::Incomplete),
             Some(b'$') => {}
-            Some(_) => return Err(ProtocolError::NotACommand),
+            Some(other) => return Err(ProtocolError::ExpectedBulk(*other)),
         }
         let Some((length_line, data)) = line(buffer, position + 1, limits)? else {
-            return Ok(None);
+            return Ok(Multibulk::Incomplete);
         };
-        let size = length(length_line)?;
+        let size = length(length_line).map_err(|_| ProtocolError::InvalidBulkLength)?;
         if size > limits.max_bulk_bytes as u64 {
             return Err(ProtocolError::BulkTooLong {
                 length: size,
@@ -104,7 +121,7 @@ fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, 
         }
         let end = data + size as usize;
         if buffer.len() < end + 2 {
-            return Ok(None);
+            return Ok(Multibulk::Incomplete);
         }
         if &buffer[end..end + 2] != b"\r\n" {
             return Err(ProtocolError::BadLineEnding);
@@ -124,7 +141,7 @@ fn multibulk(buffer: &mut BytesMut, limits: &Limits) -> Result<Option<Command>, 
         args.push(cursor.split_to(size));
         cursor.advance(2);
     }
-    Ok(Some(Command { args, raw }))
+    Ok(Multibulk::Command(Command { args, raw }))
 }
 
 enum Inline {
@@ -142,20 +159,103 @@ fn inline(buffer: &mut BytesMut, limits: &Limits) -> Result<Inline, ProtocolErro
         return Ok(Inline::Incomplete);
     };
     let line = buffer.split_to(newline + 1).freeze();
-    let text = line.slice(..newline);
-    let text = text
-        .strip_suffix(b"\r")
-        .map_or(text.clone(), |trimmed| text.slice(..trimmed.len()));
-    let args: Vec<Bytes> = text
-        .split(|byte| *byte == b' ' || *byte == b'\t')
-        .filter(|word| !word.is_empty())
-        .map(|word| text.slice_ref(word))
-        .collect();
+    let text = &line[..newline];
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let args = split_arguments(text)?;
     if args.is_empty() {
         return Ok(Inline::Empty);
     }
     let raw = crate::encode::command(args.iter().map(|arg| &arg[..]));
     Ok(Inline::Command(Command { args, raw }))
+}
+
+/// Splits an inline command as Redis does (`sdssplitargs`): words apart by
+/// spaces; `"..."` with `\n`, `\r`, `\t`, `\b`, `\a`, `\xHH` and `\`
+/// before any other character; `'...'` with `\'`; a closing quote must end
+/// its word.
+///
+/// # Errors
+/// [`ProtocolError::UnbalancedQuotes`] for an unclosed quote, or a closing
+/// quote with more of the word after it.
+fn split_arguments(text: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let is_space = |byte: u8| matches!(byte, b' ' | b'\n' | b'\r' | b'\t' | 0x0b | 0x0c);
+    let ends_word = |at: usize| text.get(at).is_none_or(|byte| is_space(*byte));
+    let mut args = Vec::new();
+    let mut at = 0;
+    loop {
+        while text.get(at).is_some_and(|byte| is_space(*byte)) {
+            at += 1;
+        }
+        if at == text.len() {
+            return Ok(args);
+        }
+        let mut word = Vec::new();
+        let (mut double, mut single) = (false, false);
+        loop {
+            let Some(&byte) = text.get(at) else {
+                if double || single {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+                break;
+            };
+            if double {
+                match byte {
+                    b'\\'
+                        if text.get(at + 1) == Some(&b'x')
+                            && text.get(at + 2).is_some_and(u8::is_ascii_hexdigit)
+                            && text.get(at + 3).is_some_and(u8::is_ascii_hexdigit) =>
+                    {
+                        let hex = std::str::from_utf8(&text[at + 2..at + 4]).unwrap_or("00");
+                        word.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                        at += 3;
+                    }
+                    b'\\' if at + 1 < text.len() => {
+                        at += 1;
+                        word.push(match text[at] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    b'"' => {
+                        if !ends_word(at + 1) {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        }
+                        at += 1;
+                        break;
+                    }
+                    other => word.push(other),
+                }
+            } else if single {
+                match byte {
+                    b'\\' if text.get(at + 1) == Some(&b'\'') => {
+                        word.push(b'\'');
+                        at += 1;
+                    }
+                    b'\'' => {
+                        if !ends_word(at + 1) {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        }
+                        at += 1;
+                        break;
+                    }
+                    other => word.push(other),
+                }
+            } else {
+                match byte {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => double = true,
+                    b'\'' => single = true,
+                    other => word.push(other),
+                }
+            }
+            at += 1;
+        }
+        args.push(Bytes::from(word));
+    }
 }
 
 #[cfg(test)]
@@ -214,14 +314,72 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_a_command_is_refused() {
-        assert_eq!(parse(b"*0\r\n").0, Err(ProtocolError::NotACommand));
-        assert_eq!(parse(b"*1\r\n:1\r\n").0, Err(ProtocolError::NotACommand));
+    fn inline_commands_follow_redis_quoting() {
+        let args = |input: &[u8]| parse(input).0.map(|command| command.unwrap().args);
+        assert_eq!(
+            args(b"set \"sp ace\" v\r\n"),
+            Ok(vec![
+                Bytes::from("set"),
+                Bytes::from("sp ace"),
+                Bytes::from("v")
+            ])
+        );
+        assert_eq!(
+            args(b"get \"a\\x41b\\n\" 'it\\'s'\r\n"),
+            Ok(vec![
+                Bytes::from("get"),
+                Bytes::from("aAb\n"),
+                Bytes::from("it's")
+            ])
+        );
+        assert_eq!(args(b"get ab\"cd\"\r\n").unwrap()[1], Bytes::from("abcd"));
+        for unbalanced in [
+            &b"set \"\"\"test-key\"\"\" test-value\r\n"[..],
+            b"set \"open v\r\n",
+            b"set 'a'b v\r\n",
+        ] {
+            assert_eq!(
+                args(unbalanced),
+                Err(ProtocolError::UnbalancedQuotes),
+                "{}",
+                String::from_utf8_lossy(unbalanced)
+            );
+        }
+        assert_eq!(
+            ProtocolError::UnbalancedQuotes.to_string(),
+            "unbalanced quotes in request"
+        );
+    }
+
+    #[test]
+    fn empty_and_negative_multibulk_counts_are_skipped_as_redis_does() {
+        let (result, left) = parse(b"*0\r\n*-10\r\n*1\r\n$4\r\nPING\r\n");
+        assert!(result.unwrap().unwrap().is("PING"));
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn what_is_not_a_command_is_refused_in_redis_words() {
+        assert_eq!(
+            parse(b"*x\r\n").0,
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            parse(b"*1\r\n:1\r\n").0,
+            Err(ProtocolError::ExpectedBulk(b':'))
+        );
+        assert_eq!(
+            ProtocolError::ExpectedBulk(b'f').to_string(),
+            "expected '$', got 'f'"
+        );
         assert_eq!(
             parse(b"*1\r\n$3\r\nGETX\r\n").0,
             Err(ProtocolError::BadLineEnding)
         );
-        assert_eq!(parse(b"*1\r\n$-1\r\n").0, Err(ProtocolError::InvalidLength));
+        assert_eq!(
+            parse(b"*1\r\n$-1\r\n").0,
+            Err(ProtocolError::InvalidBulkLength)
+        );
         let huge = format!("*1\r\n${}\r\n", 600 * 1024 * 1024);
         assert!(matches!(
             parse(huge.as_bytes()).0,

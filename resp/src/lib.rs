@@ -71,4 +71,13 @@ pub enum ProtocolError {
     Streamed,
     #[error("a command must be an array of bulk strings")]
     NotACommand,
+    // A command's errors, in Redis' own words: clients and tests match on them.
+    #[error("invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("invalid bulk length")]
+    InvalidBulkLength,
+    #[error("expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    #[error("unbalanced quotes in request")]
+    UnbalancedQuotes,
 }
