@@ -35,7 +35,7 @@ async fn ambassador(upstream: SocketAddr, shared_connections: usize) -> Attache 
 
 /// Reads `count` whole RESP frames.
 async fn frames(stream: &mut TcpStream, count: usize, buffer: &mut Vec<u8>) -> Vec<Vec<u8>> {
-    let limits = attache_resp::Limits::default();
+    let limits = attache_resp::Limits::for_replies();
     let mut frames = Vec::new();
     loop {
         while frames.len() < count
@@ -283,4 +283,32 @@ async fn inline_quoting_empty_counts_and_protocol_errors_are_as_on_redis() {
             String::from_utf8_lossy(&input)
         );
     }
+}
+
+#[tokio::test]
+async fn deep_replies_from_scripts_pass_and_fail_no_one() {
+    let redis: SocketAddr = "127.0.0.1:6379".parse().unwrap();
+    let attache = ambassador(redis, 1).await;
+    let script = "local t = {1} for i = 1, 200 do t = {t} end return t";
+    let input = command(&["EVAL", script, "0"]);
+    let direct = answers(redis, &input, Some(1)).await;
+    assert!(direct.starts_with(b"*1\r\n*1\r\n"), "Redis nests it");
+    // Another client's command shares the one shared connection.
+    let mut bystander = TcpStream::connect(attache.listener("redis")).await.unwrap();
+    let mut buffer = Vec::new();
+    bystander.write_all(&command(&["PING"])).await.unwrap();
+    assert_eq!(
+        frames(&mut bystander, 1, &mut buffer).await[0],
+        b"+PONG\r\n"
+    );
+    let through = answers(attache.listener("redis"), &input, Some(1)).await;
+    assert_eq!(
+        String::from_utf8_lossy(&through),
+        String::from_utf8_lossy(&direct)
+    );
+    bystander.write_all(&command(&["PING"])).await.unwrap();
+    assert_eq!(
+        frames(&mut bystander, 1, &mut buffer).await[0],
+        b"+PONG\r\n"
+    );
 }

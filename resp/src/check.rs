@@ -1,12 +1,16 @@
 //! The first phase of a parse: does the buffer start with a whole frame,
-//! and how many bytes is it? No allocation and no recursion: nesting is
-//! tracked with one counter per level in a fixed array, so deep or long
-//! hostile input is refused by the limits, never by the stack.
+//! and how many bytes is it? No recursion, and no allocation for the first
+//! 64 levels of nesting: one counter per level in a fixed array, deeper
+//! levels (a script's deep reply) in a vector, so deep or long hostile
+//! input is refused by the limits, never by the stack.
 //!
 //! An attribute (`|`, RESP3) is counted with the frame it describes: the
 //! pair list and the following frame make one [`Frame`].
 
-use crate::{Limits, MAX_DEPTH_CAP, ProtocolError};
+use crate::{Limits, ProtocolError};
+
+/// Levels kept on the stack.
+const INLINE_LEVELS: usize = 64;
 
 /// A whole frame at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,8 +35,8 @@ enum Element {
 /// [`ProtocolError`] when the bytes seen so far cannot start a valid frame
 /// within `limits`; `Ok(None)` only when more bytes could complete it.
 pub fn check(buffer: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolError> {
-    let max_depth = limits.max_depth.min(MAX_DEPTH_CAP);
-    let mut remaining = [0usize; MAX_DEPTH_CAP];
+    let max_depth = limits.max_depth;
+    let mut remaining = Levels::default();
     let mut depth = 0;
     let mut position = 0;
     let push = buffer.first() == Some(&b'>');
@@ -46,7 +50,7 @@ pub fn check(buffer: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolEr
                 if depth == max_depth {
                     return Err(ProtocolError::TooDeep(max_depth));
                 }
-                remaining[depth] = children;
+                remaining.set(depth, children);
                 depth += 1;
             }
             Element::Done => {
@@ -58,14 +62,51 @@ pub fn check(buffer: &[u8], limits: &Limits) -> Result<Option<Frame>, ProtocolEr
                             push,
                         }));
                     }
-                    remaining[depth - 1] -= 1;
-                    if remaining[depth - 1] > 0 {
+                    if remaining.count_down(depth - 1) > 0 {
                         break;
                     }
                     depth -= 1;
                 }
             }
         }
+    }
+}
+
+/// Children still to come per open aggregate.
+struct Levels {
+    inline: [usize; INLINE_LEVELS],
+    deeper: Vec<usize>,
+}
+
+impl Default for Levels {
+    fn default() -> Self {
+        Self {
+            inline: [0; INLINE_LEVELS],
+            deeper: Vec::new(),
+        }
+    }
+}
+
+impl Levels {
+    fn set(&mut self, level: usize, children: usize) {
+        match self.inline.get_mut(level) {
+            Some(slot) => *slot = children,
+            None => {
+                let index = level - INLINE_LEVELS;
+                self.deeper.truncate(index);
+                self.deeper.push(children);
+            }
+        }
+    }
+
+    /// One child of `level` done; the children still to come.
+    fn count_down(&mut self, level: usize) -> usize {
+        let slot = match self.inline.get_mut(level) {
+            Some(slot) => slot,
+            None => &mut self.deeper[level - INLINE_LEVELS],
+        };
+        *slot -= 1;
+        *slot
     }
 }
 
@@ -204,6 +245,29 @@ fn double(line: &[u8]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_may_nest_far_deeper_than_commands() {
+        let depth = 5_000;
+        let mut reply = "*1\r\n".repeat(depth).into_bytes();
+        reply.extend_from_slice(b":1\r\n");
+        assert_eq!(
+            check(&reply, &Limits::default()),
+            Err(ProtocolError::TooDeep(32))
+        );
+        let frame = check(&reply, &Limits::for_replies()).unwrap().unwrap();
+        assert_eq!(frame.length, reply.len());
+        // Siblings after a deep branch are still counted right.
+        let mut wide = b"*2\r\n".to_vec();
+        wide.extend_from_slice(&reply);
+        wide.extend_from_slice(b"+after\r\n");
+        let frame = check(&wide, &Limits::for_replies()).unwrap().unwrap();
+        assert_eq!(frame.length, wide.len());
+        assert_eq!(
+            check(&wide[..wide.len() - 3], &Limits::for_replies()),
+            Ok(None)
+        );
+    }
 
     fn checked(input: &[u8]) -> Result<Option<Frame>, ProtocolError> {
         check(input, &Limits::default())

@@ -24,7 +24,8 @@ pub use command::{Command, parse_command};
 pub struct Limits {
     /// Largest bulk string (Redis' `proto-max-bulk-len` default: 512 MiB).
     pub max_bulk_bytes: usize,
-    /// Deepest nesting of aggregates.
+    /// Deepest nesting of aggregates (the checker keeps the first 64 levels
+    /// on the stack, deeper ones in a vector).
     pub max_depth: usize,
     /// Most elements in one aggregate (Redis allows 1024 * 1024 * 1024 for
     /// commands, far more than a sidecar should hold).
@@ -33,9 +34,20 @@ pub struct Limits {
     pub max_line_bytes: usize,
 }
 
-/// The deepest nesting [`Limits::max_depth`] may allow: the checker keeps one
-/// counter per level on the stack.
-pub const MAX_DEPTH_CAP: usize = 64;
+impl Limits {
+    /// Bounds for what Redis answers: replies are not hostile input, so they
+    /// may nest as deep as a script's table (Redis itself stops Lua at a few
+    /// thousand levels) and hold as many elements as a list has; only memory
+    /// bounds them. A bound still stops a server that sends garbage.
+    #[must_use]
+    pub fn for_replies() -> Self {
+        Self {
+            max_depth: 100_000,
+            max_elements: u32::MAX as usize,
+            ..Self::default()
+        }
+    }
+}
 
 impl Default for Limits {
     fn default() -> Self {

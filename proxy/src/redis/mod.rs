@@ -145,7 +145,8 @@ impl RedisProxy {
                             self.credentials.clone(),
                             protocol,
                             database,
-                            self.limits,
+                            // Only Redis' replies are read there.
+                            Limits::for_replies(),
                             self.redis_metrics.clone(),
                         )
                     })

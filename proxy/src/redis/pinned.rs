@@ -401,6 +401,8 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
         tracing: _,
     } = lender;
     let credentials = credentials.as_ref();
+    // The client's limits bound what it sends; Redis' replies get their own.
+    let reply_limits = Limits::for_replies();
     let mut master_changes = target.changes();
     let mut pinned = match pool.get().await {
         Ok(pinned) => pinned,
@@ -559,7 +561,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                 }
                 let mut failed = false;
                 loop {
-                    let frame = match check(&replies, limits) {
+                    let frame = match check(&replies, &reply_limits) {
                         Ok(Some(frame)) => frame,
                         Ok(None) => break,
                         Err(_) => {
@@ -606,8 +608,8 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     };
     if !pinned.broken {
         // RESET also logs the connection out: log it back in.
-        pinned.broken = !reset(&mut pinned.connection, limits).await
-            || handshake::prepare(&mut pinned.connection, credentials, 2, 0, limits)
+        pinned.broken = !reset(&mut pinned.connection, &reply_limits).await
+            || handshake::prepare(&mut pinned.connection, credentials, 2, 0, &reply_limits)
                 .await
                 .is_err();
     }
