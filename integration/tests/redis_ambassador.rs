@@ -662,10 +662,7 @@ upstreams:
     };
     assert_eq!(redis_cli(&["SET", "over-tls", "both ways"]), "OK");
     assert_eq!(redis_cli(&["GET", "over-tls"]), "both ways");
-    assert_eq!(
-        redis_cli(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "over-tls"]),
-        "both ways"
-    );
+    assert_eq!(redis_cli(&["STRLEN", "over-tls"]), "9");
     let handshakes = format!(
         "attache_upstream_tls_handshakes_total{{upstream=\"redis\",endpoint=\"{}\",result=\"ok\"}}",
         server.address
@@ -675,6 +672,12 @@ upstreams:
         1.0,
         "one shared connection served all three"
     );
+    // A script runs on a (TLS) connection of its own.
+    assert_eq!(
+        redis_cli(&["EVAL", "return redis.call('GET', KEYS[1])", "1", "over-tls"]),
+        "both ways"
+    );
+    assert_eq!(attache.metric(&handshakes).await.unwrap(), 2.0);
 }
 
 /// Reads `count` whole frames from `stream`.

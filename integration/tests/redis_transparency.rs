@@ -312,3 +312,55 @@ async fn deep_replies_from_scripts_pass_and_fail_no_one() {
         b"+PONG\r\n"
     );
 }
+
+#[tokio::test]
+async fn a_long_script_blocks_no_shared_connection_and_script_kill_reaches_it() {
+    let redis = attache_integration::redis_server::RedisServer::plain_with(&[
+        "--busy-reply-threshold",
+        "50",
+    ]);
+    // One shared connection: a script on it would hold every client.
+    let attache = ambassador(redis.address, 1).await;
+    let front = attache.listener("redis");
+    let mut script = TcpStream::connect(front).await.unwrap();
+    script
+        .write_all(&command(&["EVAL", "while true do end", "0"]))
+        .await
+        .unwrap();
+    // Redis says BUSY to everyone once the script ran past the threshold.
+    let mut direct = TcpStream::connect(redis.address).await.unwrap();
+    let mut buffer = Vec::new();
+    loop {
+        direct.write_all(&command(&["PING"])).await.unwrap();
+        if frames(&mut direct, 1, &mut buffer).await[0].starts_with(b"-BUSY") {
+            break;
+        }
+    }
+    let mut other = TcpStream::connect(front).await.unwrap();
+    let mut other_buffer = Vec::new();
+    other.write_all(&command(&["PING"])).await.unwrap();
+    let busy = frames(&mut other, 1, &mut other_buffer).await.concat();
+    assert!(
+        busy.starts_with(b"-BUSY"),
+        "{}",
+        String::from_utf8_lossy(&busy)
+    );
+
+    let mut killer = TcpStream::connect(front).await.unwrap();
+    killer
+        .write_all(&command(&["SCRIPT", "KILL"]))
+        .await
+        .unwrap();
+    assert_eq!(frames(&mut killer, 1, &mut Vec::new()).await[0], b"+OK\r\n");
+    let killed = frames(&mut script, 1, &mut Vec::new()).await.concat();
+    assert!(
+        String::from_utf8_lossy(&killed).contains("Script killed"),
+        "{}",
+        String::from_utf8_lossy(&killed)
+    );
+    other.write_all(&command(&["PING"])).await.unwrap();
+    assert_eq!(
+        frames(&mut other, 1, &mut other_buffer).await[0],
+        b"+PONG\r\n"
+    );
+}

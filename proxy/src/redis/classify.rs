@@ -49,6 +49,19 @@ const BLOCKING: [&str; 11] = [
     "MONITOR",
 ];
 
+/// Scripts and functions: they hold their connection until they return,
+/// which may be long. On a connection of their own, other clients' commands
+/// are not stuck behind them; they get Redis' own `-BUSY` while a script
+/// runs too long, and `SCRIPT KILL` / `FUNCTION KILL` reach Redis at once.
+const SCRIPTS: [&str; 6] = [
+    "EVAL",
+    "EVALSHA",
+    "EVAL_RO",
+    "EVALSHA_RO",
+    "FCALL",
+    "FCALL_RO",
+];
+
 /// Commands that reset a connection: not served on shared connections.
 const CONNECTION_IDENTITY: [&str; 1] = ["RESET"];
 
@@ -160,7 +173,9 @@ pub(super) fn classify(command: &Command) -> Class {
             ),
             _ => Class::Shared,
         },
-        _ if STARTS_SESSION.contains(&name) || is_blocking(command) => Class::Pinned,
+        _ if STARTS_SESSION.contains(&name) || is_blocking(command) || SCRIPTS.contains(&name) => {
+            Class::Pinned
+        }
         _ if CONNECTION_IDENTITY.contains(&name) => Class::Refused(format!(
             "ERR attache: {name} would reset a connection other clients share; not served by attache"
         )),
@@ -204,6 +219,12 @@ mod tests {
         ));
         assert_eq!(classify(&command(&["multi"])), Class::Pinned);
         assert_eq!(classify(&command(&["blpop", "q", "0"])), Class::Pinned);
+        assert_eq!(
+            classify(&command(&["eval", "return 1", "0"])),
+            Class::Pinned
+        );
+        assert_eq!(classify(&command(&["fcall_ro", "f", "0"])), Class::Pinned);
+        assert_eq!(classify(&command(&["script", "kill"])), Class::Shared);
         assert_eq!(classify(&command(&["subscribe", "news"])), Class::Pinned);
         for unsubscribe in ["unsubscribe", "PUNSUBSCRIBE", "sunsubscribe"] {
             assert_eq!(
