@@ -139,4 +139,17 @@ impl Pki {
     pub fn ca(&self) -> String {
         self.path("ca/ca.crt")
     }
+
+    /// A config with TLS listener `front` (this PKI's server certificate,
+    /// client certificates from its CA required) forwarding to `upstream`.
+    pub fn front_door_config(&self, upstream: std::net::SocketAddr) -> String {
+        format!(
+            "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
+             \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
+             upstreams:\n  app:\n    endpoints: [\"{upstream}\"]\n",
+            self.cert("server"),
+            self.key("server"),
+            self.ca(),
+        )
+    }
 }

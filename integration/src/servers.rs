@@ -54,17 +54,25 @@ pub async fn greeter(greeting: &'static str) -> SocketAddr {
     address
 }
 
+/// Reads up to the end of a request's head; false when the client left first.
+async fn read_request_head(stream: &mut TcpStream) -> bool {
+    let mut request = Vec::new();
+    let mut chunk = [0; 1024];
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(read) => request.extend_from_slice(&chunk[..read]),
+        }
+    }
+    true
+}
+
 /// Answers every HTTP request with `200 OK` and `body`, then closes.
 pub async fn http_ok(body: &'static str) -> SocketAddr {
     let (listener, address) = listen().await;
     serve_each(listener, move |mut stream| async move {
-        let mut request = Vec::new();
-        let mut chunk = [0; 1024];
-        while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => request.extend_from_slice(&chunk[..read]),
-            }
+        if !read_request_head(&mut stream).await {
+            return;
         }
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -72,6 +80,21 @@ pub async fn http_ok(body: &'static str) -> SocketAddr {
         );
         let _ = stream.write_all(response.as_bytes()).await;
         let _ = stream.shutdown().await;
+    });
+    address
+}
+
+/// Answers every HTTP request with a `200 OK` declaring `declared` bytes
+/// of body, sends `sent` of them and stops (the connection stays open).
+pub async fn http_truncated(declared: usize, sent: usize) -> SocketAddr {
+    let (listener, address) = listen().await;
+    serve_each(listener, move |mut stream| async move {
+        if !read_request_head(&mut stream).await {
+            return;
+        }
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n");
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&vec![b'x'; sent]).await;
     });
     address
 }

@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 
-use attache_integration::Attache;
 use attache_integration::http_app::HttpApp;
+use attache_integration::{Attache, servers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An upstream `app` with a breaker that would stay open for the whole test
 /// once opened, behind a listener whose `admin.internal` route is refused.
@@ -188,33 +188,9 @@ async fn connect_is_refused_and_never_reaches_the_app() {
     assert_eq!(app.requests(), 0);
 }
 
-/// An upstream that declares `declared` bytes, sends `sent` and closes.
-async fn truncating_upstream(declared: usize, sent: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut chunk = [0; 1024];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => request.extend_from_slice(&chunk[..read]),
-                    }
-                }
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {declared}\r\n\r\n");
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&vec![b'x'; sent]).await;
-            });
-        }
-    });
-    address
-}
-
 #[tokio::test]
 async fn a_response_the_upstream_cuts_short_is_counted_as_truncated() {
-    let upstream = truncating_upstream(1 << 20, 48 << 10).await;
+    let upstream = servers::http_truncated(1 << 20, 48 << 10).await;
     let attache = proxy_for(upstream).await;
     let front = attache.listener("front");
     let mut client = TcpStream::connect(front).await.unwrap();

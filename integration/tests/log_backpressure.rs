@@ -26,6 +26,27 @@ async fn dropped(attache: &Attache, stream: &str) -> f64 {
         .expect("/metrics answers while the log reader is stuck")
 }
 
+/// `attache PROTOCOL` to `upstream`, with `stalled`'s reader stopped.
+async fn one_liner(protocol: &str, upstream: std::net::SocketAddr, stalled: Stalled) -> Attache {
+    let upstream = upstream.to_string();
+    Attache::spawn_stalled(
+        &[
+            protocol,
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &upstream,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        None,
+        &[],
+        Some(stalled),
+    )
+    .await
+    .unwrap()
+}
+
 async fn terminate_and_expect_clean_exit(mut attache: Attache) {
     attache.terminate();
     let status = attache
@@ -60,23 +81,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_access_log_reader_drops_lines_and_the_proxy_keeps_serving() {
     let app = HttpApp::start("app").await;
-    let upstream = app.address.to_string();
-    let attache = Attache::spawn_stalled(
-        &[
-            "http",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        None,
-        &[],
-        Some(Stalled::Stdout),
-    )
-    .await
-    .unwrap();
+    let attache = one_liner("http", app.address, Stalled::Stdout).await;
     let front = attache.listener("http");
     let stream = tokio::net::TcpStream::connect(front).await.unwrap();
     let (mut sender, connection) =
@@ -106,24 +111,8 @@ async fn a_stuck_access_log_reader_drops_lines_and_the_proxy_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_log_reader_drops_lines_and_the_proxy_keeps_serving() {
-    let upstream = servers::echo().await.to_string();
     // Debug logging writes a line for every connection that closes.
-    let attache = Attache::spawn_stalled(
-        &[
-            "tcp",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &upstream,
-            "--admin",
-            "127.0.0.1:0",
-        ],
-        None,
-        &[],
-        Some(Stalled::Stderr),
-    )
-    .await
-    .unwrap();
+    let attache = one_liner("tcp", servers::echo().await, Stalled::Stderr).await;
     let front = attache.listener("tcp");
     let echo_once = || async move {
         let exchange = async {

@@ -14,17 +14,9 @@ const CONNECTIONS: usize = 300;
 #[tokio::test]
 async fn failed_handshakes_are_counted_exactly_and_logged_at_a_bounded_rate() {
     let pki = Pki::new();
-    let mut door = Attache::run(&format!(
-        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
-         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
-         upstreams:\n  app:\n    endpoints: [\"{}\"]\n",
-        pki.cert("server"),
-        pki.key("server"),
-        pki.ca(),
-        servers::echo().await,
-    ))
-    .await
-    .unwrap();
+    let mut door = Attache::run(&pki.front_door_config(servers::echo().await))
+        .await
+        .unwrap();
     let front = door.listener("front");
     let started = Instant::now();
     for _ in 0..CONNECTIONS {

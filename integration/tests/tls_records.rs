@@ -23,17 +23,9 @@ use rustls::{ClientConfig, ClientConnection, ConnectionTrafficSecrets, RootCertS
 const ANSWER: Duration = Duration::from_secs(20);
 
 async fn front_door(pki: &Pki) -> Attache {
-    let upstream = servers::echo().await;
-    Attache::run(&format!(
-        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
-         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
-         upstreams:\n  app:\n    endpoints: [\"{upstream}\"]\n",
-        pki.cert("server"),
-        pki.key("server"),
-        pki.ca(),
-    ))
-    .await
-    .unwrap()
+    Attache::run(&pki.front_door_config(servers::echo().await))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
