@@ -364,3 +364,42 @@ async fn a_long_script_blocks_no_shared_connection_and_script_kill_reaches_it() 
         b"+PONG\r\n"
     );
 }
+
+#[tokio::test]
+async fn a_pinned_connection_redis_closed_while_idle_is_not_lent() {
+    let redis = attache_integration::redis_server::RedisServer::plain();
+    let attache = ambassador(redis.address, 1).await;
+    let mut client = TcpStream::connect(attache.listener("redis")).await.unwrap();
+    let mut buffer = Vec::new();
+    let transaction = [command(&["MULTI"]), command(&["PING"]), command(&["EXEC"])].concat();
+    client.write_all(&transaction).await.unwrap();
+    let replies = frames(&mut client, 3, &mut buffer).await;
+    assert_eq!(replies[2], b"*1\r\n+PONG\r\n");
+    attache
+        .wait_for_metric(
+            "attache_redis_upstream_connections{listener=\"redis\",kind=\"pinned\"}",
+            0.0,
+        )
+        .await
+        .unwrap();
+    // Redis closes every client connection: the pinned one idles in the pool.
+    let mut direct = TcpStream::connect(redis.address).await.unwrap();
+    direct
+        .write_all(&command(&[
+            "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes",
+        ]))
+        .await
+        .unwrap();
+    frames(&mut direct, 1, &mut Vec::new()).await;
+    client.write_all(&transaction).await.unwrap();
+    let replies = frames(&mut client, 3, &mut buffer).await;
+    assert_eq!(
+        replies,
+        [
+            b"+OK\r\n".to_vec(),
+            b"+QUEUED\r\n".to_vec(),
+            b"*1\r\n+PONG\r\n".to_vec()
+        ],
+        "the next transaction runs on a live connection"
+    );
+}

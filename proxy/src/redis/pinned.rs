@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::handshake::{self, Credentials};
 use super::target::Target;
+use crate::tcp::stream::Liveness;
 use crate::telemetry::metrics::{RedisMetrics, RedisResult};
 use crate::telemetry::traces;
 use crate::upstream::UpstreamConnection;
@@ -66,8 +67,16 @@ impl bb8::ManageConnection for PinnedConnector {
         })
     }
 
-    async fn is_valid(&self, _: &mut PinnedConnection) -> Result<(), PinnedError> {
-        Ok(())
+    /// An idle connection Redis closed (its `timeout`, a restart, `CLIENT
+    /// KILL`) or that holds unasked-for bytes is not lent: the pool makes
+    /// another instead of failing the client's MULTI or BLPOP.
+    async fn is_valid(&self, connection: &mut PinnedConnection) -> Result<(), PinnedError> {
+        match connection.connection.stream().liveness().await {
+            Liveness::Idle => Ok(()),
+            Liveness::Data => Err(PinnedError("unexpected data on an idle connection".into())),
+            Liveness::Closed => Err(PinnedError("closed while idle".into())),
+            Liveness::Failed(error) => Err(PinnedError(error.to_string())),
+        }
     }
 
     fn has_broken(&self, connection: &mut PinnedConnection) -> bool {
@@ -178,7 +187,7 @@ pub(super) fn pool(
         .max_size(max)
         .min_idle(None)
         .connection_timeout(wait)
-        .test_on_check_out(false)
+        .test_on_check_out(true)
         .build_unchecked(PinnedConnector {
             target,
             credentials,

@@ -203,7 +203,40 @@ macro_rules! delegate_io {
 delegate_io!(ClientStream);
 delegate_io!(UpstreamStream);
 
+/// What an idle pooled connection holds, looked at without waiting.
+pub(crate) enum Liveness {
+    /// Nothing to read: still open, as it was left.
+    Idle,
+    /// Bytes arrived while nobody asked (for TLS, read and so consumed).
+    Data,
+    /// The peer closed it.
+    Closed,
+    Failed(io::Error),
+}
+
 impl UpstreamStream {
+    /// Looks at an idle connection without waiting, before lending it.
+    /// Plain sockets are peeked; TLS streams are read, which consumes
+    /// session tickets and notices `close_notify`, and application data
+    /// (which would then be lost) makes the connection unusable.
+    pub(crate) async fn liveness(&mut self) -> Liveness {
+        let mut byte = [0u8; 1];
+        std::future::poll_fn(|context| {
+            let mut buffer = tokio::io::ReadBuf::new(&mut byte);
+            let polled = match self {
+                Self::Plain(tcp) => tcp.poll_peek(context, &mut buffer).map_ok(|_| ()),
+                Self::Tls(tls) => std::pin::Pin::new(tls.as_mut()).poll_read(context, &mut buffer),
+            };
+            Poll::Ready(match polled {
+                Poll::Pending => Liveness::Idle,
+                Poll::Ready(Ok(())) if buffer.filled().is_empty() => Liveness::Closed,
+                Poll::Ready(Ok(())) => Liveness::Data,
+                Poll::Ready(Err(error)) => Liveness::Failed(error),
+            })
+        })
+        .await
+    }
+
     /// Whether TLS origination negotiated HTTP/2 through ALPN.
     pub(crate) fn negotiated_h2(&self) -> bool {
         match self {

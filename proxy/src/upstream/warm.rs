@@ -12,17 +12,14 @@
 //! (one second at most) from refills.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::Instant;
 
 use super::connector::ConnectError;
 use super::endpoint::EndpointState;
-use crate::tcp::stream::UpstreamStream;
+use crate::tcp::stream::{Liveness, UpstreamStream};
 
 pub(super) type WarmPool = bb8::Pool<WarmConnector>;
 
@@ -71,14 +68,6 @@ pub(super) enum WarmError {
     UnexpectedData,
     #[error("socket error: {0}")]
     Io(io::Error),
-}
-
-/// What a non-blocking look at an idle connection found.
-enum Liveness {
-    Idle,
-    Data,
-    Closed,
-    Failed(io::Error),
 }
 
 impl WarmConnector {
@@ -154,7 +143,7 @@ impl bb8::ManageConnection for WarmConnector {
         if !same_tls {
             return Err(WarmError::StaleTls);
         }
-        match look(&mut connection.stream).await {
+        match connection.stream.liveness().await {
             Liveness::Idle => Ok(()),
             // A server-first protocol (MariaDB's greeting) has spoken on a
             // plain connection: the bytes stay in the socket for the client.
@@ -192,28 +181,6 @@ async fn take_session_tickets(
         Ok(Ok(_)) => Err(WarmError::UnexpectedData),
         Ok(Err(error)) => Err(WarmError::Io(error)),
     }
-}
-
-/// Looks at an idle connection without waiting. Plain sockets are peeked;
-/// TLS streams are read, which consumes session tickets and notices
-/// `close_notify`, and application data (which would then be lost) makes
-/// the connection unusable.
-async fn look(stream: &mut UpstreamStream) -> Liveness {
-    let mut byte = [0u8; 1];
-    std::future::poll_fn(|context| {
-        let mut buffer = ReadBuf::new(&mut byte);
-        let polled = match stream {
-            UpstreamStream::Plain(tcp) => tcp.poll_peek(context, &mut buffer).map_ok(|_| ()),
-            UpstreamStream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(context, &mut buffer),
-        };
-        Poll::Ready(match polled {
-            Poll::Pending => Liveness::Idle,
-            Poll::Ready(Ok(())) if buffer.filled().is_empty() => Liveness::Closed,
-            Poll::Ready(Ok(())) => Liveness::Data,
-            Poll::Ready(Err(error)) => Liveness::Failed(error),
-        })
-    })
-    .await
 }
 
 /// Logs refill failures and discarded connections, one debug line each:
