@@ -1,6 +1,9 @@
-//! Listening sockets: bind, accept, enforce `max_connections`, follow the
-//! drain phase, and hand each accepted connection to its protocol handler
-//! in a task of its own. A connection's failure never stops the listener.
+//! Listening sockets and the pipeline every protocol shares: bind, accept,
+//! enforce `max_connections`, follow the drain phase, terminate TLS when
+//! the listener has it (handshake timeout, metrics, failure logs), then hand
+//! the connection and its [`ConnectionContext`] to the protocol handler, in
+//! a task of its own. No protocol terminates TLS itself. A connection's
+//! failure never stops the listener.
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,9 +17,12 @@ use tokio::sync::Semaphore;
 use crate::http::{self, HttpProxy};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::redis::{self, RedisProxy};
+use crate::reload::SharedServerConfig;
+use crate::tcp::stream::ClientStream;
 use crate::tcp::{self, TcpRoute};
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::ListenerMetrics;
+use crate::tls;
 
 /// Pending connections the kernel queues before `accept`.
 const ACCEPT_BACKLOG: i32 = 1024;
@@ -34,6 +40,7 @@ pub(crate) struct Listener {
 }
 
 /// The protocol handler a listener's connections go to.
+#[derive(Clone)]
 pub(crate) enum Handler {
     Tcp(Arc<TcpRoute>),
     Http(Arc<HttpProxy>),
@@ -56,6 +63,35 @@ impl Handler {
             Self::Redis(proxy) => &proxy.metrics,
         }
     }
+
+    fn tls(&self) -> Option<&SharedServerConfig> {
+        match self {
+            Self::Tcp(route) => route.tls.as_ref(),
+            Self::Http(proxy) => proxy.tls.as_ref(),
+            Self::Redis(proxy) => proxy.tls.as_ref(),
+        }
+    }
+
+    /// Serves one connection, TLS already terminated, to its end.
+    async fn serve(&self, client: ClientStream, context: ConnectionContext) {
+        match self {
+            Self::Tcp(route) => tcp::serve(client, context, route.clone()).await,
+            Self::Http(proxy) => http::serve(client, context, proxy.clone()).await,
+            Self::Redis(proxy) => redis::serve(client, context, proxy.clone()).await,
+        }
+    }
+}
+
+/// What a protocol handler knows about an accepted connection besides its
+/// stream (whose TLS session, when there is one, holds the verified peer
+/// identity).
+pub(crate) struct ConnectionContext {
+    /// The client's address.
+    pub(crate) client_address: SocketAddr,
+    /// When the connection was accepted, before any TLS handshake.
+    pub(crate) accepted: tokio::time::Instant,
+    pub(crate) accepted_at: std::time::SystemTime,
+    pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 /// The listen address could not be bound.
@@ -165,32 +201,23 @@ impl Listener {
         let metrics = self.handler.metrics();
         metrics.opened.inc();
         metrics.active.inc();
-        match &self.handler {
-            Handler::Tcp(route) => {
-                let route = route.clone();
-                tokio::spawn(async move {
-                    tcp::serve(stream, peer, route.clone()).await;
-                    route.metrics.active.dec();
-                    drop((permit, tracked));
-                });
+        let context = ConnectionContext {
+            client_address: peer,
+            accepted: tokio::time::Instant::now(),
+            accepted_at: std::time::SystemTime::now(),
+            lifecycle: lifecycle.clone(),
+        };
+        let handler = self.handler.clone();
+        tokio::spawn(async move {
+            let metrics = handler.metrics();
+            if let Some(client) =
+                tls::terminate(handler.tls(), stream, peer, handler.name(), metrics).await
+            {
+                handler.serve(client, context).await;
             }
-            Handler::Http(proxy) => {
-                let (proxy, lifecycle) = (proxy.clone(), lifecycle.clone());
-                tokio::spawn(async move {
-                    http::serve(stream, peer, proxy.clone(), lifecycle).await;
-                    proxy.metrics.active.dec();
-                    drop((permit, tracked));
-                });
-            }
-            Handler::Redis(proxy) => {
-                let proxy = proxy.clone();
-                tokio::spawn(async move {
-                    redis::serve(stream, peer, proxy.clone()).await;
-                    proxy.metrics.active.dec();
-                    drop((permit, tracked));
-                });
-            }
-        }
+            metrics.active.dec();
+            drop((permit, tracked));
+        });
     }
 }
 

@@ -31,13 +31,12 @@ use std::sync::Arc;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 
 use crate::activity::{Activity, Watched};
-use crate::lifecycle::{Lifecycle, Phase};
+use crate::lifecycle::Phase;
+use crate::listener::ConnectionContext;
 use crate::tcp::stream::ClientStream;
 use crate::telemetry::metrics::CloseResult;
-use crate::tls;
 pub(crate) use proxy::{HttpProxy, HttpUpstream};
 
 /// What the handler knows about the connection a request came on.
@@ -53,28 +52,21 @@ pub(crate) struct ClientConnection {
     identity: Option<String>,
 }
 
-/// Serves one accepted connection: TLS when the listener has it, then
-/// HTTP/1.1 or HTTP/2 until the client leaves; when the drain starts,
-/// keep-alive connections are closed gracefully (HTTP/1: after the request
-/// in flight; HTTP/2: GOAWAY).
+/// Serves one accepted connection (TLS, when the listener has it, is
+/// already done): HTTP/1.1 or HTTP/2 until the client leaves; when the
+/// drain starts, keep-alive connections are closed gracefully (HTTP/1:
+/// after the request in flight; HTTP/2: GOAWAY).
 pub(crate) async fn serve(
-    stream: TcpStream,
-    address: SocketAddr,
+    mut stream: ClientStream,
+    context: ConnectionContext,
     proxy: Arc<HttpProxy>,
-    lifecycle: Arc<Lifecycle>,
 ) {
     let metrics = &proxy.metrics;
-    let Some(mut stream) = tls::terminate(
-        proxy.tls.as_ref(),
-        stream,
-        address,
-        &proxy.listener,
-        metrics,
-    )
-    .await
-    else {
-        return;
-    };
+    let ConnectionContext {
+        client_address: address,
+        lifecycle,
+        ..
+    } = context;
     // hyper's header timer covers a request once its bytes start (and idle
     // keep-alive connections), not a connection that never sends a byte
     // while the protocol is being detected: that one is bounded here.
@@ -101,7 +93,7 @@ pub(crate) async fn serve(
     let connection = Arc::new(ClientConnection {
         address,
         ip,
-        tls: proxy.tls.is_some(),
+        tls: matches!(stream, ClientStream::Tls(_)),
         activity: activity.clone(),
         identity,
     });

@@ -22,21 +22,20 @@ mod shared;
 mod target;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attache_resp::{Limits, encode, parse_command};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::listener::ConnectionContext;
 use crate::reload::SharedServerConfig;
+use crate::tcp::stream::ClientStream;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
-use crate::tls;
 use classify::Class;
 use handshake::Credentials;
 use replies::Replies;
@@ -193,19 +192,13 @@ impl RedisProxy {
 }
 
 /// Serves one client connection until it closes or sends garbage.
-pub(crate) async fn serve(stream: TcpStream, address: SocketAddr, proxy: Arc<RedisProxy>) {
+pub(crate) async fn serve(
+    mut client: ClientStream,
+    context: ConnectionContext,
+    proxy: Arc<RedisProxy>,
+) {
     let metrics = &proxy.metrics;
-    let Some(mut client) = tls::terminate(
-        proxy.tls.as_ref(),
-        stream,
-        address,
-        &proxy.listener,
-        metrics,
-    )
-    .await
-    else {
-        return;
-    };
+    let address = context.client_address;
     // Counted in the multiplexing ratio while connected.
     proxy.redis_metrics.client(1);
     let _counted = ClientCounted(&proxy.redis_metrics);

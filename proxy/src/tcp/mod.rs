@@ -14,14 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
-use tokio::net::TcpStream;
-use tokio::time::Instant;
 
+use crate::listener::ConnectionContext;
 use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::telemetry::traces::{self, ConnectionSpan};
-use crate::tls;
 use crate::upstream::Upstream;
 use opentelemetry_sdk::trace::Tracer;
 use stream::{ClientStream, UpstreamStream};
@@ -78,27 +76,19 @@ pub(crate) struct TcpRoute {
     pub(crate) tracer: Option<Tracer>,
 }
 
-/// Serves one accepted client connection to its end: TLS first when the
-/// listener has it (no upstream connection for a client that fails it),
-/// then the upstream, then the relay.
+/// Serves one accepted client connection to its end (TLS, when the
+/// listener has it, is already done): the upstream, then the relay.
 pub(crate) async fn serve(
-    client: TcpStream,
-    client_address: std::net::SocketAddr,
+    mut client: ClientStream,
+    context: ConnectionContext,
     route: Arc<TcpRoute>,
 ) {
-    let started = Instant::now();
-    let started_at = std::time::SystemTime::now();
-    let Some(mut client) = tls::terminate(
-        route.tls.as_ref(),
-        client,
+    let ConnectionContext {
         client_address,
-        &route.listener,
-        &route.metrics,
-    )
-    .await
-    else {
-        return;
-    };
+        accepted: started,
+        accepted_at: started_at,
+        ..
+    } = context;
     // Boxed: the connect state (resolution, timer, TLS) is freed once
     // connected instead of sizing every long-lived connection's task.
     let mut upstream = match Box::pin(route.upstream.connect()).await {
