@@ -10,16 +10,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::http::{self, HttpProxy};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::redis::{self, RedisProxy};
+use crate::net;
+use crate::net::ClientStream;
 use crate::reload::SharedServerConfig;
-use crate::tcp::stream::ClientStream;
-use crate::tcp::{self, TcpRoute};
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::tls;
@@ -36,50 +35,25 @@ pub(crate) struct Listener {
     local_address: SocketAddr,
     max_connections: usize,
     keep_accepting_while_draining: bool,
-    handler: Handler,
+    handler: Arc<dyn Protocol>,
 }
 
-/// The protocol handler a listener's connections go to.
-#[derive(Clone)]
-pub(crate) enum Handler {
-    Tcp(Arc<TcpRoute>),
-    Http(Arc<HttpProxy>),
-    Redis(Arc<RedisProxy>),
-}
-
-impl Handler {
-    fn name(&self) -> &str {
-        match self {
-            Self::Tcp(route) => &route.listener,
-            Self::Http(proxy) => &proxy.listener,
-            Self::Redis(proxy) => &proxy.listener,
-        }
-    }
-
-    fn metrics(&self) -> &ListenerMetrics {
-        match self {
-            Self::Tcp(route) => &route.metrics,
-            Self::Http(proxy) => &proxy.metrics,
-            Self::Redis(proxy) => &proxy.metrics,
-        }
-    }
-
-    fn tls(&self) -> Option<&SharedServerConfig> {
-        match self {
-            Self::Tcp(route) => route.tls.as_ref(),
-            Self::Http(proxy) => proxy.tls.as_ref(),
-            Self::Redis(proxy) => proxy.tls.as_ref(),
-        }
-    }
-
+/// A protocol a listener hands its connections to (`tcp`, `http`, `redis`;
+/// `postgres` and `mysql` next). The listener owns everything before the
+/// protocol: accepting, limits, the drain, TLS.
+pub(crate) trait Protocol: Send + Sync + 'static {
+    /// The listener's name, for logs.
+    fn listener_name(&self) -> &str;
+    /// The listener's metric handles.
+    fn metrics(&self) -> &ListenerMetrics;
+    /// The listener's TLS configuration, when it terminates TLS.
+    fn tls(&self) -> Option<&SharedServerConfig>;
     /// Serves one connection, TLS already terminated, to its end.
-    async fn serve(&self, client: ClientStream, context: ConnectionContext) {
-        match self {
-            Self::Tcp(route) => tcp::serve(client, context, route.clone()).await,
-            Self::Http(proxy) => http::serve(client, context, proxy.clone()).await,
-            Self::Redis(proxy) => redis::serve(client, context, proxy.clone()).await,
-        }
-    }
+    fn serve(
+        self: Arc<Self>,
+        client: ClientStream,
+        context: ConnectionContext,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// What a protocol handler knows about an accepted connection besides its
@@ -111,7 +85,7 @@ impl Listener {
     /// [`BindError`] when the address is taken or not available.
     pub(crate) fn bind(
         config: &attache_config::Listener,
-        handler: Handler,
+        handler: Arc<dyn Protocol>,
     ) -> Result<Self, BindError> {
         let bind_error = |source| BindError {
             name: config.name.clone(),
@@ -139,7 +113,7 @@ impl Listener {
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let mut phase = lifecycle.watch_phase();
         let mut backoff = ACCEPT_BACKOFF_FIRST;
-        let name = self.handler.name();
+        let name = self.handler.listener_name();
         let metrics = self.handler.metrics();
         loop {
             let accepted = tokio::select! {
@@ -158,7 +132,7 @@ impl Listener {
                     accepted
                 }
                 Err(error) => {
-                    let reason = if tcp::out_of_local_resources(&error) {
+                    let reason = if net::out_of_local_resources(&error) {
                         metrics.refused_local_resources.inc();
                         "local_resources"
                     } else {
@@ -210,10 +184,16 @@ impl Listener {
         let handler = self.handler.clone();
         tokio::spawn(async move {
             let metrics = handler.metrics();
-            if let Some(client) =
-                tls::terminate(handler.tls(), stream, peer, handler.name(), metrics).await
+            if let Some(client) = tls::terminate(
+                handler.tls(),
+                stream,
+                peer,
+                handler.listener_name(),
+                metrics,
+            )
+            .await
             {
-                handler.serve(client, context).await;
+                handler.clone().serve(client, context).await;
             }
             metrics.active.dec();
             drop((permit, tracked));
@@ -228,7 +208,7 @@ fn bind_socket(address: SocketAddr) -> io::Result<Socket> {
     }
     socket.set_reuse_address(true)?;
     // Accepted sockets inherit TCP_NODELAY and keepalive from here.
-    tcp::tune(socket2::SockRef::from(&socket));
+    net::tune(socket2::SockRef::from(&socket));
     socket.set_nonblocking(true)?;
     socket.bind(&address.into())?;
     socket.listen(ACCEPT_BACKLOG)?;

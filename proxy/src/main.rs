@@ -6,8 +6,10 @@
 //! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
 //! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind and accept; `tcp`: L4 forwarding; `activity`: the idle
-//!   timeout of connections that hyper drives.
+//! - `listener`: bind, accept, TLS termination, hand-off to a protocol;
+//!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `activity`:
+//!   the idle timeout of connections that hyper drives.
+//! - `net`: stream types and socket options every room uses.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
 //!   `resilience`: backoff, retry budget, breaker, concurrency limit.
 //! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
@@ -20,6 +22,7 @@ mod http;
 mod inject;
 mod lifecycle;
 mod listener;
+mod net;
 mod redis;
 mod reload;
 mod resilience;

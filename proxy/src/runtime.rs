@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminState};
 use crate::http::{HttpProxy, HttpUpstream};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::listener::{Handler, Listener};
+use crate::listener::{Listener, Protocol};
 use crate::redis::{RedisProxy, SentinelMaster, Target};
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
@@ -63,7 +63,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let material = Arc::new(TlsMaterial::load(&config, &metrics)?);
     tokio::spawn(material.clone().watch());
     let upstreams = build_upstreams(&config, &material, &metrics)?;
-    metrics.watch_upstreams(upstreams.clone());
+    metrics.collect_at_scrape(Box::new(crate::upstream::status::UpstreamStates {
+        upstreams: upstreams.clone(),
+    }));
     let _ = upstreams_view.set(upstreams.clone());
     let listeners = bind_listeners(&config, &upstreams, &material, &metrics, tracer.as_ref())?;
     // Health checks start and warm pools fill (bounded by the connect
@@ -256,7 +258,7 @@ fn bind_listeners(
                             metrics,
                             tracer.cloned(),
                         );
-                        (Handler::Redis(Arc::new(proxy)), "redis")
+                        (Arc::new(proxy) as Arc<dyn Protocol>, "redis")
                     }
                     (Some(http), None) => {
                         let proxy = HttpProxy::new(
@@ -267,7 +269,7 @@ fn bind_listeners(
                             metrics,
                             tracer.cloned(),
                         );
-                        (Handler::Http(Arc::new(proxy)), "http")
+                        (Arc::new(proxy) as Arc<dyn Protocol>, "http")
                     }
                     (None, None) => {
                         let name = listener.upstream.as_deref().with_context(|| {
@@ -281,7 +283,7 @@ fn bind_listeners(
                             tls,
                             tracer: tracer.cloned(),
                         };
-                        (Handler::Tcp(Arc::new(route)), "tcp")
+                        (Arc::new(route) as Arc<dyn Protocol>, "tcp")
                     }
                 };
             let bound = Listener::bind(listener, handler)?;

@@ -12,8 +12,8 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::net::ClientStream;
 use crate::reload::SharedServerConfig;
-use crate::tcp::stream::ClientStream;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, HandshakeResult, ListenerMetrics};
 

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::body::RequestBody;
-use crate::tcp::stream::UpstreamStream;
+use crate::net::UpstreamStream;
 use crate::telemetry::traces::{self, RequestContext};
 use crate::upstream::connector::ConnectError;
 use crate::upstream::{EndpointState, Upstream};

@@ -35,7 +35,7 @@ use hyper_util::server::conn::auto;
 use crate::activity::{Activity, Watched};
 use crate::lifecycle::Phase;
 use crate::listener::ConnectionContext;
-use crate::tcp::stream::ClientStream;
+use crate::net::ClientStream;
 use crate::telemetry::metrics::CloseResult;
 pub(crate) use proxy::{HttpProxy, HttpUpstream};
 
@@ -165,4 +165,26 @@ async fn first_bytes(stream: &mut ClientStream) -> std::io::Result<()> {
         }
     };
     socket.peek(&mut [0; 1]).await.map(drop)
+}
+
+impl crate::listener::Protocol for HttpProxy {
+    fn listener_name(&self) -> &str {
+        &self.listener
+    }
+
+    fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
+        &self.metrics
+    }
+
+    fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
+        self.tls.as_ref()
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        client: crate::net::ClientStream,
+        context: ConnectionContext,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(serve(client, context, self))
+    }
 }

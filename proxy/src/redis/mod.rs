@@ -32,8 +32,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::listener::ConnectionContext;
+use crate::net::ClientStream;
 use crate::reload::SharedServerConfig;
-use crate::tcp::stream::ClientStream;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
 use classify::Class;
@@ -536,4 +536,26 @@ async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Bat
     // A closed task drops the batch and its senders: each reply then
     // becomes an error in `awaited`.
     connection.send(batch).await;
+}
+
+impl crate::listener::Protocol for RedisProxy {
+    fn listener_name(&self) -> &str {
+        &self.listener
+    }
+
+    fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
+        &self.metrics
+    }
+
+    fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
+        self.tls.as_ref()
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        client: crate::net::ClientStream,
+        context: ConnectionContext,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(serve(client, context, self))
+    }
 }

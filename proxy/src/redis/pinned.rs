@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::handshake::{self, Credentials};
 use super::target::Target;
-use crate::tcp::stream::Liveness;
+use crate::net::Liveness;
 use crate::telemetry::metrics::{RedisMetrics, RedisResult};
 use crate::telemetry::traces;
 use crate::upstream::UpstreamConnection;

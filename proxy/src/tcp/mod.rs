@@ -1,68 +1,22 @@
-//! L4 forwarding: terminate TLS when the listener has it, connect the client
-//! to its upstream, then relay bytes both ways with half-close, an idle
-//! timeout and byte counters. Also owns the socket options both legs get
-//! (TCP_NODELAY, keepalive).
+//! L4 forwarding: connect the client to its upstream, then relay bytes both
+//! ways with half-close, an idle timeout and byte counters.
 //!
 //! # Layout
 //! - `relay`: the two-direction copy loop; an idle connection holds no buffer.
-//! - `stream`: the plain and TLS streams the relay runs over.
 
 mod relay;
-pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
-
 use crate::listener::ConnectionContext;
+use crate::net::{ClientStream, UpstreamStream};
 use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::telemetry::traces::{self, ConnectionSpan};
 use crate::upstream::Upstream;
 use opentelemetry_sdk::trace::Tracer;
-use stream::{ClientStream, UpstreamStream};
-
-/// Keepalive probes start after this much silence; dead peers are noticed
-/// within about a minute more, long before the idle timeout.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-const KEEPALIVE_RETRIES: u32 = 4;
-
-/// Sets TCP_NODELAY and keepalive on an upstream socket, or on a listening
-/// socket (Linux copies both to every socket it accepts, sparing five system
-/// calls per connection). Failures are logged and otherwise ignored: the
-/// connection still works without them.
-pub(crate) fn tune(socket: SockRef<'_>) {
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_RETRIES);
-    if let Err(error) = socket
-        .set_tcp_nodelay(true)
-        .and_then(|()| socket.set_tcp_keepalive(&keepalive))
-    {
-        tracing::debug!(%error, "cannot set TCP_NODELAY or keepalive");
-    }
-}
-
-/// Whether `error` says this process or host ran out of something (file
-/// descriptors, socket buffers, memory, local ports): our fault, never the
-/// peer's, so it must not count against an upstream endpoint.
-pub(crate) fn out_of_local_resources(error: &std::io::Error) -> bool {
-    use nix::errno::Errno;
-    error.raw_os_error().is_some_and(|code| {
-        [
-            Errno::EMFILE,
-            Errno::ENFILE,
-            Errno::ENOBUFS,
-            Errno::ENOMEM,
-            Errno::EADDRNOTAVAIL,
-        ]
-        .contains(&Errno::from_raw(code))
-    })
-}
 
 /// What a listener's connections share.
 pub(crate) struct TcpRoute {
@@ -198,4 +152,26 @@ fn record_span(
             started,
         },
     );
+}
+
+impl crate::listener::Protocol for TcpRoute {
+    fn listener_name(&self) -> &str {
+        &self.listener
+    }
+
+    fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
+        &self.metrics
+    }
+
+    fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
+        self.tls.as_ref()
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        client: crate::net::ClientStream,
+        context: ConnectionContext,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(serve(client, context, self))
+    }
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
-use super::stream::Stream;
+use crate::net::Stream;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 
 /// Largest chunk read from one side before it is written to the other.

@@ -81,7 +81,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
@@ -89,8 +88,6 @@ use prometheus_client::registry::{Registry, Unit};
 use super::log_limit::LogLimit;
 use super::output::Stream;
 use crate::resilience::breaker::State as BreakerState;
-use crate::upstream::status::UpstreamStatus;
-use crate::upstream::{Health, Upstream};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
@@ -116,9 +113,9 @@ struct BytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointLabels {
-    upstream: String,
-    endpoint: String,
+pub(crate) struct EndpointLabels {
+    pub(crate) upstream: String,
+    pub(crate) endpoint: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,8 +126,8 @@ struct FailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    upstream: String,
+pub(crate) struct UpstreamLabels {
+    pub(crate) upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,10 +137,10 @@ struct UpstreamReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointStateLabels {
-    upstream: String,
-    endpoint: String,
-    state: &'static str,
+pub(crate) struct EndpointStateLabels {
+    pub(crate) upstream: String,
+    pub(crate) endpoint: String,
+    pub(crate) state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,10 +151,10 @@ struct EndpointResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndpointReasonLabels {
-    upstream: String,
-    endpoint: String,
-    reason: &'static str,
+pub(crate) struct EndpointReasonLabels {
+    pub(crate) upstream: String,
+    pub(crate) endpoint: String,
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -312,7 +309,8 @@ fn queue_wait_histogram() -> Histogram {
 
 /// The metric registry and its families.
 pub(crate) struct Metrics {
-    upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
+    /// Gauges another room reads at each scrape (the upstream states).
+    scraped: LateCollector,
     queue_wait: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_refused: Family<UpstreamReasonLabels, Counter>,
     retries: Family<UpstreamLabels, Counter>,
@@ -350,7 +348,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("attache");
         let metrics = Self {
-            upstreams: Arc::default(),
+            scraped: LateCollector::default(),
             queue_wait: Family::new_with_constructor(queue_wait_histogram),
             upstream_refused: Family::default(),
             retries: Family::default(),
@@ -528,9 +526,7 @@ impl Metrics {
             metrics.warm_used.clone(),
         );
         registry.register_collector(Box::new(DroppedLogLines));
-        registry.register_collector(Box::new(UpstreamStates {
-            upstreams: metrics.upstreams.clone(),
-        }));
+        registry.register_collector(Box::new(metrics.scraped.clone()));
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -625,9 +621,10 @@ impl Metrics {
         }
     }
 
-    /// Makes `upstreams` the source of the state gauges; later calls are ignored.
-    pub(crate) fn watch_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
-        let _ = self.upstreams.set(upstreams);
+    /// Installs `collector`, whose gauges are read at each scrape (the
+    /// upstream room's state gauges); later calls are ignored.
+    pub(crate) fn collect_at_scrape(&self, collector: Box<dyn Collector>) {
+        let _ = self.scraped.0.set(collector);
     }
 
     /// Handles for one upstream's metrics.
@@ -1124,6 +1121,19 @@ impl EndpointMetrics {
     }
 }
 
+/// A collector installed after start-up by the room that owns its data.
+#[derive(Debug, Default, Clone)]
+struct LateCollector(Arc<OnceLock<Box<dyn Collector>>>);
+
+impl Collector for LateCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(collector) => collector.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StreamLabels {
     stream: &'static str,
@@ -1145,150 +1155,6 @@ impl Collector for DroppedLogLines {
             ConstCounter::new(stream.dropped()).encode(family.encode_family(&StreamLabels {
                 stream: stream.label(),
             })?)?;
-        }
-        Ok(())
-    }
-}
-
-/// The state gauges, read from the upstreams at each scrape.
-#[derive(Debug)]
-struct UpstreamStates {
-    upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("Upstream")
-            .field("name", &self.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Collector for UpstreamStates {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let Some(upstreams) = self.upstreams.get() else {
-            return Ok(());
-        };
-        let statuses: Vec<UpstreamStatus> =
-            upstreams.iter().map(|upstream| upstream.status()).collect();
-        let gauge = |value: usize| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-
-        let mut family = encoder.encode_descriptor(
-            "upstream_connections_active",
-            "Upstream connection slots held by clients",
-            None,
-            MetricType::Gauge,
-        )?;
-        for status in &statuses {
-            gauge(status.active).encode(family.encode_family(&UpstreamLabels {
-                upstream: status.name.clone(),
-            })?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "upstream_pending_clients",
-            "Clients queued for an upstream connection slot",
-            None,
-            MetricType::Gauge,
-        )?;
-        for status in &statuses {
-            gauge(status.pending).encode(family.encode_family(&UpstreamLabels {
-                upstream: status.name.clone(),
-            })?)?;
-        }
-
-        let endpoints = || {
-            statuses.iter().flat_map(|status| {
-                status
-                    .endpoints
-                    .iter()
-                    .map(move |endpoint| (status.name.as_str(), endpoint))
-            })
-        };
-        let one_hot = |current: &str, state: &str| gauge(usize::from(current == state));
-        let mut family = encoder.encode_descriptor(
-            "upstream_breaker_state",
-            "Circuit breaker state of an endpoint: 1 for the current state",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (upstream, endpoint) in endpoints() {
-            for state in BreakerState::ALL.map(BreakerState::label) {
-                let labels = EndpointStateLabels {
-                    upstream: upstream.to_owned(),
-                    endpoint: endpoint.address.clone(),
-                    state,
-                };
-                one_hot(endpoint.breaker, state).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "upstream_endpoint_health",
-            "Health check verdict on an endpoint: 1 for the current one",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (upstream, endpoint) in endpoints() {
-            for state in [Health::Healthy, Health::Unhealthy, Health::Unknown].map(Health::label) {
-                let labels = EndpointStateLabels {
-                    upstream: upstream.to_owned(),
-                    endpoint: endpoint.address.clone(),
-                    state,
-                };
-                one_hot(endpoint.health, state).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let pools = || {
-            endpoints().filter_map(|(upstream, endpoint)| {
-                Some((
-                    upstream,
-                    endpoint.address.as_str(),
-                    endpoint.warm_pool.as_ref()?,
-                ))
-            })
-        };
-        let mut family = encoder.encode_descriptor(
-            "upstream_pool_idle_connections",
-            "Warm connections ready for clients",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (upstream, endpoint, pool) in pools() {
-            let labels = EndpointLabels {
-                upstream: upstream.to_owned(),
-                endpoint: endpoint.to_owned(),
-            };
-            gauge(pool.idle as usize).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "upstream_pool_connections_created",
-            "Warm connections made",
-            None,
-            MetricType::Counter,
-        )?;
-        for (upstream, endpoint, pool) in pools() {
-            let labels = EndpointLabels {
-                upstream: upstream.to_owned(),
-                endpoint: endpoint.to_owned(),
-            };
-            ConstCounter::new(pool.created).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "upstream_pool_connections_discarded",
-            "Warm connections dropped unused: expired (max_age) or invalid at checkout",
-            None,
-            MetricType::Counter,
-        )?;
-        for (upstream, endpoint, pool) in pools() {
-            for (reason, count) in [("expired", pool.expired), ("invalid", pool.invalid)] {
-                let labels = EndpointReasonLabels {
-                    upstream: upstream.to_owned(),
-                    endpoint: endpoint.to_owned(),
-                    reason,
-                };
-                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-            }
         }
         Ok(())
     }

@@ -11,8 +11,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::tcp;
-use crate::tcp::stream::UpstreamStream;
+use crate::net;
+use crate::net::UpstreamStream;
 use crate::telemetry::metrics::{ConnectFailure, EndpointMetrics, HandshakeResult};
 use crate::tls::{self, HandshakeFailed};
 
@@ -81,7 +81,7 @@ pub(super) async fn connect(
     let started = Instant::now();
     let attempt = async {
         let stream = resolve_and_connect(endpoint).await?;
-        tcp::tune(socket2::SockRef::from(&stream));
+        net::tune(socket2::SockRef::from(&stream));
         let Some(origination) = origination else {
             return Ok(UpstreamStream::Plain(stream));
         };
@@ -140,7 +140,7 @@ async fn resolve_and_connect(endpoint: &Endpoint) -> Result<TcpStream, ConnectEr
     for address in addresses {
         match TcpStream::connect(address).await {
             Ok(stream) => return Ok(stream),
-            Err(source) if tcp::out_of_local_resources(&source) => {
+            Err(source) if net::out_of_local_resources(&source) => {
                 // Another address would fail alike.
                 return Err(ConnectError::LocalResources {
                     endpoint: endpoint.to_string(),

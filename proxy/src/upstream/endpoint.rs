@@ -13,9 +13,9 @@ use tokio::time::Instant;
 
 use super::balancer::PeakEwma;
 use super::connector::{self, ConnectError, Origination};
+use crate::net::UpstreamStream;
 use crate::reload::SharedClientConfig;
 use crate::resilience::breaker::{self, Breaker, Permit};
-use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::metrics::EndpointMetrics;
 
 /// What active health checks last concluded about an endpoint.

@@ -18,7 +18,7 @@ use attache_config::{HealthCheck, Probe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::endpoint::{EndpointState, Health};
-use crate::tcp::stream::UpstreamStream;
+use crate::net::UpstreamStream;
 
 /// Postgres' `SSLRequest`: length 8, code 80877103.
 const POSTGRES_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];

@@ -36,13 +36,13 @@ use std::time::Duration;
 use attache_config::{Endpoint as EndpointAddress, HealthCheck};
 use tokio::time::Instant;
 
+use crate::net::UpstreamStream;
 use crate::reload::SharedClientConfig;
 use crate::resilience::backoff::Backoff;
 use crate::resilience::breaker::{self, Permit};
 use crate::resilience::budget::RetryBudget;
 use crate::resilience::limit::{ConcurrencyLimit, Refusal, Slot};
 use crate::resilience::retry::{RetryLimits, RetryMetrics};
-use crate::tcp::stream::UpstreamStream;
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics, UpstreamRefusal};
 use balancer::Balancer;
 use connector::ConnectError;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::connector::ConnectError;
 use super::endpoint::EndpointState;
-use crate::tcp::stream::{Liveness, UpstreamStream};
+use crate::net::{Liveness, UpstreamStream};
 
 pub(super) type WarmPool = bb8::Pool<WarmConnector>;
 
