@@ -75,8 +75,17 @@ struct ListenerDocument {
     #[serde(default)]
     unsafe_plaintext: bool,
     tls: Option<ListenerTlsDocument>,
+    proxy_protocol: Option<Spanned<ProxyProtocolDocument>>,
     http: Option<Spanned<HttpDocument>>,
     redis: Option<Spanned<RedisDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyProtocolDocument {
+    accept: Option<Spanned<model::ProxyProtocolVersion>>,
+    trusted: Spanned<Vec<Spanned<String>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -522,6 +531,11 @@ impl ListenerDocument {
             ),
             keep_accepting_while_draining: self.keep_accepting_while_draining,
             unsafe_plaintext: self.unsafe_plaintext,
+            proxy_protocol: self.proxy_protocol.as_ref().map(|document| {
+                let path = format!("{path}.proxy_protocol");
+                converter.note(&path, document);
+                document.value.convert(&path, converter)
+            }),
             tls: self.tls.as_ref().map(|tls| {
                 let mut tls = tls.convert(&format!("{path}.tls"), converter);
                 if protocol == model::Protocol::Http && tls.alpn.is_empty() {
@@ -529,6 +543,40 @@ impl ListenerDocument {
                 }
                 tls
             }),
+        }
+    }
+}
+
+impl ProxyProtocolDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::ProxyProtocol {
+        converter.note(&format!("{path}.trusted"), &self.trusted);
+        let mut trusted = Vec::new();
+        for (index, block) in self.trusted.value.iter().enumerate() {
+            let block_path = format!("{path}.trusted[{index}]");
+            let text = converter.note(&block_path, block).trim().to_owned();
+            match model::IpNetwork::parse(&text) {
+                Ok(network) => trusted.push(network),
+                Err(message) => converter.problem(&block_path, message),
+            }
+        }
+        if self.trusted.value.is_empty() {
+            converter.problem(
+                &format!("{path}.trusted"),
+                "list the addresses (or blocks, 10.0.0.0/8) of the load balancers that send the header".to_owned(),
+            );
+        }
+        model::ProxyProtocol {
+            accept: converter.value(
+                &format!("{path}.accept"),
+                self.accept.as_ref(),
+                model::ProxyProtocolVersion::Any,
+            ),
+            trusted,
+            timeout: converter.duration(
+                &format!("{path}.timeout"),
+                self.timeout.as_ref(),
+                model::DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            ),
         }
     }
 }

@@ -186,6 +186,8 @@ pub struct Listener {
     pub unsafe_plaintext: bool,
     /// TLS termination; `None` for plaintext.
     pub tls: Option<ListenerTls>,
+    /// Accept the PROXY protocol header a load balancer sends first.
+    pub proxy_protocol: Option<ProxyProtocol>,
     /// L7 settings; present exactly when `protocol` is `http`.
     pub http: Option<HttpListener>,
     /// RESP settings; present exactly when `protocol` is `redis`.
@@ -417,6 +419,95 @@ pub struct UpstreamTls {
     /// ALPN protocols offered: `h2` when the upstream's `http_version` is
     /// `http2`, none otherwise (not a key of its own).
     pub alpn: Vec<String>,
+}
+
+/// A listener's acceptance of the PROXY protocol: the header a load
+/// balancer (HAProxy `send-proxy`, nginx `proxy_protocol on`, AWS NLB)
+/// sends before the client's bytes, naming the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// Which header versions are accepted.
+    pub accept: ProxyProtocolVersion,
+    /// Peers allowed to send a header: every connection from them must
+    /// start with one, and connections from anyone else are refused.
+    pub trusted: Vec<IpNetwork>,
+    /// The whole header must arrive within this.
+    pub timeout: Duration,
+}
+
+/// Default of [`ProxyProtocol::timeout`].
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// PROXY protocol versions a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The text header (`PROXY TCP4 ...`).
+    V1,
+    /// The binary header.
+    V2,
+    /// Either.
+    Any,
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a
+/// block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    pub address: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNetwork {
+    /// Parses `address[/prefix]`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let address: std::net::IpAddr = address.parse().map_err(|_| {
+            format!("{text:?} is not an address or an address block such as 10.0.0.0/8")
+        })?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => bits,
+            Some(prefix) => prefix
+                .parse::<u8>()
+                .ok()
+                .filter(|prefix| *prefix <= bits)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {bits}"))?,
+        };
+        Ok(Self { address, prefix })
+    }
+
+    /// Whether `ip` is in the block (an IPv4-mapped IPv6 address counts as
+    /// its IPv4 address).
+    #[must_use]
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A listener's protocol.
@@ -782,6 +873,29 @@ impl FromStr for Endpoint {
             host: host.to_owned(),
             port,
         })
+    }
+}
+
+#[cfg(test)]
+mod ip_network_tests {
+    use super::IpNetwork;
+
+    #[test]
+    fn blocks_contain_their_addresses_only() {
+        let block = IpNetwork::parse("10.1.0.0/16").unwrap();
+        assert!(block.contains("10.1.200.3".parse().unwrap()));
+        assert!(!block.contains("10.2.0.1".parse().unwrap()));
+        assert!(block.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = IpNetwork::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("127.0.0.2".parse().unwrap()));
+        let everything = IpNetwork::parse("0.0.0.0/0").unwrap();
+        assert!(everything.contains("203.0.113.9".parse().unwrap()));
+        let six = IpNetwork::parse("2001:db8::/32").unwrap();
+        assert!(six.contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!six.contains("10.1.0.1".parse().unwrap()));
+        assert!(IpNetwork::parse("10.0.0.0/33").is_err());
+        assert!(IpNetwork::parse("ten").is_err());
     }
 }
 

@@ -123,7 +123,7 @@ fn unknown_keys_and_syntax_errors_carry_their_line() {
         unknown[0].to_string(),
         "unknown field `retries`, expected one of name, listen, protocol, upstream, \
          max_connections, idle_timeout, keep_accepting_while_draining, unsafe_plaintext, \
-         tls, http, redis (column 5) (line 5)"
+         tls, proxy_protocol, http, redis (column 5) (line 5)"
     );
 
     let syntax = problems("listeners: [\n");

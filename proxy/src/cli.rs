@@ -481,6 +481,7 @@ impl TcpArgs {
                 idle_timeout: self.idle_timeout,
                 keep_accepting_while_draining: self.keep_accepting_while_draining,
                 unsafe_plaintext: self.unsafe_plaintext,
+                proxy_protocol: None,
                 tls: self.tls.listener().map(|mut tls| {
                     if protocol == model::Protocol::Http {
                         tls.alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::net;
 use crate::net::ClientStream;
+use crate::proxy_header;
 use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::ListenerMetrics;
@@ -35,6 +36,7 @@ pub(crate) struct Listener {
     local_address: SocketAddr,
     max_connections: usize,
     keep_accepting_while_draining: bool,
+    proxy_protocol: Option<Arc<attache_config::ProxyProtocol>>,
     handler: Arc<dyn Protocol>,
 }
 
@@ -100,6 +102,7 @@ impl Listener {
             local_address,
             max_connections: config.max_connections,
             keep_accepting_while_draining: config.keep_accepting_while_draining,
+            proxy_protocol: config.proxy_protocol.clone().map(Arc::new),
             handler,
         })
     }
@@ -166,7 +169,7 @@ impl Listener {
 
     fn spawn_connection(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
         lifecycle: &Arc<Lifecycle>,
@@ -175,24 +178,39 @@ impl Listener {
         let metrics = self.handler.metrics();
         metrics.opened.inc();
         metrics.active.inc();
-        let context = ConnectionContext {
-            client_address: peer,
-            accepted: tokio::time::Instant::now(),
-            accepted_at: std::time::SystemTime::now(),
-            lifecycle: lifecycle.clone(),
-        };
+        let accepted = tokio::time::Instant::now();
+        let accepted_at = std::time::SystemTime::now();
+        let lifecycle = lifecycle.clone();
+        let proxy_protocol = self.proxy_protocol.clone();
         let handler = self.handler.clone();
         tokio::spawn(async move {
             let metrics = handler.metrics();
-            if let Some(client) = tls::terminate(
-                handler.tls(),
-                stream,
-                peer,
-                handler.listener_name(),
-                metrics,
-            )
-            .await
+            let name = handler.listener_name();
+            let client_address = match &proxy_protocol {
+                None => Some(peer),
+                Some(settings) => match proxy_header::read(&mut stream, peer, settings).await {
+                    Ok(client) => Some(client),
+                    Err(refused) => {
+                        metrics.refused_proxy_protocol.inc();
+                        limited!(
+                            metrics.log_limit,
+                            "proxy_protocol",
+                            warn!(listener = %name, peer = %peer, error = %refused, "connection refused: PROXY protocol")
+                        );
+                        None
+                    }
+                },
+            };
+            if let Some(client_address) = client_address
+                && let Some(client) =
+                    tls::terminate(handler.tls(), stream, client_address, name, metrics).await
             {
+                let context = ConnectionContext {
+                    client_address,
+                    accepted,
+                    accepted_at,
+                    lifecycle,
+                };
                 handler.clone().serve(client, context).await;
             }
             metrics.active.dec();

@@ -9,7 +9,8 @@
 //! - `listener`: bind, accept, TLS termination, hand-off to a protocol;
 //!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `activity`:
 //!   the idle timeout of connections that hyper drives.
-//! - `net`: stream types and socket options every room uses.
+//! - `net`: stream types and socket options every room uses;
+//!   `proxy_header`: the PROXY protocol step of the listener pipeline.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
 //!   `resilience`: backoff, retry budget, breaker, concurrency limit.
 //! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
@@ -23,6 +24,7 @@ mod inject;
 mod lifecycle;
 mod listener;
 mod net;
+mod proxy_header;
 mod redis;
 mod reload;
 mod resilience;

@@ -7,7 +7,8 @@
 //! - `connections_total{listener}`: connections accepted and handed to a handler
 //! - `connections_active{listener}`: connections being proxied now
 //! - `connections_refused_total{listener,reason}`: closed at accept; reason is
-//!   `max_connections`, `draining` or `local_resources` (an accept, or the
+//!   `max_connections`, `draining`, `proxy_protocol` (a missing, malformed
+//!   or untrusted header) or `local_resources` (an accept, or the
 //!   client's upstream connect, failed for lack of file descriptors, buffers
 //!   or memory: attache's limit, not the upstream's failure)
 //! - `connections_closed_total{listener,result}`: result is `ok`,
@@ -599,6 +600,7 @@ impl Metrics {
             refused_max_connections: refused("max_connections"),
             refused_draining: refused("draining"),
             refused_local_resources: refused("local_resources"),
+            refused_proxy_protocol: refused("proxy_protocol"),
             log_limit: Arc::default(),
             closed: CloseResult::ALL.map(|result| {
                 self.connections_closed
@@ -959,6 +961,9 @@ pub(crate) struct ListenerMetrics {
     /// Accepts that failed, and clients closed before an upstream try, for
     /// lack of local resources (file descriptors, buffers, memory).
     pub(crate) refused_local_resources: Counter,
+    /// Connections closed for a missing, malformed or untrusted PROXY
+    /// protocol header.
+    pub(crate) refused_proxy_protocol: Counter,
     closed: [Counter; 5],
     pub(crate) to_upstream_bytes: Counter,
     pub(crate) to_client_bytes: Counter,

@@ -1,0 +1,261 @@
+//! The PROXY protocol on listeners: the header a trusted load balancer
+//! sends names the client everywhere attache names one (here the app's
+//! `X-Forwarded-For` and the access log), the bytes after it pass
+//! byte-exactly, and a header from an untrusted peer, a malformed one, or
+//! none is refused and counted. HAProxy (`send-proxy-v2`) is the real peer.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use attache_integration::http_app::HttpApp;
+use attache_integration::{Attache, servers};
+use attache_proxy_protocol::{encode_v1, encode_v2};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+fn config(upstream: SocketAddr, protocol: &str, trusted: &str) -> String {
+    format!(
+        "listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    protocol: {protocol}
+    upstream: app
+    proxy_protocol: {{ trusted: [{trusted}] }}
+upstreams:
+  app: {{ endpoints: [\"{upstream}\"] }}
+"
+    )
+}
+
+/// `request` after `header` on a new connection; everything that comes back
+/// until attache closes (a refused connection may end in a reset: attache
+/// closes it with the client's bytes unread).
+async fn send(front: SocketAddr, header: &[u8], request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    let _ = stream.write_all(header).await;
+    let _ = stream.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("attache answers and closes");
+    answer
+}
+
+fn forwarded_for(answer: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(answer);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echoed: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("not the app's echo: {text}"));
+    echoed["headers"]["x-forwarded-for"].clone()
+}
+
+const REQUEST: &[u8] = b"GET /echo HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn the_header_names_the_client_to_the_app_and_the_access_log() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&config(app.address, "http", "\"127.0.0.1\""))
+        .await
+        .unwrap();
+    let front = attache.listener("front");
+    let destination: SocketAddr = "10.0.0.1:443".parse().unwrap();
+    for (header, client) in [
+        (
+            encode_v1("203.0.113.7:51234".parse().unwrap(), destination),
+            "203.0.113.7",
+        ),
+        (
+            encode_v2("198.51.100.9:40000".parse().unwrap(), destination, &[]),
+            "198.51.100.9",
+        ),
+    ] {
+        let answer = send(front, &header, REQUEST).await;
+        assert_eq!(forwarded_for(&answer), serde_json::json!([client]));
+    }
+    let lines = attache.wait_for_stdout_lines(2).await.unwrap();
+    assert_eq!(lines[0]["client"], "203.0.113.7:51234");
+    assert_eq!(lines[1]["client"], "198.51.100.9:40000");
+}
+
+#[tokio::test]
+async fn bytes_after_the_header_pass_exactly_and_local_keeps_the_socket_address() {
+    let upstream = servers::echo().await;
+    let attache = Attache::run(&config(upstream, "tcp", "\"127.0.0.0/8\""))
+        .await
+        .unwrap();
+    let front = attache.listener("front");
+    let payload = servers::random_bytes(256 * 1024, 7);
+    let header = encode_v2(
+        "203.0.113.7:1".parse().unwrap(),
+        "10.0.0.1:2".parse().unwrap(),
+        &[(0x20, b"tlv")],
+    );
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream.write_all(&header).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn({
+        let payload = payload.clone();
+        async move {
+            write.write_all(&payload).await.unwrap();
+            write.shutdown().await.unwrap();
+        }
+    });
+    let mut echoed = Vec::new();
+    read.read_to_end(&mut echoed).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(
+        servers::sha256_hex(&echoed),
+        servers::sha256_hex(&payload),
+        "byte-exact after the header"
+    );
+    // A v2 LOCAL header (the balancer's health check) is accepted.
+    let mut local = attache_proxy_protocol::V2_SIGNATURE.to_vec();
+    local.extend_from_slice(&[0x20, 0x00, 0, 0]);
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    stream.write_all(&local).await.unwrap();
+    stream.write_all(b"ping").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert_eq!(answer, b"ping");
+}
+
+#[tokio::test]
+async fn untrusted_peers_malformed_and_missing_headers_are_refused_and_counted() {
+    let upstream = servers::echo().await;
+    let refused = "attache_connections_refused_total{listener=\"front\",reason=\"proxy_protocol\"}";
+    // 127.0.0.1 is not trusted here.
+    let strict = Attache::run(&config(upstream, "tcp", "\"10.0.0.0/8\""))
+        .await
+        .unwrap();
+    let header = encode_v1(
+        "203.0.113.7:1".parse().unwrap(),
+        "10.0.0.1:2".parse().unwrap(),
+    );
+    assert!(
+        send(strict.listener("front"), &header, b"ping")
+            .await
+            .is_empty()
+    );
+    strict.wait_for_metric(refused, 1.0).await.unwrap();
+
+    let attache = Attache::run(&config(upstream, "tcp", "\"127.0.0.1\""))
+        .await
+        .unwrap();
+    let front = attache.listener("front");
+    for (count, garbage) in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\nping"[..],
+        b"ping without any header\r\n",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x04\x01\x02\x03\x04",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(send(front, garbage, b"").await.is_empty(), "{garbage:?}");
+        attache
+            .wait_for_metric(refused, (count + 1) as f64)
+            .await
+            .unwrap();
+    }
+    attache
+        .wait_for_log_text("connection refused: PROXY protocol")
+        .await
+        .unwrap();
+}
+
+/// HAProxy forwarding `127.0.0.1:PORT` to `backend` with `send-proxy-v2`;
+/// killed on drop.
+struct Haproxy {
+    child: Child,
+    address: SocketAddr,
+    _directory: tempfile::TempDir,
+}
+
+impl Haproxy {
+    async fn start(backend: SocketAddr) -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let address = servers::closed_port();
+        let config = directory.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                 frontend front\n  bind {address}\n  default_backend attache\n\
+                 backend attache\n  server attache {backend} send-proxy-v2\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed by .ci/run (Debian's haproxy)");
+        let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+        while TcpStream::connect(address).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "haproxy did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            address,
+            _directory: directory,
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn behind_haproxy_the_app_sees_the_real_client() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&config(app.address, "http", "\"127.0.0.1\""))
+        .await
+        .unwrap();
+    let haproxy = Haproxy::start(attache.listener("front")).await;
+    // The client comes from 127.0.0.2; HAProxy connects from 127.0.0.1.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut stream = socket.connect(haproxy.address).await.unwrap();
+    stream.write_all(REQUEST).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer through haproxy")
+        .unwrap();
+    assert_eq!(forwarded_for(&answer), serde_json::json!(["127.0.0.2"]));
+}
+
+#[tokio::test]
+async fn behind_haproxy_bytes_pass_exactly() {
+    let upstream = servers::echo().await;
+    let attache = Attache::run(&config(upstream, "tcp", "\"127.0.0.1\""))
+        .await
+        .unwrap();
+    let haproxy = Haproxy::start(attache.listener("front")).await;
+    let payload = servers::random_bytes(1024 * 1024, 11);
+    let stream = TcpStream::connect(haproxy.address).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn({
+        let payload = payload.clone();
+        async move {
+            write.write_all(&payload).await.unwrap();
+            write.shutdown().await.unwrap();
+        }
+    });
+    let mut echoed = Vec::new();
+    read.read_to_end(&mut echoed).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(servers::sha256_hex(&echoed), servers::sha256_hex(&payload));
+}
