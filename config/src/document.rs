@@ -212,6 +212,7 @@ struct UpstreamDocument {
     #[serde(default)]
     http_version: model::HttpVersion,
     sentinel: Option<Spanned<SentinelDocument>>,
+    proxy_protocol: Option<Spanned<model::ProxyProtocolSend>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -881,6 +882,10 @@ impl UpstreamDocument {
                         .to_owned(),
                 }
             }),
+            proxy_protocol: self
+                .proxy_protocol
+                .as_ref()
+                .map(|version| *converter.note(&format!("{path}.proxy_protocol"), version)),
         }
     }
 }

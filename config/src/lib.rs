@@ -27,8 +27,9 @@ pub use error::{ConfigError, Problem};
 pub use model::{
     AccessLog, Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck,
     HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerTls, Log,
-    LogFormat, Probe, Protocol, ProxyProtocol, ProxyProtocolVersion, RedisListener, Retry, Route,
-    RouteAction, RouteMatch, Sentinel, TlsVersion, Tracing, Upstream, UpstreamTls, WarmPool,
+    LogFormat, Probe, Protocol, ProxyProtocol, ProxyProtocolSend, ProxyProtocolVersion,
+    RedisListener, Retry, Route, RouteAction, RouteMatch, Sentinel, TlsVersion, Tracing, Upstream,
+    UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

@@ -606,6 +606,19 @@ pub struct Upstream {
     /// For `redis` listeners: the endpoints are Redis Sentinels, and the
     /// master they name is where commands go.
     pub sentinel: Option<Sentinel>,
+    /// For `tcp` listeners: send a PROXY protocol header first on each
+    /// connection, naming its client (and, in v2, its verified identity).
+    pub proxy_protocol: Option<ProxyProtocolSend>,
+}
+
+/// The PROXY protocol header an upstream connection starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolSend {
+    /// The text header.
+    V1,
+    /// The binary header, with the client's verified identity in a TLV.
+    V2,
 }
 
 /// A Redis master found through Sentinel.

@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
 use crate::model::{
-    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerTls, Probe, RouteAction, Upstream,
+    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerTls, Probe, Protocol, RouteAction,
+    Upstream,
 };
 
 /// Where each key path was written, and which paths already have a problem.
@@ -168,6 +169,23 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 format!(
                     "listener {:?} is not a redis listener; only `protocol: redis` follows a Sentinel master",
                     listener.name
+                ),
+            );
+        }
+        if listener.protocol != Protocol::Tcp
+            && let Some(upstream) = listener.upstream.as_deref()
+            && config
+                .upstream(upstream)
+                .is_some_and(|upstream| upstream.proxy_protocol.is_some())
+        {
+            report(
+                format!("upstreams.{upstream}.proxy_protocol"),
+                format!(
+                    "listener {:?} ({}) shares upstream connections among its clients; a PROXY \
+                     protocol header names one client per connection, so it is for tcp listeners \
+                     only (http passes the client in X-Forwarded-For)",
+                    listener.name,
+                    format!("{:?}", listener.protocol).to_lowercase()
                 ),
             );
         }
@@ -366,6 +384,14 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 /// Zero values that would silently disable something, and settings that
 /// contradict each other.
 fn validate_resilience(path: &str, upstream: &Upstream, report: &mut impl FnMut(String, String)) {
+    if upstream.warm_pool.is_some() && upstream.proxy_protocol.is_some() {
+        report(
+            format!("{path}.proxy_protocol"),
+            "a warm pool's connections are made before their client is known, and a PROXY \
+             protocol header names the client of each connection: use one or the other"
+                .to_owned(),
+        );
+    }
     let mut positive = |key: &str, is_zero: bool| {
         if is_zero {
             report(format!("{path}.{key}"), "must be greater than zero".into());

@@ -436,3 +436,29 @@ tracing: { otlp_endpoint: \"grpc://collector:4317\", sample_ratio: 2 }
         ]
     );
 }
+
+#[test]
+fn a_proxy_protocol_upstream_serves_tcp_listeners_without_a_warm_pool() {
+    let problems = problems(
+        "listeners:\n  - {listen: 127.0.0.1:1, protocol: http, upstream: app}\n\
+         \x20 - {listen: 127.0.0.1:2, protocol: tcp, upstream: warm}\n\
+         upstreams:\n  app: {endpoints: [\"127.0.0.1:9\"], proxy_protocol: v2}\n\
+         \x20 warm: {endpoints: [\"127.0.0.1:9\"], proxy_protocol: v1, warm_pool: {size: 2}}\n",
+    );
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(text.len(), 2, "{text:?}");
+    assert!(
+        text.iter().any(
+            |problem| problem.starts_with("upstreams.app.proxy_protocol")
+                && problem.contains("tcp listeners only")
+        ),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(
+            |problem| problem.starts_with("upstreams.warm.proxy_protocol")
+                && problem.contains("warm pool")
+        ),
+        "{text:?}"
+    );
+}

@@ -259,3 +259,146 @@ async fn behind_haproxy_bytes_pass_exactly() {
     writer.await.unwrap();
     assert_eq!(servers::sha256_hex(&echoed), servers::sha256_hex(&payload));
 }
+
+/// nginx answering every request with the client address its PROXY
+/// protocol header named; killed on drop.
+struct Nginx {
+    child: Child,
+    address: SocketAddr,
+    _directory: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let address = servers::closed_port();
+        let prefix = directory.path().display().to_string();
+        std::fs::write(
+            directory.path().join("nginx.conf"),
+            format!(
+                "pid {prefix}/nginx.pid;\nerror_log stderr;\nevents {{}}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {prefix};\n  proxy_temp_path {prefix};\n\
+                 fastcgi_temp_path {prefix};\n  uwsgi_temp_path {prefix};\n  scgi_temp_path {prefix};\n\
+                 server {{\n    listen {address} proxy_protocol;\n\
+                 location / {{ return 200 \"$proxy_protocol_addr\\n\"; }}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", "stderr", "-p", &prefix, "-c", "nginx.conf"])
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed by .ci/run (Debian's nginx-light)");
+        let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+        while TcpStream::connect(address).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "nginx did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            child,
+            address,
+            _directory: directory,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sending_config(upstream: SocketAddr, version: &str) -> String {
+    format!(
+        "listeners:
+  - name: front
+    listen: 127.0.0.1:0
+    protocol: tcp
+    upstream: app
+upstreams:
+  app: {{ endpoints: [\"{upstream}\"], proxy_protocol: {version} }}
+"
+    )
+}
+
+#[tokio::test]
+async fn nginx_behind_attache_learns_the_client_from_both_versions() {
+    let nginx = Nginx::start().await;
+    for version in ["v1", "v2"] {
+        let attache = Attache::run(&sending_config(nginx.address, version))
+            .await
+            .unwrap();
+        // The client comes from 127.0.0.2; attache connects from 127.0.0.1.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(attache.listener("front")).await.unwrap();
+        stream.write_all(REQUEST).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("nginx answers through attache")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 200"), "{version}: {text}");
+        assert!(text.ends_with("\r\n\r\n127.0.0.2\n"), "{version}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v2_carries_the_verified_client_identity_before_the_tls_clients_bytes() {
+    let pki = attache_integration::pki::Pki::new();
+    // An upstream that reads the header, then answers with what it said.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = Vec::new();
+        let header = loop {
+            let mut chunk = [0; 512];
+            let read = stream.read(&mut chunk).await.unwrap();
+            buffer.extend_from_slice(&chunk[..read]);
+            if let Some(header) =
+                attache_proxy_protocol::parse(&buffer, attache_proxy_protocol::Accept::V2).unwrap()
+            {
+                break header;
+            }
+        };
+        let body = &buffer[28..header.length];
+        let text = format!(
+            "source={} tlv={:02x} value={}\n",
+            header.addresses.unwrap().source.ip(),
+            body[0],
+            String::from_utf8_lossy(&body[3..])
+        );
+        stream.write_all(text.as_bytes()).await.unwrap();
+    });
+    let attache = Attache::run(&format!(
+        "listeners:\n  - name: front\n    listen: 127.0.0.1:0\n    protocol: tcp\n    upstream: app\n\
+         \x20   tls: {{cert: {}, key: {}, client_ca: {}}}\n\
+         upstreams:\n  app: {{ endpoints: [\"{upstream}\"], proxy_protocol: v2 }}\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca(),
+    ))
+    .await
+    .unwrap();
+    let output = Command::new("timeout")
+        .args(["20", "openssl", "s_client", "-quiet", "-connect"])
+        .arg(attache.listener("front").to_string())
+        .args(["-servername", "localhost", "-CAfile", &pki.ca()])
+        .args(["-cert", &pki.cert("app"), "-key", &pki.key("app")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        text.trim(),
+        format!(
+            "source=127.0.0.1 tlv=e0 value={}",
+            attache_integration::pki::ALLOWED_ID
+        )
+    );
+}

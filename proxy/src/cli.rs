@@ -511,6 +511,7 @@ impl TcpArgs {
                 health_check: None,
                 http_version: model::HttpVersion::default(),
                 sentinel: None,
+                proxy_protocol: None,
             }],
         }
     }

@@ -64,6 +64,9 @@ pub(crate) trait Protocol: Send + Sync + 'static {
 pub(crate) struct ConnectionContext {
     /// The client's address.
     pub(crate) client_address: SocketAddr,
+    /// The address the client connected to (the PROXY header's destination
+    /// when present, else the listener's).
+    pub(crate) destination: SocketAddr,
     /// When the connection was accepted, before any TLS handshake.
     pub(crate) accepted: tokio::time::Instant,
     pub(crate) accepted_at: std::time::SystemTime,
@@ -186,27 +189,31 @@ impl Listener {
         tokio::spawn(async move {
             let metrics = handler.metrics();
             let name = handler.listener_name();
-            let client_address = match &proxy_protocol {
-                None => Some(peer),
-                Some(settings) => match proxy_header::read(&mut stream, peer, settings).await {
-                    Ok(client) => Some(client),
-                    Err(refused) => {
-                        metrics.refused_proxy_protocol.inc();
-                        limited!(
-                            metrics.log_limit,
-                            "proxy_protocol",
-                            warn!(listener = %name, peer = %peer, error = %refused, "connection refused: PROXY protocol")
-                        );
-                        None
+            let local = stream.local_addr().unwrap_or(peer);
+            let addresses = match &proxy_protocol {
+                None => Some((peer, local)),
+                Some(settings) => {
+                    match proxy_header::read(&mut stream, (peer, local), settings).await {
+                        Ok(addresses) => Some(addresses),
+                        Err(refused) => {
+                            metrics.refused_proxy_protocol.inc();
+                            limited!(
+                                metrics.log_limit,
+                                "proxy_protocol",
+                                warn!(listener = %name, peer = %peer, error = %refused, "connection refused: PROXY protocol")
+                            );
+                            None
+                        }
                     }
-                },
+                }
             };
-            if let Some(client_address) = client_address
+            if let Some((client_address, destination)) = addresses
                 && let Some(client) =
                     tls::terminate(handler.tls(), stream, client_address, name, metrics).await
             {
                 let context = ConnectionContext {
                     client_address,
+                    destination,
                     accepted,
                     accepted_at,
                     lifecycle,

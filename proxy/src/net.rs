@@ -158,6 +158,18 @@ impl ClientStream {
         let leaf = stream.get_ref().1.peer_certificates()?.first()?;
         attache_certs::identity::PeerIdentity::from_certificate(leaf).ok()
     }
+
+    /// The verified client certificate's primary name: its first URI SAN
+    /// (SPIFFE ID), else its first DNS SAN, else its common name.
+    pub(crate) fn peer_name(&self) -> Option<String> {
+        let identity = self.peer_identity()?;
+        identity
+            .uris
+            .into_iter()
+            .chain(identity.dns_names)
+            .chain(identity.common_name)
+            .next()
+    }
 }
 
 /// Delegates the tokio I/O traits to the variant, so L7 handlers (hyper)

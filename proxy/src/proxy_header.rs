@@ -25,17 +25,19 @@ pub(crate) enum HeaderRefused {
     Io(#[from] std::io::Error),
 }
 
-/// Reads the header a connection from `peer` must start with, and returns
-/// the client address it names (`peer` itself for a v2 `LOCAL` health
-/// check or an address family without one).
+/// Reads the header a connection from `socket` (peer, local address) must
+/// start with, and returns the client and destination addresses it names
+/// (the socket's own for a v2 `LOCAL` health check or an address family
+/// without addresses).
 ///
 /// # Errors
 /// [`HeaderRefused`]: the connection is to be closed.
 pub(crate) async fn read(
     stream: &mut TcpStream,
-    peer: SocketAddr,
+    socket: (SocketAddr, SocketAddr),
     settings: &ProxyProtocol,
-) -> Result<SocketAddr, HeaderRefused> {
+) -> Result<(SocketAddr, SocketAddr), HeaderRefused> {
+    let (peer, _) = socket;
     if !settings
         .trusted
         .iter()
@@ -51,7 +53,9 @@ pub(crate) async fn read(
     let header = tokio::time::timeout(settings.timeout, read_header(stream, accept))
         .await
         .map_err(|_| HeaderRefused::Timeout(settings.timeout))??;
-    Ok(header.addresses.map_or(peer, |addresses| addresses.source))
+    Ok(header.addresses.map_or(socket, |addresses| {
+        (addresses.source, addresses.destination)
+    }))
 }
 
 /// Reads exactly one header: the six bytes both versions start with, then

@@ -326,7 +326,7 @@ impl tower::Service<http::Uri> for EndpointConnector {
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
         let endpoint = self.endpoint.clone();
         Box::pin(async move {
-            let connected = endpoint.establish(Some(&endpoint.metrics)).await?;
+            let connected = endpoint.establish(Some(&endpoint.metrics), None).await?;
             let h2 = connected.stream.negotiated_h2();
             Ok(HttpIo {
                 io: TokioIo::new(connected.stream),

@@ -79,14 +79,7 @@ pub(crate) async fn serve(
         tracing::debug!(listener = %proxy.listener, client = %address, "closing: no request within the header read timeout");
         return;
     }
-    let identity = stream.peer_identity().and_then(|identity| {
-        identity
-            .uris
-            .into_iter()
-            .chain(identity.dns_names)
-            .chain(identity.common_name)
-            .next()
-    });
+    let identity = stream.peer_name();
     let ip = http::HeaderValue::from_str(&address.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     let activity = Activity::new();

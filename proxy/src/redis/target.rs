@@ -86,6 +86,7 @@ impl SentinelMaster {
             master_name,
             config: attache_config::Upstream {
                 sentinel: None,
+                proxy_protocol: None,
                 health_check: None,
                 warm_pool: None,
                 ..config.clone()

@@ -15,7 +15,7 @@ use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::telemetry::traces::{self, ConnectionSpan};
-use crate::upstream::Upstream;
+use crate::upstream::{ClientOrigin, Upstream};
 use opentelemetry_sdk::trace::Tracer;
 
 /// What a listener's connections share.
@@ -39,13 +39,20 @@ pub(crate) async fn serve(
 ) {
     let ConnectionContext {
         client_address,
+        destination,
         accepted: started,
         accepted_at: started_at,
         ..
     } = context;
     // Boxed: the connect state (resolution, timer, TLS) is freed once
     // connected instead of sizing every long-lived connection's task.
-    let mut upstream = match Box::pin(route.upstream.connect()).await {
+    let identity = client.peer_name();
+    let origin = ClientOrigin {
+        source: client_address,
+        destination,
+        identity: identity.as_deref(),
+    };
+    let mut upstream = match Box::pin(route.upstream.connect_for(&origin)).await {
         Ok(connection) => connection,
         Err(error) => {
             if error.out_of_local_resources() {

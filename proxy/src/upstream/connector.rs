@@ -1,6 +1,7 @@
 //! One connect attempt to one endpoint: resolve the hostname now (Kubernetes
-//! service IPs change), try its addresses in order, then originate TLS when
-//! configured, all within the connect timeout; count the attempt and its
+//! service IPs change), try its addresses in order, send a PROXY protocol
+//! header when the upstream wants one, then originate TLS when configured,
+//! all within the connect timeout; count the attempt and its
 //! outcome (health probes connect the same way, uncounted).
 
 use std::io;
@@ -74,14 +75,24 @@ pub(super) async fn connect(
     timeout: Duration,
     metrics: Option<&EndpointMetrics>,
     origination: Option<Origination<'_>>,
+    preface: Option<&[u8]>,
 ) -> Result<UpstreamStream, ConnectError> {
     if let Some(metrics) = metrics {
         metrics.attempts.inc();
     }
     let started = Instant::now();
     let attempt = async {
-        let stream = resolve_and_connect(endpoint).await?;
+        let mut stream = resolve_and_connect(endpoint).await?;
         net::tune(socket2::SockRef::from(&stream));
+        if let Some(preface) = preface {
+            // A PROXY protocol header goes first, before any TLS record.
+            tokio::io::AsyncWriteExt::write_all(&mut stream, preface)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+        }
         let Some(origination) = origination else {
             return Ok(UpstreamStream::Plain(stream));
         };

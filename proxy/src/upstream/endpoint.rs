@@ -160,8 +160,12 @@ impl EndpointState {
     /// One client's connect attempt under `permit`: counted, and its outcome
     /// fed to the breaker (a failure for lack of local resources is
     /// attache's, not the endpoint's: the permit goes back unsettled).
-    pub(super) async fn connect(&self, permit: Permit<'_>) -> Result<Connected, ConnectError> {
-        let result = self.establish(Some(&self.metrics)).await;
+    pub(super) async fn connect(
+        &self,
+        permit: Permit<'_>,
+        preface: Option<&[u8]>,
+    ) -> Result<Connected, ConnectError> {
+        let result = self.establish(Some(&self.metrics), preface).await;
         match &result {
             Err(error) if error.is_local() => drop(permit),
             _ => self.settle(permit, result.is_ok()),
@@ -187,6 +191,7 @@ impl EndpointState {
     pub(crate) async fn establish(
         &self,
         metrics: Option<&EndpointMetrics>,
+        preface: Option<&[u8]>,
     ) -> Result<Connected, ConnectError> {
         let tls_config = self.tls.as_ref().map(|config| config.load_full());
         let connector = tls_config.clone().map(tokio_rustls::TlsConnector::from);
@@ -198,8 +203,9 @@ impl EndpointState {
                     connector,
                     server_name,
                 });
-        let stream = connector::connect(&self.address, self.connect_timeout, metrics, origination)
-            .await
+        let stream =
+            connector::connect(&self.address, self.connect_timeout, metrics, origination, preface)
+                .await
             .inspect_err(|error| {
                 tracing::debug!(upstream = %self.upstream, endpoint = %self.address, %error, "upstream connect failed");
             })?;

@@ -92,7 +92,7 @@ impl Streak {
 /// One probe; the error says what went wrong.
 async fn probe(endpoint: &EndpointState, check: &HealthCheck) -> Result<(), String> {
     let connected = endpoint
-        .establish(None)
+        .establish(None, None)
         .await
         .map_err(|error| error.to_string())?;
     let mut stream = connected.stream;

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use attache_config::{Endpoint as EndpointAddress, HealthCheck};
+use attache_config::{Endpoint as EndpointAddress, HealthCheck, ProxyProtocolSend};
+use attache_proxy_protocol::{encode_v1, encode_v2};
 use tokio::time::Instant;
 
 use crate::net::UpstreamStream;
@@ -64,6 +65,8 @@ pub(crate) struct Upstream {
     max_retries: usize,
     health_check: Option<HealthCheck>,
     warm_size: usize,
+    /// The PROXY protocol header each new connection starts with.
+    proxy_protocol: Option<ProxyProtocolSend>,
     /// Every endpoint is unhealthy, so health is being ignored.
     panicking: AtomicBool,
     metrics: UpstreamMetrics,
@@ -72,6 +75,22 @@ pub(crate) struct Upstream {
 struct Endpoint {
     state: Arc<EndpointState>,
     warm: Option<WarmPool>,
+}
+
+/// The PROXY protocol v2 TLV carrying the client's verified identity (its
+/// certificate's first URI SAN, else DNS SAN, else CN), in the range the
+/// specification leaves to applications (`PP2_TYPE_MIN_CUSTOM`).
+pub(crate) const PP2_TYPE_ATTACHE_IDENTITY: u8 = 0xE0;
+
+/// Who an upstream connection is for, for the PROXY protocol header an
+/// upstream may ask for.
+pub(crate) struct ClientOrigin<'a> {
+    /// The client's address.
+    pub(crate) source: std::net::SocketAddr,
+    /// The address the client connected to.
+    pub(crate) destination: std::net::SocketAddr,
+    /// The client's verified TLS identity, on a TLS listener.
+    pub(crate) identity: Option<&'a str>,
 }
 
 /// Why a client got no upstream connection.
@@ -229,6 +248,7 @@ impl Upstream {
             max_retries: config.limits.max_retries,
             health_check: config.health_check.clone(),
             warm_size: config.warm_pool.as_ref().map_or(0, |warm| warm.size),
+            proxy_protocol: config.proxy_protocol,
             panicking: AtomicBool::new(false),
             metrics: metrics.upstream(&config.name),
             name,
@@ -274,6 +294,34 @@ impl Upstream {
     /// # Errors
     /// [`UpstreamUnavailable`] saying why no connection was made.
     pub(crate) async fn connect(&self) -> Result<UpstreamConnection, UpstreamUnavailable> {
+        self.connect_with(None).await
+    }
+
+    /// Connects `origin`'s client, sending the PROXY protocol header this
+    /// upstream asks for (`proxy_protocol`) first on the new connection.
+    ///
+    /// # Errors
+    /// [`UpstreamUnavailable`] saying why no connection was made.
+    pub(crate) async fn connect_for(
+        &self,
+        origin: &ClientOrigin<'_>,
+    ) -> Result<UpstreamConnection, UpstreamUnavailable> {
+        let preface = self.proxy_protocol.map(|version| match version {
+            ProxyProtocolSend::V1 => encode_v1(origin.source, origin.destination),
+            ProxyProtocolSend::V2 => {
+                let identity = origin
+                    .identity
+                    .map(|identity| (PP2_TYPE_ATTACHE_IDENTITY, identity.as_bytes()));
+                encode_v2(origin.source, origin.destination, identity.as_slice())
+            }
+        });
+        self.connect_with(preface).await
+    }
+
+    async fn connect_with(
+        &self,
+        preface: Option<Vec<u8>>,
+    ) -> Result<UpstreamConnection, UpstreamUnavailable> {
         let slot = self.limit.acquire().await.map_err(|refusal| {
             self.metrics.refused(match refusal {
                 Refusal::Overflow => UpstreamRefusal::Overflow,
@@ -328,7 +376,9 @@ impl Upstream {
             attempts += 1;
             let endpoint = &self.endpoints[index];
             let started = Instant::now();
-            match tokio::time::timeout_at(deadline, endpoint.attempt(permit)).await {
+            match tokio::time::timeout_at(deadline, endpoint.attempt(permit, preface.as_deref()))
+                .await
+            {
                 Ok(Ok(leg)) => {
                     endpoint
                         .state
@@ -467,8 +517,13 @@ impl Upstream {
 impl Endpoint {
     /// A warm connection when one is idle (a half-open probe always
     /// connects: it has to prove the endpoint is back), else a new one.
-    async fn attempt(&self, permit: Permit<'_>) -> Result<Leg, ConnectError> {
+    async fn attempt(
+        &self,
+        permit: Permit<'_>,
+        preface: Option<&[u8]>,
+    ) -> Result<Leg, ConnectError> {
         if let Some(pool) = &self.warm
+            && preface.is_none()
             && !permit.is_probe()
             && pool.state().idle_connections > 0
             && let Ok(checkout) = pool.get_owned().await
@@ -476,7 +531,7 @@ impl Endpoint {
             self.state.metrics.warm_used.inc();
             return Ok(Leg::Warm(Box::new(checkout)));
         }
-        let connected = self.state.connect(permit).await?;
+        let connected = self.state.connect(permit, preface).await?;
         Ok(Leg::Fresh(connected.stream))
     }
 }

@@ -117,7 +117,7 @@ impl bb8::ManageConnection for WarmConnector {
         let started = Instant::now();
         let mut connected = self
             .endpoint
-            .establish(Some(&self.endpoint.metrics))
+            .establish(Some(&self.endpoint.metrics), None)
             .await?;
         drop(refill);
         if let UpstreamStream::Tls(tls) = &mut connected.stream {
