@@ -164,41 +164,39 @@ async fn untrusted_peers_malformed_and_missing_headers_are_refused_and_counted()
         .unwrap();
 }
 
-/// HAProxy forwarding `127.0.0.1:PORT` to `backend` with `send-proxy-v2`;
-/// killed on drop.
-struct Haproxy {
+/// A peer server (HAProxy, nginx) run in the foreground from a config
+/// file in its own directory, listening on `address`; killed on drop.
+struct Peer {
     child: Child,
     address: SocketAddr,
     _directory: tempfile::TempDir,
 }
 
-impl Haproxy {
-    async fn start(backend: SocketAddr) -> Self {
+impl Peer {
+    /// Writes `config(address, directory)` to `file` and runs `program`
+    /// with `arguments(config path, directory)`, until it listens.
+    async fn start(
+        program: &str,
+        file: &str,
+        config: impl FnOnce(SocketAddr, &str) -> String,
+        arguments: impl FnOnce(&str, &str) -> Vec<String>,
+    ) -> Self {
         let directory = tempfile::tempdir().unwrap();
         let address = servers::closed_port();
-        let config = directory.path().join("haproxy.cfg");
-        std::fs::write(
-            &config,
-            format!(
-                "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
-                 frontend front\n  bind {address}\n  default_backend attache\n\
-                 backend attache\n  server attache {backend} send-proxy-v2\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
+        let prefix = directory.path().display().to_string();
+        let path = directory.path().join(file).display().to_string();
+        std::fs::write(&path, config(address, &prefix)).unwrap();
+        let child = Command::new(program)
+            .args(arguments(&path, &prefix))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("haproxy is installed by .ci/run (Debian's haproxy)");
+            .unwrap_or_else(|error| panic!("{program} is installed by .ci/run: {error}"));
         let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
         while TcpStream::connect(address).await.is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "haproxy did not listen"
+                "{program} did not listen"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -208,9 +206,50 @@ impl Haproxy {
             _directory: directory,
         }
     }
+
+    /// HAProxy forwarding to `backend` with `send-proxy-v2`.
+    async fn haproxy(backend: SocketAddr) -> Self {
+        Self::start(
+            "haproxy",
+            "haproxy.cfg",
+            |address, _| {
+                format!(
+                    "global\n  maxconn 100\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
+                     frontend front\n  bind {address}\n  default_backend attache\n\
+                     backend attache\n  server attache {backend} send-proxy-v2\n"
+                )
+            },
+            |config, _| vec!["-db".into(), "-f".into(), config.into()],
+        )
+        .await
+    }
+
+    /// nginx answering every request with the client address its PROXY
+    /// protocol header named.
+    async fn nginx() -> Self {
+        Self::start(
+            "nginx",
+            "nginx.conf",
+            |address, prefix| {
+                format!(
+                    "pid {prefix}/nginx.pid;\nerror_log stderr;\nevents {{}}\n\
+                     http {{\n  access_log off;\n  client_body_temp_path {prefix};\n  proxy_temp_path {prefix};\n\
+                     fastcgi_temp_path {prefix};\n  uwsgi_temp_path {prefix};\n  scgi_temp_path {prefix};\n\
+                     server {{\n    listen {address} proxy_protocol;\n\
+                     location / {{ return 200 \"$proxy_protocol_addr\\n\"; }}\n  }}\n}}\n"
+                )
+            },
+            |_, prefix| {
+                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"]
+                    .map(str::to_owned)
+                    .to_vec()
+            },
+        )
+        .await
+    }
 }
 
-impl Drop for Haproxy {
+impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -223,7 +262,7 @@ async fn behind_haproxy_the_app_sees_the_real_client() {
     let attache = Attache::run(&config(app.address, "http", "\"127.0.0.1\""))
         .await
         .unwrap();
-    let haproxy = Haproxy::start(attache.listener("front")).await;
+    let haproxy = Peer::haproxy(attache.listener("front")).await;
     // The client comes from 127.0.0.2; HAProxy connects from 127.0.0.1.
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
@@ -243,7 +282,7 @@ async fn behind_haproxy_bytes_pass_exactly() {
     let attache = Attache::run(&config(upstream, "tcp", "\"127.0.0.1\""))
         .await
         .unwrap();
-    let haproxy = Haproxy::start(attache.listener("front")).await;
+    let haproxy = Peer::haproxy(attache.listener("front")).await;
     let payload = servers::random_bytes(1024 * 1024, 11);
     let stream = TcpStream::connect(haproxy.address).await.unwrap();
     let (mut read, mut write) = stream.into_split();
@@ -258,57 +297,6 @@ async fn behind_haproxy_bytes_pass_exactly() {
     read.read_to_end(&mut echoed).await.unwrap();
     writer.await.unwrap();
     assert_eq!(servers::sha256_hex(&echoed), servers::sha256_hex(&payload));
-}
-
-/// nginx answering every request with the client address its PROXY
-/// protocol header named; killed on drop.
-struct Nginx {
-    child: Child,
-    address: SocketAddr,
-    _directory: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start() -> Self {
-        let directory = tempfile::tempdir().unwrap();
-        let address = servers::closed_port();
-        let prefix = directory.path().display().to_string();
-        std::fs::write(
-            directory.path().join("nginx.conf"),
-            format!(
-                "pid {prefix}/nginx.pid;\nerror_log stderr;\nevents {{}}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {prefix};\n  proxy_temp_path {prefix};\n\
-                 fastcgi_temp_path {prefix};\n  uwsgi_temp_path {prefix};\n  scgi_temp_path {prefix};\n\
-                 server {{\n    listen {address} proxy_protocol;\n\
-                 location / {{ return 200 \"$proxy_protocol_addr\\n\"; }}\n  }}\n}}\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("nginx")
-            .args(["-e", "stderr", "-p", &prefix, "-c", "nginx.conf"])
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx is installed by .ci/run (Debian's nginx-light)");
-        let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
-        while TcpStream::connect(address).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "nginx did not listen");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self {
-            child,
-            address,
-            _directory: directory,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sending_config(upstream: SocketAddr, version: &str) -> String {
@@ -326,7 +314,7 @@ upstreams:
 
 #[tokio::test]
 async fn nginx_behind_attache_learns_the_client_from_both_versions() {
-    let nginx = Nginx::start().await;
+    let nginx = Peer::nginx().await;
     for version in ["v1", "v2"] {
         let attache = Attache::run(&sending_config(nginx.address, version))
             .await
