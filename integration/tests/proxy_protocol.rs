@@ -50,6 +50,22 @@ fn forwarded_for(answer: &[u8]) -> serde_json::Value {
     echoed["headers"]["x-forwarded-for"].clone()
 }
 
+/// Writes `payload` (then half-closes) while reading everything back.
+async fn echo_through(stream: TcpStream, payload: &[u8]) -> Vec<u8> {
+    let (mut read, mut write) = stream.into_split();
+    let writer = tokio::spawn({
+        let payload = payload.to_vec();
+        async move {
+            write.write_all(&payload).await.unwrap();
+            write.shutdown().await.unwrap();
+        }
+    });
+    let mut echoed = Vec::new();
+    read.read_to_end(&mut echoed).await.unwrap();
+    writer.await.unwrap();
+    echoed
+}
+
 const REQUEST: &[u8] = b"GET /echo HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
 
 #[tokio::test]
@@ -93,17 +109,7 @@ async fn bytes_after_the_header_pass_exactly_and_local_keeps_the_socket_address(
     );
     let mut stream = TcpStream::connect(front).await.unwrap();
     stream.write_all(&header).await.unwrap();
-    let (mut read, mut write) = stream.into_split();
-    let writer = tokio::spawn({
-        let payload = payload.clone();
-        async move {
-            write.write_all(&payload).await.unwrap();
-            write.shutdown().await.unwrap();
-        }
-    });
-    let mut echoed = Vec::new();
-    read.read_to_end(&mut echoed).await.unwrap();
-    writer.await.unwrap();
+    let echoed = echo_through(stream, &payload).await;
     assert_eq!(
         servers::sha256_hex(&echoed),
         servers::sha256_hex(&payload),
@@ -285,17 +291,7 @@ async fn behind_haproxy_bytes_pass_exactly() {
     let haproxy = Peer::haproxy(attache.listener("front")).await;
     let payload = servers::random_bytes(1024 * 1024, 11);
     let stream = TcpStream::connect(haproxy.address).await.unwrap();
-    let (mut read, mut write) = stream.into_split();
-    let writer = tokio::spawn({
-        let payload = payload.clone();
-        async move {
-            write.write_all(&payload).await.unwrap();
-            write.shutdown().await.unwrap();
-        }
-    });
-    let mut echoed = Vec::new();
-    read.read_to_end(&mut echoed).await.unwrap();
-    writer.await.unwrap();
+    let echoed = echo_through(stream, &payload).await;
     assert_eq!(servers::sha256_hex(&echoed), servers::sha256_hex(&payload));
 }
 

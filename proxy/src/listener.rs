@@ -58,6 +58,37 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
 }
 
+/// Implements [`Protocol`] for a handler whose `listener`, `metrics` and
+/// `tls` fields hold the listener's name, metric handles and TLS
+/// configuration, with `$serve(client, context, Arc<handler>)` serving a
+/// connection.
+macro_rules! protocol {
+    ($handler:ty, $serve:path) => {
+        impl crate::listener::Protocol for $handler {
+            fn listener_name(&self) -> &str {
+                &self.listener
+            }
+
+            fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
+                &self.metrics
+            }
+
+            fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
+                self.tls.as_ref()
+            }
+
+            fn serve(
+                self: std::sync::Arc<Self>,
+                client: crate::net::ClientStream,
+                context: crate::listener::ConnectionContext,
+            ) -> futures_util::future::BoxFuture<'static, ()> {
+                Box::pin($serve(client, context, self))
+            }
+        }
+    };
+}
+pub(crate) use protocol;
+
 /// What a protocol handler knows about an accepted connection besides its
 /// stream (whose TLS session, when there is one, holds the verified peer
 /// identity).

@@ -160,24 +160,4 @@ async fn first_bytes(stream: &mut ClientStream) -> std::io::Result<()> {
     socket.peek(&mut [0; 1]).await.map(drop)
 }
 
-impl crate::listener::Protocol for HttpProxy {
-    fn listener_name(&self) -> &str {
-        &self.listener
-    }
-
-    fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
-        &self.metrics
-    }
-
-    fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
-        self.tls.as_ref()
-    }
-
-    fn serve(
-        self: Arc<Self>,
-        client: crate::net::ClientStream,
-        context: ConnectionContext,
-    ) -> futures_util::future::BoxFuture<'static, ()> {
-        Box::pin(serve(client, context, self))
-    }
-}
+crate::listener::protocol!(HttpProxy, serve);

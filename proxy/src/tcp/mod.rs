@@ -161,24 +161,4 @@ fn record_span(
     );
 }
 
-impl crate::listener::Protocol for TcpRoute {
-    fn listener_name(&self) -> &str {
-        &self.listener
-    }
-
-    fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
-        &self.metrics
-    }
-
-    fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
-        self.tls.as_ref()
-    }
-
-    fn serve(
-        self: Arc<Self>,
-        client: crate::net::ClientStream,
-        context: ConnectionContext,
-    ) -> futures_util::future::BoxFuture<'static, ()> {
-        Box::pin(serve(client, context, self))
-    }
-}
+crate::listener::protocol!(TcpRoute, serve);
