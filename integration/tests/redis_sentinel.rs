@@ -171,13 +171,21 @@ upstreams:
         promoted.get::<_, String>("before").await.unwrap(),
         "failover"
     );
-    assert!(
-        attache
-            .events()
-            .iter()
-            .filter(|event| event["message"] == "Redis master (from Sentinel)")
-            .count()
-            >= 2,
-        "the first master and the promoted one are logged"
-    );
+    // The first master and the promoted one are logged (the log is read by
+    // a thread: wait for the lines).
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    while attache
+        .events()
+        .iter()
+        .filter(|event| event["message"] == "Redis master (from Sentinel)")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the promoted master is not logged: {}",
+            attache.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
