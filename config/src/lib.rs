@@ -39,11 +39,27 @@ pub use model::{
 /// [`ConfigError::Read`] when the file cannot be read, and
 /// [`ConfigError::Invalid`] carrying every problem found otherwise.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    parse_with_process_env(&read(path)?, path)
+}
+
+/// Reads the configuration file at `path` as text, unparsed.
+///
+/// # Errors
+/// [`ConfigError::Read`] when the file cannot be read (or is not UTF-8).
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    parse(&text, &path.display().to_string(), &|name| {
+    })
+}
+
+/// [`parse`]s `text`, read from `path`, interpolating from the process
+/// environment.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_with_process_env(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    parse(text, &path.display().to_string(), &|name| {
         std::env::var(name).ok()
     })
 }

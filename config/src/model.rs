@@ -23,7 +23,7 @@ pub const DEFAULT_DRAIN_MIN_DELAY: Duration = Duration::ZERO;
 pub const DEFAULT_DRAIN_GRACE_PERIOD: Duration = Duration::from_secs(25);
 
 /// A whole, validated attache configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     /// The admin HTTP server.
     pub admin: Admin,
@@ -47,7 +47,7 @@ impl Config {
 }
 
 /// The admin HTTP server (`/live`, `/ready`, `/startup`, `/metrics`, `/shutdown`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Admin {
     /// Listen address; `None` disables the admin server.
     pub listen: Option<SocketAddr>,
@@ -68,7 +68,7 @@ impl Default for Admin {
 /// is set here or `OTEL_EXPORTER_OTLP_ENDPOINT` /
 /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set in the environment (the
 /// config wins); `OTEL_SERVICE_NAME` overrides `service_name`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Tracing {
     /// Collector base URL (`http://collector:4318`); spans go to `/v1/traces` under it.
     pub otlp_endpoint: Option<String>,
@@ -93,7 +93,7 @@ impl Default for Tracing {
 }
 
 /// Logging settings; `RUST_LOG`, when set, overrides `level`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Log {
     /// Least severe level that is written.
     pub level: LogLevel,
@@ -102,7 +102,7 @@ pub struct Log {
 }
 
 /// A log level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Everything, including per-read details.
@@ -132,7 +132,7 @@ impl LogLevel {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// JSON when stderr is not a terminal, pretty text when it is.
@@ -145,12 +145,14 @@ pub enum LogFormat {
 }
 
 /// Shutdown behaviour on SIGTERM / SIGINT / `POST /shutdown`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Drain {
     /// Listeners keep accepting for this long after the signal (readiness is
     /// already failing), for callers that still route to this pod.
+    #[serde(serialize_with = "serialized::duration")]
     pub min_delay: Duration,
     /// The process exits when the last connection closes, or after this long.
+    #[serde(serialize_with = "serialized::duration")]
     pub grace_period: Duration,
 }
 
@@ -164,7 +166,7 @@ impl Default for Drain {
 }
 
 /// One listening socket and what to do with its connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listener {
     /// Name used in logs and metric labels.
     pub name: String,
@@ -178,6 +180,7 @@ pub struct Listener {
     /// Concurrent connections; excess ones are closed at once and counted.
     pub max_connections: usize,
     /// Close a connection with no traffic in either direction for this long.
+    #[serde(serialize_with = "serialized::duration")]
     pub idle_timeout: Duration,
     /// While draining, keep accepting connections from loopback peers (the
     /// app in the same pod) instead of closing the listener.
@@ -219,17 +222,20 @@ pub const DEFAULT_REDACTED_QUERY: [&str; 5] =
     ["token", "password", "access_token", "secret", "api_key"];
 
 /// An `http` listener's L7 behaviour.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HttpListener {
     /// Evaluated in order; the first match decides. Unmatched requests go to
     /// the listener's `upstream`.
     pub routes: Vec<Route>,
     /// Limit on waiting for the response headers, retries and backoff included; 504 after it.
+    #[serde(serialize_with = "serialized::duration")]
     pub request_timeout: Duration,
     /// Limit on one upstream try; a try that runs out is retried (when the
     /// request may be) on another endpoint. `None`: only `request_timeout`.
+    #[serde(serialize_with = "serialized::optional_duration")]
     pub per_try_timeout: Option<Duration>,
     /// The request line and headers must arrive within this.
+    #[serde(serialize_with = "serialized::duration")]
     pub header_read_timeout: Duration,
     /// Largest request header block (bytes).
     pub max_header_bytes: usize,
@@ -273,7 +279,7 @@ impl Default for HttpListener {
 }
 
 /// The per-request access log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AccessLog {
     /// Whether a line is written per request.
     pub enabled: bool,
@@ -297,7 +303,7 @@ impl Default for AccessLog {
 }
 
 /// One routing rule: a match and what to do with the requests it matches.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Route {
     /// Name used in metric labels and logs.
     pub name: String,
@@ -308,7 +314,7 @@ pub struct Route {
 }
 
 /// Conditions that must all hold; an empty match takes every request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RouteMatch {
     /// The request's host (port ignored, case-insensitive); `*.example.com`
     /// matches any subdomain.
@@ -322,7 +328,7 @@ pub struct RouteMatch {
 }
 
 /// What a route does.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum RouteAction {
     /// Proxy to the named upstream.
     Upstream(String),
@@ -336,7 +342,7 @@ pub enum RouteAction {
 }
 
 /// TLS termination on a listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ListenerTls {
     /// Certificate chain (PEM, leaf first).
     pub cert: PathBuf,
@@ -356,7 +362,7 @@ pub struct ListenerTls {
 }
 
 /// Whether a TLS listener asks for client certificates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     /// A certificate chaining to `client_ca` is required (the default).
@@ -369,19 +375,21 @@ pub enum ClientAuth {
 }
 
 /// A TLS protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, serde::Serialize)]
 pub enum TlsVersion {
     /// TLS 1.2 (the default minimum).
     #[default]
+    #[serde(rename = "1.2")]
     Tls12,
     /// TLS 1.3.
+    #[serde(rename = "1.3")]
     Tls13,
 }
 
 /// Identities a peer certificate may carry to be accepted: any match in any
 /// list lets the peer in. URIs may use `*` for one whole path segment
 /// (`spiffe://cluster.local/ns/*/sa/web`) or end in `/*` for any suffix.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct IdentityAllowList {
     /// URI SANs, such as SPIFFE IDs.
     pub uris: Vec<String>,
@@ -399,7 +407,7 @@ impl IdentityAllowList {
 }
 
 /// TLS origination to an upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UpstreamTls {
     /// CA bundle the server's certificate must chain to.
     pub ca: PathBuf,
@@ -424,7 +432,7 @@ pub struct UpstreamTls {
 /// A listener's acceptance of the PROXY protocol: the header a load
 /// balancer (HAProxy `send-proxy`, nginx `proxy_protocol on`, AWS NLB)
 /// sends before the client's bytes, naming the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProxyProtocol {
     /// Which header versions are accepted.
     pub accept: ProxyProtocolVersion,
@@ -432,6 +440,7 @@ pub struct ProxyProtocol {
     /// start with one, and connections from anyone else are refused.
     pub trusted: Vec<IpNetwork>,
     /// The whole header must arrive within this.
+    #[serde(serialize_with = "serialized::duration")]
     pub timeout: Duration,
 }
 
@@ -439,7 +448,7 @@ pub struct ProxyProtocol {
 pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// PROXY protocol versions a listener accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocolVersion {
     /// The text header (`PROXY TCP4 ...`).
@@ -511,7 +520,7 @@ impl IpNetwork {
 }
 
 /// A listener's protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Bytes both ways, unchanged (L4).
@@ -522,25 +531,39 @@ pub enum Protocol {
     Redis,
 }
 
+impl Protocol {
+    /// The protocol's name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Redis => "redis",
+        }
+    }
+}
+
 /// A `redis` listener's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RedisListener {
     /// Long-lived upstream connections shared by every client, per database.
     pub shared_connections: usize,
     /// A command without a reply after this gets an error reply (its late
     /// reply is discarded in order).
+    #[serde(serialize_with = "serialized::duration")]
     pub command_timeout: Duration,
     /// Connections lent to one client at a time (transactions, blocking
     /// commands, pub/sub); a client waits up to `command_timeout` for one.
     pub max_pinned: u32,
     /// Clients must `AUTH` with this password (and `username`, when set)
     /// before anything else; checked by attache, never sent upstream.
+    #[serde(serialize_with = "serialized::secret")]
     pub password: Option<String>,
     /// The user clients name in `AUTH user password`; `default` when absent.
     pub username: Option<String>,
     /// attache's own credentials for Redis, sent on every upstream connection.
     pub upstream_username: Option<String>,
     /// See `upstream_username`.
+    #[serde(serialize_with = "serialized::secret")]
     pub upstream_password: Option<String>,
 }
 
@@ -567,7 +590,7 @@ impl Default for RedisListener {
 }
 
 /// The HTTP version attache speaks to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpVersion {
     /// HTTP/1.1 with keep-alive (the default).
@@ -578,7 +601,7 @@ pub enum HttpVersion {
 }
 
 /// A named group of endpoints that listeners forward to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Upstream {
     /// Name referenced by listeners and used in metric labels.
     pub name: String,
@@ -587,6 +610,7 @@ pub struct Upstream {
     /// How an endpoint is picked for each connection.
     pub balance: Balance,
     /// Limit on one TCP connect attempt to one endpoint.
+    #[serde(serialize_with = "serialized::duration")]
     pub connect_timeout: Duration,
     /// TLS origination; `None` for plaintext.
     pub tls: Option<UpstreamTls>,
@@ -612,7 +636,7 @@ pub struct Upstream {
 }
 
 /// The PROXY protocol header an upstream connection starts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocolSend {
     /// The text header.
@@ -622,7 +646,7 @@ pub enum ProxyProtocolSend {
 }
 
 /// A Redis master found through Sentinel.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Sentinel {
     /// The name the Sentinels monitor the master under.
     pub master_name: String,
@@ -630,12 +654,13 @@ pub struct Sentinel {
 
 /// Warm connections per endpoint, made before clients arrive. At L4 each
 /// one serves a single client and is then closed; the pool refills.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WarmPool {
     /// Idle connections kept ready per endpoint.
     pub size: usize,
     /// A warm connection older than this is replaced, never handed out; keep
     /// it below the server's pre-authentication timeout.
+    #[serde(serialize_with = "serialized::duration")]
     pub max_age: Duration,
 }
 
@@ -645,13 +670,14 @@ pub const DEFAULT_WARM_POOL_SIZE: usize = 2;
 pub const DEFAULT_WARM_POOL_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Envoy's circuit-breaker thresholds and HAProxy's `maxconn`/`maxqueue`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     /// Upstream connections handed to clients at once (warm idle ones are extra).
     pub max_connections: usize,
     /// Clients waiting for a connection slot; beyond that, refused at once.
     pub max_pending: usize,
     /// A waiting client is refused after this long.
+    #[serde(serialize_with = "serialized::duration")]
     pub queue_timeout: Duration,
     /// HTTP requests in flight to the upstream at once (Envoy's
     /// `max_requests`); beyond it they queue like connections do.
@@ -686,15 +712,18 @@ impl Default for Limits {
 
 /// Connect retries: a failed connect (or TLS handshake) sent nothing
 /// upstream, so another attempt is always safe.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Retry {
     /// Connect attempts per client, the first included; 1 turns retries off.
     pub attempts: u32,
     /// Backoff before the first retry; doubles for each one, with full jitter.
+    #[serde(serialize_with = "serialized::duration")]
     pub backoff: Duration,
     /// Ceiling of the backoff.
+    #[serde(serialize_with = "serialized::duration")]
     pub max_backoff: Duration,
     /// All of one client's attempts and backoffs end within this.
+    #[serde(serialize_with = "serialized::duration")]
     pub deadline: Duration,
     /// Retries may add this percentage to the first attempts of the last 10 s...
     pub budget_percent: u32,
@@ -731,13 +760,15 @@ impl Default for Retry {
 /// Per-endpoint circuit breaker: consecutive failures open it; after
 /// `open_for` (doubling on each failed probe, up to `max_open_for`) one probe
 /// is let through, and its success closes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Breaker {
     /// Consecutive connect failures that open the breaker; 0 turns it off.
     pub consecutive_failures: u32,
     /// How long an endpoint stays out after it first opens.
+    #[serde(serialize_with = "serialized::duration")]
     pub open_for: Duration,
     /// Ceiling of the doubling interval.
+    #[serde(serialize_with = "serialized::duration")]
     pub max_open_for: Duration,
     /// Share of an upstream's endpoints that may be out at once (at least one may).
     pub max_ejected_percent: u32,
@@ -764,13 +795,15 @@ impl Default for Breaker {
 }
 
 /// Active health checking of every endpoint of an upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HealthCheck {
     /// What a check sends and expects.
     pub probe: Probe,
     /// Time between checks of one endpoint.
+    #[serde(serialize_with = "serialized::duration")]
     pub interval: Duration,
     /// Limit on one check.
+    #[serde(serialize_with = "serialized::duration")]
     pub timeout: Duration,
     /// Consecutive passes that bring an unhealthy endpoint back.
     pub healthy_threshold: u32,
@@ -792,7 +825,7 @@ pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 /// A health check's probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Probe {
     /// The TCP connect (and TLS handshake, with origination) succeeds.
@@ -818,7 +851,7 @@ impl Probe {
 }
 
 /// How an endpoint is picked for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     /// Each endpoint in turn.
@@ -886,6 +919,58 @@ impl FromStr for Endpoint {
             host: host.to_owned(),
             port,
         })
+    }
+}
+
+impl fmt::Display for IpNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix)
+    }
+}
+
+impl serde::Serialize for IpNetwork {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl serde::Serialize for Endpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// How the model is written out (the admin port's `/config`): durations as
+/// text (`1m 30s`), secrets redacted.
+mod serialized {
+    use std::time::Duration;
+
+    pub(super) fn duration<S: serde::Serializer>(
+        duration: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_duration(*duration))
+    }
+
+    pub(super) fn optional_duration<S: serde::Serializer>(
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => self::duration(duration, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// A secret shows whether it is set, never its value.
+    pub(super) fn secret<S: serde::Serializer>(
+        secret: &Option<String>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match secret {
+            Some(_) => serializer.serialize_str("<redacted>"),
+            None => serializer.serialize_none(),
+        }
     }
 }
 
