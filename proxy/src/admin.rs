@@ -7,11 +7,12 @@
 //! | `GET /ready` | 200 when started and not draining, 503 otherwise; never depends on upstream health |
 //! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
 //! | `GET /upstreams` | JSON: every upstream's slots and queue, and per endpoint its breaker, health, active connections and warm pool |
+//! | `GET /config` | JSON: the active config with its defaults (secrets redacted), its SHA-256, generation and file |
 //! | `POST /shutdown` | starts the drain, as SIGTERM does; 404 unless enabled, 403 for non-loopback callers |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,9 +23,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use crate::generation::Generation;
 use crate::lifecycle::Lifecycle;
 use crate::telemetry::metrics::Metrics;
-use crate::upstream::Upstream;
 
 /// Limit on reading a request's headers (slow clients hold no task for long).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,8 +36,9 @@ pub(crate) struct AdminState {
     pub(crate) lifecycle: Arc<Lifecycle>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) shutdown_endpoint: bool,
-    /// Set once the upstreams are built; `/upstreams` answers 503 before.
-    pub(crate) upstreams: Arc<OnceLock<Vec<Arc<Upstream>>>>,
+    /// The generation in service; `/upstreams` and `/config` answer 503
+    /// until the first is built.
+    pub(crate) active: Arc<arc_swap::ArcSwapOption<Generation>>,
 }
 
 /// Serves admin requests on `socket` until the process exits.
@@ -84,6 +86,7 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             .body(Full::new(Bytes::from(state.metrics.encode())))
             .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")),
         (&Method::GET, "/upstreams") => upstreams(state),
+        (&Method::GET, "/config") => active_config(state),
         (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
             StatusCode::NOT_FOUND,
             "shutdown endpoint disabled (admin.shutdown_endpoint: true enables it)\n",
@@ -97,31 +100,41 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             lifecycle.request_shutdown();
             text(StatusCode::ACCEPTED, "draining\n")
         }
-        (_, "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/shutdown") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/shutdown",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /live /startup /ready /metrics /upstreams /shutdown\n",
+            "not found: /live /startup /ready /metrics /upstreams /config /shutdown\n",
         ),
     }
 }
 
 fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {
-    let Some(upstreams) = state.upstreams.get() else {
+    let Some(active) = state.active.load_full() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
     };
-    let statuses: Vec<_> = upstreams.iter().map(|upstream| upstream.status()).collect();
-    let body = serde_json::json!({ "upstreams": statuses });
+    let statuses: Vec<_> = active
+        .upstreams
+        .iter()
+        .map(|upstream| upstream.status())
+        .collect();
+    json(&serde_json::json!({ "upstreams": statuses }))
+}
+
+fn active_config(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(active) = state.active.load_full() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+    };
+    json(&active.describe())
+}
+
+fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap_or_else(|_| {
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cannot encode upstreams\n",
-            )
-        })
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode JSON\n"))
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -152,7 +165,7 @@ mod tests {
             lifecycle: Arc::new(Lifecycle::new()),
             metrics: Arc::new(Metrics::new()),
             shutdown_endpoint,
-            upstreams: Arc::default(),
+            active: Arc::default(),
         }
     }
 

@@ -549,14 +549,24 @@ pub(crate) fn main() -> ExitCode {
             }
             Err(error) => fail(&error),
         },
-        Command::Run { config, admin } => match attache_config::load(&config) {
-            Ok(mut loaded) => {
-                admin.apply(&mut loaded.admin);
-                serve(loaded)
+        Command::Run { config, admin } => {
+            let loaded = attache_config::read(&config).and_then(|text| {
+                attache_config::parse_with_process_env(&text, &config).map(|loaded| (loaded, text))
+            });
+            match loaded {
+                Ok((mut loaded, text)) => {
+                    admin.apply(&mut loaded.admin);
+                    let file = runtime::ConfigFile {
+                        path: config,
+                        text,
+                        adjust: Box::new(move |config| admin.apply(&mut config.admin)),
+                    };
+                    serve(loaded, Some(file))
+                }
+                // The config's own log format is unknown here: auto.
+                Err(error) => fatal(LogFormat::Auto, &error),
             }
-            // The config's own log format is unknown here: auto.
-            Err(error) => fatal(LogFormat::Auto, &error),
-        },
+        }
         Command::Inject {
             file,
             config_map,
@@ -638,10 +648,10 @@ fn certs(command: CertsCommand) -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, file: Option<runtime::ConfigFile>) -> ExitCode {
     let format = config.log.format;
     logging::init(config.log.level, format);
-    match block_on(runtime::run(config)) {
+    match block_on(runtime::run(config, file)) {
         Ok(Ok(())) => {
             // What is queued (the drain summary) reaches a reader that
             // reads; a stuck one holds the exit back a second at most.
@@ -659,7 +669,7 @@ fn one_liner(config: Config) -> ExitCode {
     if let Some(problem) = problems.first() {
         return fatal(config.log.format, &format!("invalid arguments: {problem}"));
     }
-    serve(config)
+    serve(config, None)
 }
 
 /// Runs `future` on a runtime sized to the CPUs attache may use: with one

@@ -1,19 +1,22 @@
 //! Listening sockets and the pipeline every protocol shares: bind, accept,
-//! enforce `max_connections`, follow the drain phase, terminate TLS when
-//! the listener has it (handshake timeout, metrics, failure logs), then hand
-//! the connection and its [`ConnectionContext`] to the protocol handler, in
-//! a task of its own. No protocol terminates TLS itself. A connection's
-//! failure never stops the listener.
+//! enforce `max_connections`, follow the drain phase, read the PROXY
+//! protocol header, terminate TLS when the listener has it (handshake
+//! timeout, metrics, failure logs), then hand the connection and its
+//! [`ConnectionContext`] to the protocol handler, in a task of its own. No
+//! protocol terminates TLS itself. A connection's failure never stops the
+//! listener. A config reload swaps a listener's [`Settings`] (new
+//! connections get them) or retires it, through its [`ListenerControl`].
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::net;
@@ -34,10 +37,63 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub(crate) struct Listener {
     socket: TcpListener,
     local_address: SocketAddr,
+    settings: Arc<ArcSwap<Settings>>,
+    /// Set once: a config reload removed this listener.
+    retired: watch::Receiver<bool>,
+    /// Tells this listener's connections to finish (drain or removal).
+    closing: watch::Sender<bool>,
+}
+
+/// What a listener does with the connections it accepts. A config reload
+/// swaps it; a connection keeps the settings it was accepted with.
+pub(crate) struct Settings {
+    name: String,
     max_connections: usize,
+    /// `max_connections` permits; a reload brings a new set, so for a while
+    /// connections under the old and the new settings may add up past it.
+    permits: Arc<Semaphore>,
     keep_accepting_while_draining: bool,
     proxy_protocol: Option<Arc<attache_config::ProxyProtocol>>,
     handler: Arc<dyn Protocol>,
+}
+
+impl Settings {
+    pub(crate) fn new(config: &attache_config::Listener, handler: Arc<dyn Protocol>) -> Self {
+        Self {
+            name: config.name.clone(),
+            max_connections: config.max_connections,
+            permits: Arc::new(Semaphore::new(config.max_connections)),
+            keep_accepting_while_draining: config.keep_accepting_while_draining,
+            proxy_protocol: config.proxy_protocol.clone().map(Arc::new),
+            handler,
+        }
+    }
+}
+
+/// The runtime's hold on a serving listener: new settings, or retirement.
+pub(crate) struct ListenerControl {
+    /// The address as configured (port 0 stays 0): a reloaded listener
+    /// with the same one keeps this socket.
+    pub(crate) configured: SocketAddr,
+    pub(crate) local_address: SocketAddr,
+    settings: Arc<ArcSwap<Settings>>,
+    retire: watch::Sender<bool>,
+}
+
+impl ListenerControl {
+    /// New connections get `settings`; open ones keep theirs.
+    pub(crate) fn update(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Stops accepting; open connections are told to finish, as in a drain.
+    pub(crate) fn retire(&self) {
+        self.retire.send_replace(true);
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.settings.load().name.clone()
+    }
 }
 
 /// A protocol a listener hands its connections to (`tcp`, `http`, `redis`;
@@ -56,6 +112,9 @@ pub(crate) trait Protocol: Send + Sync + 'static {
         client: ClientStream,
         context: ConnectionContext,
     ) -> BoxFuture<'static, ()>;
+    /// The handler as `Any`, so a connection can find the newest handler of
+    /// its own kind after a reload ([`ConnectionContext::newest`]).
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
 /// Implements [`Protocol`] for a handler whose `listener`, `metrics` and
@@ -84,6 +143,12 @@ macro_rules! protocol {
             ) -> futures_util::future::BoxFuture<'static, ()> {
                 Box::pin($serve(client, context, self))
             }
+
+            fn as_any(
+                self: std::sync::Arc<Self>,
+            ) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
+                self
+            }
         }
     };
 }
@@ -101,7 +166,29 @@ pub(crate) struct ConnectionContext {
     /// When the connection was accepted, before any TLS handshake.
     pub(crate) accepted: tokio::time::Instant,
     pub(crate) accepted_at: std::time::SystemTime,
-    pub(crate) lifecycle: Arc<Lifecycle>,
+    /// Turns `true` when the connection should finish: the drain closed the
+    /// listeners, or a reload removed this one. Protocols that can end a
+    /// connection gracefully (HTTP) watch it.
+    pub(crate) closing: watch::Receiver<bool>,
+    /// The listener's settings as a reload leaves them.
+    listener: Arc<ArcSwap<Settings>>,
+}
+
+impl ConnectionContext {
+    /// The listener's newest handler when it is still a `Handler` (a
+    /// reload may have changed the protocol): protocols that serve many
+    /// requests on one connection (HTTP) take each request's routes,
+    /// upstreams and timeouts from it, so a reload reaches keep-alive
+    /// clients too.
+    pub(crate) fn newest<Handler: Protocol>(&self) -> Option<Arc<Handler>> {
+        self.listener
+            .load()
+            .handler
+            .clone()
+            .as_any()
+            .downcast::<Handler>()
+            .ok()
+    }
 }
 
 /// The listen address could not be bound.
@@ -121,8 +208,8 @@ impl Listener {
     /// [`BindError`] when the address is taken or not available.
     pub(crate) fn bind(
         config: &attache_config::Listener,
-        handler: Arc<dyn Protocol>,
-    ) -> Result<Self, BindError> {
+        settings: Settings,
+    ) -> Result<(Self, ListenerControl), BindError> {
         let bind_error = |source| BindError {
             name: config.name.clone(),
             address: config.listen,
@@ -131,38 +218,51 @@ impl Listener {
         let socket = bind_socket(config.listen).map_err(bind_error)?;
         let socket = TcpListener::from_std(socket.into()).map_err(bind_error)?;
         let local_address = socket.local_addr().map_err(bind_error)?;
-        Ok(Self {
+        let settings = Arc::new(ArcSwap::from_pointee(settings));
+        let (retire, retired) = watch::channel(false);
+        let control = ListenerControl {
+            configured: config.listen,
+            local_address,
+            settings: settings.clone(),
+            retire,
+        };
+        let listener = Self {
             socket,
             local_address,
-            max_connections: config.max_connections,
-            keep_accepting_while_draining: config.keep_accepting_while_draining,
-            proxy_protocol: config.proxy_protocol.clone().map(Arc::new),
-            handler,
-        })
+            settings,
+            retired,
+            closing: watch::Sender::new(false),
+        };
+        Ok((listener, control))
     }
 
-    pub(crate) fn local_address(&self) -> SocketAddr {
-        self.local_address
-    }
-
-    /// Accepts until the drain phase closes the listener.
-    pub(crate) async fn serve(self, lifecycle: Arc<Lifecycle>) {
-        let permits = Arc::new(Semaphore::new(self.max_connections));
+    /// Accepts until the drain phase closes the listener or a reload
+    /// removes it.
+    pub(crate) async fn serve(mut self, lifecycle: Arc<Lifecycle>) {
         let mut phase = lifecycle.watch_phase();
         let mut backoff = ACCEPT_BACKOFF_FIRST;
-        let name = self.handler.listener_name();
-        let metrics = self.handler.metrics();
         loop {
             let accepted = tokio::select! {
                 accepted = self.socket.accept() => accepted,
                 changed = phase.changed() => {
                     let closing = changed.is_err() || *phase.borrow_and_update() == Phase::Closing;
-                    if closing && !self.keep_accepting_while_draining {
-                        break;
+                    if closing {
+                        self.closing.send_replace(true);
+                        if !self.settings.load().keep_accepting_while_draining {
+                            break;
+                        }
                     }
                     continue;
                 }
+                _ = self.retired.changed() => {
+                    self.closing.send_replace(true);
+                    tracing::info!(listener = %self.settings.load().name, address = %self.local_address, "listener removed by a config reload; its connections finish");
+                    break;
+                }
             };
+            let settings = self.settings.load_full();
+            let name = &settings.name;
+            let metrics = settings.handler.metrics();
             let (stream, peer) = match accepted {
                 Ok(accepted) => {
                     backoff = ACCEPT_BACKOFF_FIRST;
@@ -191,14 +291,18 @@ impl Listener {
                 tracing::debug!(listener = %name, client = %peer, "refused: draining, non-loopback client");
                 continue;
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(permit) = settings.permits.clone().try_acquire_owned() else {
                 metrics.refused_max_connections.inc();
-                tracing::debug!(listener = %name, client = %peer, max_connections = self.max_connections, "refused: max_connections reached");
+                tracing::debug!(listener = %name, client = %peer, max_connections = settings.max_connections, "refused: max_connections reached");
                 continue;
             };
-            self.spawn_connection(stream, peer, permit, &lifecycle);
+            self.spawn_connection(stream, peer, permit, settings, &lifecycle);
         }
-        tracing::info!(listener = %name, address = %self.local_address, "listener closed");
+        let (name, address) = (self.settings.load().name.clone(), self.local_address);
+        // Closed before it is said to be: a client that reads the line and
+        // connects is refused.
+        drop(self);
+        tracing::info!(listener = %name, %address, "listener closed");
     }
 
     fn spawn_connection(
@@ -206,25 +310,26 @@ impl Listener {
         mut stream: TcpStream,
         peer: SocketAddr,
         permit: tokio::sync::OwnedSemaphorePermit,
+        settings: Arc<Settings>,
         lifecycle: &Arc<Lifecycle>,
     ) {
         let tracked = lifecycle.track_connection();
-        let metrics = self.handler.metrics();
+        let metrics = settings.handler.metrics();
         metrics.opened.inc();
         metrics.active.inc();
         let accepted = tokio::time::Instant::now();
         let accepted_at = std::time::SystemTime::now();
-        let lifecycle = lifecycle.clone();
-        let proxy_protocol = self.proxy_protocol.clone();
-        let handler = self.handler.clone();
+        let closing = self.closing.subscribe();
+        let listener = self.settings.clone();
         tokio::spawn(async move {
+            let handler = &settings.handler;
             let metrics = handler.metrics();
             let name = handler.listener_name();
             let local = stream.local_addr().unwrap_or(peer);
-            let addresses = match &proxy_protocol {
+            let addresses = match &settings.proxy_protocol {
                 None => Some((peer, local)),
-                Some(settings) => {
-                    match proxy_header::read(&mut stream, (peer, local), settings).await {
+                Some(proxy_protocol) => {
+                    match proxy_header::read(&mut stream, (peer, local), proxy_protocol).await {
                         Ok(addresses) => Some(addresses),
                         Err(refused) => {
                             metrics.refused_proxy_protocol.inc();
@@ -247,7 +352,8 @@ impl Listener {
                     destination,
                     accepted,
                     accepted_at,
-                    lifecycle,
+                    closing,
+                    listener,
                 };
                 handler.clone().serve(client, context).await;
             }

@@ -4,21 +4,26 @@
 //!
 //! # Layout
 //! - `cli`: argument parsing and dispatch; `wait`: the init-container wait.
-//! - `runtime`: boot, signals, drain; `lifecycle`: start-up latch, drain
+//! - `runtime`: boot, signals, drain, config reload; `generation`: the
+//!   upstreams and protocol handlers built from one config, shared with the
+//!   next where settings did not change; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind, accept, TLS termination, hand-off to a protocol;
+//! - `listener`: bind, accept, PROXY header, TLS termination, hand-off to a
+//!   protocol;
 //!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `activity`:
 //!   the idle timeout of connections that hyper drives.
 //! - `net`: stream types and socket options every room uses;
 //!   `proxy_header`: the PROXY protocol step of the listener pipeline.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
 //!   `resilience`: backoff, retry budget, breaker, concurrency limit.
-//! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file change.
+//! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file
+//!   change, and the file watching the config reload shares.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.
 
 mod activity;
 mod admin;
 mod cli;
+mod generation;
 mod http;
 mod inject;
 mod lifecycle;

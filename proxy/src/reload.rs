@@ -1,4 +1,5 @@
-//! Certificate reload. Every TLS listener and upstream reads its rustls
+//! Certificate reload, and the file watching the config reload shares.
+//! Every TLS listener and upstream reads its rustls
 //! configuration from an [`ArcSwap`] on each handshake; SIGHUP or a change in
 //! a directory holding its files (including Kubernetes' atomic `..data`
 //! symlink swap) rebuilds them. Only events that can change content count
@@ -22,6 +23,7 @@ use attache_config::{Config, ListenerTls, UpstreamTls};
 use notify::{RecursiveMode, Watcher};
 use prometheus_client::metrics::gauge::Gauge;
 use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::mpsc;
 
 use crate::telemetry::metrics::{Metrics, ReloadMetrics};
 
@@ -113,31 +115,48 @@ impl<Source, Rustls> Reloadable<Source, Rustls> {
     }
 }
 
+/// The entry `name` of `entries` when it was built from the same settings
+/// and its files still hold what it was built from.
+fn reusable<Source: PartialEq, Rustls>(
+    entries: &[Arc<Reloadable<Source, Rustls>>],
+    name: &str,
+    source: &Source,
+) -> Option<Arc<Reloadable<Source, Rustls>>> {
+    let entry = entries
+        .iter()
+        .find(|entry| entry.name == name && entry.source == *source)?;
+    let in_service = *entry
+        .fingerprint
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    (in_service.is_some() && fingerprint(&entry.files) == in_service).then(|| entry.clone())
+}
+
 /// Every reloadable TLS configuration of the process.
 pub(crate) struct TlsMaterial {
-    listeners: Vec<Reloadable<ListenerTls, ServerConfig>>,
-    upstreams: Vec<Reloadable<UpstreamTls, ClientConfig>>,
+    listeners: Vec<Arc<Reloadable<ListenerTls, ServerConfig>>>,
+    upstreams: Vec<Arc<Reloadable<UpstreamTls, ClientConfig>>>,
     directories: BTreeSet<PathBuf>,
     metrics: ReloadMetrics,
 }
 
 impl TlsMaterial {
-    /// Loads every TLS section of `config`.
+    /// Loads every TLS section of `config`. A section that `previous` (the
+    /// material in service, on a config reload) holds with the same
+    /// settings and unchanged files is shared, not rebuilt, so its sessions
+    /// keep resuming.
     ///
     /// # Errors
     /// When any of them cannot be built: attache does not start without its
-    /// certificates.
-    pub(crate) fn load(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
+    /// certificates, and a reload does not apply.
+    pub(crate) fn load(
+        config: &Config,
+        previous: Option<&Self>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let mut directories = BTreeSet::new();
         let mut watch = |path: &std::path::Path| {
-            if let Some(parent) = path.parent() {
-                let parent = if parent.as_os_str().is_empty() {
-                    std::path::Path::new(".")
-                } else {
-                    parent
-                };
-                directories.insert(parent.to_path_buf());
-            }
+            directories.insert(directory_of(path));
         };
         let mut listeners = Vec::new();
         for listener in &config.listeners {
@@ -151,17 +170,22 @@ impl TlsMaterial {
                 .flatten()
                 .cloned()
                 .collect();
-            let expiry = metrics.certificate_expiry("listener", &listener.name);
-            listeners.push(
-                Reloadable::load(
-                    &listener.name,
-                    tls.clone(),
-                    files,
-                    expiry,
-                    tls::server_config,
-                )
-                .with_context(|| format!("listener {:?}: TLS", listener.name))?,
-            );
+            let kept =
+                previous.and_then(|previous| reusable(&previous.listeners, &listener.name, tls));
+            let reloadable = match kept {
+                Some(kept) => kept,
+                None => Arc::new(
+                    Reloadable::load(
+                        &listener.name,
+                        tls.clone(),
+                        files,
+                        metrics.certificate_expiry("listener", &listener.name),
+                        tls::server_config,
+                    )
+                    .with_context(|| format!("listener {:?}: TLS", listener.name))?,
+                ),
+            };
+            listeners.push(reloadable);
         }
         let mut upstreams = Vec::new();
         for upstream in &config.upstreams {
@@ -175,17 +199,22 @@ impl TlsMaterial {
                 .flatten()
                 .cloned()
                 .collect();
-            let expiry = metrics.certificate_expiry("upstream", &upstream.name);
-            upstreams.push(
-                Reloadable::load(
-                    &upstream.name,
-                    tls.clone(),
-                    files,
-                    expiry,
-                    tls::client_config,
-                )
-                .with_context(|| format!("upstream {:?}: TLS", upstream.name))?,
-            );
+            let kept =
+                previous.and_then(|previous| reusable(&previous.upstreams, &upstream.name, tls));
+            let reloadable = match kept {
+                Some(kept) => kept,
+                None => Arc::new(
+                    Reloadable::load(
+                        &upstream.name,
+                        tls.clone(),
+                        files,
+                        metrics.certificate_expiry("upstream", &upstream.name),
+                        tls::client_config,
+                    )
+                    .with_context(|| format!("upstream {:?}: TLS", upstream.name))?,
+                ),
+            };
+            upstreams.push(reloadable);
         }
         Ok(Self {
             listeners,
@@ -221,35 +250,71 @@ impl TlsMaterial {
         }
     }
 
-    /// Reloads whenever a watched directory changes, until the process exits.
+    /// Reloads whenever a watched directory changes, until the task is
+    /// aborted (a config reload brought other material) or the process exits.
     pub(crate) async fn watch(self: Arc<Self>) {
-        if self.directories.is_empty() {
+        let Some(mut changes) = watch_directories(self.directories.iter().cloned(), "certificate")
+        else {
             return;
-        }
-        let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|event| may_change_content(event.kind)) {
-                let _ = changed.send(());
-            }
-        });
-        let mut watcher = match watcher {
-            Ok(watcher) => watcher,
-            Err(error) => {
-                tracing::warn!(%error, "cannot watch certificate files; reload with SIGHUP");
-                return;
-            }
         };
-        for directory in &self.directories {
-            if let Err(error) = watcher.watch(directory, RecursiveMode::NonRecursive) {
-                tracing::warn!(directory = %directory.display(), %error, "cannot watch; reload with SIGHUP");
-            }
-        }
         while changes.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while changes.try_recv().is_ok() {}
             tracing::info!("certificate files changed; reloading");
             self.reload();
         }
+    }
+}
+
+/// A receiver that gets one message per burst of changes (debounced) in any
+/// of `directories`; `None` when there is nothing to watch or watching is
+/// not possible (then only SIGHUP reloads, and a warning says so). The
+/// watch ends when the receiver is dropped.
+pub(crate) fn watch_directories(
+    directories: impl IntoIterator<Item = PathBuf>,
+    what: &'static str,
+) -> Option<mpsc::Receiver<()>> {
+    let directories: Vec<PathBuf> = directories.into_iter().collect();
+    if directories.is_empty() {
+        return None;
+    }
+    let (changed, mut changes) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| may_change_content(event.kind)) {
+            let _ = changed.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch {what} files; reload with SIGHUP");
+            return None;
+        }
+    };
+    for directory in &directories {
+        if let Err(error) = watcher.watch(directory, RecursiveMode::NonRecursive) {
+            tracing::warn!(directory = %directory.display(), %error, "cannot watch {what} files; reload with SIGHUP");
+        }
+    }
+    let (debounced, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        while changes.recv().await.is_some() {
+            tokio::time::sleep(DEBOUNCE).await;
+            while changes.try_recv().is_ok() {}
+            if debounced.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    Some(receiver)
+}
+
+/// The directory holding `path` (watched rather than the file: editors and
+/// Kubernetes replace files by renaming).
+pub(crate) fn directory_of(path: &std::path::Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -6,34 +6,56 @@
 //! listeners stop accepting (those with `keep_accepting_while_draining` keep
 //! taking loopback clients); the process exits as soon as the last client
 //! connection closes, or when `drain.grace_period` (counted from the signal)
-//! ends. A second signal exits at once. SIGHUP reloads certificates.
+//! ends. A second signal exits at once.
+//!
+//! Reload: SIGHUP or a change to the config file (its directory is watched,
+//! so a ConfigMap's `..data` swap counts) reads the file again. A file that
+//! is unchanged, unreadable or invalid in any way (the problems `attache
+//! check` prints, a TLS file that does not load, an address that cannot be
+//! bound) changes nothing. A valid one becomes the next [`Generation`]:
+//! listeners at the same address keep their socket and give new
+//! connections the new settings, new ones bind, removed ones stop accepting
+//! and their connections finish as in a drain; open connections keep what
+//! they started with. `admin`, `log` and `tracing` need a restart. SIGHUP
+//! also reloads certificates whose files changed.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use attache_config::{Config, RouteAction};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use attache_config::Config;
+use opentelemetry_sdk::trace::Tracer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 use crate::admin::{self, AdminState};
-use crate::http::{HttpProxy, HttpUpstream};
+use crate::generation::{Generation, sha256_hex};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::listener::{Listener, Protocol};
-use crate::redis::{RedisProxy, SentinelMaster, Target};
-use crate::reload::TlsMaterial;
-use crate::tcp::TcpRoute;
-use crate::telemetry::metrics::Metrics;
+use crate::listener::{Listener, ListenerControl, Settings};
+use crate::telemetry::metrics::{Metrics, ReloadMetrics};
 use crate::telemetry::traces::Traces;
 use crate::upstream::Upstream;
-use opentelemetry_sdk::trace::Tracer;
 
-/// Runs the proxy described by `config` until it has drained.
+/// Where the config came from, when it came from a file: the runtime
+/// reloads it from there.
+pub(crate) struct ConfigFile {
+    pub(crate) path: PathBuf,
+    /// The file's bytes as they were when `config` was parsed from them.
+    pub(crate) text: String,
+    /// Command-line settings that override the file's (`--admin`), applied
+    /// to every reload too.
+    pub(crate) adjust: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+/// Runs the proxy described by `config` until it has drained; reloads it
+/// from `file`, when there is one, on SIGHUP and when the file changes.
 ///
 /// # Errors
 /// When the admin address or a listen address cannot be bound, or signal
 /// handlers cannot be installed; nothing is served then.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Result<()> {
     raise_open_file_limit(&config);
     let lifecycle = Arc::new(Lifecycle::new());
     let metrics = Arc::new(Metrics::new());
@@ -42,7 +64,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let mut interrupt =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
-    let upstreams_view = Arc::new(std::sync::OnceLock::new());
+    let active = Arc::new(ArcSwapOption::empty());
     if let Some(address) = config.admin.listen {
         let socket = TcpListener::bind(address)
             .await
@@ -53,52 +75,79 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             shutdown_endpoint: config.admin.shutdown_endpoint,
-            upstreams: upstreams_view.clone(),
+            active: active.clone(),
         });
         tokio::spawn(admin::serve(socket, state));
     }
 
     let traces = Traces::start(&config.tracing)?;
     let tracer = traces.tracer();
-    let material = Arc::new(TlsMaterial::load(&config, &metrics)?);
-    tokio::spawn(material.clone().watch());
-    let upstreams = build_upstreams(&config, &material, &metrics)?;
+    let hash = match &file {
+        Some(file) => sha256_hex(file.text.as_bytes()),
+        None => sha256_hex(&serde_json::to_vec(&config).unwrap_or_default()),
+    };
+    let source = file.as_ref().map(|file| file.path.clone());
+    let generation = Generation::build(1, config, hash, source, None, &metrics, tracer.as_ref())?;
+    let upstream_states = Arc::new(ArcSwap::from_pointee(generation.upstreams.clone()));
     metrics.collect_at_scrape(Box::new(crate::upstream::status::UpstreamStates {
-        upstreams: upstreams.clone(),
+        upstreams: upstream_states.clone(),
     }));
-    let _ = upstreams_view.set(upstreams.clone());
-    let listeners = bind_listeners(&config, &upstreams, &material, &metrics, tracer.as_ref())?;
+    let mut listeners = Vec::new();
+    let mut controls = Vec::new();
+    for (listener, handler) in generation.config.listeners.iter().zip(&generation.handlers) {
+        let (bound, control) = Listener::bind(listener, Settings::new(listener, handler.clone()))?;
+        log_bound(listener, &control);
+        listeners.push(bound);
+        controls.push(control);
+    }
     // Health checks start and warm pools fill (bounded by the connect
     // timeout) before /startup reports success.
-    let starting: Vec<_> = upstreams
-        .iter()
-        .map(|upstream| {
-            let upstream = upstream.clone();
-            tokio::spawn(async move { upstream.start().await })
-        })
-        .collect();
-    for started in starting {
-        started.await.context("starting an upstream")?;
-    }
+    generation.start().await?;
     for listener in listeners {
         tokio::spawn(listener.serve(lifecycle.clone()));
     }
+    let mut running = Running {
+        material_watch: tokio::spawn(generation.material.clone().watch()),
+        generation: Arc::new(generation),
+        controls,
+        upstream_states,
+        active,
+        metrics: metrics.clone(),
+        reloads: metrics.config_reloads(),
+        lifecycle: lifecycle.clone(),
+        tracer,
+    };
+    running.publish();
     lifecycle.mark_started();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "attache started");
 
+    let mut config_changes = file.as_ref().and_then(|file| {
+        crate::reload::watch_directories([crate::reload::directory_of(&file.path)], "config")
+    });
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     let reason = loop {
         tokio::select! {
             _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                material.reload();
+                match &file {
+                    Some(file) => {
+                        tracing::info!("SIGHUP: reloading the config and certificates");
+                        running.reload(file).await;
+                    }
+                    None => tracing::info!("SIGHUP: reloading certificates"),
+                }
+                running.generation.material.reload();
+            }
+            Some(()) = recv(&mut config_changes) => {
+                if let Some(file) = &file {
+                    running.reload(file).await;
+                }
             }
             _ = terminate.recv() => break "SIGTERM",
             _ = interrupt.recv() => break "SIGINT",
             () = lifecycle.shutdown_requested() => break "POST /shutdown",
         }
     };
-    let drain = &config.drain;
+    let drain = running.generation.config.drain.clone();
     let deadline = Instant::now() + drain.grace_period;
     lifecycle.set_phase(Phase::Draining);
     tracing::info!(
@@ -130,6 +179,212 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     // Flushing blocks until the exporter (running on this runtime) is done.
     let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     Ok(())
+}
+
+/// The next message of an optional receiver; never resolves without one.
+async fn recv(changes: &mut Option<tokio::sync::mpsc::Receiver<()>>) -> Option<()> {
+    match changes {
+        Some(changes) => changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_bound(listener: &attache_config::Listener, control: &ListenerControl) {
+    tracing::info!(
+        listener = %listener.name,
+        address = %control.local_address,
+        protocol = listener.protocol.as_str(),
+        tls = listener.tls.is_some(),
+        upstream = listener.upstream.as_deref().unwrap_or(""),
+        "listener bound"
+    );
+}
+
+/// The generation in service and the listeners serving it.
+struct Running {
+    generation: Arc<Generation>,
+    controls: Vec<ListenerControl>,
+    material_watch: tokio::task::JoinHandle<()>,
+    upstream_states: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
+    /// What the admin port shows.
+    active: Arc<ArcSwapOption<Generation>>,
+    metrics: Arc<Metrics>,
+    reloads: ReloadMetrics,
+    lifecycle: Arc<Lifecycle>,
+    tracer: Option<Tracer>,
+}
+
+impl Running {
+    /// Makes the generation in service visible: admin port, metrics.
+    fn publish(&self) {
+        self.upstream_states
+            .store(Arc::new(self.generation.upstreams.clone()));
+        self.active.store(Some(self.generation.clone()));
+        self.metrics
+            .config_applied(self.generation.number, &self.generation.hash);
+    }
+
+    /// Reads `file` again and, when it changed and is valid in full,
+    /// applies it; otherwise the running config stays and the problems are
+    /// logged and counted.
+    async fn reload(&mut self, file: &ConfigFile) {
+        match self.try_reload(file).await {
+            Ok(Applied::Unchanged) => {
+                self.reloads.unchanged.inc();
+                tracing::debug!(path = %file.path.display(), "config file unchanged; nothing reloaded");
+            }
+            Ok(Applied::New(summary)) => {
+                self.reloads.ok.inc();
+                tracing::info!(
+                    path = %file.path.display(),
+                    generation = self.generation.number,
+                    sha256 = %self.generation.hash,
+                    listeners_added = summary.added,
+                    listeners_updated = summary.updated,
+                    listeners_removed = summary.removed,
+                    upstreams_rebuilt = summary.upstreams_rebuilt,
+                    "config reloaded"
+                );
+            }
+            Err(error) => {
+                self.reloads.error.inc();
+                tracing::error!(path = %file.path.display(), error = %format!("{error:#}"), "config reload refused; the running config stays");
+            }
+        }
+    }
+
+    async fn try_reload(&mut self, file: &ConfigFile) -> anyhow::Result<Applied> {
+        let text = attache_config::read(&file.path)?;
+        let hash = sha256_hex(text.as_bytes());
+        if hash == self.generation.hash {
+            return Ok(Applied::Unchanged);
+        }
+        let mut config = attache_config::parse_with_process_env(&text, &file.path)?;
+        (file.adjust)(&mut config);
+        self.keep_restart_only_sections(&mut config);
+        raise_open_file_limit(&config);
+        let previous = &self.generation;
+        let next = Generation::build(
+            previous.number + 1,
+            config,
+            hash,
+            Some(file.path.clone()),
+            Some(previous),
+            &self.metrics,
+            self.tracer.as_ref(),
+        )?;
+        // Bind what is new before anything changes: a taken address
+        // refuses the whole reload.
+        let mut kept = vec![false; self.controls.len()];
+        let mut plan = Vec::new();
+        for listener in &next.config.listeners {
+            let same_address = (0..self.controls.len())
+                .find(|&index| !kept[index] && self.controls[index].configured == listener.listen);
+            match same_address {
+                Some(index) => {
+                    kept[index] = true;
+                    plan.push(Ok(index));
+                }
+                None => plan.push(Err(listener)),
+            }
+        }
+        let mut bound = Vec::new();
+        for (step, handler) in plan.iter().zip(&next.handlers) {
+            if let Err(listener) = step {
+                bound.push(Listener::bind(
+                    listener,
+                    Settings::new(listener, handler.clone()),
+                )?);
+            }
+        }
+        next.start().await?;
+
+        // Apply: nothing below fails.
+        let upstreams_rebuilt = next
+            .upstreams
+            .iter()
+            .filter(|upstream| {
+                !previous
+                    .upstreams
+                    .iter()
+                    .any(|old| Arc::ptr_eq(old, upstream))
+            })
+            .count();
+        let mut bound = bound.into_iter();
+        let mut old_controls: Vec<Option<ListenerControl>> = std::mem::take(&mut self.controls)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let mut summary = Summary {
+            upstreams_rebuilt,
+            ..Summary::default()
+        };
+        for ((step, listener), handler) in
+            plan.iter().zip(&next.config.listeners).zip(&next.handlers)
+        {
+            let settings = Settings::new(listener, handler.clone());
+            match step {
+                Ok(index) => {
+                    let Some(control) = old_controls[*index].take() else {
+                        continue;
+                    };
+                    control.update(settings);
+                    summary.updated += 1;
+                    self.controls.push(control);
+                }
+                Err(_) => {
+                    let Some((socket, control)) = bound.next() else {
+                        continue;
+                    };
+                    log_bound(listener, &control);
+                    tokio::spawn(socket.serve(self.lifecycle.clone()));
+                    summary.added += 1;
+                    self.controls.push(control);
+                }
+            }
+        }
+        for control in old_controls.into_iter().flatten() {
+            tracing::info!(listener = %control.name(), address = %control.local_address, "listener removed by the config; it stops accepting and its connections finish");
+            control.retire();
+            summary.removed += 1;
+        }
+        self.material_watch.abort();
+        self.material_watch = tokio::spawn(next.material.clone().watch());
+        self.generation = Arc::new(next);
+        self.publish();
+        Ok(Applied::New(summary))
+    }
+
+    /// The admin server, logging and trace export are set up once, at
+    /// start: a reload that changes them says so and keeps the running ones.
+    fn keep_restart_only_sections(&self, config: &mut Config) {
+        let running = &self.generation.config;
+        if config.admin != running.admin {
+            tracing::warn!("config reload: `admin` changed; it takes effect at the next restart");
+            config.admin = running.admin.clone();
+        }
+        if config.log != running.log {
+            tracing::warn!("config reload: `log` changed; it takes effect at the next restart");
+            config.log = running.log.clone();
+        }
+        if config.tracing != running.tracing {
+            tracing::warn!("config reload: `tracing` changed; it takes effect at the next restart");
+            config.tracing = running.tracing.clone();
+        }
+    }
+}
+
+enum Applied {
+    Unchanged,
+    New(Summary),
+}
+
+#[derive(Default)]
+struct Summary {
+    added: usize,
+    updated: usize,
+    removed: usize,
+    upstreams_rebuilt: usize,
 }
 
 /// Raises the soft open-file limit to the hard one (container runtimes may
@@ -169,133 +424,4 @@ fn raise_open_file_limit(config: &Config) {
             "the open-file limit is below 2 x the sum of max_connections; accepts fail with EMFILE before max_connections is reached"
         );
     }
-}
-
-/// Builds every upstream, in config order; their warm pools start filling.
-fn build_upstreams(
-    config: &Config,
-    material: &TlsMaterial,
-    metrics: &Metrics,
-) -> anyhow::Result<Vec<Arc<Upstream>>> {
-    config
-        .upstreams
-        .iter()
-        .map(|upstream| {
-            Upstream::new(upstream, material.upstream(&upstream.name), metrics)
-                .map(Arc::new)
-                .with_context(|| format!("upstream {:?}: TLS server name", upstream.name))
-        })
-        .collect()
-}
-
-fn bind_listeners(
-    config: &Config,
-    upstreams: &[Arc<Upstream>],
-    material: &TlsMaterial,
-    metrics: &Arc<Metrics>,
-    tracer: Option<&Tracer>,
-) -> anyhow::Result<Vec<Listener>> {
-    let find = |name: &str| {
-        upstreams
-            .iter()
-            .find(|upstream| upstream.name() == name)
-            .cloned()
-            .with_context(|| format!("no upstream {name:?}"))
-    };
-    // One set of pooled clients and limits per upstream, shared by every
-    // http listener that routes to it.
-    let mut http_upstreams: Vec<Arc<HttpUpstream>> = Vec::new();
-    for listener in &config.listeners {
-        let Some(http) = &listener.http else { continue };
-        let routed = http.routes.iter().filter_map(|route| match &route.action {
-            RouteAction::Upstream(name) => Some(name),
-            RouteAction::Direct { .. } => None,
-        });
-        for name in listener.upstream.iter().chain(routed) {
-            if http_upstreams.iter().any(|known| known.name() == name) {
-                continue;
-            }
-            let upstream_config = config
-                .upstream(name)
-                .with_context(|| format!("no upstream {name:?}"))?;
-            http_upstreams.push(Arc::new(HttpUpstream::new(
-                find(name)?,
-                upstream_config,
-                tracer.cloned(),
-            )));
-        }
-    }
-    config
-        .listeners
-        .iter()
-        .map(|listener| {
-            let tls = material.listener(&listener.name);
-            let (handler, protocol) =
-                match (&listener.http, &listener.redis) {
-                    (_, Some(redis)) => {
-                        let name = listener.upstream.as_deref().with_context(|| {
-                            format!("listener {:?}: no upstream", listener.name)
-                        })?;
-                        let upstream = find(name)?;
-                        let upstream_config = config
-                            .upstream(name)
-                            .with_context(|| format!("no upstream {name:?}"))?;
-                        let target = match &upstream_config.sentinel {
-                            Some(sentinel) => Target::Sentinel(SentinelMaster::start(
-                                upstream,
-                                upstream_config,
-                                sentinel.master_name.clone(),
-                                material.upstream(name),
-                                metrics.clone(),
-                            )),
-                            None => Target::Fixed(upstream),
-                        };
-                        let proxy = RedisProxy::new(
-                            listener,
-                            redis,
-                            Arc::new(target),
-                            tls,
-                            metrics,
-                            tracer.cloned(),
-                        );
-                        (Arc::new(proxy) as Arc<dyn Protocol>, "redis")
-                    }
-                    (Some(http), None) => {
-                        let proxy = HttpProxy::new(
-                            listener,
-                            http,
-                            &http_upstreams,
-                            tls,
-                            metrics,
-                            tracer.cloned(),
-                        );
-                        (Arc::new(proxy) as Arc<dyn Protocol>, "http")
-                    }
-                    (None, None) => {
-                        let name = listener.upstream.as_deref().with_context(|| {
-                            format!("listener {:?}: no upstream", listener.name)
-                        })?;
-                        let route = TcpRoute {
-                            listener: listener.name.clone(),
-                            upstream: find(name)?,
-                            idle_timeout: listener.idle_timeout,
-                            metrics: metrics.listener(&listener.name),
-                            tls,
-                            tracer: tracer.cloned(),
-                        };
-                        (Arc::new(route) as Arc<dyn Protocol>, "tcp")
-                    }
-                };
-            let bound = Listener::bind(listener, handler)?;
-            tracing::info!(
-                listener = %listener.name,
-                address = %bound.local_address(),
-                protocol,
-                tls = listener.tls.is_some(),
-                upstream = listener.upstream.as_deref().unwrap_or(""),
-                "listener bound"
-            );
-            Ok(bound)
-        })
-        .collect()
 }

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::BoxError;
 
 use super::body::RequestBody;
@@ -94,6 +95,8 @@ pub(crate) struct Endpoints {
     names: Arc<[Arc<str>]>,
     per_try_timeout: Option<Duration>,
     tracer: Option<Tracer>,
+    /// Stops re-resolving once every copy is dropped.
+    _resolving: Arc<DropGuard>,
 }
 
 impl Endpoints {
@@ -108,10 +111,12 @@ impl Endpoints {
         let clients: Arc<[ArcSwap<EndpointClient>]> = (0..upstream.endpoint_count())
             .map(|index| ArcSwap::from_pointee(client(upstream.endpoint(index).clone(), version)))
             .collect();
+        let resolving = CancellationToken::new();
         for index in 0..upstream.endpoint_count() {
             let endpoint = upstream.endpoint(index).clone();
             if endpoint.address.host.parse::<std::net::IpAddr>().is_err() {
-                tokio::spawn(follow_resolution(endpoint, version, clients.clone(), index));
+                let follow = follow_resolution(endpoint, version, clients.clone(), index);
+                tokio::spawn(resolving.clone().run_until_cancelled_owned(follow));
             }
         }
         let names = (0..upstream.endpoint_count())
@@ -123,6 +128,7 @@ impl Endpoints {
             names,
             per_try_timeout: None,
             tracer,
+            _resolving: Arc::new(resolving.drop_guard()),
         }
     }
 

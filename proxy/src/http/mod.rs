@@ -33,7 +33,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use crate::activity::{Activity, Watched};
-use crate::lifecycle::Phase;
 use crate::listener::ConnectionContext;
 use crate::net::ClientStream;
 use crate::telemetry::metrics::CloseResult;
@@ -54,7 +53,7 @@ pub(crate) struct ClientConnection {
 
 /// Serves one accepted connection (TLS, when the listener has it, is
 /// already done): HTTP/1.1 or HTTP/2 until the client leaves; when the
-/// drain starts, keep-alive connections are closed gracefully (HTTP/1:
+/// drain closes the listeners or a reload removes this one, keep-alive connections are closed gracefully (HTTP/1:
 /// after the request in flight; HTTP/2: GOAWAY).
 pub(crate) async fn serve(
     mut stream: ClientStream,
@@ -62,11 +61,8 @@ pub(crate) async fn serve(
     proxy: Arc<HttpProxy>,
 ) {
     let metrics = &proxy.metrics;
-    let ConnectionContext {
-        client_address: address,
-        lifecycle,
-        ..
-    } = context;
+    let address = context.client_address;
+    let mut closing = context.closing.clone();
     // hyper's header timer covers a request once its bytes start (and idle
     // keep-alive connections), not a connection that never sends a byte
     // while the protocol is being detected: that one is bounded here.
@@ -93,7 +89,11 @@ pub(crate) async fn serve(
     let service = {
         let proxy = proxy.clone();
         hyper::service::service_fn(move |request| {
-            let proxy = proxy.clone();
+            // Each request follows the listener's newest config (routes,
+            // upstreams, timeouts); this connection's own limits stay.
+            let proxy = context
+                .newest::<HttpProxy>()
+                .unwrap_or_else(|| proxy.clone());
             let connection = connection.clone();
             async move { Ok::<_, Infallible>(proxy.handle(&connection, request).await) }
         })
@@ -113,7 +113,6 @@ pub(crate) async fn serve(
     let watched = Watched::new(stream, activity.clone());
     let served = builder.serve_connection_with_upgrades(TokioIo::new(watched), service);
     tokio::pin!(served);
-    let mut phase = lifecycle.watch_phase();
     let mut draining = false;
     let result = loop {
         tokio::select! {
@@ -123,8 +122,8 @@ pub(crate) async fn serve(
                 tracing::debug!(listener = %proxy.listener, client = %address, "closing: no byte moved for the idle timeout");
                 return;
             }
-            changed = phase.changed(), if !draining => {
-                if changed.is_err() || *phase.borrow_and_update() == Phase::Closing {
+            changed = closing.changed(), if !draining => {
+                if changed.is_err() || *closing.borrow_and_update() {
                     draining = true;
                     served.as_mut().graceful_shutdown();
                 }

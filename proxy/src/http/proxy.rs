@@ -69,6 +69,10 @@ impl HttpUpstream {
         self.upstream.name()
     }
 
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+
     /// The tower stack for one listener's requests to this upstream.
     fn stack(&self, settings: &attache_config::HttpListener) -> Stack {
         let class = HttpRetry {

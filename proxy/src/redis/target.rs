@@ -14,6 +14,7 @@ use attache_resp::{Limits, encode};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::handshake;
 use crate::reload::SharedClientConfig;
@@ -26,7 +27,11 @@ const SENTINEL_RETRY: Duration = Duration::from_secs(1);
 /// The upstream connections are made to.
 pub(crate) enum Target {
     Fixed(Arc<Upstream>),
-    Sentinel(Arc<SentinelMaster>),
+    Sentinel {
+        master: Arc<SentinelMaster>,
+        /// Stops following the Sentinels when the target is dropped.
+        _following: DropGuard,
+    },
 }
 
 impl Target {
@@ -41,7 +46,7 @@ impl Target {
                 .await
                 .map(|connection| (connection, 0))
                 .map_err(|error| error.to_string()),
-            Self::Sentinel(master) => master.connect().await,
+            Self::Sentinel { master, .. } => master.connect().await,
         }
     }
 
@@ -49,7 +54,7 @@ impl Target {
     pub(super) fn generation(&self) -> u64 {
         match self {
             Self::Fixed(_) => 0,
-            Self::Sentinel(master) => *master.generation.borrow(),
+            Self::Sentinel { master, .. } => *master.generation.borrow(),
         }
     }
 
@@ -57,7 +62,7 @@ impl Target {
     pub(super) fn changes(&self) -> Option<watch::Receiver<u64>> {
         match self {
             Self::Fixed(_) => None,
-            Self::Sentinel(master) => Some(master.generation.subscribe()),
+            Self::Sentinel { master, .. } => Some(master.generation.subscribe()),
         }
     }
 }
@@ -74,14 +79,15 @@ pub(crate) struct SentinelMaster {
 }
 
 impl SentinelMaster {
-    /// Starts following the master named `master_name` through `sentinels`.
+    /// Starts following the master named `master_name` through
+    /// `sentinels`, until the target is dropped.
     pub(crate) fn start(
         sentinels: Arc<Upstream>,
         config: &attache_config::Upstream,
         master_name: String,
         tls: Option<SharedClientConfig>,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> Target {
         let master = Arc::new(Self {
             master_name,
             config: attache_config::Upstream {
@@ -96,8 +102,16 @@ impl SentinelMaster {
             current: ArcSwapOption::empty(),
             generation: watch::channel(0).0,
         });
-        tokio::spawn(follow(sentinels, master.clone()));
-        master
+        let following = CancellationToken::new();
+        tokio::spawn(
+            following
+                .clone()
+                .run_until_cancelled_owned(follow(sentinels, master.clone())),
+        );
+        Target::Sentinel {
+            master,
+            _following: following.drop_guard(),
+        }
     }
 
     async fn connect(&self) -> Result<(UpstreamConnection, u64), String> {

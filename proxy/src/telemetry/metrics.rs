@@ -30,6 +30,12 @@
 //! - `tls_reloads_total{result}`: certificate reloads, `ok`, `error`
 //!   (rejected; the previous material stays) or `unchanged` (asked for, but
 //!   the files' content had not changed: nothing rebuilt)
+//! - `config_reloads_total{result}`: config reloads, `ok`, `error` (refused;
+//!   the running config stays) or `unchanged` (the file's bytes had not changed)
+//! - `config_info{hash}`: always 1; `hash` is the SHA-256 of the active config
+//! - `config_generation`: the active config's generation (1 at start, +1 per reload)
+//! - `config_last_reload_success_timestamp_seconds`: when the active config
+//!   was applied (at start, then at each reload that applied)
 //! - `tls_certificate_expiry_timestamp_seconds{kind,name}`: `notAfter` of the
 //!   certificate a listener or upstream presents
 //! - `upstream_connections_active{upstream}`, `upstream_pending_clients{upstream}`:
@@ -298,6 +304,11 @@ struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConfigLabels {
+    hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertificateLabels {
     kind: &'static str,
     name: String,
@@ -331,6 +342,10 @@ pub(crate) struct Metrics {
     warm_used: Family<EndpointLabels, Counter>,
     resumptions: Family<EndpointLabels, Counter>,
     tls_reloads: Family<ReloadLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_info: Family<ConfigLabels, Gauge>,
+    config_generation: Gauge,
+    config_applied_at: Gauge,
     certificate_expiry: Family<CertificateLabels, Gauge>,
     tls_handshakes: Family<HandshakeLabels, Counter>,
     upstream_tls_handshakes: Family<UpstreamHandshakeLabels, Counter>,
@@ -378,6 +393,10 @@ impl Metrics {
             tls_handshakes: Family::default(),
             upstream_tls_handshakes: Family::default(),
             tls_reloads: Family::default(),
+            config_reloads: Family::default(),
+            config_info: Family::default(),
+            config_generation: Gauge::default(),
+            config_applied_at: Gauge::default(),
             certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
@@ -385,6 +404,26 @@ impl Metrics {
             "tls_reloads",
             "Certificate reloads by result (error: rejected, previous material kept)",
             metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by result (error: refused, the running config stays)",
+            metrics.config_reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The active config; hash is its SHA-256; always 1",
+            metrics.config_info.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "The active config's generation: 1 at start, one more per applied reload",
+            metrics.config_generation.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the active config was applied, Unix seconds",
+            metrics.config_applied_at.clone(),
         );
         registry.register(
             "tls_certificate_expiry_timestamp_seconds",
@@ -561,6 +600,37 @@ impl Metrics {
             error: counter("error"),
             unchanged: counter("unchanged"),
         }
+    }
+
+    /// Config reload result counters.
+    pub(crate) fn config_reloads(&self) -> ReloadMetrics {
+        let counter = |result| {
+            self.config_reloads
+                .get_or_create(&ReloadLabels { result })
+                .clone()
+        };
+        ReloadMetrics {
+            ok: counter("ok"),
+            error: counter("error"),
+            unchanged: counter("unchanged"),
+        }
+    }
+
+    /// Records that the config with SHA-256 `hash` is active as `generation`.
+    pub(crate) fn config_applied(&self, generation: u64, hash: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_owned(),
+            })
+            .set(1);
+        self.config_generation
+            .set(i64::try_from(generation).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.config_applied_at
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
     }
 
     /// The expiry gauge of the certificate `kind` (`listener` / `upstream`) `name` presents.
@@ -943,7 +1013,7 @@ impl HandshakeResult {
     }
 }
 
-/// Reload result counters.
+/// Reload result counters (certificates, the config).
 pub(crate) struct ReloadMetrics {
     pub(crate) ok: Counter,
     pub(crate) error: Counter,

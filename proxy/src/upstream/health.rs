@@ -25,7 +25,7 @@ const POSTGRES_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 /// MySQL/MariaDB protocol version 10, the first byte of every greeting since 3.21.
 const MARIADB_PROTOCOL_10: u8 = 0x0a;
 
-/// Checks `endpoint` forever; the task is dropped with the runtime.
+/// Checks `endpoint` until the upstream is dropped or the runtime ends.
 pub(super) async fn run(endpoint: Arc<EndpointState>, check: HealthCheck) {
     let mut ticks = tokio::time::interval(check.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

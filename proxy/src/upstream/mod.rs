@@ -36,6 +36,7 @@ use std::time::Duration;
 use attache_config::{Endpoint as EndpointAddress, HealthCheck, ProxyProtocolSend};
 use attache_proxy_protocol::{encode_v1, encode_v2};
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::net::UpstreamStream;
 use crate::reload::SharedClientConfig;
@@ -70,6 +71,9 @@ pub(crate) struct Upstream {
     /// Every endpoint is unhealthy, so health is being ignored.
     panicking: AtomicBool,
     metrics: UpstreamMetrics,
+    /// Stops the health checks when the upstream is dropped (a config
+    /// reload replaced it and its last connection closed).
+    health_checks: DropGuard,
 }
 
 struct Endpoint {
@@ -251,6 +255,7 @@ impl Upstream {
             proxy_protocol: config.proxy_protocol,
             panicking: AtomicBool::new(false),
             metrics: metrics.upstream(&config.name),
+            health_checks: CancellationToken::new().drop_guard(),
             name,
         })
     }
@@ -264,8 +269,10 @@ impl Upstream {
     /// hold up start-up: its pool keeps refilling in the background).
     pub(crate) async fn start(&self) {
         if let Some(check) = &self.health_check {
+            let stop = self.health_checks.token();
             for endpoint in &self.endpoints {
-                tokio::spawn(health::run(endpoint.state.clone(), check.clone()));
+                let checks = health::run(endpoint.state.clone(), check.clone());
+                tokio::spawn(stop.clone().run_until_cancelled_owned(checks));
             }
         }
         let wait = self

@@ -92,7 +92,8 @@ impl Upstream {
 /// The state gauges, read from the upstreams at each scrape.
 #[derive(Debug)]
 pub(crate) struct UpstreamStates {
-    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    /// The upstreams in service, swapped by a config reload.
+    pub(crate) upstreams: Arc<arc_swap::ArcSwap<Vec<Arc<Upstream>>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -108,6 +109,7 @@ impl Collector for UpstreamStates {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let statuses: Vec<UpstreamStatus> = self
             .upstreams
+            .load()
             .iter()
             .map(|upstream| upstream.status())
             .collect();
