@@ -476,40 +476,43 @@ impl ListenerDocument {
                 path.trim_start_matches("listeners[").trim_end_matches(']')
             ),
         };
-        let http = match (&self.http, protocol) {
-            (Some(http), model::Protocol::Http) => {
-                let section = format!("{path}.http");
-                Some(converter.note(&section, http).convert(&section, converter))
-            }
-            (None, model::Protocol::Http) => Some(model::HttpListener::default()),
-            (Some(http), _) => {
-                let section = format!("{path}.http");
-                converter.note(&section, http);
-                converter.problem(
-                    &section,
-                    "only a listener with `protocol: http` takes an `http` section".into(),
-                );
-                None
-            }
-            (None, _) => None,
+        let kind = match protocol {
+            model::Protocol::Tcp => model::ListenerKind::Tcp,
+            model::Protocol::Http => model::ListenerKind::Http(match &self.http {
+                Some(http) => {
+                    let section = format!("{path}.http");
+                    converter.note(&section, http).convert(&section, converter)
+                }
+                None => model::HttpListener::default(),
+            }),
+            model::Protocol::Redis => model::ListenerKind::Redis(match &self.redis {
+                Some(redis) => {
+                    let section = format!("{path}.redis");
+                    converter.note(&section, redis).convert(&section, converter)
+                }
+                None => model::RedisListener::default(),
+            }),
         };
-        let redis = match (&self.redis, protocol) {
-            (Some(redis), model::Protocol::Redis) => {
-                let section = format!("{path}.redis");
-                Some(converter.note(&section, redis).convert(&section, converter))
-            }
-            (None, model::Protocol::Redis) => Some(model::RedisListener::default()),
-            (Some(redis), _) => {
-                let section = format!("{path}.redis");
-                converter.note(&section, redis);
-                converter.problem(
-                    &section,
-                    "only a listener with `protocol: redis` takes a `redis` section".into(),
-                );
-                None
-            }
-            (None, _) => None,
-        };
+        if let Some(http) = &self.http
+            && protocol != model::Protocol::Http
+        {
+            let section = format!("{path}.http");
+            converter.note(&section, http);
+            converter.problem(
+                &section,
+                "only a listener with `protocol: http` takes an `http` section".into(),
+            );
+        }
+        if let Some(redis) = &self.redis
+            && protocol != model::Protocol::Redis
+        {
+            let section = format!("{path}.redis");
+            converter.note(&section, redis);
+            converter.problem(
+                &section,
+                "only a listener with `protocol: redis` takes a `redis` section".into(),
+            );
+        }
         let listen = converter
             .socket_address(&format!("{path}.listen"), &self.listen)
             .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -520,10 +523,8 @@ impl ListenerDocument {
         model::Listener {
             name,
             listen,
-            protocol,
+            kind,
             upstream,
-            http,
-            redis,
             max_connections,
             idle_timeout: converter.duration(
                 &format!("{path}.idle_timeout"),

@@ -11,8 +11,11 @@
 //! - [`model`]: the validated configuration the runtime consumes, with its
 //!   defaults in one place.
 //! - [`validate`]: checks across the whole model (references, duplicates,
-//!   zero timeouts, plaintext exposure); also used for configs built in code
-//!   (the CLI one-liners).
+//!   zero timeouts, plaintext exposure).
+//!
+//! Files go through [`load`] (or [`parse`]); the CLI one-liners write their
+//! flags as a document and go through [`parse_literal`]: one conversion,
+//! one set of defaults, one validation for both.
 //! - [`error`]: [`Problem`] and [`ConfigError`].
 
 mod document;
@@ -26,10 +29,10 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::{
     AccessLog, Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck,
-    HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerTls, Log,
-    LogFormat, Probe, Protocol, ProxyProtocol, ProxyProtocolSend, ProxyProtocolVersion,
-    RedisListener, Retry, Route, RouteAction, RouteMatch, Sentinel, TlsVersion, Tracing, Upstream,
-    UpstreamTls, WarmPool,
+    HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerKind,
+    ListenerTls, Log, LogFormat, Probe, Protocol, ProxyProtocol, ProxyProtocolSend,
+    ProxyProtocolVersion, RedisListener, Retry, Route, RouteAction, RouteMatch, Sentinel,
+    TlsVersion, Tracing, Upstream, UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates
@@ -76,13 +79,27 @@ pub fn parse(
     source_name: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    let text = interpolate::interpolate(text, env).map_err(|problems| ConfigError::Invalid {
+        source_name: source_name.to_owned(),
+        problems,
+    })?;
+    parse_literal(&text, source_name)
+}
+
+/// Parses and validates `text` as it is, without interpolation: for a
+/// document a program wrote (the one-liners write their flags as one, so
+/// flags and files share one conversion, one set of defaults and one
+/// validation), where a `$` in a value is just a `$`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] carrying every problem found.
+pub fn parse_literal(text: &str, source_name: &str) -> Result<Config, ConfigError> {
     let invalid = |problems| ConfigError::Invalid {
         source_name: source_name.to_owned(),
         problems,
     };
-    let text = interpolate::interpolate(text, env).map_err(invalid)?;
     let document: document::Document =
-        serde_saphyr::from_str(&text).map_err(|error| invalid(vec![Problem::from_yaml(&error)]))?;
+        serde_saphyr::from_str(text).map_err(|error| invalid(vec![Problem::from_yaml(&error)]))?;
     let (config, source_map, mut problems) = document.into_config();
     problems.extend(validate::validate(&config, &source_map));
     if problems.is_empty() {

@@ -172,8 +172,10 @@ pub struct Listener {
     pub name: String,
     /// Address to bind; port 0 picks a free port (logged at start).
     pub listen: SocketAddr,
-    /// The protocol spoken on accepted connections (declared, never sniffed).
-    pub protocol: Protocol,
+    /// The protocol spoken on accepted connections (declared, never
+    /// sniffed), with its settings.
+    #[serde(flatten)]
+    pub kind: ListenerKind,
     /// Name of the upstream that connections are forwarded to; on an
     /// `http` listener, where requests no route matches go (`None`: 404).
     pub upstream: Option<String>,
@@ -191,10 +193,60 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Accept the PROXY protocol header a load balancer sends first.
     pub proxy_protocol: Option<ProxyProtocol>,
-    /// L7 settings; present exactly when `protocol` is `http`.
-    pub http: Option<HttpListener>,
-    /// RESP settings; present exactly when `protocol` is `redis`.
-    pub redis: Option<RedisListener>,
+}
+
+impl Listener {
+    /// The protocol the listener speaks.
+    pub fn protocol(&self) -> Protocol {
+        self.kind.protocol()
+    }
+}
+
+/// A listener's protocol and that protocol's own settings (the `http:` or
+/// `redis:` section). Postgres and MySQL join here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Bytes forwarded as they are.
+    Tcp,
+    /// HTTP/1.1 and HTTP/2, routed per request.
+    Http(HttpListener),
+    /// The Redis ambassador (RESP2/RESP3).
+    Redis(RedisListener),
+}
+
+impl ListenerKind {
+    /// The protocol's name as the config spells it.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Self::Tcp => Protocol::Tcp,
+            Self::Http(_) => Protocol::Http,
+            Self::Redis(_) => Protocol::Redis,
+        }
+    }
+
+    /// A listener of `protocol` with that protocol's defaults.
+    pub fn with_defaults(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Tcp => Self::Tcp,
+            Protocol::Http => Self::Http(HttpListener::default()),
+            Protocol::Redis => Self::Redis(RedisListener::default()),
+        }
+    }
+}
+
+/// Written as the file has it: `protocol`, then the protocol's section.
+impl serde::Serialize for ListenerKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("protocol", self.protocol().as_str())?;
+        match self {
+            Self::Tcp => {}
+            Self::Http(http) => map.serialize_entry("http", http)?,
+            Self::Redis(redis) => map.serialize_entry("redis", redis)?,
+        }
+        map.end()
+    }
 }
 
 /// Longest wait for a request's response headers, retries included (Envoy's route default).

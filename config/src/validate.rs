@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
 use crate::model::{
-    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerTls, Probe, Protocol, RouteAction,
-    Upstream,
+    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerKind, ListenerTls, Probe,
+    Protocol, RouteAction, Upstream,
 };
 
 /// Where each key path was written, and which paths already have a problem.
@@ -116,16 +116,16 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        match (&listener.upstream, &listener.http) {
+        match (&listener.upstream, &listener.kind) {
             (Some(upstream), _) => check_reference(config, format!("{path}.upstream"), upstream, &mut report),
-            (None, Some(http)) if !http.routes.is_empty() => {}
+            (None, ListenerKind::Http(http)) if !http.routes.is_empty() => {}
             (None, _) => report(
                 format!("{path}.upstream"),
                 "required: the upstream that connections (on an http listener: unrouted requests) go to"
                     .into(),
             ),
         }
-        if let Some(redis) = &listener.redis {
+        if let ListenerKind::Redis(redis) = &listener.kind {
             if redis.shared_connections == 0 {
                 report(
                     format!("{path}.redis.shared_connections"),
@@ -157,7 +157,7 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 );
             }
         }
-        if listener.redis.is_none()
+        if !matches!(listener.kind, ListenerKind::Redis(_))
             && let Some(upstream) = listener
                 .upstream
                 .as_deref()
@@ -172,7 +172,7 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        if listener.protocol != Protocol::Tcp
+        if listener.protocol() != Protocol::Tcp
             && let Some(upstream) = listener.upstream.as_deref()
             && config
                 .upstream(upstream)
@@ -185,11 +185,11 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                      protocol header names one client per connection, so it is for tcp listeners \
                      only (http passes the client in X-Forwarded-For)",
                     listener.name,
-                    format!("{:?}", listener.protocol).to_lowercase()
+                    listener.protocol().as_str()
                 ),
             );
         }
-        if let Some(http) = &listener.http {
+        if let ListenerKind::Http(http) = &listener.kind {
             validate_http(config, &format!("{path}.http"), http, &mut report);
             let routed = http.routes.iter().filter_map(|route| match &route.action {
                 RouteAction::Upstream(upstream) => Some(upstream),

@@ -336,7 +336,9 @@ tracing: { otlp_endpoint: \"http://collector:4318/\", sample_ratio: 0.25 }
 ";
     let config = parse(text, "test.yaml", &|_| None).unwrap();
     let front = &config.listeners[0];
-    let http = front.http.as_ref().unwrap();
+    let attache_config::ListenerKind::Http(http) = &front.kind else {
+        panic!("an http listener: {:?}", front.kind)
+    };
     assert_eq!(http.request_timeout, Duration::from_secs(15));
     assert_eq!(http.per_try_timeout, Some(Duration::from_secs(2)));
     assert_eq!(http.header_read_timeout, Duration::from_secs(10));

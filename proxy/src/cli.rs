@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use attache_config::model::{self, LogFormat, LogLevel};
-use attache_config::{Balance, Breaker, Config, Endpoint, Limits, Retry};
+use attache_config::{Config, Endpoint};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
 
 use crate::telemetry::{logging, output};
 use crate::{runtime, wait};
@@ -224,11 +225,11 @@ struct TcpArgs {
     #[arg(long, value_enum, default_value = "round-robin")]
     balance: BalanceArg,
     /// Limit on one connect attempt to one endpoint.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    connect_timeout: Duration,
+    #[arg(long, default_value_t = Text(model::DEFAULT_CONNECT_TIMEOUT))]
+    connect_timeout: Text,
     /// Close a connection that moved no byte in either direction for this long.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
+    #[arg(long, default_value_t = Text(model::DEFAULT_IDLE_TIMEOUT))]
+    idle_timeout: Text,
     /// Concurrent client connections; excess ones are closed at once and counted.
     #[arg(long, default_value_t = model::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -243,11 +244,11 @@ struct TcpArgs {
     #[arg(long)]
     keep_accepting_while_draining: bool,
     /// After SIGTERM, keep accepting for this long before closing the listener.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    drain_min_delay: Duration,
+    #[arg(long, default_value_t = Text(model::DEFAULT_DRAIN_MIN_DELAY))]
+    drain_min_delay: Text,
     /// After SIGTERM, exit when the last connection closes or after this long.
-    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
-    drain_grace_period: Duration,
+    #[arg(long, default_value_t = Text(model::DEFAULT_DRAIN_GRACE_PERIOD))]
+    drain_grace_period: Text,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -349,8 +350,8 @@ struct RedisArgs {
     #[arg(long, default_value_t = model::DEFAULT_SHARED_CONNECTIONS, help_heading = "Redis")]
     shared_connections: usize,
     /// A command without a reply after this gets an error reply.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, help_heading = "Redis")]
-    command_timeout: Duration,
+    #[arg(long, default_value_t = Text(model::DEFAULT_COMMAND_TIMEOUT), help_heading = "Redis")]
+    command_timeout: Text,
     /// Connections lent to one client at a time (transactions, blocking commands, pub/sub).
     #[arg(long, default_value_t = model::DEFAULT_MAX_PINNED, help_heading = "Redis")]
     max_pinned: u32,
@@ -379,61 +380,75 @@ struct RedisArgs {
 }
 
 impl RedisArgs {
-    fn into_config(self) -> Config {
-        let mut config = self.common.into_config(model::Protocol::Redis);
+    /// The config document these flags describe (see [`TcpArgs::document`]).
+    fn document(self) -> serde_json::Value {
+        let mut document = self.common.document(model::Protocol::Redis);
         // Empty means none, as in a config file (`${PASSWORD:-}`).
         let given = |value: Option<String>| value.filter(|value| !value.is_empty());
-        config.listeners[0].redis = Some(model::RedisListener {
-            shared_connections: self.shared_connections,
-            command_timeout: self.command_timeout,
-            max_pinned: self.max_pinned,
-            password: given(self.password),
-            username: None,
-            upstream_username: self.upstream_username,
-            upstream_password: given(self.upstream_password),
+        document["listeners"][0]["redis"] = json!({
+            "shared_connections": self.shared_connections,
+            "command_timeout": self.command_timeout,
+            "max_pinned": self.max_pinned,
+            "password": given(self.password),
+            "upstream_username": self.upstream_username,
+            "upstream_password": given(self.upstream_password),
         });
-        config.upstreams[0].sentinel = self
-            .sentinel_master
-            .map(|master_name| model::Sentinel { master_name });
-        config
+        if let Some(master_name) = self.sentinel_master {
+            document["upstreams"]["redis"]["sentinel"] = json!({ "master_name": master_name });
+        }
+        document
     }
 }
 
 impl TlsArgs {
-    fn listener(&self) -> Option<model::ListenerTls> {
-        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
-        Some(model::ListenerTls {
-            cert,
-            key,
-            client_ca: self.tls_client_ca.clone(),
-            client_auth: if self.tls_client_ca.is_some() {
-                model::ClientAuth::Required
-            } else {
-                model::ClientAuth::None
+    fn listener(&self) -> Option<serde_json::Value> {
+        let (cert, key) = (self.tls_cert.as_ref()?, self.tls_key.as_ref()?);
+        Some(json!({
+            "cert": cert,
+            "key": key,
+            "client_ca": self.tls_client_ca,
+            "client_auth": if self.tls_client_ca.is_some() { "required" } else { "none" },
+            "allow": {
+                "uris": self.allow_uri,
+                "dns": self.allow_dns,
+                "cns": self.allow_cn,
             },
-            min_version: model::TlsVersion::default(),
-            alpn: Vec::new(),
-            allow: model::IdentityAllowList {
-                uris: self.allow_uri.clone(),
-                dns: self.allow_dns.clone(),
-                cns: self.allow_cn.clone(),
-            },
-        })
+        }))
     }
 
-    fn upstream(&self) -> Option<model::UpstreamTls> {
-        Some(model::UpstreamTls {
-            ca: self.upstream_tls_ca.clone()?,
-            cert: self.upstream_tls_cert.clone(),
-            key: self.upstream_tls_key.clone(),
-            server_name: self.upstream_tls_server_name.clone(),
-            min_version: model::TlsVersion::default(),
-            allow: model::IdentityAllowList {
-                uris: self.upstream_allow_uri.clone(),
-                ..model::IdentityAllowList::default()
-            },
-            alpn: Vec::new(),
-        })
+    fn upstream(&self) -> Option<serde_json::Value> {
+        Some(json!({
+            "ca": self.upstream_tls_ca.as_ref()?,
+            "cert": self.upstream_tls_cert,
+            "key": self.upstream_tls_key,
+            "server_name": self.upstream_tls_server_name,
+            "allow": { "uris": self.upstream_allow_uri },
+        }))
+    }
+}
+
+/// A duration flag, written and read as a config file writes it (`1h 30m`);
+/// its default comes from the model, so `--help` shows the config's own.
+#[derive(Debug, Clone, Copy)]
+struct Text(Duration);
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(formatter)
+    }
+}
+
+impl std::str::FromStr for Text {
+    type Err = humantime::DurationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text).map(Self)
+    }
+}
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -447,72 +462,64 @@ enum LogLevelArg {
 }
 
 impl TcpArgs {
-    fn into_config(self, protocol: model::Protocol) -> Config {
-        let mut admin = model::Admin::default();
-        self.admin.apply(&mut admin);
-        let (name, http) = match protocol {
-            model::Protocol::Http => ("http".to_owned(), Some(model::HttpListener::default())),
-            model::Protocol::Redis => ("redis".to_owned(), None),
-            model::Protocol::Tcp => ("tcp".to_owned(), None),
+    /// The config document these flags describe: one listener named after
+    /// `protocol` forwarding to an upstream of the same name. It goes
+    /// through the same conversion, defaults and validation as a file.
+    fn document(self, protocol: model::Protocol) -> serde_json::Value {
+        let name = protocol.as_str();
+        let admin_listen = match self.admin.admin {
+            Some(AdminAddress::Listen(address)) => json!(address),
+            Some(AdminAddress::Off) => json!("off"),
+            None => json!(model::DEFAULT_ADMIN_LISTEN),
         };
-        Config {
-            tracing: model::Tracing::default(),
-            admin,
-            log: model::Log {
-                level: match self.log_level {
-                    LogLevelArg::Trace => LogLevel::Trace,
-                    LogLevelArg::Debug => LogLevel::Debug,
-                    LogLevelArg::Info => LogLevel::Info,
-                    LogLevelArg::Warn => LogLevel::Warn,
-                    LogLevelArg::Error => LogLevel::Error,
-                },
-                format: LogFormat::Auto,
-            },
-            drain: model::Drain {
-                min_delay: self.drain_min_delay,
-                grace_period: self.drain_grace_period,
-            },
-            listeners: vec![model::Listener {
-                name: name.clone(),
-                listen: self.listen,
-                protocol,
-                upstream: Some(name.clone()),
-                max_connections: self.max_connections,
-                idle_timeout: self.idle_timeout,
-                keep_accepting_while_draining: self.keep_accepting_while_draining,
-                unsafe_plaintext: self.unsafe_plaintext,
-                proxy_protocol: None,
-                tls: self.tls.listener().map(|mut tls| {
-                    if protocol == model::Protocol::Http {
-                        tls.alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];
-                    }
-                    tls
-                }),
-                http,
-                redis: None,
+        let endpoints: Vec<String> = self.upstream.iter().map(ToString::to_string).collect();
+        json!({
+            "admin": { "listen": admin_listen, "shutdown_endpoint": self.admin.admin_shutdown },
+            "log": { "level": self.log_level.as_str() },
+            "drain": { "min_delay": self.drain_min_delay, "grace_period": self.drain_grace_period },
+            "listeners": [{
+                "name": name,
+                "listen": self.listen,
+                "protocol": name,
+                "upstream": name,
+                "max_connections": self.max_connections,
+                "idle_timeout": self.idle_timeout,
+                "keep_accepting_while_draining": self.keep_accepting_while_draining,
+                "unsafe_plaintext": self.unsafe_plaintext,
+                "tls": self.tls.listener(),
             }],
-            upstreams: vec![model::Upstream {
-                name,
-                endpoints: self.upstream,
-                balance: match self.balance {
-                    BalanceArg::RoundRobin => Balance::RoundRobin,
-                    BalanceArg::LeastConnections => Balance::LeastConnections,
-                    BalanceArg::PeakEwma => Balance::PeakEwma,
+            "upstreams": {
+                name: {
+                    "endpoints": endpoints,
+                    "balance": self.balance.as_str(),
+                    "connect_timeout": self.connect_timeout,
+                    "tls": self.tls.upstream(),
+                    "limits": { "max_connections": self.upstream_max_connections },
                 },
-                connect_timeout: self.connect_timeout,
-                tls: self.tls.upstream(),
-                warm_pool: None,
-                limits: Limits {
-                    max_connections: self.upstream_max_connections,
-                    ..Limits::default()
-                },
-                retry: Retry::default(),
-                breaker: Breaker::default(),
-                health_check: None,
-                http_version: model::HttpVersion::default(),
-                sentinel: None,
-                proxy_protocol: None,
-            }],
+            },
+        })
+    }
+}
+
+impl LogLevelArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => LogLevel::Trace,
+            Self::Debug => LogLevel::Debug,
+            Self::Info => LogLevel::Info,
+            Self::Warn => LogLevel::Warn,
+            Self::Error => LogLevel::Error,
+        }
+        .as_str()
+    }
+}
+
+impl BalanceArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+            Self::PeakEwma => "peak_ewma",
         }
     }
 }
@@ -596,9 +603,9 @@ pub(crate) fn main() -> ExitCode {
                 Err(error) => fail(&error),
             }
         }
-        Command::Tcp(arguments) => one_liner(arguments.into_config(model::Protocol::Tcp)),
-        Command::Http(arguments) => one_liner(arguments.into_config(model::Protocol::Http)),
-        Command::Redis(arguments) => one_liner(arguments.into_config()),
+        Command::Tcp(arguments) => one_liner(arguments.document(model::Protocol::Tcp)),
+        Command::Http(arguments) => one_liner(arguments.document(model::Protocol::Http)),
+        Command::Redis(arguments) => one_liner(arguments.document()),
         Command::Wait {
             targets,
             timeout,
@@ -663,13 +670,33 @@ fn serve(config: Config, file: Option<runtime::ConfigFile>) -> ExitCode {
     }
 }
 
-/// Runs `attache tcp` / `http` / `redis`: the config their flags describe.
-fn one_liner(config: Config) -> ExitCode {
-    let problems = attache_config::validate::validate(&config, &Default::default());
-    if let Some(problem) = problems.first() {
-        return fatal(config.log.format, &format!("invalid arguments: {problem}"));
+/// Runs `attache tcp` / `http` / `redis`: the config their flags describe,
+/// converted and validated as a file would be (nulls are keys left out).
+fn one_liner(mut document: serde_json::Value) -> ExitCode {
+    drop_nulls(&mut document);
+    match attache_config::parse_literal(&document.to_string(), "the command line") {
+        Ok(config) => serve(config, None),
+        Err(attache_config::ConfigError::Invalid { problems, .. }) => {
+            // Key paths name what a flag sets; lines mean nothing here.
+            let first = problems.first().map_or_else(String::new, |problem| {
+                format!("{}: {}", problem.path, problem.message)
+            });
+            fatal(LogFormat::Auto, &format!("invalid arguments: {first}"))
+        }
+        Err(error) => fatal(LogFormat::Auto, &error),
     }
-    serve(config, None)
+}
+
+/// Removes `null` members, so an absent flag is an absent key.
+fn drop_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(members) => {
+            members.retain(|_, member| !member.is_null());
+            members.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 /// Runs `future` on a runtime sized to the CPUs attache may use: with one
@@ -786,6 +813,69 @@ mod tests {
         assert_eq!(
             describe(&chained),
             "cannot listen on 127.0.0.1:1: Address in use"
+        );
+    }
+
+    /// What `attache <one-liner> ARGS` runs.
+    fn one_liner_config(arguments: &[&str]) -> Config {
+        let cli = Cli::try_parse_from(arguments).unwrap();
+        let mut document = match cli.command {
+            Command::Tcp(arguments) => arguments.document(model::Protocol::Tcp),
+            Command::Http(arguments) => arguments.document(model::Protocol::Http),
+            Command::Redis(arguments) => arguments.document(),
+            other => panic!("not a one-liner: {other:?}"),
+        };
+        drop_nulls(&mut document);
+        attache_config::parse_literal(&document.to_string(), "the command line").unwrap()
+    }
+
+    #[test]
+    fn one_liners_mean_what_the_same_config_file_means() {
+        let http = one_liner_config(&[
+            "attache",
+            "http",
+            "--listen",
+            "127.0.0.1:8080",
+            "--upstream",
+            "127.0.0.1:9000",
+            "--tls-cert",
+            "t.crt",
+            "--tls-key",
+            "t.key",
+        ]);
+        let file = attache_config::parse(
+            "listeners:\n  - name: http\n    listen: 127.0.0.1:8080\n    protocol: http\n    upstream: http\n    tls: { cert: t.crt, key: t.key, client_auth: none }\nupstreams:\n  http: { endpoints: [\"127.0.0.1:9000\"] }\n",
+            "file",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(http, file);
+        // The HTTP ALPN default lives in the config crate only.
+        let alpn = &http.listeners[0].tls.as_ref().unwrap().alpn;
+        assert_eq!(alpn, &["h2", "http/1.1"]);
+    }
+
+    #[test]
+    fn a_dollar_in_a_flag_is_a_dollar() {
+        let redis = one_liner_config(&[
+            "attache",
+            "redis",
+            "--listen",
+            "127.0.0.1:6379",
+            "--upstream",
+            "127.0.0.1:6380",
+            "--password",
+            "pa$$${word}",
+            "--sentinel-master",
+            "main",
+        ]);
+        let attache_config::ListenerKind::Redis(settings) = &redis.listeners[0].kind else {
+            panic!("a redis listener");
+        };
+        assert_eq!(settings.password.as_deref(), Some("pa$$${word}"));
+        assert_eq!(
+            redis.upstreams[0].sentinel.as_ref().unwrap().master_name,
+            "main"
         );
     }
 }

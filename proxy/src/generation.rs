@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use attache_config::{
-    Config, Listener as ListenerConfig, Protocol as ListenerProtocol, RouteAction,
-};
+use attache_config::{Config, Listener as ListenerConfig, ListenerKind, RouteAction};
 use opentelemetry_sdk::trace::Tracer;
 use sha2::{Digest as _, Sha256};
 
@@ -185,8 +183,8 @@ impl Generation {
                 .as_deref()
                 .with_context(|| format!("listener {:?}: no upstream", listener.name))
         };
-        Ok(match listener.protocol {
-            ListenerProtocol::Tcp => Arc::new(TcpRoute {
+        Ok(match &listener.kind {
+            ListenerKind::Tcp => Arc::new(TcpRoute {
                 listener: listener.name.clone(),
                 upstream: self.upstream(upstream_name()?)?,
                 idle_timeout: listener.idle_timeout,
@@ -194,11 +192,7 @@ impl Generation {
                 tls,
                 tracer: tracer.cloned(),
             }),
-            ListenerProtocol::Http => {
-                let settings = listener
-                    .http
-                    .as_ref()
-                    .with_context(|| format!("listener {:?}: no http settings", listener.name))?;
+            ListenerKind::Http(settings) => {
                 let routed = settings
                     .routes
                     .iter()
@@ -218,11 +212,7 @@ impl Generation {
                     tracer.cloned(),
                 ))
             }
-            ListenerProtocol::Redis => {
-                let settings = listener
-                    .redis
-                    .as_ref()
-                    .with_context(|| format!("listener {:?}: no redis settings", listener.name))?;
+            ListenerKind::Redis(settings) => {
                 let target = self.redis_target(upstream_name()?, previous, metrics)?;
                 Arc::new(RedisProxy::new(
                     listener,

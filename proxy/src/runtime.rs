@@ -193,7 +193,7 @@ fn log_bound(listener: &attache_config::Listener, control: &ListenerControl) {
     tracing::info!(
         listener = %listener.name,
         address = %control.local_address,
-        protocol = listener.protocol.as_str(),
+        protocol = listener.protocol().as_str(),
         tls = listener.tls.is_some(),
         upstream = listener.upstream.as_deref().unwrap_or(""),
         "listener bound"
