@@ -21,10 +21,11 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tower::BoxError;
+use tower::{BoxError, Layer as _, ServiceExt as _};
 
 use super::body::RequestBody;
 use crate::net::UpstreamStream;
+use crate::resilience::per_try_timeout::{PerTryTimeout, PerTryTimeoutLayer};
 use crate::telemetry::traces::{self, RequestContext};
 use crate::upstream::connector::ConnectError;
 use crate::upstream::{EndpointState, Upstream};
@@ -41,11 +42,6 @@ const POOL_MAX_IDLE_PER_ENDPOINT: usize = 256;
 #[derive(Debug, thiserror::Error)]
 #[error("every endpoint is ejected by its circuit breaker or unhealthy")]
 pub(crate) struct NoEndpoint;
-
-/// One try ran out of its per-try timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the endpoint did not answer within the per-try timeout ({0:?})")]
-pub(crate) struct PerTryTimeout(pub(crate) Duration);
 
 /// The try failed because reading the client's request body failed: it was
 /// malformed (an invalid chunk) or the client aborted the upload. Never
@@ -93,7 +89,8 @@ pub(crate) struct Endpoints {
     /// Replaced when the endpoint's name resolves to other addresses.
     clients: Arc<[ArcSwap<EndpointClient>]>,
     names: Arc<[Arc<str>]>,
-    per_try_timeout: Option<Duration>,
+    /// Bounds each try (`http.per_try_timeout`), below the breaker.
+    per_try: PerTryTimeoutLayer,
     tracer: Option<Tracer>,
     /// Stops re-resolving once every copy is dropped.
     _resolving: Arc<DropGuard>,
@@ -126,7 +123,7 @@ impl Endpoints {
             upstream,
             clients,
             names,
-            per_try_timeout: None,
+            per_try: PerTryTimeoutLayer::new(None),
             tracer,
             _resolving: Arc::new(resolving.drop_guard()),
         }
@@ -135,7 +132,7 @@ impl Endpoints {
     /// The same endpoints with each try bounded by `timeout`.
     pub(crate) fn with_per_try_timeout(&self, timeout: Option<Duration>) -> Self {
         Self {
-            per_try_timeout: timeout,
+            per_try: PerTryTimeoutLayer::new(timeout),
             ..self.clone()
         }
     }
@@ -188,14 +185,9 @@ impl Endpoints {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(state);
         let started = Instant::now();
-        let sent = self.clients[index].load().request(request);
-        let result: Result<Response<Incoming>, BoxError> = match self.per_try_timeout {
-            None => sent.await.map_err(Into::into),
-            Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(PerTryTimeout(limit).into()),
-            },
-        };
+        // One try: the endpoint's pooled client under the per-try timeout.
+        let client = EndpointClient::clone(&self.clients[index].load());
+        let result = self.per_try.layer(client).oneshot(request).await;
         let took = started.elapsed();
         if let Some(span) = &span {
             let outcome = match &result {

@@ -18,12 +18,13 @@ use tower::{BoxError, ServiceExt as _};
 
 use super::ClientConnection;
 use super::body::{BodyProgress, Ending, OnFinish, RequestBody, ResponseBody};
-use super::client::{ClientBodyFailed, Endpoints, NoEndpoint, PerTryTimeout, ServedBy, Tried};
+use super::client::{ClientBodyFailed, Endpoints, NoEndpoint, ServedBy, Tried};
 use super::headers;
 use super::routing::{self, Matcher};
 use crate::activity::Activity;
 use crate::reload::SharedServerConfig;
-use crate::resilience::limit::{ConcurrencyLimit, Limited, Refusal};
+use crate::resilience::limit::{ConcurrencyLimit, LimitLayer, Refusal};
+use crate::resilience::per_try_timeout::PerTryTimeout;
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
 use crate::telemetry::access_log::{AccessLog, Entry};
 use crate::telemetry::log_limit::limited;
@@ -73,18 +74,26 @@ impl HttpUpstream {
         &self.upstream
     }
 
-    /// The tower stack for one listener's requests to this upstream.
+    /// The tower stack for one listener's requests to this upstream, outside
+    /// in (docs/http.md, "What happens to a request"): the upstream's
+    /// request limit (ready = holding a slot), the request timeout over
+    /// everything below, retries, then the balancer, which picks an
+    /// endpoint, settles its breaker and runs the try under the per-try
+    /// timeout on the endpoint's pooled client.
     fn stack(&self, settings: &attache_config::HttpListener) -> Stack {
         let class = HttpRetry {
             statuses: settings.retry_statuses.clone().into(),
             non_idempotent: settings.retry_non_idempotent,
         };
-        let tries = self
-            .endpoints
-            .with_per_try_timeout(settings.per_try_timeout);
-        let retry = tower::retry::Retry::new(RetryPolicy::new(self.retry.clone(), class), tries);
-        let timeout = tower::timeout::Timeout::new(retry, settings.request_timeout);
-        BoxCloneSyncService::new(Limited::new(timeout, self.limit.clone()))
+        let stack = tower::ServiceBuilder::new()
+            .layer(LimitLayer::new(self.limit.clone()))
+            .timeout(settings.request_timeout)
+            .retry(RetryPolicy::new(self.retry.clone(), class))
+            .service(
+                self.endpoints
+                    .with_per_try_timeout(settings.per_try_timeout),
+            );
+        BoxCloneSyncService::new(stack)
     }
 }
 

@@ -2,6 +2,13 @@
 //! `max_pending_requests`, HAProxy's `maxconn` and `maxqueue`): up to `max`
 //! holders at once; up to `max_pending` more wait, in arrival order, for at
 //! most the queue timeout; anyone beyond that is refused at once.
+//!
+//! The upstream room takes slots for connections directly; `layer` makes
+//! the same limit a tower layer for HTTP requests.
+
+mod layer;
+
+pub(crate) use layer::LimitLayer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,53 +101,6 @@ impl ConcurrencyLimit {
             // The semaphore is never closed; treat it like a timeout anyway.
             Ok(Err(_)) | Err(_) => Err(Refusal::QueueTimeout),
         }
-    }
-}
-
-/// The limit as tower middleware: each call holds a slot until its
-/// response (for HTTP: the response headers) is ready; a refused call fails
-/// with [`Refusal`] without reaching the inner service.
-#[derive(Clone)]
-pub(crate) struct Limited<S> {
-    inner: S,
-    limit: Arc<ConcurrencyLimit>,
-}
-
-impl<S> Limited<S> {
-    pub(crate) fn new(inner: S, limit: Arc<ConcurrencyLimit>) -> Self {
-        Self { inner, limit }
-    }
-}
-
-impl<S, Request> tower::Service<Request> for Limited<S>
-where
-    S: tower::Service<Request> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<tower::BoxError>,
-    Request: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = tower::BoxError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<S::Response, tower::BoxError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _context: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        // Readiness is decided per call, once a slot is held.
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        use tower::ServiceExt as _;
-        let limit = self.limit.clone();
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            let _slot = limit.acquire().await?;
-            inner.oneshot(request).await.map_err(Into::into)
-        })
     }
 }
 
