@@ -79,6 +79,11 @@ where
         loop {
             match &mut self.state {
                 State::Idle => {
+                    // The common case, a free slot, allocates nothing.
+                    if let Some(slot) = self.limit.try_acquire() {
+                        self.state = State::Holding(slot);
+                        continue;
+                    }
                     let limit = self.limit.clone();
                     let acquire: BoxFuture<'static, _> =
                         Box::pin(async move { limit.acquire().await });

@@ -71,17 +71,23 @@ impl ConcurrencyLimit {
         self.waiting.load(Ordering::Relaxed)
     }
 
+    /// A slot now, without queueing, when one is free.
+    pub(crate) fn try_acquire(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _permit: permit,
+            queued_for: Duration::ZERO,
+        })
+    }
+
     /// A slot now, or after queueing.
     ///
     /// # Errors
     /// [`Refusal::Overflow`] at once when the queue is full, and
     /// [`Refusal::QueueTimeout`] when no slot frees up in time.
     pub(crate) async fn acquire(&self) -> Result<Slot, Refusal> {
-        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-            return Ok(Slot {
-                _permit: permit,
-                queued_for: Duration::ZERO,
-            });
+        if let Some(slot) = self.try_acquire() {
+            return Ok(slot);
         }
         let admitted = self
             .waiting
