@@ -1,7 +1,11 @@
 //! What attache does with each command: forward it on a shared connection,
-//! answer it locally, or refuse it with an error reply that says why.
+//! pin the client to a connection of its own, answer it locally, or refuse
+//! it with an error reply that says why. The facts per command live in the
+//! command table (`commands`); this adds what depends on arguments.
 
 use attache_resp::Command;
+
+use super::commands::{self, Carried};
 
 /// The fate of one command.
 #[derive(Debug, PartialEq, Eq)]
@@ -31,118 +35,30 @@ pub(super) enum Class {
     Unsubscribed,
 }
 
-/// Commands that start state on their connection: a pinned session.
-const STARTS_SESSION: [&str; 5] = ["MULTI", "WATCH", "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"];
-
-/// Commands that block their connection until their reply.
-const BLOCKING: [&str; 11] = [
-    "BLPOP",
-    "BRPOP",
-    "BLMOVE",
-    "BRPOPLPUSH",
-    "BLMPOP",
-    "BZPOPMIN",
-    "BZPOPMAX",
-    "BZMPOP",
-    "WAIT",
-    "WAITAOF",
-    "MONITOR",
-];
-
-/// Scripts and functions: they hold their connection until they return,
-/// which may be long. On a connection of their own, other clients' commands
-/// are not stuck behind them; they get Redis' own `-BUSY` while a script
-/// runs too long, and `SCRIPT KILL` / `FUNCTION KILL` reach Redis at once.
-const SCRIPTS: [&str; 6] = [
-    "EVAL",
-    "EVALSHA",
-    "EVAL_RO",
-    "EVALSHA_RO",
-    "FCALL",
-    "FCALL_RO",
-];
-
-/// Commands that reset a connection: not served on shared connections.
-const CONNECTION_IDENTITY: [&str; 1] = ["RESET"];
-
-/// Commands that only read: sending one again after its connection failed
-/// cannot change anything (the first copy may or may not have run).
-const READ_ONLY: [&str; 48] = [
-    "BITCOUNT",
-    "BITPOS",
-    "DBSIZE",
-    "ECHO",
-    "EXISTS",
-    "GEODIST",
-    "GEOHASH",
-    "GEOPOS",
-    "GET",
-    "GETBIT",
-    "GETRANGE",
-    "HEXISTS",
-    "HGET",
-    "HGETALL",
-    "HKEYS",
-    "HLEN",
-    "HMGET",
-    "HSCAN",
-    "HSTRLEN",
-    "HVALS",
-    "LINDEX",
-    "LLEN",
-    "LPOS",
-    "LRANGE",
-    "MGET",
-    "PFCOUNT",
-    "PING",
-    "PTTL",
-    "SCAN",
-    "SCARD",
-    "SISMEMBER",
-    "SMEMBERS",
-    "SMISMEMBER",
-    "SSCAN",
-    "STRLEN",
-    "TTL",
-    "TYPE",
-    "XLEN",
-    "XRANGE",
-    "XREVRANGE",
-    "ZCARD",
-    "ZCOUNT",
-    "ZMSCORE",
-    "ZRANGE",
-    "ZRANK",
-    "ZREVRANK",
-    "ZSCAN",
-    "ZSCORE",
-];
-
 /// Whether `command` only reads (and so may be retried once).
 pub(super) fn is_read_only(command: &Command) -> bool {
-    READ_ONLY
-        .binary_search(&command.upper_name(&mut [0; 32]))
-        .is_ok()
+    commands::spec(command).read_only
 }
 
-/// Whether `command` blocks its connection until its reply.
-pub(super) fn is_blocking(command: &Command) -> bool {
-    let mut buffer = [0; 32];
-    let name = command.upper_name(&mut buffer);
-    BLOCKING.contains(&name)
-        || (matches!(name, "XREAD" | "XREADGROUP")
-            && command
-                .args
-                .iter()
-                .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK")))
-}
-
-/// Commands no multiplexing proxy can carry.
-const NEVER: [&str; 4] = ["SYNC", "PSYNC", "REPLCONF", "SHUTDOWN"];
-
+/// What the client's connection does with `command`: its row in the
+/// command table, and for `SELECT`, `CLIENT` and the `BLOCK` option its
+/// arguments.
 pub(super) fn classify(command: &Command) -> Class {
     let mut buffer = [0; 32];
     let name = command.upper_name(&mut buffer);
+    let spec = commands::spec_of(name);
+    match spec.carried {
+        Carried::Shared => Class::Shared,
+        Carried::Pinned => Class::Pinned,
+        Carried::PinnedWhenBlocking if commands::has_block_option(command) => Class::Pinned,
+        Carried::PinnedWhenBlocking => Class::Shared,
+        Carried::Refused(why) => Class::Refused(format!("ERR attache: {name} {why}")),
+        Carried::Local => local(name, command),
+    }
+}
+
+/// The commands attache answers or decides itself.
+fn local(name: &str, command: &Command) -> Class {
     let arg = |index: usize| {
         command
             .args
@@ -166,24 +82,28 @@ pub(super) fn classify(command: &Command) -> Class {
             ),
             // Connection state the client keeps for the rest of its
             // connection: a connection of its own, until it leaves.
-            Some("TRACKING" | "CACHING" | "NO-EVICT" | "NO-TOUCH" | "ID") => Class::Pinned,
+            Some(sub) if is_sticky_client_subcommand(sub.as_bytes()) => Class::Pinned,
             Some("KILL") => Class::Refused(
                 "ERR attache: CLIENT KILL could close connections other clients share; not served by attache"
                     .into(),
             ),
             _ => Class::Shared,
         },
-        _ if STARTS_SESSION.contains(&name) || is_blocking(command) || SCRIPTS.contains(&name) => {
-            Class::Pinned
-        }
-        _ if CONNECTION_IDENTITY.contains(&name) => Class::Refused(format!(
-            "ERR attache: {name} would reset a connection other clients share; not served by attache"
-        )),
-        _ if NEVER.contains(&name) => Class::Refused(format!(
-            "ERR attache: {name} cannot be sent through a proxy"
-        )),
         _ => Class::Shared,
     }
+}
+
+/// `CLIENT` subcommands whose state lasts for the rest of the connection.
+pub(super) fn is_sticky_client_subcommand(subcommand: &[u8]) -> bool {
+    [
+        &b"TRACKING"[..],
+        b"CACHING",
+        b"NO-EVICT",
+        b"NO-TOUCH",
+        b"ID",
+    ]
+    .iter()
+    .any(|sticky| subcommand.eq_ignore_ascii_case(sticky))
 }
 
 #[cfg(test)]
@@ -263,9 +183,5 @@ mod tests {
         assert_eq!(classify(&command(&["hello", "3"])), Class::Hello);
         assert!(is_read_only(&command(&["get", "k"])));
         assert!(!is_read_only(&command(&["incr", "k"])));
-        assert!(
-            READ_ONLY.windows(2).all(|pair| pair[0] < pair[1]),
-            "kept sorted for readers"
-        );
     }
 }

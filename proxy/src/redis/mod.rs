@@ -15,6 +15,7 @@
 //! - `classify`: what attache does with each command.
 
 mod classify;
+mod commands;
 mod handshake;
 mod pinned;
 mod replies;
@@ -90,7 +91,7 @@ impl RedisProxy {
         Self {
             listener: config.name.clone(),
             metrics: metrics.listener(&config.name),
-            redis_metrics: metrics.redis(&config.name),
+            redis_metrics: metrics.redis(&config.name, commands::counted()),
             tls,
             shared_connections: settings.shared_connections,
             command_timeout: settings.command_timeout,
@@ -108,7 +109,7 @@ impl RedisProxy {
                 target: target.clone(),
                 limits: Limits::default(),
                 command_timeout: settings.command_timeout,
-                metrics: metrics.redis(&config.name),
+                metrics: metrics.redis(&config.name, commands::counted()),
                 tracing: tracer
                     .clone()
                     .map(|tracer| (tracer, Arc::<str>::from(config.name.as_str()))),

@@ -16,6 +16,7 @@ use attache_resp::{Command, Limits, check, encode, parse_command};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use super::commands::{self, Session, Wait};
 use super::handshake::{self, Credentials};
 use super::target::Target;
 use crate::net::Liveness;
@@ -141,30 +142,26 @@ fn send(
 /// forever (a block time of 0) or that no single reply answers (MONITOR,
 /// subscriptions).
 fn reply_deadline(command: &Command, timeout: Duration, now: Instant) -> Option<Instant> {
-    let mut buffer = [0; 32];
-    let name = command.upper_name(&mut buffer);
     let number = |index: usize| -> Option<f64> {
         std::str::from_utf8(command.args.get(index)?)
             .ok()?
             .parse()
             .ok()
     };
-    let block_seconds = match name {
-        "BLPOP" | "BRPOP" | "BZPOPMIN" | "BZPOPMAX" | "BRPOPLPUSH" | "BLMOVE" => {
-            number(command.args.len() - 1)
+    let block_seconds = match commands::spec(command).wait {
+        Wait::CommandTimeout => return Some(now + timeout),
+        Wait::Unbounded => return None,
+        Wait::LastArgumentSeconds => number(command.args.len() - 1),
+        Wait::ArgumentSeconds(index) => number(index),
+        Wait::ArgumentMilliseconds(index) => {
+            number(index).map(|milliseconds| milliseconds / 1000.0)
         }
-        "BLMPOP" | "BZMPOP" => number(1),
-        "WAIT" => number(2).map(|milliseconds| milliseconds / 1000.0),
-        "WAITAOF" => number(3).map(|milliseconds| milliseconds / 1000.0),
-        "XREAD" | "XREADGROUP" => command
+        Wait::BlockOption => command
             .args
             .iter()
             .position(|arg| arg.eq_ignore_ascii_case(b"BLOCK"))
             .and_then(|index| number(index + 1))
             .map(|milliseconds| milliseconds / 1000.0),
-        "MONITOR" | "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE"
-        | "SUNSUBSCRIBE" => return None,
-        _ => return Some(now + timeout),
     };
     match block_seconds {
         Some(seconds) if seconds > 0.0 && seconds.is_finite() => {
@@ -221,39 +218,32 @@ enum Effect {
 }
 
 fn effect(command: &Command) -> Effect {
-    match command.upper_name(&mut [0; 32]) {
-        "MULTI" => Effect::Multi,
-        "AUTH" => Effect::Sticky,
-        "CLIENT"
-            if command.args.get(1).is_some_and(|sub| {
-                [
-                    &b"TRACKING"[..],
-                    b"CACHING",
-                    b"NO-EVICT",
-                    b"NO-TOUCH",
-                    b"ID",
-                ]
-                .iter()
-                .any(|sticky| sub.eq_ignore_ascii_case(sticky))
-            }) =>
-        {
-            Effect::Sticky
-        }
-        "EXEC" | "DISCARD" => Effect::EndTransaction,
-        "WATCH" => Effect::Watch,
-        "UNWATCH" => Effect::Unwatch,
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" => Effect::Subscribe(command.args.len() - 1),
-        "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE" => {
-            Effect::Unsubscribe(command.args.len() - 1)
-        }
-        "MONITOR" => Effect::Monitor,
-        "SELECT" => command
+    let channels = command.args.len() - 1;
+    match commands::spec(command).session {
+        Session::Multi => Effect::Multi,
+        Session::Sticky => Effect::Sticky,
+        Session::EndTransaction => Effect::EndTransaction,
+        Session::Watch => Effect::Watch,
+        Session::Unwatch => Effect::Unwatch,
+        Session::Subscribe => Effect::Subscribe(channels),
+        Session::Unsubscribe => Effect::Unsubscribe(channels),
+        Session::Monitor => Effect::Monitor,
+        Session::Select => command
             .args
             .get(1)
             .and_then(|index| std::str::from_utf8(index).ok()?.parse().ok())
             .map_or(Effect::Plain, Effect::Select),
-        _ if super::classify::is_blocking(command) => Effect::Blocking,
-        _ => Effect::Plain,
+        Session::Plain
+            if command.upper_name(&mut [0; 32]) == "CLIENT"
+                && command
+                    .args
+                    .get(1)
+                    .is_some_and(|sub| super::classify::is_sticky_client_subcommand(sub)) =>
+        {
+            Effect::Sticky
+        }
+        Session::Plain if commands::is_blocking(command) => Effect::Blocking,
+        Session::Plain => Effect::Plain,
     }
 }
 

@@ -1,0 +1,364 @@
+//! Everything the ambassador knows about Redis commands, one row each: how
+//! it is carried, whether it only reads, how long its reply may take, what
+//! it does to a pinned session, and whether it is counted under its own
+//! name. Commands not in the table are shared, not read-only, get the
+//! command timeout, and count as `other`.
+//!
+//! `classify` turns a row (and, for a few commands, their arguments) into
+//! what the client's connection does; `pinned` reads `wait` and `session`.
+
+use std::sync::LazyLock;
+
+use attache_resp::Command;
+
+/// How a command is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Carried {
+    /// On the client's shared connection.
+    Shared,
+    /// On a connection of the client's own, until its reply or its session
+    /// ends (transactions, subscriptions, blocking commands, scripts).
+    Pinned,
+    /// Pinned only with the `BLOCK` option (`XREAD`, `XREADGROUP`).
+    PinnedWhenBlocking,
+    /// Answered or decided by attache itself (`AUTH`, `HELLO`, `SELECT`,
+    /// `QUIT`, `CLIENT`, the `UNSUBSCRIBE` family): see `classify`.
+    Local,
+    /// Refused with `-ERR attache: <name> <this>`.
+    Refused(&'static str),
+}
+
+/// How long a command's reply may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    /// The listener's `command_timeout`.
+    CommandTimeout,
+    /// Blocks for the seconds in its last argument (`BLPOP k 5`).
+    LastArgumentSeconds,
+    /// Blocks for the seconds in argument N (`BLMPOP 5 ...`).
+    ArgumentSeconds(usize),
+    /// Blocks for the milliseconds in argument N (`WAIT n 100`).
+    ArgumentMilliseconds(usize),
+    /// Blocks for the milliseconds after `BLOCK`, when present.
+    BlockOption,
+    /// No reply deadline: replies come when they come (subscriptions, MONITOR).
+    Unbounded,
+}
+
+/// What a command does to a pinned session's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Session {
+    Plain,
+    Multi,
+    /// EXEC or DISCARD.
+    EndTransaction,
+    Watch,
+    Unwatch,
+    Subscribe,
+    Unsubscribe,
+    Monitor,
+    /// State kept for the rest of the connection (AUTH as another user).
+    Sticky,
+    Select,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Spec {
+    /// Uppercase.
+    pub(super) name: &'static str,
+    pub(super) carried: Carried,
+    /// Only reads: sending it again after its connection failed cannot
+    /// change anything.
+    pub(super) read_only: bool,
+    pub(super) wait: Wait,
+    pub(super) session: Session,
+    /// Counted under its own name in `attache_redis_commands_total`.
+    pub(super) counted: bool,
+}
+
+const fn shared(name: &'static str) -> Spec {
+    Spec {
+        name,
+        carried: Carried::Shared,
+        read_only: false,
+        wait: Wait::CommandTimeout,
+        session: Session::Plain,
+        counted: false,
+    }
+}
+
+const fn pinned(name: &'static str, wait: Wait) -> Spec {
+    Spec {
+        carried: Carried::Pinned,
+        wait,
+        ..shared(name)
+    }
+}
+
+const fn local(name: &'static str) -> Spec {
+    Spec {
+        carried: Carried::Local,
+        ..shared(name)
+    }
+}
+
+const fn refused(name: &'static str, why: &'static str) -> Spec {
+    Spec {
+        carried: Carried::Refused(why),
+        ..shared(name)
+    }
+}
+
+impl Spec {
+    const fn read_only(self) -> Self {
+        Self {
+            read_only: true,
+            ..self
+        }
+    }
+
+    const fn counted(self) -> Self {
+        Self {
+            counted: true,
+            ..self
+        }
+    }
+
+    const fn session(self, session: Session) -> Self {
+        Self { session, ..self }
+    }
+}
+
+const CANNOT_BE_PROXIED: &str = "cannot be sent through a proxy";
+
+/// Sorted by name (a test checks).
+const TABLE: &[Spec] = &[
+    shared("APPEND").counted(),
+    local("AUTH").session(Session::Sticky),
+    shared("BITCOUNT").read_only(),
+    shared("BITPOS").read_only(),
+    pinned("BLMOVE", Wait::LastArgumentSeconds).counted(),
+    pinned("BLMPOP", Wait::ArgumentSeconds(1)),
+    pinned("BLPOP", Wait::LastArgumentSeconds).counted(),
+    pinned("BRPOP", Wait::LastArgumentSeconds).counted(),
+    pinned("BRPOPLPUSH", Wait::LastArgumentSeconds),
+    pinned("BZMPOP", Wait::ArgumentSeconds(1)),
+    pinned("BZPOPMAX", Wait::LastArgumentSeconds),
+    pinned("BZPOPMIN", Wait::LastArgumentSeconds).counted(),
+    local("CLIENT"),
+    shared("DBSIZE").read_only(),
+    shared("DECR").counted(),
+    shared("DECRBY").counted(),
+    shared("DEL").counted(),
+    shared("DISCARD").counted().session(Session::EndTransaction),
+    shared("ECHO").read_only(),
+    pinned("EVAL", Wait::CommandTimeout).counted(),
+    pinned("EVALSHA", Wait::CommandTimeout).counted(),
+    pinned("EVALSHA_RO", Wait::CommandTimeout),
+    pinned("EVAL_RO", Wait::CommandTimeout),
+    shared("EXEC").counted().session(Session::EndTransaction),
+    shared("EXISTS").read_only().counted(),
+    shared("EXPIRE").counted(),
+    pinned("FCALL", Wait::CommandTimeout).counted(),
+    pinned("FCALL_RO", Wait::CommandTimeout),
+    shared("GEODIST").read_only(),
+    shared("GEOHASH").read_only(),
+    shared("GEOPOS").read_only(),
+    shared("GET").read_only().counted(),
+    shared("GETBIT").read_only(),
+    shared("GETDEL").counted(),
+    shared("GETEX").counted(),
+    shared("GETRANGE").read_only(),
+    shared("GETSET").counted(),
+    shared("HDEL").counted(),
+    local("HELLO"),
+    shared("HEXISTS").read_only().counted(),
+    shared("HGET").read_only().counted(),
+    shared("HGETALL").read_only().counted(),
+    shared("HINCRBY").counted(),
+    shared("HKEYS").read_only(),
+    shared("HLEN").read_only(),
+    shared("HMGET").read_only().counted(),
+    shared("HSCAN").read_only(),
+    shared("HSET").counted(),
+    shared("HSTRLEN").read_only(),
+    shared("HVALS").read_only(),
+    shared("INCR").counted(),
+    shared("INCRBY").counted(),
+    shared("INFO").counted(),
+    shared("KEYS").counted(),
+    shared("LINDEX").read_only(),
+    shared("LLEN").read_only().counted(),
+    shared("LPOP").counted(),
+    shared("LPOS").read_only(),
+    shared("LPUSH").counted(),
+    shared("LRANGE").read_only().counted(),
+    shared("MGET").read_only().counted(),
+    pinned("MONITOR", Wait::Unbounded)
+        .counted()
+        .session(Session::Monitor),
+    shared("MSET").counted(),
+    pinned("MULTI", Wait::CommandTimeout)
+        .counted()
+        .session(Session::Multi),
+    shared("PEXPIRE").counted(),
+    shared("PFCOUNT").read_only(),
+    shared("PING").read_only().counted(),
+    pinned("PSUBSCRIBE", Wait::Unbounded)
+        .counted()
+        .session(Session::Subscribe),
+    refused("PSYNC", CANNOT_BE_PROXIED),
+    shared("PTTL").read_only(),
+    shared("PUBLISH").counted(),
+    local("PUNSUBSCRIBE")
+        .session(Session::Unsubscribe)
+        .with_wait(Wait::Unbounded),
+    local("QUIT"),
+    refused("REPLCONF", CANNOT_BE_PROXIED),
+    refused(
+        "RESET",
+        "would reset a connection other clients share; not served by attache",
+    ),
+    shared("RPOP").counted(),
+    shared("RPUSH").counted(),
+    shared("SADD").counted(),
+    shared("SCAN").read_only().counted(),
+    shared("SCARD").read_only().counted(),
+    local("SELECT").counted().session(Session::Select),
+    shared("SET").counted(),
+    shared("SETEX").counted(),
+    refused("SHUTDOWN", CANNOT_BE_PROXIED),
+    shared("SISMEMBER").read_only().counted(),
+    shared("SMEMBERS").read_only().counted(),
+    shared("SMISMEMBER").read_only(),
+    shared("SREM").counted(),
+    shared("SSCAN").read_only(),
+    pinned("SSUBSCRIBE", Wait::Unbounded).session(Session::Subscribe),
+    shared("STRLEN").read_only(),
+    pinned("SUBSCRIBE", Wait::Unbounded)
+        .counted()
+        .session(Session::Subscribe),
+    local("SUNSUBSCRIBE")
+        .session(Session::Unsubscribe)
+        .with_wait(Wait::Unbounded),
+    refused("SYNC", CANNOT_BE_PROXIED),
+    shared("TTL").read_only().counted(),
+    shared("TYPE").read_only().counted(),
+    shared("UNLINK").counted(),
+    local("UNSUBSCRIBE")
+        .session(Session::Unsubscribe)
+        .with_wait(Wait::Unbounded),
+    shared("UNWATCH").session(Session::Unwatch),
+    pinned("WAIT", Wait::ArgumentMilliseconds(2)),
+    pinned("WAITAOF", Wait::ArgumentMilliseconds(3)),
+    pinned("WATCH", Wait::CommandTimeout)
+        .counted()
+        .session(Session::Watch),
+    shared("XADD").counted(),
+    shared("XLEN").read_only(),
+    shared("XRANGE").read_only().counted(),
+    Spec {
+        carried: Carried::PinnedWhenBlocking,
+        wait: Wait::BlockOption,
+        ..shared("XREAD").counted()
+    },
+    Spec {
+        carried: Carried::PinnedWhenBlocking,
+        wait: Wait::BlockOption,
+        ..shared("XREADGROUP")
+    },
+    shared("XREVRANGE").read_only(),
+    shared("ZADD").counted(),
+    shared("ZCARD").read_only(),
+    shared("ZCOUNT").read_only(),
+    shared("ZMSCORE").read_only(),
+    shared("ZRANGE").read_only().counted(),
+    shared("ZRANK").read_only(),
+    shared("ZREM").counted(),
+    shared("ZREVRANK").read_only(),
+    shared("ZSCAN").read_only(),
+    shared("ZSCORE").read_only(),
+];
+
+impl Spec {
+    const fn with_wait(self, wait: Wait) -> Self {
+        Self { wait, ..self }
+    }
+}
+
+/// The row of a command not in the table.
+const UNKNOWN: Spec = shared("");
+
+/// The row for `name` (uppercase).
+pub(super) fn spec_of(name: &str) -> &'static Spec {
+    TABLE
+        .binary_search_by(|spec| spec.name.cmp(name))
+        .map_or(&UNKNOWN, |index| &TABLE[index])
+}
+
+/// The row for `command`.
+pub(super) fn spec(command: &Command) -> &'static Spec {
+    spec_of(command.upper_name(&mut [0; 32]))
+}
+
+/// Whether `command` blocks its connection until its reply.
+pub(super) fn is_blocking(command: &Command) -> bool {
+    let spec = spec(command);
+    match spec.wait {
+        Wait::LastArgumentSeconds | Wait::ArgumentSeconds(_) | Wait::ArgumentMilliseconds(_) => {
+            true
+        }
+        Wait::BlockOption => has_block_option(command),
+        Wait::Unbounded => spec.session == Session::Monitor,
+        Wait::CommandTimeout => false,
+    }
+}
+
+/// Whether `command` carries the `BLOCK` option.
+pub(super) fn has_block_option(command: &Command) -> bool {
+    command
+        .args
+        .iter()
+        .any(|arg| arg.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+/// The commands counted under their own name, sorted (the metric's closed
+/// label set; everything else is `other`).
+pub(super) fn counted() -> &'static [&'static str] {
+    static COUNTED: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+        TABLE
+            .iter()
+            .filter(|spec| spec.counted)
+            .map(|spec| spec.name)
+            .collect()
+    });
+    &COUNTED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_sorted_and_names_each_command_once_in_uppercase() {
+        assert!(TABLE.windows(2).all(|pair| pair[0].name < pair[1].name));
+        assert!(
+            TABLE
+                .iter()
+                .all(|spec| spec.name == spec.name.to_ascii_uppercase())
+        );
+        assert_eq!(counted().len(), 64);
+        assert!(counted().windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn unknown_commands_are_shared_and_timed() {
+        let spec = spec_of("OBJECT");
+        assert_eq!(spec.carried, Carried::Shared);
+        assert_eq!(spec.wait, Wait::CommandTimeout);
+        assert!(!spec.read_only && !spec.counted);
+        assert!(spec_of("GET").read_only);
+        assert!(!spec_of("INCR").read_only);
+    }
+}
