@@ -7,6 +7,7 @@ use attache_resp::{Limits, check, encode};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::error::RedisError;
 use crate::upstream::UpstreamConnection;
 
 /// `HELLO 3` without credentials.
@@ -47,14 +48,15 @@ impl Credentials {
 /// `credentials` are given) and selects `database`.
 ///
 /// # Errors
-/// A message naming the step that failed and what Redis answered.
+/// [`RedisError::Setup`] naming the step that failed and why, or
+/// [`RedisError::SetupRefused`] with what Redis answered.
 pub(super) async fn prepare(
     connection: &mut UpstreamConnection,
     credentials: Option<&Credentials>,
     protocol: u8,
     database: u32,
     limits: &Limits,
-) -> Result<(), String> {
+) -> Result<(), RedisError> {
     match (protocol, credentials) {
         (3, Some(credentials)) => {
             exchange(connection, &credentials.hello, "HELLO 3", limits).await?;
@@ -74,19 +76,23 @@ pub(super) async fn prepare(
 async fn exchange(
     connection: &mut UpstreamConnection,
     command: &[u8],
-    what: &str,
+    step: &str,
     limits: &Limits,
-) -> Result<(), String> {
+) -> Result<(), RedisError> {
+    let failed = |cause| RedisError::Setup {
+        step: step.to_owned(),
+        cause: Box::new(cause),
+    };
     connection
         .stream()
         .write_all(command)
         .await
-        .map_err(|error| format!("{what} failed: {error}"))?;
+        .map_err(|error| failed(RedisError::Write(error)))?;
     let mut buffer = BytesMut::with_capacity(256);
     let answer = read_frame(connection, &mut buffer, limits)
         .await
-        .map_err(|error| format!("{what} failed: {error}"))?;
-    let accepted = if what.starts_with("HELLO") {
+        .map_err(failed)?;
+    let accepted = if step.starts_with("HELLO") {
         !answer.starts_with(b"-")
     } else {
         &answer[..] == b"+OK\r\n"
@@ -94,10 +100,10 @@ async fn exchange(
     if accepted {
         Ok(())
     } else {
-        Err(format!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&answer).trim_end()
-        ))
+        Err(RedisError::SetupRefused {
+            step: step.to_owned(),
+            answer: String::from_utf8_lossy(&answer).trim_end().to_owned(),
+        })
     }
 }
 
@@ -110,18 +116,18 @@ pub(super) async fn read_frame(
     connection: &mut UpstreamConnection,
     buffer: &mut BytesMut,
     limits: &Limits,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, RedisError> {
     loop {
-        if let Some(frame) = check(buffer, limits).map_err(|error| error.to_string())? {
+        if let Some(frame) = check(buffer, limits).map_err(RedisError::InvalidReply)? {
             return Ok(buffer.split_to(frame.length).freeze());
         }
         let read = connection
             .stream()
             .read_buf(buffer)
             .await
-            .map_err(|error| format!("reading from Redis failed: {error}"))?;
+            .map_err(RedisError::Read)?;
         if read == 0 {
-            return Err("the connection was closed".to_owned());
+            return Err(RedisError::Closed);
         }
     }
 }

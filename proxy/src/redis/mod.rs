@@ -16,6 +16,7 @@
 
 mod classify;
 mod commands;
+mod error;
 mod handshake;
 mod pinned;
 mod replies;

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::commands::{self, Session, Wait};
+use super::error::RedisError;
 use super::handshake::{self, Credentials};
 use super::target::Target;
 use crate::net::Liveness;
@@ -41,17 +42,12 @@ pub(super) struct PinnedConnector {
     credentials: Option<Credentials>,
 }
 
-/// Why no pinned connection could be had.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(super) struct PinnedError(String);
-
 impl bb8::ManageConnection for PinnedConnector {
     type Connection = PinnedConnection;
-    type Error = PinnedError;
+    type Error = RedisError;
 
-    async fn connect(&self) -> Result<PinnedConnection, PinnedError> {
-        let (mut connection, generation) = self.target.connect().await.map_err(PinnedError)?;
+    async fn connect(&self) -> Result<PinnedConnection, RedisError> {
+        let (mut connection, generation) = self.target.connect().await?;
         handshake::prepare(
             &mut connection,
             self.credentials.as_ref(),
@@ -59,8 +55,7 @@ impl bb8::ManageConnection for PinnedConnector {
             0,
             &Limits::default(),
         )
-        .await
-        .map_err(PinnedError)?;
+        .await?;
         Ok(PinnedConnection {
             connection,
             broken: false,
@@ -71,12 +66,12 @@ impl bb8::ManageConnection for PinnedConnector {
     /// An idle connection Redis closed (its `timeout`, a restart, `CLIENT
     /// KILL`) or that holds unasked-for bytes is not lent: the pool makes
     /// another instead of failing the client's MULTI or BLPOP.
-    async fn is_valid(&self, connection: &mut PinnedConnection) -> Result<(), PinnedError> {
+    async fn is_valid(&self, connection: &mut PinnedConnection) -> Result<(), RedisError> {
         match connection.connection.stream().liveness().await {
             Liveness::Idle => Ok(()),
-            Liveness::Data => Err(PinnedError("unexpected data on an idle connection".into())),
-            Liveness::Closed => Err(PinnedError("closed while idle".into())),
-            Liveness::Failed(error) => Err(PinnedError(error.to_string())),
+            Liveness::Data => Err(RedisError::DataWhileIdle),
+            Liveness::Closed => Err(RedisError::ClosedWhileIdle),
+            Liveness::Failed(error) => Err(RedisError::Read(error)),
         }
     }
 

@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::RedisError;
 use super::handshake::{self, Credentials};
 use super::target::Target;
 use crate::telemetry::metrics::RedisMetrics;
@@ -168,7 +169,7 @@ async fn run(
                 let Some(batch) = batch else { return };
                 if session.target.generation() != generation {
                     // Sentinel named a new master: commands go there from now on.
-                    held.extend(fail_all(&mut waiting, "the Redis master changed (Sentinel failover)"));
+                    held.extend(fail_all(&mut waiting, &RedisError::MasterChanged));
                     connection = None;
                     counted.set(false);
                     held.push_back(batch);
@@ -182,9 +183,9 @@ async fn run(
             }
             read = open.stream().read_buf(&mut buffer) => {
                 let outcome = match read {
-                    Ok(0) => Err("the upstream closed the connection".to_owned()),
+                    Ok(0) => Err(RedisError::Closed),
                     Ok(_) => deliver(&mut buffer, &mut waiting, &limits),
-                    Err(error) => Err(format!("reading from the upstream failed: {error}")),
+                    Err(error) => Err(RedisError::Read(error)),
                 };
                 if let Err(error) = outcome {
                     held.extend(fail_all(&mut waiting, &error));
@@ -201,7 +202,7 @@ async fn run(
 async fn open_connection(
     session: &Session,
     limits: &Limits,
-) -> Result<(UpstreamConnection, u64), String> {
+) -> Result<(UpstreamConnection, u64), RedisError> {
     let (mut connection, generation) = session.target.connect().await?;
     handshake::prepare(
         &mut connection,
@@ -219,9 +220,9 @@ async fn write_batch(
     connection: Option<&mut UpstreamConnection>,
     batch: Batch,
     waiting: &mut VecDeque<Waiting>,
-) -> Result<(), String> {
+) -> Result<(), RedisError> {
     let Some(connection) = connection else {
-        return Err("no upstream connection".to_owned());
+        return Err(RedisError::NotConnected);
     };
     // Queued first: if the write fails, these get the error reply too.
     waiting.extend(
@@ -242,7 +243,7 @@ async fn write_batch(
         .collect();
     write_all_vectored(connection, frames)
         .await
-        .map_err(|error| format!("writing to the upstream failed: {error}"))
+        .map_err(RedisError::Write)
 }
 
 async fn write_all_vectored(
@@ -266,17 +267,15 @@ fn deliver(
     buffer: &mut BytesMut,
     waiting: &mut VecDeque<Waiting>,
     limits: &Limits,
-) -> Result<(), String> {
-    while let Some(frame) =
-        check(buffer, limits).map_err(|error| format!("the upstream sent invalid RESP: {error}"))?
-    {
+) -> Result<(), RedisError> {
+    while let Some(frame) = check(buffer, limits).map_err(RedisError::InvalidReply)? {
         let reply = buffer.split_to(frame.length).freeze();
         if frame.push {
             // Out of band (RESP3); no shared-connection command subscribes.
             continue;
         }
         let Some(Waiting { sender, .. }) = waiting.pop_front() else {
-            return Err("the upstream sent a reply nobody asked for".to_owned());
+            return Err(RedisError::UnaskedReply);
         };
         // A client that gave up dropped its receiver: the reply is discarded.
         let _ = sender.send(Ok(reply));
@@ -305,9 +304,9 @@ impl Drop for Counted {
 /// Answers every command in flight with an error, except read-only ones
 /// not retried yet: those come back as a batch to send once more, on a new
 /// connection. Writes are never retried (they may have been applied).
-fn fail_all(waiting: &mut VecDeque<Waiting>, error: &str) -> Option<Batch> {
+fn fail_all(waiting: &mut VecDeque<Waiting>, error: &RedisError) -> Option<Batch> {
     tracing::warn!(
-        error,
+        %error,
         in_flight = waiting.len(),
         "shared Redis connection failed; its writes get an error reply, its reads are retried once"
     );

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::error::RedisError;
 use super::handshake;
 use crate::reload::SharedClientConfig;
 use crate::telemetry::metrics::Metrics;
@@ -39,13 +40,9 @@ impl Target {
     ///
     /// # Errors
     /// Why no connection was made.
-    pub(super) async fn connect(&self) -> Result<(UpstreamConnection, u64), String> {
+    pub(super) async fn connect(&self) -> Result<(UpstreamConnection, u64), RedisError> {
         match self {
-            Self::Fixed(upstream) => upstream
-                .connect()
-                .await
-                .map(|connection| (connection, 0))
-                .map_err(|error| error.to_string()),
+            Self::Fixed(upstream) => Ok((upstream.connect().await?, 0)),
             Self::Sentinel { master, .. } => master.connect().await,
         }
     }
@@ -114,19 +111,12 @@ impl SentinelMaster {
         }
     }
 
-    async fn connect(&self) -> Result<(UpstreamConnection, u64), String> {
+    async fn connect(&self) -> Result<(UpstreamConnection, u64), RedisError> {
         let generation = *self.generation.borrow();
         let Some(upstream) = self.current.load_full() else {
-            return Err(format!(
-                "no Sentinel has named a master for {:?} yet",
-                self.master_name
-            ));
+            return Err(RedisError::NoMasterYet(self.master_name.clone()));
         };
-        let connection = upstream
-            .connect()
-            .await
-            .map_err(|error| error.to_string())?;
-        Ok((connection, generation))
+        Ok((upstream.connect().await?, generation))
     }
 
     /// Makes `endpoint` the master, unless it already is.
@@ -174,11 +164,8 @@ async fn watch_one(
     sentinels: &Upstream,
     master: &SentinelMaster,
     limits: &Limits,
-) -> Result<(), String> {
-    let mut connection = sentinels
-        .connect()
-        .await
-        .map_err(|error| error.to_string())?;
+) -> Result<(), RedisError> {
+    let mut connection = sentinels.connect().await?;
     let query = encode::command(
         [
             &b"SENTINEL"[..],
@@ -192,10 +179,7 @@ async fn watch_one(
     match bulk_strings(&reply).as_slice() {
         [host, port] => master.set_master(endpoint(host, port)?),
         _ => {
-            return Err(format!(
-                "the Sentinel does not know a master called {:?}",
-                master.master_name
-            ));
+            return Err(RedisError::UnknownMaster(master.master_name.clone()));
         }
     }
     let subscribe = encode::command([&b"SUBSCRIBE"[..], b"+switch-master"].into_iter());
@@ -217,7 +201,7 @@ async fn watch_one(
     }
 }
 
-fn endpoint(host: &[u8], port: &[u8]) -> Result<attache_config::Endpoint, String> {
+fn endpoint(host: &[u8], port: &[u8]) -> Result<attache_config::Endpoint, RedisError> {
     let text = format!(
         "{}:{}",
         String::from_utf8_lossy(host),
@@ -230,8 +214,7 @@ fn endpoint(host: &[u8], port: &[u8]) -> Result<attache_config::Endpoint, String
     } else {
         text
     };
-    text.parse()
-        .map_err(|error| format!("the Sentinel named an unusable master: {error}"))
+    text.parse().map_err(RedisError::UnusableMaster)
 }
 
 async fn exchange(
@@ -239,12 +222,12 @@ async fn exchange(
     command: &[u8],
     buffer: &mut BytesMut,
     limits: &Limits,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, RedisError> {
     connection
         .stream()
         .write_all(command)
         .await
-        .map_err(|error| format!("writing to the Sentinel failed: {error}"))?;
+        .map_err(RedisError::Write)?;
     handshake::read_frame(connection, buffer, limits).await
 }
 
