@@ -2,7 +2,9 @@
 //! sends names the client everywhere attache names one (here the app's
 //! `X-Forwarded-For` and the access log), the bytes after it pass
 //! byte-exactly, and a header from an untrusted peer, a malformed one, or
-//! none is refused and counted. HAProxy (`send-proxy-v2`) is the real peer.
+//! none is refused and counted. HAProxy (`send-proxy-v2`) and nginx's
+//! stream module (`proxy_protocol on`, v1) are the real peers in front;
+//! nginx (`listen ... proxy_protocol`) is the real peer behind.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -230,6 +232,28 @@ impl Peer {
         .await
     }
 
+    /// nginx's stream module forwarding to `backend` with `proxy_protocol
+    /// on` (it sends v1); `proxy_half_close` so a client's half-close does
+    /// not end the session before the echo comes back.
+    async fn nginx_stream(backend: SocketAddr) -> Self {
+        Self::start(
+            "nginx",
+            "nginx.conf",
+            |address, prefix| {
+                format!(
+                    "load_module {STREAM_MODULE};\npid {prefix}/nginx.pid;\nerror_log stderr;\nevents {{}}\n\
+                     stream {{\n  server {{\n    listen {address};\n    proxy_pass {backend};\n    proxy_protocol on;\n    proxy_half_close on;\n  }}\n}}\n"
+                )
+            },
+            |_, prefix| {
+                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"]
+                    .map(str::to_owned)
+                    .to_vec()
+            },
+        )
+        .await
+    }
+
     /// nginx answering every request with the client address its PROXY
     /// protocol header named.
     async fn nginx() -> Self {
@@ -262,37 +286,80 @@ impl Drop for Peer {
     }
 }
 
-#[tokio::test]
-async fn behind_haproxy_the_app_sees_the_real_client() {
+/// Where Debian's libnginx-mod-stream puts the module (`.ci/run` installs it).
+const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// Through `front` (a load balancer started in front of attache's http
+/// listener), a client from 127.0.0.2 reaches the app as 127.0.0.2.
+async fn the_app_sees_the_real_client_behind(front: fn(SocketAddr) -> BoxedPeer) {
     let app = HttpApp::start("app").await;
     let attache = Attache::run(&config(app.address, "http", "\"127.0.0.1\""))
         .await
         .unwrap();
-    let haproxy = Peer::haproxy(attache.listener("front")).await;
-    // The client comes from 127.0.0.2; HAProxy connects from 127.0.0.1.
+    let balancer = front(attache.listener("front")).await;
+    // The client comes from 127.0.0.2; the balancer connects from 127.0.0.1.
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut stream = socket.connect(haproxy.address).await.unwrap();
+    let mut stream = socket.connect(balancer.address).await.unwrap();
     stream.write_all(REQUEST).await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
         .await
-        .expect("an answer through haproxy")
+        .expect("an answer through the load balancer")
         .unwrap();
     assert_eq!(forwarded_for(&answer), serde_json::json!(["127.0.0.2"]));
 }
 
-#[tokio::test]
-async fn behind_haproxy_bytes_pass_exactly() {
+/// Through `front` in front of attache's tcp listener, 1 MiB echoes back exactly.
+async fn bytes_pass_exactly_behind(front: fn(SocketAddr) -> BoxedPeer) {
     let upstream = servers::echo().await;
     let attache = Attache::run(&config(upstream, "tcp", "\"127.0.0.1\""))
         .await
         .unwrap();
-    let haproxy = Peer::haproxy(attache.listener("front")).await;
+    let balancer = front(attache.listener("front")).await;
     let payload = servers::random_bytes(1024 * 1024, 11);
-    let stream = TcpStream::connect(haproxy.address).await.unwrap();
+    let stream = TcpStream::connect(balancer.address).await.unwrap();
     let echoed = echo_through(stream, &payload).await;
     assert_eq!(servers::sha256_hex(&echoed), servers::sha256_hex(&payload));
+    assert_eq!(
+        attache
+            .metric(
+                r#"attache_connections_refused_total{listener="front",reason="proxy_protocol"}"#
+            )
+            .await
+            .unwrap_or(0.0),
+        0.0
+    );
+}
+
+type BoxedPeer = std::pin::Pin<Box<dyn std::future::Future<Output = Peer>>>;
+
+fn haproxy(backend: SocketAddr) -> BoxedPeer {
+    Box::pin(Peer::haproxy(backend))
+}
+
+fn nginx_stream(backend: SocketAddr) -> BoxedPeer {
+    Box::pin(Peer::nginx_stream(backend))
+}
+
+#[tokio::test]
+async fn behind_haproxy_the_app_sees_the_real_client() {
+    the_app_sees_the_real_client_behind(haproxy).await;
+}
+
+#[tokio::test]
+async fn behind_haproxy_bytes_pass_exactly() {
+    bytes_pass_exactly_behind(haproxy).await;
+}
+
+#[tokio::test]
+async fn behind_nginx_stream_the_app_sees_the_real_client() {
+    the_app_sees_the_real_client_behind(nginx_stream).await;
+}
+
+#[tokio::test]
+async fn behind_nginx_stream_bytes_pass_exactly() {
+    bytes_pass_exactly_behind(nginx_stream).await;
 }
 
 fn sending_config(upstream: SocketAddr, version: &str) -> String {
