@@ -47,7 +47,7 @@ pub(super) enum Wait {
 
 /// What a command does to a pinned session's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Session {
+pub(super) enum SessionChange {
     Plain,
     Multi,
     /// EXEC or DISCARD.
@@ -72,7 +72,7 @@ pub(super) struct Spec {
     /// change anything.
     pub(super) read_only: bool,
     pub(super) wait: Wait,
-    pub(super) session: Session,
+    pub(super) session: SessionChange,
     /// Counted under its own name in `attache_redis_commands_total`.
     pub(super) counted: bool,
 }
@@ -83,7 +83,7 @@ const fn shared(name: &'static str) -> Spec {
         carried: Carried::Shared,
         read_only: false,
         wait: Wait::CommandTimeout,
-        session: Session::Plain,
+        session: SessionChange::Plain,
         counted: false,
     }
 }
@@ -125,7 +125,7 @@ impl Spec {
         }
     }
 
-    const fn session(self, session: Session) -> Self {
+    const fn session(self, session: SessionChange) -> Self {
         Self { session, ..self }
     }
 }
@@ -135,7 +135,7 @@ const CANNOT_BE_PROXIED: &str = "cannot be sent through a proxy";
 /// Sorted by name (a test checks).
 const TABLE: &[Spec] = &[
     shared("APPEND").counted(),
-    local("AUTH").session(Session::Sticky),
+    local("AUTH").session(SessionChange::Sticky),
     shared("BITCOUNT").read_only(),
     shared("BITPOS").read_only(),
     pinned("BLMOVE", Wait::LastArgumentSeconds).counted(),
@@ -151,13 +151,17 @@ const TABLE: &[Spec] = &[
     shared("DECR").counted(),
     shared("DECRBY").counted(),
     shared("DEL").counted(),
-    shared("DISCARD").counted().session(Session::EndTransaction),
+    shared("DISCARD")
+        .counted()
+        .session(SessionChange::EndTransaction),
     shared("ECHO").read_only(),
     pinned("EVAL", Wait::CommandTimeout).counted(),
     pinned("EVALSHA", Wait::CommandTimeout).counted(),
     pinned("EVALSHA_RO", Wait::CommandTimeout),
     pinned("EVAL_RO", Wait::CommandTimeout),
-    shared("EXEC").counted().session(Session::EndTransaction),
+    shared("EXEC")
+        .counted()
+        .session(SessionChange::EndTransaction),
     shared("EXISTS").read_only().counted(),
     shared("EXPIRE").counted(),
     pinned("FCALL", Wait::CommandTimeout).counted(),
@@ -197,22 +201,22 @@ const TABLE: &[Spec] = &[
     shared("MGET").read_only().counted(),
     pinned("MONITOR", Wait::Unbounded)
         .counted()
-        .session(Session::Monitor),
+        .session(SessionChange::Monitor),
     shared("MSET").counted(),
     pinned("MULTI", Wait::CommandTimeout)
         .counted()
-        .session(Session::Multi),
+        .session(SessionChange::Multi),
     shared("PEXPIRE").counted(),
     shared("PFCOUNT").read_only(),
     shared("PING").read_only().counted(),
     pinned("PSUBSCRIBE", Wait::Unbounded)
         .counted()
-        .session(Session::Subscribe),
+        .session(SessionChange::Subscribe),
     refused("PSYNC", CANNOT_BE_PROXIED),
     shared("PTTL").read_only(),
     shared("PUBLISH").counted(),
     local("PUNSUBSCRIBE")
-        .session(Session::Unsubscribe)
+        .session(SessionChange::Unsubscribe)
         .with_wait(Wait::Unbounded),
     local("QUIT"),
     refused("REPLCONF", CANNOT_BE_PROXIED),
@@ -225,7 +229,7 @@ const TABLE: &[Spec] = &[
     shared("SADD").counted(),
     shared("SCAN").read_only().counted(),
     shared("SCARD").read_only().counted(),
-    local("SELECT").counted().session(Session::Select),
+    local("SELECT").counted().session(SessionChange::Select),
     shared("SET").counted(),
     shared("SETEX").counted(),
     refused("SHUTDOWN", CANNOT_BE_PROXIED),
@@ -234,27 +238,27 @@ const TABLE: &[Spec] = &[
     shared("SMISMEMBER").read_only(),
     shared("SREM").counted(),
     shared("SSCAN").read_only(),
-    pinned("SSUBSCRIBE", Wait::Unbounded).session(Session::Subscribe),
+    pinned("SSUBSCRIBE", Wait::Unbounded).session(SessionChange::Subscribe),
     shared("STRLEN").read_only(),
     pinned("SUBSCRIBE", Wait::Unbounded)
         .counted()
-        .session(Session::Subscribe),
+        .session(SessionChange::Subscribe),
     local("SUNSUBSCRIBE")
-        .session(Session::Unsubscribe)
+        .session(SessionChange::Unsubscribe)
         .with_wait(Wait::Unbounded),
     refused("SYNC", CANNOT_BE_PROXIED),
     shared("TTL").read_only().counted(),
     shared("TYPE").read_only().counted(),
     shared("UNLINK").counted(),
     local("UNSUBSCRIBE")
-        .session(Session::Unsubscribe)
+        .session(SessionChange::Unsubscribe)
         .with_wait(Wait::Unbounded),
-    shared("UNWATCH").session(Session::Unwatch),
+    shared("UNWATCH").session(SessionChange::Unwatch),
     pinned("WAIT", Wait::ArgumentMilliseconds(2)),
     pinned("WAITAOF", Wait::ArgumentMilliseconds(3)),
     pinned("WATCH", Wait::CommandTimeout)
         .counted()
-        .session(Session::Watch),
+        .session(SessionChange::Watch),
     shared("XADD").counted(),
     shared("XLEN").read_only(),
     shared("XRANGE").read_only().counted(),
@@ -310,7 +314,7 @@ pub(super) fn is_blocking(command: &Command) -> bool {
             true
         }
         Wait::BlockOption => has_block_option(command),
-        Wait::Unbounded => spec.session == Session::Monitor,
+        Wait::Unbounded => spec.session == SessionChange::Monitor,
         Wait::CommandTimeout => false,
     }
 }

@@ -7,12 +7,17 @@
 //! blocking commands, pub/sub, MONITOR) run in a pinned session on a
 //! connection of the client's own, lent from a pool until the state ends.
 //! `SELECT` moves a client between per-database shared connections locally.
-//! Not served yet: AUTH and other identity changes (an error reply says so).
 //!
 //! # Layout
+//! - `commands`: the command table (how each command is carried, read-only,
+//!   reply deadline, session effect, metric label).
+//! - `classify`: what the client's connection does with a command.
 //! - `shared`: one shared upstream connection and its reply queue.
 //! - `pinned`: sessions on a lent connection, and their pool.
-//! - `classify`: what attache does with each command.
+//! - `handshake`: HELLO, AUTH and SELECT on a new upstream connection.
+//! - `replies`: each client's replies, in the order of its commands.
+//! - `target`: a fixed upstream, or the master Sentinel names.
+//! - `error`: why a Redis connection could not be used.
 
 mod classify;
 mod commands;
@@ -35,7 +40,6 @@ use tokio::time::Instant;
 
 use crate::listener::ConnectionContext;
 use crate::net::ClientStream;
-use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
 use classify::Class;
@@ -55,7 +59,6 @@ pub(crate) struct RedisProxy {
     pub(crate) listener: String,
     pub(crate) metrics: ListenerMetrics,
     redis_metrics: RedisMetrics,
-    pub(crate) tls: Option<SharedServerConfig>,
     target: Arc<Target>,
     shared_connections: usize,
     command_timeout: Duration,
@@ -81,7 +84,6 @@ impl RedisProxy {
         config: &attache_config::Listener,
         settings: &attache_config::RedisListener,
         target: Arc<Target>,
-        tls: Option<SharedServerConfig>,
         metrics: &Metrics,
         tracer: Option<opentelemetry_sdk::trace::Tracer>,
     ) -> Self {
@@ -93,7 +95,6 @@ impl RedisProxy {
             listener: config.name.clone(),
             metrics: metrics.listener(&config.name),
             redis_metrics: metrics.redis(&config.name, commands::counted()),
-            tls,
             shared_connections: settings.shared_connections,
             command_timeout: settings.command_timeout,
             idle_timeout: config.idle_timeout,
@@ -193,102 +194,139 @@ impl RedisProxy {
     }
 }
 
-/// Serves one client connection until it closes or sends garbage.
+/// Serves one client connection until it closes or sends garbage: read
+/// what the client sends, answer what attache answers itself, batch the
+/// rest onto the client's shared connection, hand the client to a pinned
+/// session when a command needs a connection of its own, and write replies
+/// back in order.
 pub(crate) async fn serve(
     mut client: ClientStream,
     context: ConnectionContext,
     proxy: Arc<RedisProxy>,
 ) {
-    let metrics = &proxy.metrics;
-    let address = context.client_address;
     // Counted in the multiplexing ratio while connected.
     proxy.redis_metrics.client(1);
     let _counted = ClientCounted(&proxy.redis_metrics);
-    let mut database = 0;
-    // RESP2 until the client says HELLO 3; shared sets are per protocol.
-    let mut protocol = 2;
-    let mut pool = proxy.pool(database, protocol);
-    // Each client sticks to one shared connection per database, so its
-    // pipelined commands stay in order on the wire.
-    let affinity = fastrand::usize(..proxy.shared_connections);
+    let mut session = Session::new(&proxy, context.client_address);
     let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
-    let tracing = proxy
-        .tracer
-        .clone()
-        .map(|tracer| (tracer, Arc::<str>::from(proxy.listener.as_str())));
-    let mut replies = Replies::new(proxy.command_timeout, proxy.redis_metrics.clone(), tracing);
-    let mut closing = false;
-    let mut authenticated = proxy.client_auth.is_none();
     // Re-armed from the last activity only when it fires, as in the TCP relay.
     let mut last_activity = Instant::now();
     let idle = tokio::time::sleep(proxy.idle_timeout);
     tokio::pin!(idle);
     let result = loop {
-        // Everything complete in the input: shared commands go out as one
-        // batch; a command that needs its own connection stops the scan.
+        if let Some(command) = session.take_commands(&mut input).await {
+            match session.pinned(&mut client, &mut input, command).await {
+                Some(result) => break result,
+                None => {
+                    last_activity = Instant::now();
+                    continue;
+                }
+            }
+        }
+        if session.closing && session.replies.is_empty() {
+            break CloseResult::Ok;
+        }
+        tokio::select! {
+            read = client.read_buf(&mut input), if !session.closing => match read {
+                Ok(0) => break CloseResult::Ok,
+                Ok(_) => last_activity = Instant::now(),
+                Err(_) => break CloseResult::Error,
+            },
+            Some(batch) = session.replies.next_batch() => {
+                if client.write_all(&batch).await.is_err() {
+                    break CloseResult::Error;
+                }
+                last_activity = Instant::now();
+            }
+            () = &mut idle => {
+                let deadline = last_activity + proxy.idle_timeout;
+                if session.replies.is_empty() && Instant::now() >= deadline {
+                    tracing::debug!(listener = %proxy.listener, client = %session.address, "closing: idle for the idle timeout");
+                    break CloseResult::IdleTimeout;
+                }
+                // A client waiting for replies is not idle; they are
+                // bounded by the command timeout, and sending them is activity.
+                let next = if session.replies.is_empty() {
+                    deadline
+                } else {
+                    Instant::now() + proxy.idle_timeout
+                };
+                idle.as_mut().reset(next);
+            }
+        }
+    };
+    let _ = client.shutdown().await;
+    proxy.metrics.closed(result);
+}
+
+/// One client's state between its commands.
+struct Session<'a> {
+    proxy: &'a RedisProxy,
+    address: std::net::SocketAddr,
+    database: u32,
+    /// RESP2 until the client says HELLO 3; shared sets are per protocol.
+    protocol: u8,
+    /// The shared connections of `database` in `protocol`.
+    pool: Arc<[SharedConnection]>,
+    /// Each client sticks to one shared connection per database, so its
+    /// pipelined commands stay in order on the wire.
+    affinity: usize,
+    /// Replies owed, in order.
+    replies: Replies,
+    /// QUIT or invalid input: answer what is owed, then close.
+    closing: bool,
+    authenticated: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(proxy: &'a RedisProxy, address: std::net::SocketAddr) -> Self {
+        let tracing = proxy
+            .tracer
+            .clone()
+            .map(|tracer| (tracer, Arc::<str>::from(proxy.listener.as_str())));
+        Self {
+            proxy,
+            address,
+            database: 0,
+            protocol: 2,
+            pool: proxy.pool(0, 2),
+            affinity: fastrand::usize(..proxy.shared_connections),
+            replies: Replies::new(proxy.command_timeout, proxy.redis_metrics.clone(), tracing),
+            closing: false,
+            authenticated: proxy.client_auth.is_none(),
+        }
+    }
+
+    /// Handles every complete command in `input`: shared ones go out as one
+    /// batch; a command that needs a connection of its own stops the scan
+    /// and is returned.
+    async fn take_commands(&mut self, input: &mut BytesMut) -> Option<attache_resp::Command> {
         let mut batch = Batch::new();
         let mut pin = None;
-        while !closing {
-            let command = match parse_command(&mut input, &proxy.limits) {
+        while !self.closing {
+            let command = match parse_command(input, &self.proxy.limits) {
                 Ok(Some(command)) => command,
                 Ok(None) => break,
                 Err(error) => {
                     // Answer what came before, then the error, then close.
                     let reply = encode::error(&format!("ERR Protocol error: {error}"));
-                    replies.push_ready(reply);
-                    closing = true;
+                    self.replies.push_ready(reply);
+                    self.closing = true;
                     limited!(
-                        proxy.metrics.log_limit,
+                        self.proxy.metrics.log_limit,
                         "invalid_resp",
-                        info!(listener = %proxy.listener, client = %address, %error, "closing a Redis client that sent invalid RESP")
+                        info!(listener = %self.proxy.listener, client = %self.address, %error, "closing a Redis client that sent invalid RESP")
                     );
                     break;
                 }
             };
-            let mut class = classify::classify(&command);
-            if class == Class::Auth && proxy.client_auth.is_none() {
-                // No password of attache's: the client logs in to Redis as
-                // a user of its own, on a connection of its own.
-                class = Class::Pinned;
-            } else if class == Class::Auth {
-                let (reply, accepted) = match &command.args[1..] {
-                    [password] => check_auth(&proxy, b"default", password),
-                    [user, password] => check_auth(&proxy, user, password),
-                    _ => (
-                        "ERR wrong number of arguments for 'auth' command".to_owned(),
-                        false,
-                    ),
-                };
-                authenticated |= accepted;
-                class = if accepted {
-                    Class::LocalOk
-                } else {
-                    Class::Refused(reply)
-                };
-            } else if class == Class::Hello {
-                match hello(&proxy, &command, protocol, authenticated) {
-                    Ok(requested) => {
-                        authenticated = true;
-                        flush_batch(&pool, affinity, &mut batch).await;
-                        protocol = requested;
-                        pool = proxy.pool(database, protocol);
-                        // The server's own HELLO answer, in the protocol
-                        // the client now speaks.
-                        let version = if protocol == 3 { &b"3"[..] } else { &b"2"[..] };
-                        let (sender, receiver) = oneshot::channel();
-                        batch.push(
-                            encode::command([&b"HELLO"[..], version].into_iter()),
-                            sender,
-                            true,
-                        );
-                        replies.push_waiting(receiver, command.args[0].clone(), database);
-                        continue;
-                    }
-                    Err(reply) => class = Class::Refused(reply),
+            let class = match self.decide(&command) {
+                Decision::Class(class) => class,
+                Decision::Hello(requested) => {
+                    self.switch_protocol(requested, &command, &mut batch).await;
+                    continue;
                 }
-            } else if !authenticated && class != Class::Quit {
-                class = Class::Refused("NOAUTH Authentication required.".to_owned());
-            }
+            };
             let local = match &class {
                 Class::Select(_)
                 | Class::Quit
@@ -300,7 +338,7 @@ pub(crate) async fn serve(
                 Class::Shared | Class::Pinned => None,
             };
             if let Some(result) = local {
-                proxy.redis_metrics.command(command.name(), result);
+                self.proxy.redis_metrics.command(command.name(), result);
             }
             match class {
                 Class::Shared => {
@@ -308,102 +346,161 @@ pub(crate) async fn serve(
                     let name = command.args[0].clone();
                     let retryable = classify::is_read_only(&command);
                     batch.push(command.raw, sender, retryable);
-                    replies.push_waiting(receiver, name, database);
+                    self.replies.push_waiting(receiver, name, self.database);
                 }
                 Class::Pinned => {
                     pin = Some(command);
                     break;
                 }
-                Class::Select(requested) if requested == database => {
-                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                Class::Select(requested) if requested == self.database => {
+                    self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
                 Class::Select(requested) => {
-                    flush_batch(&pool, affinity, &mut batch).await;
-                    match proxy.select(requested, protocol, affinity).await {
-                        Ok(selected) => {
-                            database = requested;
-                            pool = selected;
-                            replies.push_ready(Bytes::from_static(b"+OK\r\n"));
-                        }
-                        Err(reply) => replies.push_ready(reply),
-                    }
+                    flush_batch(&self.pool, self.affinity, &mut batch).await;
+                    self.select(requested).await;
                 }
                 Class::Quit => {
-                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
-                    closing = true;
+                    self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                    self.closing = true;
                 }
                 Class::LocalOk | Class::Auth | Class::Hello => {
-                    replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+                    self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));
                 }
-                Class::Refused(reason) => replies.push_ready(encode::error(&reason)),
-                Class::Unsubscribed => replies.push_ready(unsubscribed(&command, protocol)),
+                Class::Refused(reason) => self.replies.push_ready(encode::error(&reason)),
+                Class::Unsubscribed => self
+                    .replies
+                    .push_ready(unsubscribed(&command, self.protocol)),
             }
         }
-        flush_batch(&pool, affinity, &mut batch).await;
-        if let Some(command) = pin {
-            // The replies owed so far go out first, in order.
-            while let Some(batch) = replies.next_batch().await {
-                if client.write_all(&batch).await.is_err() {
-                    break;
-                }
-            }
-            proxy.redis_metrics.pinned_connections.inc();
-            let ended = pinned::session(
-                &mut client,
-                &mut input,
-                command,
-                &proxy.pinned,
-                protocol,
-                database,
-            )
-            .await;
-            proxy.redis_metrics.pinned_connections.dec();
-            last_activity = Instant::now();
-            match ended {
-                pinned::Ended::Shared { database: now } => {
-                    if now != database {
-                        database = now;
-                        pool = proxy.pool(database, protocol);
-                    }
-                    continue;
-                }
-                pinned::Ended::Close => break CloseResult::Ok,
-            }
-        }
-        if closing && replies.is_empty() {
-            break CloseResult::Ok;
-        }
-        tokio::select! {
-            read = client.read_buf(&mut input), if !closing => match read {
-                Ok(0) => break CloseResult::Ok,
-                Ok(_) => last_activity = Instant::now(),
-                Err(_) => break CloseResult::Error,
-            },
-            Some(batch) = replies.next_batch() => {
-                if client.write_all(&batch).await.is_err() {
-                    break CloseResult::Error;
-                }
-                last_activity = Instant::now();
-            }
-            () = &mut idle => {
-                let deadline = last_activity + proxy.idle_timeout;
-                if replies.is_empty() && Instant::now() >= deadline {
-                    tracing::debug!(listener = %proxy.listener, client = %address, "closing: idle for the idle timeout");
-                    break CloseResult::IdleTimeout;
-                }
-                // A client waiting for replies is not idle; they are
-                // bounded by the command timeout, and sending them is activity.
-                let next = if replies.is_empty() {
-                    deadline
-                } else {
-                    Instant::now() + proxy.idle_timeout
+        flush_batch(&self.pool, self.affinity, &mut batch).await;
+        pin
+    }
+
+    /// What `command` gets, given this client's login: `AUTH` checked
+    /// against attache's password (or pinned, without one), `HELLO` a
+    /// protocol switch, anything but `QUIT` refused before a login.
+    fn decide(&mut self, command: &attache_resp::Command) -> Decision {
+        let proxy = self.proxy;
+        let class = classify::classify(command);
+        Decision::Class(match class {
+            // No password of attache's: the client logs in to Redis as a
+            // user of its own, on a connection of its own.
+            Class::Auth if proxy.client_auth.is_none() => Class::Pinned,
+            Class::Auth => {
+                let (reply, accepted) = match &command.args[1..] {
+                    [password] => check_auth(proxy, b"default", password),
+                    [user, password] => check_auth(proxy, user, password),
+                    _ => (
+                        "ERR wrong number of arguments for 'auth' command".to_owned(),
+                        false,
+                    ),
                 };
-                idle.as_mut().reset(next);
+                self.authenticated |= accepted;
+                if accepted {
+                    Class::LocalOk
+                } else {
+                    Class::Refused(reply)
+                }
+            }
+            Class::Hello => match hello(proxy, command, self.protocol, self.authenticated) {
+                Ok(requested) => {
+                    self.authenticated = true;
+                    return Decision::Hello(requested);
+                }
+                Err(reply) => Class::Refused(reply),
+            },
+            Class::Quit => Class::Quit,
+            _ if !self.authenticated => {
+                Class::Refused("NOAUTH Authentication required.".to_owned())
+            }
+            class => class,
+        })
+    }
+
+    /// Moves the client to `requested` (2 or 3): what is batched goes out
+    /// first on the old set; the server's own HELLO answer comes from the
+    /// new one, in the protocol the client now speaks.
+    async fn switch_protocol(
+        &mut self,
+        requested: u8,
+        command: &attache_resp::Command,
+        batch: &mut Batch,
+    ) {
+        flush_batch(&self.pool, self.affinity, batch).await;
+        self.protocol = requested;
+        self.pool = self.proxy.pool(self.database, self.protocol);
+        let version = if requested == 3 { &b"3"[..] } else { &b"2"[..] };
+        let (sender, receiver) = oneshot::channel();
+        batch.push(
+            encode::command([&b"HELLO"[..], version].into_iter()),
+            sender,
+            true,
+        );
+        self.replies
+            .push_waiting(receiver, command.args[0].clone(), self.database);
+    }
+
+    /// `SELECT requested`: on success the client's shared set is that
+    /// database's; either way the reply is owed in order.
+    async fn select(&mut self, requested: u32) {
+        match self
+            .proxy
+            .select(requested, self.protocol, self.affinity)
+            .await
+        {
+            Ok(selected) => {
+                self.database = requested;
+                self.pool = selected;
+                self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));
+            }
+            Err(reply) => self.replies.push_ready(reply),
+        }
+    }
+
+    /// Writes the replies owed, then serves `command` and what follows on a
+    /// connection of the client's own until the session ends. `None`: back
+    /// to shared connections; `Some`: the client connection is done.
+    async fn pinned(
+        &mut self,
+        client: &mut ClientStream,
+        input: &mut BytesMut,
+        command: attache_resp::Command,
+    ) -> Option<CloseResult> {
+        while let Some(batch) = self.replies.next_batch().await {
+            if client.write_all(&batch).await.is_err() {
+                break;
             }
         }
-    };
-    let _ = client.shutdown().await;
-    metrics.closed(result);
+        let metrics = &self.proxy.redis_metrics;
+        metrics.pinned_connections.inc();
+        let ended = pinned::session(
+            client,
+            input,
+            command,
+            &self.proxy.pinned,
+            self.protocol,
+            self.database,
+        )
+        .await;
+        metrics.pinned_connections.dec();
+        match ended {
+            pinned::Ended::Shared { database } => {
+                if database != self.database {
+                    self.database = database;
+                    self.pool = self.proxy.pool(database, self.protocol);
+                }
+                None
+            }
+            pinned::Ended::Close => Some(CloseResult::Ok),
+        }
+    }
+}
+
+/// What a command gets once the client's login is taken into account.
+enum Decision {
+    Class(Class),
+    /// `HELLO` accepted: switch to this protocol.
+    Hello(u8),
 }
 
 /// What Redis answers a client with no subscription that leaves channels

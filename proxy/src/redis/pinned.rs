@@ -16,7 +16,7 @@ use attache_resp::{Command, Limits, check, encode, parse_command};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use super::commands::{self, Session, Wait};
+use super::commands::{self, SessionChange, Wait};
 use super::error::RedisError;
 use super::handshake::{self, Credentials};
 use super::target::Target;
@@ -215,20 +215,20 @@ enum Effect {
 fn effect(command: &Command) -> Effect {
     let channels = command.args.len() - 1;
     match commands::spec(command).session {
-        Session::Multi => Effect::Multi,
-        Session::Sticky => Effect::Sticky,
-        Session::EndTransaction => Effect::EndTransaction,
-        Session::Watch => Effect::Watch,
-        Session::Unwatch => Effect::Unwatch,
-        Session::Subscribe => Effect::Subscribe(channels),
-        Session::Unsubscribe => Effect::Unsubscribe(channels),
-        Session::Monitor => Effect::Monitor,
-        Session::Select => command
+        SessionChange::Multi => Effect::Multi,
+        SessionChange::Sticky => Effect::Sticky,
+        SessionChange::EndTransaction => Effect::EndTransaction,
+        SessionChange::Watch => Effect::Watch,
+        SessionChange::Unwatch => Effect::Unwatch,
+        SessionChange::Subscribe => Effect::Subscribe(channels),
+        SessionChange::Unsubscribe => Effect::Unsubscribe(channels),
+        SessionChange::Monitor => Effect::Monitor,
+        SessionChange::Select => command
             .args
             .get(1)
             .and_then(|index| std::str::from_utf8(index).ok()?.parse().ok())
             .map_or(Effect::Plain, Effect::Select),
-        Session::Plain
+        SessionChange::Plain
             if command.upper_name(&mut [0; 32]) == "CLIENT"
                 && command
                     .args
@@ -237,8 +237,8 @@ fn effect(command: &Command) -> Effect {
         {
             Effect::Sticky
         }
-        Session::Plain if commands::is_blocking(command) => Effect::Blocking,
-        Session::Plain => Effect::Plain,
+        SessionChange::Plain if commands::is_blocking(command) => Effect::Blocking,
+        SessionChange::Plain => Effect::Plain,
     }
 }
 
@@ -385,20 +385,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
     protocol: u8,
     database: u32,
 ) -> Ended {
-    let Lender {
-        pool,
-        credentials,
-        target,
-        limits,
-        command_timeout,
-        metrics,
-        tracing: _,
-    } = lender;
-    let credentials = credentials.as_ref();
-    // The client's limits bound what it sends; Redis' replies get their own.
-    let reply_limits = Limits::for_replies();
-    let mut master_changes = target.changes();
-    let mut pinned = match pool.get().await {
+    let pinned = match lender.pool.get().await {
         Ok(pinned) => pinned,
         Err(error) => {
             let reply = encode::error(&format!(
@@ -411,203 +398,263 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
             };
         }
     };
-    let mut state = State::default();
-    let mut database = database;
-    let mut replies = BytesMut::with_capacity(16 * 1024);
-    let mut outgoing: Vec<Bytes> = Vec::new();
-    // The pool's connections are reset to RESP2 and database 0: set the
-    // client's first; those replies are swallowed, not the client's.
-    let mut swallow = 0;
-    // Per command whose reply is awaited (in step with `state.pending`):
-    // when it is overdue, and its name for the metrics (none for attache's own).
-    let mut awaited: VecDeque<Awaited> = VecDeque::new();
-    let own = |command_timeout: Duration| Awaited {
-        deadline: Some(Instant::now() + command_timeout),
-        name: None,
-        span: None,
-    };
-    if protocol == 3 {
-        outgoing.push(Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"));
-        state.pending.push_back(Effect::Plain);
-        awaited.push_back(own(*command_timeout));
-        swallow += 1;
-    }
-    if database != 0 {
-        outgoing.push(encode::command(
-            [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
-        ));
-        state.pending.push_back(Effect::Plain);
-        awaited.push_back(own(*command_timeout));
-        swallow += 1;
-    }
-    send(
-        &mut state,
-        &mut awaited,
-        first,
-        &mut outgoing,
-        lender,
-        database,
-    );
-    let mut quitting = false;
+    let mut session = Session::new(lender, pinned, protocol, database);
+    session.send(first);
     let ended = loop {
-        // Forward what the client has sent, stopping after QUIT.
-        while !quitting {
-            match parse_command(input, limits) {
-                Ok(Some(command)) if command.is("QUIT") => quitting = true,
-                Ok(Some(command)) => {
-                    send(
-                        &mut state,
-                        &mut awaited,
-                        command,
-                        &mut outgoing,
-                        lender,
-                        database,
-                    );
-                }
-                Ok(None) => break,
-                Err(error) => {
-                    let _ = client
-                        .write_all(&encode::error(&format!("ERR Protocol error: {error}")))
-                        .await;
-                    pinned.broken = true;
-                    break;
-                }
-            }
+        if let Some(ended) = session.step(client, input).await {
+            break ended;
         }
-        if pinned.broken {
-            break Ended::Close;
-        }
-        if !outgoing.is_empty() {
-            let stream = pinned.connection.stream();
-            let mut failed = false;
-            for frame in outgoing.drain(..) {
-                if stream.write_all(&frame).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed || stream.flush().await.is_err() {
-                pinned.broken = true;
-                let _ = client
-                    .write_all(&encode::error(
-                        "ERR attache: the upstream connection failed",
-                    ))
-                    .await;
-                break Ended::Close;
-            }
-        }
-        if quitting && state.pending.is_empty() {
-            // Every reply owed before QUIT went out. Whatever state the
-            // session holds (tracking, a transaction, subscriptions), the
-            // client is gone: answer as Redis does and close; RESET below
-            // clears the connection for the next client.
-            let _ = client.write_all(b"+OK\r\n").await;
-            break Ended::Close;
-        }
-        if state.done() {
-            break Ended::Shared { database };
-        }
-        if pinned.generation
-            != master_changes
-                .as_ref()
-                .map_or(0, |changes| *changes.borrow())
-        {
-            pinned.broken = true;
-            let _ = client
-                .write_all(&encode::error(
-                    "ERR attache: the Redis master changed (Sentinel failover); this connection's state is gone",
-                ))
-                .await;
-            break Ended::Close;
-        }
-        let overdue = awaited.front().and_then(|awaited| awaited.deadline);
+        let overdue = session.awaited.front().and_then(|awaited| awaited.deadline);
         tokio::select! {
-            () = master_changed(&mut master_changes) => {}
+            () = master_changed(&mut session.master_changes) => {}
             () = until(overdue) => {
                 // The connection owes a reply it may still send: it cannot
                 // be reused, nor can this client's session go on in order.
-                pinned.broken = true;
-                let _ = client
-                    .write_all(&encode::error(&format!(
-                        "ERR attache: no reply within the command timeout ({command_timeout:?}, or a blocking command's own plus {BLOCKING_MARGIN:?})"
-                    )))
-                    .await;
-                break Ended::Close;
+                let command_timeout = lender.command_timeout;
+                break session.fail(client, &format!(
+                    "ERR attache: no reply within the command timeout ({command_timeout:?}, or a blocking command's own plus {BLOCKING_MARGIN:?})"
+                )).await;
             }
-            read = client.read_buf(input), if !quitting => match read {
-                Ok(0) | Err(_) => {
-                    // Mid-transaction or subscribed: the connection's state
-                    // is unknown to the client now; reset it below.
-                    break Ended::Close;
-                }
+            read = client.read_buf(input), if !session.quitting => match read {
+                // Mid-transaction or subscribed: the connection's state is
+                // unknown to the client now; it is reset below.
+                Ok(0) | Err(_) => break Ended::Close,
                 Ok(_) => {}
             },
-            read = pinned.connection.stream().read_buf(&mut replies) => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        pinned.broken = true;
-                        let _ = client
-                            .write_all(&encode::error("ERR attache: the upstream connection closed"))
-                            .await;
-                        break Ended::Close;
-                    }
-                    Ok(_) => {}
+            read = session.pinned.connection.stream().read_buf(&mut session.replies) => {
+                if matches!(read, Ok(0) | Err(_)) {
+                    break session.fail(client, "ERR attache: the upstream connection closed").await;
                 }
-                let mut failed = false;
-                loop {
-                    let frame = match check(&replies, &reply_limits) {
-                        Ok(Some(frame)) => frame,
-                        Ok(None) => break,
-                        Err(_) => {
-                            failed = true;
-                            break;
-                        }
-                    };
-                    let reply = replies.split_to(frame.length).freeze();
-                    if frame.push {
-                        // RESP3 out-of-band data (pub/sub messages and
-                        // confirmations): relayed, never matched to a command.
-                        state.pushed(&reply);
-                    } else {
-                        let before = state.pending.len();
-                        if let Some(selected) = state.replied(&reply) {
-                            database = selected;
-                        }
-                        if state.pending.len() < before
-                            && let Some(Awaited { name: Some(name), span, .. }) = awaited.pop_front()
-                        {
-                            let failed = reply.first() == Some(&b'-');
-                            let result = if failed { RedisResult::Error } else { RedisResult::Ok };
-                            metrics.command(&name, result);
-                            if let Some(span) = span {
-                                traces::end_redis_span(span, failed.then_some("redis_error"));
-                            }
-                        }
-                    }
-                    if swallow > 0 && !frame.push {
-                        swallow -= 1;
-                        continue;
-                    }
-                    if client.write_all(&reply).await.is_err() {
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
-                    pinned.broken = true;
+                if session.relay(client).await.is_err() {
+                    session.pinned.broken = true;
                     break Ended::Close;
                 }
             }
         }
     };
-    if !pinned.broken {
-        // RESET also logs the connection out: log it back in.
-        pinned.broken = !reset(&mut pinned.connection, &reply_limits).await
-            || handshake::prepare(&mut pinned.connection, credentials, 2, 0, &reply_limits)
+    session.give_back().await;
+    ended
+}
+
+/// A client on a connection of its own, between reads.
+struct Session<'a> {
+    lender: &'a Lender,
+    pinned: bb8::PooledConnection<'a, PinnedConnector>,
+    state: State,
+    database: u32,
+    /// Replies read from Redis, not yet relayed.
+    replies: BytesMut,
+    /// Commands to write to Redis.
+    outgoing: Vec<Bytes>,
+    /// Replies to attache's own setup commands, not relayed.
+    swallow: usize,
+    /// Per command whose reply is awaited (in step with `state.pending`):
+    /// when it is overdue, and its name for the metrics (none for attache's own).
+    awaited: VecDeque<Awaited>,
+    /// The client sent QUIT: answer it once every reply owed went out.
+    quitting: bool,
+    master_changes: Option<watch::Receiver<u64>>,
+    /// The client's limits bound what it sends; Redis' replies get their own.
+    reply_limits: Limits,
+}
+
+impl<'a> Session<'a> {
+    /// The pool's connections are reset to RESP2 and database 0: the
+    /// client's protocol and database are set first, and those replies
+    /// are swallowed, not the client's.
+    fn new(
+        lender: &'a Lender,
+        pinned: bb8::PooledConnection<'a, PinnedConnector>,
+        protocol: u8,
+        database: u32,
+    ) -> Self {
+        let mut session = Self {
+            lender,
+            pinned,
+            state: State::default(),
+            database,
+            replies: BytesMut::with_capacity(16 * 1024),
+            outgoing: Vec::new(),
+            swallow: 0,
+            awaited: VecDeque::new(),
+            quitting: false,
+            master_changes: lender.target.changes(),
+            reply_limits: Limits::for_replies(),
+        };
+        if protocol == 3 {
+            session.send_own(Bytes::from_static(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"));
+        }
+        if database != 0 {
+            session.send_own(encode::command(
+                [&b"SELECT"[..], database.to_string().as_bytes()].into_iter(),
+            ));
+        }
+        session
+    }
+
+    /// Queues one of attache's own commands, whose reply is swallowed.
+    fn send_own(&mut self, command: Bytes) {
+        self.outgoing.push(command);
+        self.state.pending.push_back(Effect::Plain);
+        self.awaited.push_back(Awaited {
+            deadline: Some(Instant::now() + self.lender.command_timeout),
+            name: None,
+            span: None,
+        });
+        self.swallow += 1;
+    }
+
+    /// Queues the client's `command`.
+    fn send(&mut self, command: Command) {
+        send(
+            &mut self.state,
+            &mut self.awaited,
+            command,
+            &mut self.outgoing,
+            self.lender,
+            self.database,
+        );
+    }
+
+    /// Forwards what the client sent and decides whether the session ends
+    /// here: `Some` when it does.
+    async fn step<C: AsyncWrite + Unpin>(
+        &mut self,
+        client: &mut C,
+        input: &mut BytesMut,
+    ) -> Option<Ended> {
+        // Forward what the client has sent, stopping after QUIT.
+        while !self.quitting {
+            match parse_command(input, &self.lender.limits) {
+                Ok(Some(command)) if command.is("QUIT") => self.quitting = true,
+                Ok(Some(command)) => self.send(command),
+                Ok(None) => break,
+                Err(error) => {
+                    let error = format!("ERR Protocol error: {error}");
+                    return Some(self.fail(client, &error).await);
+                }
+            }
+        }
+        if !self.write_outgoing().await {
+            return Some(
+                self.fail(client, "ERR attache: the upstream connection failed")
+                    .await,
+            );
+        }
+        if self.quitting && self.state.pending.is_empty() {
+            // Every reply owed before QUIT went out. Whatever state the
+            // session holds (tracking, a transaction, subscriptions), the
+            // client is gone: answer as Redis does and close; the reset
+            // clears the connection for the next client.
+            let _ = client.write_all(b"+OK\r\n").await;
+            return Some(Ended::Close);
+        }
+        if self.state.done() {
+            return Some(Ended::Shared {
+                database: self.database,
+            });
+        }
+        let master = self
+            .master_changes
+            .as_ref()
+            .map_or(0, |changes| *changes.borrow());
+        if self.pinned.generation != master {
+            return Some(self.fail(client, "ERR attache: the Redis master changed (Sentinel failover); this connection's state is gone").await);
+        }
+        None
+    }
+
+    /// Writes the queued commands; `false` when the connection failed.
+    async fn write_outgoing(&mut self) -> bool {
+        if self.outgoing.is_empty() {
+            return true;
+        }
+        let stream = self.pinned.connection.stream();
+        for frame in self.outgoing.drain(..) {
+            if stream.write_all(&frame).await.is_err() {
+                return false;
+            }
+        }
+        stream.flush().await.is_ok()
+    }
+
+    /// Relays every complete reply read so far to the client, following
+    /// the session's state and counting each command's result.
+    async fn relay<C: AsyncWrite + Unpin>(&mut self, client: &mut C) -> Result<(), ()> {
+        loop {
+            let frame = match check(&self.replies, &self.reply_limits) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err(()),
+            };
+            let reply = self.replies.split_to(frame.length).freeze();
+            if frame.push {
+                // RESP3 out-of-band data (pub/sub messages and
+                // confirmations): relayed, never matched to a command.
+                self.state.pushed(&reply);
+            } else {
+                self.settle(&reply);
+                if self.swallow > 0 {
+                    self.swallow -= 1;
+                    continue;
+                }
+            }
+            client.write_all(&reply).await.map_err(drop)?;
+        }
+    }
+
+    /// Follows what `reply` (to the oldest command owed one) does to the
+    /// session, and counts that command.
+    fn settle(&mut self, reply: &Bytes) {
+        let before = self.state.pending.len();
+        if let Some(selected) = self.state.replied(reply) {
+            self.database = selected;
+        }
+        if self.state.pending.len() < before
+            && let Some(Awaited {
+                name: Some(name),
+                span,
+                ..
+            }) = self.awaited.pop_front()
+        {
+            let failed = reply.first() == Some(&b'-');
+            let result = if failed {
+                RedisResult::Error
+            } else {
+                RedisResult::Ok
+            };
+            self.lender.metrics.command(&name, result);
+            if let Some(span) = span {
+                traces::end_redis_span(span, failed.then_some("redis_error"));
+            }
+        }
+    }
+
+    /// Ends the session on a failure: the connection is not reused, and
+    /// the client gets `error` (the text after `-`) before it is closed.
+    async fn fail<C: AsyncWrite + Unpin>(&mut self, client: &mut C, error: &str) -> Ended {
+        self.pinned.broken = true;
+        let _ = client.write_all(&encode::error(error)).await;
+        Ended::Close
+    }
+
+    /// Returns the connection to the pool clean: RESET, which also logs it
+    /// out, then logged back in; a connection that fails either is dropped.
+    async fn give_back(mut self) {
+        if !self.pinned.broken {
+            let credentials = self.lender.credentials.as_ref();
+            self.pinned.broken = !reset(&mut self.pinned.connection, &self.reply_limits).await
+                || handshake::prepare(
+                    &mut self.pinned.connection,
+                    credentials,
+                    2,
+                    0,
+                    &self.reply_limits,
+                )
                 .await
                 .is_err();
+        }
     }
-    ended
 }
 
 /// Resolves at `deadline`; never without one.
