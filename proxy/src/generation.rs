@@ -17,7 +17,7 @@ use opentelemetry_sdk::trace::Tracer;
 use sha2::{Digest as _, Sha256};
 
 use crate::http::{HttpProxy, HttpUpstream};
-use crate::listener::Protocol;
+use crate::listener::{Protocol, Settings};
 use crate::redis::{RedisProxy, SentinelMaster, Target};
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
@@ -176,7 +176,6 @@ impl Generation {
         metrics: &Arc<Metrics>,
         tracer: Option<&Tracer>,
     ) -> anyhow::Result<Arc<dyn Protocol>> {
-        let tls = self.material.listener(&listener.name);
         let upstream_name = || {
             listener
                 .upstream
@@ -189,7 +188,6 @@ impl Generation {
                 upstream: self.upstream(upstream_name()?)?,
                 idle_timeout: listener.idle_timeout,
                 metrics: metrics.listener(&listener.name),
-                tls,
                 tracer: tracer.cloned(),
             }),
             ListenerKind::Http(settings) => {
@@ -207,7 +205,6 @@ impl Generation {
                     listener,
                     settings,
                     &self.http_upstreams,
-                    tls,
                     metrics,
                     tracer.cloned(),
                 ))
@@ -218,7 +215,6 @@ impl Generation {
                     listener,
                     settings,
                     target,
-                    tls,
                     metrics,
                     tracer.cloned(),
                 ))
@@ -297,6 +293,17 @@ impl Generation {
             self.redis_targets.push((upstream, target.clone()));
         }
         Ok(target)
+    }
+
+    /// What listener `index` (in the config's order) does with its
+    /// connections in this generation.
+    pub(crate) fn listener_settings(&self, index: usize) -> Settings {
+        let listener = &self.config.listeners[index];
+        Settings::new(
+            listener,
+            self.material.listener(&listener.name),
+            self.handlers[index].clone(),
+        )
     }
 
     /// The active config as JSON for the admin port: secrets redacted.

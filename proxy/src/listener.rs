@@ -54,17 +54,25 @@ pub(crate) struct Settings {
     permits: Arc<Semaphore>,
     keep_accepting_while_draining: bool,
     proxy_protocol: Option<Arc<attache_config::ProxyProtocol>>,
+    /// Present on a TLS listener; swapped on certificate reload, read at
+    /// every handshake.
+    tls: Option<SharedServerConfig>,
     handler: Arc<dyn Protocol>,
 }
 
 impl Settings {
-    pub(crate) fn new(config: &attache_config::Listener, handler: Arc<dyn Protocol>) -> Self {
+    pub(crate) fn new(
+        config: &attache_config::Listener,
+        tls: Option<SharedServerConfig>,
+        handler: Arc<dyn Protocol>,
+    ) -> Self {
         Self {
             name: config.name.clone(),
             max_connections: config.max_connections,
             permits: Arc::new(Semaphore::new(config.max_connections)),
             keep_accepting_while_draining: config.keep_accepting_while_draining,
             proxy_protocol: config.proxy_protocol.clone().map(Arc::new),
+            tls,
             handler,
         }
     }
@@ -104,8 +112,6 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     fn listener_name(&self) -> &str;
     /// The listener's metric handles.
     fn metrics(&self) -> &ListenerMetrics;
-    /// The listener's TLS configuration, when it terminates TLS.
-    fn tls(&self) -> Option<&SharedServerConfig>;
     /// Serves one connection, TLS already terminated, to its end.
     fn serve(
         self: Arc<Self>,
@@ -117,10 +123,9 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
 }
 
-/// Implements [`Protocol`] for a handler whose `listener`, `metrics` and
-/// `tls` fields hold the listener's name, metric handles and TLS
-/// configuration, with `$serve(client, context, Arc<handler>)` serving a
-/// connection.
+/// Implements [`Protocol`] for a handler whose `listener` and `metrics`
+/// fields hold the listener's name and metric handles, with
+/// `$serve(client, context, Arc<handler>)` serving a connection.
 macro_rules! protocol {
     ($handler:ty, $serve:path) => {
         impl crate::listener::Protocol for $handler {
@@ -130,10 +135,6 @@ macro_rules! protocol {
 
             fn metrics(&self) -> &crate::telemetry::metrics::ListenerMetrics {
                 &self.metrics
-            }
-
-            fn tls(&self) -> Option<&crate::reload::SharedServerConfig> {
-                self.tls.as_ref()
             }
 
             fn serve(
@@ -345,7 +346,8 @@ impl Listener {
             };
             if let Some((client_address, destination)) = addresses
                 && let Some(client) =
-                    tls::terminate(handler.tls(), stream, client_address, name, metrics).await
+                    tls::terminate(settings.tls.as_ref(), stream, client_address, name, metrics)
+                        .await
             {
                 let context = ConnectionContext {
                     client_address,

@@ -8,14 +8,16 @@
 //!   upstreams and protocol handlers built from one config, shared with the
 //!   next where settings did not change; `lifecycle`: start-up latch, drain
 //!   phase, open-connection count.
-//! - `listener`: bind, accept, PROXY header, TLS termination, hand-off to a
-//!   protocol;
+//! - `listener`: the pipeline every protocol shares: bind, accept,
+//!   `max_connections`, drain, PROXY header, TLS termination, then
+//!   `Protocol::serve`; a reload swaps a listener's settings in place.
 //!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `activity`:
 //!   the idle timeout of connections that hyper drives.
 //! - `net`: stream types and socket options every room uses;
 //!   `proxy_header`: the PROXY protocol step of the listener pipeline.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
-//!   `resilience`: backoff, retry budget, breaker, concurrency limit.
+//!   `resilience`: backoff, retry budget, breaker, and the tower layers
+//!   (concurrency limit, per-try timeout) the HTTP stack is built from.
 //! - `tls`: handshakes; `reload`: certificate reload on SIGHUP and file
 //!   change, and the file watching the config reload shares.
 //! - `admin`: the admin HTTP server; `telemetry`: metrics and logs.

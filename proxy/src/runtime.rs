@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminState};
 use crate::generation::{Generation, sha256_hex};
 use crate::lifecycle::{Lifecycle, Phase};
-use crate::listener::{Listener, ListenerControl, Settings};
+use crate::listener::{Listener, ListenerControl};
 use crate::telemetry::metrics::{Metrics, ReloadMetrics};
 use crate::telemetry::traces::Traces;
 use crate::upstream::Upstream;
@@ -94,8 +94,8 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
     }));
     let mut listeners = Vec::new();
     let mut controls = Vec::new();
-    for (listener, handler) in generation.config.listeners.iter().zip(&generation.handlers) {
-        let (bound, control) = Listener::bind(listener, Settings::new(listener, handler.clone()))?;
+    for (index, listener) in generation.config.listeners.iter().enumerate() {
+        let (bound, control) = Listener::bind(listener, generation.listener_settings(index))?;
         log_bound(listener, &control);
         listeners.push(bound);
         controls.push(control);
@@ -289,12 +289,9 @@ impl Running {
             }
         }
         let mut bound = Vec::new();
-        for (step, handler) in plan.iter().zip(&next.handlers) {
+        for (index, step) in plan.iter().enumerate() {
             if let Err(listener) = step {
-                bound.push(Listener::bind(
-                    listener,
-                    Settings::new(listener, handler.clone()),
-                )?);
+                bound.push(Listener::bind(listener, next.listener_settings(index))?);
             }
         }
         next.start().await?;
@@ -319,16 +316,13 @@ impl Running {
             upstreams_rebuilt,
             ..Summary::default()
         };
-        for ((step, listener), handler) in
-            plan.iter().zip(&next.config.listeners).zip(&next.handlers)
-        {
-            let settings = Settings::new(listener, handler.clone());
+        for (index, (step, listener)) in plan.iter().zip(&next.config.listeners).enumerate() {
             match step {
-                Ok(index) => {
-                    let Some(control) = old_controls[*index].take() else {
+                Ok(old) => {
+                    let Some(control) = old_controls[*old].take() else {
                         continue;
                     };
-                    control.update(settings);
+                    control.update(next.listener_settings(index));
                     summary.updated += 1;
                     self.controls.push(control);
                 }

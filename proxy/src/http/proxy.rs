@@ -22,7 +22,6 @@ use super::client::{ClientBodyFailed, Endpoints, NoEndpoint, ServedBy, Tried};
 use super::headers;
 use super::routing::{self, Matcher};
 use crate::activity::Activity;
-use crate::reload::SharedServerConfig;
 use crate::resilience::limit::{ConcurrencyLimit, LimitLayer, Refusal};
 use crate::resilience::per_try_timeout::PerTryTimeout;
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
@@ -111,7 +110,6 @@ pub(crate) struct ConnectionLimits {
 pub(crate) struct HttpProxy {
     pub(crate) listener: String,
     pub(crate) metrics: ListenerMetrics,
-    pub(crate) tls: Option<SharedServerConfig>,
     pub(crate) limits: ConnectionLimits,
     routes: Vec<Route>,
     fallback: Route,
@@ -149,7 +147,6 @@ impl HttpProxy {
         config: &attache_config::Listener,
         settings: &attache_config::HttpListener,
         upstreams: &[Arc<HttpUpstream>],
-        tls: Option<SharedServerConfig>,
         metrics: &Metrics,
         tracer: Option<Tracer>,
     ) -> Self {
@@ -195,7 +192,6 @@ impl HttpProxy {
         Self {
             listener: listener.to_owned(),
             metrics: metrics.listener(listener),
-            tls,
             limits: ConnectionLimits {
                 idle_timeout: config.idle_timeout,
                 header_read_timeout: settings.header_read_timeout,

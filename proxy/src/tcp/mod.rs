@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use crate::listener::ConnectionContext;
 use crate::net::{ClientStream, UpstreamStream};
-use crate::reload::SharedServerConfig;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
 use crate::telemetry::traces::{self, ConnectionSpan};
@@ -24,8 +23,6 @@ pub(crate) struct TcpRoute {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) idle_timeout: Duration,
     pub(crate) metrics: ListenerMetrics,
-    /// Present on a TLS listener; swapped on reload, read at every handshake.
-    pub(crate) tls: Option<SharedServerConfig>,
     /// Present when spans are exported: one per connection.
     pub(crate) tracer: Option<Tracer>,
 }
