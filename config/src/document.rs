@@ -478,6 +478,7 @@ impl ListenerDocument {
         };
         let kind = match protocol {
             model::Protocol::Tcp => model::ListenerKind::Tcp,
+            model::Protocol::Postgres => model::ListenerKind::Postgres,
             model::Protocol::Http => model::ListenerKind::Http(match &self.http {
                 Some(http) => {
                     let section = format!("{path}.http");

@@ -212,6 +212,9 @@ pub enum ListenerKind {
     Http(HttpListener),
     /// The Redis ambassador (RESP2/RESP3).
     Redis(RedisListener),
+    /// Postgres clients: TLS negotiated in-band (`SSLRequest`), then the
+    /// session forwarded as it is (no settings yet).
+    Postgres,
 }
 
 impl ListenerKind {
@@ -221,6 +224,7 @@ impl ListenerKind {
             Self::Tcp => Protocol::Tcp,
             Self::Http(_) => Protocol::Http,
             Self::Redis(_) => Protocol::Redis,
+            Self::Postgres => Protocol::Postgres,
         }
     }
 
@@ -230,6 +234,7 @@ impl ListenerKind {
             Protocol::Tcp => Self::Tcp,
             Protocol::Http => Self::Http(HttpListener::default()),
             Protocol::Redis => Self::Redis(RedisListener::default()),
+            Protocol::Postgres => Self::Postgres,
         }
     }
 }
@@ -241,7 +246,7 @@ impl serde::Serialize for ListenerKind {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("protocol", self.protocol().as_str())?;
         match self {
-            Self::Tcp => {}
+            Self::Tcp | Self::Postgres => {}
             Self::Http(http) => map.serialize_entry("http", http)?,
             Self::Redis(redis) => map.serialize_entry("redis", redis)?,
         }
@@ -581,6 +586,9 @@ pub enum Protocol {
     Http,
     /// RESP: commands of many clients multiplexed over a few upstream connections.
     Redis,
+    /// The Postgres wire protocol: TLS negotiated in-band (`SSLRequest`),
+    /// then the session forwarded as it is.
+    Postgres,
 }
 
 impl Protocol {
@@ -590,6 +598,7 @@ impl Protocol {
             Self::Tcp => "tcp",
             Self::Http => "http",
             Self::Redis => "redis",
+            Self::Postgres => "postgres",
         }
     }
 }

@@ -172,7 +172,7 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        if listener.protocol() != Protocol::Tcp
+        if matches!(listener.protocol(), Protocol::Http | Protocol::Redis)
             && let Some(upstream) = listener.upstream.as_deref()
             && config
                 .upstream(upstream)
@@ -186,6 +186,23 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                      only (http passes the client in X-Forwarded-For)",
                     listener.name,
                     listener.protocol().as_str()
+                ),
+            );
+        }
+        if listener.kind == ListenerKind::Postgres
+            && let Some(upstream) = listener.upstream.as_deref()
+            && config
+                .upstream(upstream)
+                .is_some_and(|upstream| upstream.tls.is_some())
+        {
+            report(
+                format!("upstreams.{upstream}.tls"),
+                format!(
+                    "listener {:?} speaks Postgres, which starts TLS inside the protocol \
+                     (SSLRequest); TLS to the upstream from its first byte would not reach \
+                     Postgres. Leave `tls` out here: in-band TLS to Postgres comes with the \
+                     Postgres ambassador",
+                    listener.name
                 ),
             );
         }

@@ -464,3 +464,22 @@ fn a_proxy_protocol_upstream_serves_tcp_listeners_without_a_warm_pool() {
         "{text:?}"
     );
 }
+
+#[test]
+fn a_postgres_listener_parses_and_refuses_tls_to_its_upstream() {
+    let plain = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let config = parse(plain, "test.yaml", &|_| None).unwrap();
+    assert_eq!(
+        config.listeners[0].kind,
+        attache_config::ListenerKind::Postgres
+    );
+    let with_tls = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"], tls: {ca: ca.crt}}\n";
+    let found = problems(with_tls);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].path, "upstreams.db.tls");
+    assert!(
+        found[0].message.contains("SSLRequest"),
+        "{}",
+        found[0].message
+    );
+}

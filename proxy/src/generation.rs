@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::http::{HttpProxy, HttpUpstream};
 use crate::listener::{Protocol, Settings};
+use crate::postgres::PostgresFront;
 use crate::redis::{RedisProxy, SentinelMaster, Target};
 use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
@@ -182,13 +183,17 @@ impl Generation {
                 .as_deref()
                 .with_context(|| format!("listener {:?}: no upstream", listener.name))
         };
+        let tcp_route = |upstream| TcpRoute {
+            listener: listener.name.clone(),
+            upstream,
+            idle_timeout: listener.idle_timeout,
+            metrics: metrics.listener(&listener.name),
+            tracer: tracer.cloned(),
+        };
         Ok(match &listener.kind {
-            ListenerKind::Tcp => Arc::new(TcpRoute {
-                listener: listener.name.clone(),
-                upstream: self.upstream(upstream_name()?)?,
-                idle_timeout: listener.idle_timeout,
-                metrics: metrics.listener(&listener.name),
-                tracer: tracer.cloned(),
+            ListenerKind::Tcp => Arc::new(tcp_route(self.upstream(upstream_name()?)?)),
+            ListenerKind::Postgres => Arc::new(PostgresFront {
+                route: tcp_route(self.upstream(upstream_name()?)?),
             }),
             ListenerKind::Http(settings) => {
                 let routed = settings

@@ -121,6 +121,40 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     /// The handler as `Any`, so a connection can find the newest handler of
     /// its own kind after a reload ([`ConnectionContext::newest`]).
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync>;
+    /// Whether the protocol starts TLS inside itself (Postgres'
+    /// `SSLRequest`): the listener then does no TLS up front and hands the
+    /// protocol its [`TlsAcceptor`] in the context instead.
+    fn starts_tls_in_band(&self) -> bool {
+        false
+    }
+}
+
+/// A listener's TLS termination, for a protocol that starts TLS in-band:
+/// the same handshake, timeout, metrics, failure logs and peer identity
+/// checks as TLS up front.
+pub(crate) struct TlsAcceptor {
+    config: SharedServerConfig,
+    settings: Arc<Settings>,
+}
+
+impl TlsAcceptor {
+    /// The TLS session on `stream`, or `None` when the handshake failed
+    /// (counted and logged; the connection is done).
+    pub(crate) async fn accept(
+        &self,
+        stream: TcpStream,
+        client_address: SocketAddr,
+    ) -> Option<ClientStream> {
+        let handler = &self.settings.handler;
+        tls::terminate(
+            Some(&self.config),
+            stream,
+            client_address,
+            handler.listener_name(),
+            handler.metrics(),
+        )
+        .await
+    }
 }
 
 /// Implements [`Protocol`] for a handler whose `listener` and `metrics`
@@ -173,6 +207,9 @@ pub(crate) struct ConnectionContext {
     pub(crate) closing: watch::Receiver<bool>,
     /// The listener's settings as a reload leaves them.
     listener: Arc<ArcSwap<Settings>>,
+    /// The listener's TLS, when it has TLS and the protocol starts it
+    /// in-band ([`Protocol::starts_tls_in_band`]).
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 impl ConnectionContext {
@@ -344,11 +381,19 @@ impl Listener {
                     }
                 }
             };
+            let in_band = handler.starts_tls_in_band();
+            let up_front = settings.tls.as_ref().filter(|_| !in_band);
             if let Some((client_address, destination)) = addresses
                 && let Some(client) =
-                    tls::terminate(settings.tls.as_ref(), stream, client_address, name, metrics)
-                        .await
+                    tls::terminate(up_front, stream, client_address, name, metrics).await
             {
+                let tls = match &settings.tls {
+                    Some(config) if in_band => Some(TlsAcceptor {
+                        config: config.clone(),
+                        settings: settings.clone(),
+                    }),
+                    _ => None,
+                };
                 let context = ConnectionContext {
                     client_address,
                     destination,
@@ -356,6 +401,7 @@ impl Listener {
                     accepted_at,
                     closing,
                     listener,
+                    tls,
                 };
                 handler.clone().serve(client, context).await;
             }

@@ -11,7 +11,8 @@
 //! - `listener`: the pipeline every protocol shares: bind, accept,
 //!   `max_connections`, drain, PROXY header, TLS termination, then
 //!   `Protocol::serve`; a reload swaps a listener's settings in place.
-//!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `activity`:
+//!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `postgres`:
+//!   Postgres' startup phase (in-band TLS), then the TCP relay; `activity`:
 //!   the idle timeout of connections that hyper drives.
 //! - `net`: stream types and socket options every room uses;
 //!   `proxy_header`: the PROXY protocol step of the listener pipeline.
@@ -31,6 +32,7 @@ mod inject;
 mod lifecycle;
 mod listener;
 mod net;
+mod postgres;
 mod proxy_header;
 mod redis;
 mod reload;

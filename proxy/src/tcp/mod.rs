@@ -29,10 +29,18 @@ pub(crate) struct TcpRoute {
 
 /// Serves one accepted client connection to its end (TLS, when the
 /// listener has it, is already done): the upstream, then the relay.
-pub(crate) async fn serve(
+pub(crate) async fn serve(client: ClientStream, context: ConnectionContext, route: Arc<TcpRoute>) {
+    forward(client, context, &route, &[]).await;
+}
+
+/// Connects `client` to the route's upstream, sends `preface` (what a
+/// protocol front read before knowing where to forward, such as Postgres'
+/// startup message) and relays both ways until the connection ends.
+pub(crate) async fn forward(
     mut client: ClientStream,
     context: ConnectionContext,
-    route: Arc<TcpRoute>,
+    route: &TcpRoute,
+    preface: &[u8],
 ) {
     let ConnectionContext {
         client_address,
@@ -68,7 +76,7 @@ pub(crate) async fn serve(
             }
             route.metrics.closed(CloseResult::UpstreamUnavailable);
             record_span(
-                &route,
+                route,
                 &client,
                 client_address,
                 started_at,
@@ -83,6 +91,14 @@ pub(crate) async fn serve(
             return;
         }
     };
+    if !preface.is_empty() {
+        use tokio::io::AsyncWriteExt as _;
+        if upstream.stream().write_all(preface).await.is_err() {
+            route.metrics.closed(CloseResult::Error);
+            return;
+        }
+        route.metrics.to_upstream_bytes.inc_by(preface.len() as u64);
+    }
     let (timeout, metrics) = (route.idle_timeout, &route.metrics);
     let relayed = match (&mut client, upstream.stream()) {
         (ClientStream::Plain(client), UpstreamStream::Plain(server)) => {
@@ -98,7 +114,7 @@ pub(crate) async fn serve(
     };
     route.metrics.closed(result);
     record_span(
-        &route,
+        route,
         &client,
         client_address,
         started_at,

@@ -1,0 +1,250 @@
+//! `protocol: postgres` in front of the real Postgres: the listener answers
+//! the client's SSLRequest itself (`N` on plaintext, `S` and a TLS
+//! handshake with the listener's certificate and client-certificate checks
+//! on TLS), refuses plaintext sessions on a TLS listener, forwards the
+//! session byte for byte, and forwards cancel requests. The clients are
+//! libpq's psql and tokio-postgres.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_integration::pki::{ALLOWED_ID, Pki};
+use attache_integration::{Attache, servers};
+
+const POSTGRES: &str = "127.0.0.1:5432";
+
+fn config(tls: &str) -> String {
+    format!(
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: postgres\n    upstream: postgres\n{tls}\
+         upstreams:\n  postgres:\n    endpoints: [\"{POSTGRES}\"]\n"
+    )
+}
+
+fn tls_config(pki: &Pki) -> String {
+    config(&format!(
+        "    tls:\n      cert: {}\n      key: {}\n      client_ca: {}\n      allow: {{uris: [\"{ALLOWED_ID}\"]}}\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca()
+    ))
+}
+
+/// psql's result: (exit success, stdout, stderr).
+async fn psql(address: SocketAddr, connection: &str, sql: &str) -> (bool, String, String) {
+    let conninfo = format!(
+        "host=localhost hostaddr={} port={} user=postgres dbname=test connect_timeout=10 {connection}",
+        address.ip(),
+        address.port()
+    );
+    let output = tokio::process::Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &conninfo,
+            "-c",
+            sql,
+        ])
+        .env("PGGSSENCMODE", "disable")
+        .output()
+        .await
+        .expect("psql (postgresql-client) runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// 640 KB of text computed by Postgres; the same through attache as direct.
+const BULK: &str = "select string_agg(md5(i::text), '') from generate_series(1, 20000) i";
+
+#[tokio::test]
+async fn a_plaintext_listener_answers_n_and_forwards_sessions_exactly() {
+    let attache = Attache::run(&config("")).await.unwrap();
+    let front = attache.listener("db");
+
+    // libpq's default (sslmode=prefer) asks for TLS first and goes on in
+    // plaintext after `N`.
+    let (ok, through, stderr) = psql(front, "sslmode=prefer", BULK).await;
+    assert!(ok, "{stderr}");
+    let (ok, direct, stderr) = psql(POSTGRES.parse().unwrap(), "sslmode=disable", BULK).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(through.len(), 640_000);
+    assert_eq!(
+        servers::sha256_hex(through.as_bytes()),
+        servers::sha256_hex(direct.as_bytes())
+    );
+
+    let (ok, _, stderr) = psql(front, "sslmode=require", "select 1").await;
+    assert!(!ok);
+    assert!(stderr.contains("server does not support SSL"), "{stderr}");
+
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=test",
+            front.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let two: i32 = client.query_one("SELECT 1 + 1", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+}
+
+#[tokio::test]
+async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
+    let pki = Pki::new();
+    let attache = Attache::run(&tls_config(&pki)).await.unwrap();
+    let front = attache.listener("db");
+    let verified = |name: &str| {
+        format!(
+            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            pki.ca(),
+            pki.cert(name),
+            pki.key(name)
+        )
+    };
+
+    let (ok, answer, stderr) = psql(front, &verified("app"), "select 'through TLS'").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(answer, "through TLS");
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="ok"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // A certificate from the right CA with an identity not on the list.
+    let (ok, _, _) = psql(front, &verified("intruder"), "select 1").await;
+    assert!(!ok);
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="identity_refused"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // No TLS at all: refused before any byte reaches Postgres.
+    let (ok, _, stderr) = psql(front, "sslmode=disable", "select 1").await;
+    assert!(!ok);
+    assert!(stderr.contains("accepts TLS connections only"), "{stderr}");
+    assert_eq!(
+        attache
+            .metric(r#"attache_upstream_connect_attempts_total{upstream="postgres",endpoint="127.0.0.1:5432"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_request_reaches_postgres() {
+    let attache = Attache::run(&config("")).await.unwrap();
+    let front = attache.listener("db");
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=test",
+            front.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let marker = format!("attache_cancel_{}", std::process::id());
+    // The token names attache's address: the cancel request goes through it.
+    let token = client.cancel_token();
+    let sleeping = {
+        let sql = format!("select pg_sleep(60) /* {marker} */");
+        tokio::spawn(async move { client.simple_query(&sql).await.map(drop) })
+    };
+    // Cancel only once the query runs: a cancel before it would be ignored.
+    let (observer, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let running = format!(
+        "select count(*) from pg_stat_activity where state = 'active' and query like '%{marker}%' and query not like '%pg_stat_activity%'"
+    );
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    while observer
+        .query_one(&running, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the query never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(30), sleeping)
+        .await
+        .expect("the query ends once cancelled")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+    );
+}
+
+/// Everything attache sends back until it closes.
+async fn answer_to(front: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    // A reset after the answer is fine: attache closes with bytes unread.
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("attache closes the connection");
+    answer
+}
+
+fn packet(code: u32, body: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(body.len() + 8)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    bytes.extend_from_slice(&code.to_be_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+#[tokio::test]
+async fn hostile_startup_packets_get_a_fatal_error_and_never_reach_postgres() {
+    let pki = Pki::new();
+    let attache = Attache::run(&tls_config(&pki)).await.unwrap();
+    let front = attache.listener("db");
+
+    // Plaintext stuffed after the SSLRequest is TLS input, not a query:
+    // the handshake fails and nothing is forwarded.
+    let mut stuffed = packet(80_877_103, b"");
+    stuffed.extend_from_slice(b"Q\0\0\0\x0dselect 1\0");
+    let answer = answer_to(front, &stuffed).await;
+    assert_eq!(answer.first(), Some(&b'S'));
+    assert!(!answer.windows(8).any(|window| window == b"select 1"));
+
+    let oversized = answer_to(front, &100_000u32.to_be_bytes()).await;
+    assert_eq!(oversized.first(), Some(&b'E'));
+    assert!(String::from_utf8_lossy(&oversized).contains("invalid length of startup packet"));
+
+    let old_protocol = answer_to(front, &packet(2 << 16, b"user\0postgres\0\0")).await;
+    assert!(String::from_utf8_lossy(&old_protocol).contains("unsupported frontend protocol 2.0"));
+
+    let connects =
+        r#"attache_upstream_connect_attempts_total{upstream="postgres",endpoint="127.0.0.1:5432"}"#;
+    assert_eq!(attache.metric(connects).await.unwrap_or(0.0), 0.0);
+}
