@@ -400,6 +400,29 @@ impl Attache {
         http_request(self.admin(), "GET", path).await
     }
 
+    /// `/metrics` as Prometheus asks for it (`Accept: application/openmetrics-text`).
+    ///
+    /// # Errors
+    /// When `/metrics` does not answer 200 with OpenMetrics.
+    pub async fn openmetrics(&self) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(self.admin()).await?;
+        let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .with_context(|| format!("not an HTTP response: {response:?}"))?;
+        if !head.starts_with("HTTP/1.1 200")
+            || !head
+                .to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text")
+        {
+            bail!("not OpenMetrics: {head}");
+        }
+        Ok(body.to_owned())
+    }
+
     /// Every sample on `/metrics`, keyed by the sample as written before its
     /// value, such as `attache_connections_total{listener="db"}`.
     ///

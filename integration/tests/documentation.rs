@@ -27,7 +27,7 @@ fn catalogue() -> BTreeMap<String, (String, BTreeSet<String>)> {
     let mut metrics = BTreeMap::new();
     for row in section
         .lines()
-        .filter(|line| line.starts_with("| `attache_"))
+        .filter(|line| line.starts_with("| `attache_") || line.starts_with("| `process_"))
     {
         let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
         let labels = cells[2]
@@ -115,8 +115,8 @@ upstreams:
     let attache = Attache::run(&config).await.unwrap();
     assert_eq!(redis_ping(attache.listener("tcp")).await.unwrap(), "PONG");
     assert_eq!(redis_ping(attache.listener("resp")).await.unwrap(), "PONG");
-    let (status, metrics) = attache.admin_get("/metrics").await.unwrap();
-    assert_eq!(status, 200);
+    // OpenMetrics, as Prometheus asks for it: counters by family name.
+    let metrics = attache.openmetrics().await.unwrap();
 
     let documented = catalogue();
     let exposed = exposed(&metrics);

@@ -432,3 +432,61 @@ fn every_sidecar_has_probes_a_locked_down_context_resources_and_a_drain_within_t
     }
     assert!(sidecars >= 9, "{sidecars} sidecars checked");
 }
+
+#[test]
+fn the_prometheus_operator_manifests_scrape_every_sidecar_and_carry_the_alert_rules() {
+    let text =
+        std::fs::read_to_string(root().join("docs/kubernetes/prometheus-operator.yaml")).unwrap();
+    let operator = documents(&text);
+    let of_kind = |kind: &str| {
+        operator
+            .iter()
+            .find(|document| document["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let rules = of_kind("PrometheusRule");
+    let alerts =
+        documents(&std::fs::read_to_string(root().join("docs/prometheus/alerts.yaml")).unwrap());
+    assert_eq!(
+        rules["spec"], alerts[0],
+        "the PrometheusRule is docs/prometheus/alerts.yaml"
+    );
+
+    let monitor = of_kind("PodMonitor");
+    let port = monitor["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        monitor["spec"]["podMetricsEndpoints"][0]["path"],
+        "/metrics"
+    );
+    // Every attache container in every manifest names its admin port so.
+    let mut sidecars = 0;
+    for document in manifest_documents() {
+        let spec = &document["spec"]["template"]["spec"];
+        let containers = spec["containers"]
+            .as_array()
+            .into_iter()
+            .chain(spec["initContainers"].as_array())
+            .flatten();
+        // Proxies, not `attache wait` init containers (no admin port).
+        for container in containers.filter(|container| {
+            container["image"]
+                .as_str()
+                .is_some_and(|image| image.contains("attache"))
+                && container["args"][0] != "wait"
+        }) {
+            sidecars += 1;
+            let ports: Vec<&str> = container["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|declared| declared["containerPort"] == 9901)
+                .filter_map(|declared| declared["name"].as_str())
+                .collect();
+            assert_eq!(ports, [port], "{}: admin port", container["name"]);
+        }
+    }
+    assert!(sidecars >= 8, "{sidecars} attache containers found");
+}

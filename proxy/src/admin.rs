@@ -5,7 +5,7 @@
 //! | `GET /live` | 200 while the process runs |
 //! | `GET /startup` | 200 once every listener is bound, 503 before |
 //! | `GET /ready` | 200 when started and not draining, 503 otherwise; never depends on upstream health |
-//! | `GET /metrics` | Prometheus metrics (OpenMetrics text) |
+//! | `GET /metrics` | Prometheus metrics: OpenMetrics text when the scraper's `Accept` asks for it, Prometheus text 0.0.4 otherwise |
 //! | `GET /upstreams` | JSON: every upstream's slots and queue, and per endpoint its breaker, health, active connections and warm pool |
 //! | `GET /config` | JSON: the active config with its defaults (secrets redacted), its SHA-256, generation and file |
 //! | `POST /shutdown` | starts the drain, as SIGTERM does; 404 unless enabled, 403 for non-loopback callers |
@@ -30,6 +30,7 @@ use crate::telemetry::metrics::Metrics;
 /// Limit on reading a request's headers (slow clients hold no task for long).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the admin handlers read.
 pub(crate) struct AdminState {
@@ -81,10 +82,7 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
         }
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        (&Method::GET, "/metrics") => Response::builder()
-            .header(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)
-            .body(Full::new(Bytes::from(state.metrics.encode())))
-            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n")),
+        (&Method::GET, "/metrics") => metrics(state, request),
         (&Method::GET, "/upstreams") => upstreams(state),
         (&Method::GET, "/config") => active_config(state),
         (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
@@ -109,6 +107,30 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
             "not found: /live /startup /ready /metrics /upstreams /config /shutdown\n",
         ),
     }
+}
+
+/// The metrics in the format the scraper asked for: OpenMetrics when its
+/// `Accept` names it (Prometheus does), text 0.0.4 otherwise (curl, older
+/// scrapers).
+fn metrics<B>(state: &AdminState, request: &Request<B>) -> Response<Full<Bytes>> {
+    let openmetrics = request
+        .headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (OPENMETRICS_CONTENT_TYPE, state.metrics.encode())
+    } else {
+        (
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+            state.metrics.encode_prometheus_text(),
+        )
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n"))
 }
 
 fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {

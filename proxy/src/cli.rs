@@ -206,10 +206,15 @@ impl AdminArgs {
     }
 }
 
+/// Balancing, spelled as in the config (`round_robin`); the kebab-case
+/// spelling clap prefers is accepted too.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BalanceArg {
+    #[value(name = "round_robin", alias = "round-robin")]
     RoundRobin,
+    #[value(name = "least_connections", alias = "least-connections")]
     LeastConnections,
+    #[value(name = "peak_ewma", alias = "peak-ewma")]
     PeakEwma,
 }
 
@@ -218,11 +223,15 @@ struct TcpArgs {
     /// Local address to accept connections on, e.g. 127.0.0.1:6379 or [::1]:6379.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
+    /// The listener's and upstream's name in metrics and logs (default: the
+    /// protocol's, `tcp`, `http` or `redis`).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Upstream endpoint HOST:PORT; repeat for several. Hostnames resolve at every connect.
     #[arg(long, required = true, value_name = "HOST:PORT")]
     upstream: Vec<Endpoint>,
     /// How an endpoint is picked for each connection.
-    #[arg(long, value_enum, default_value = "round-robin")]
+    #[arg(long, value_enum, default_value = "round_robin")]
     balance: BalanceArg,
     /// Limit on one connect attempt to one endpoint.
     #[arg(long, default_value_t = Text(model::DEFAULT_CONNECT_TIMEOUT))]
@@ -394,7 +403,11 @@ impl RedisArgs {
             "upstream_password": given(self.upstream_password),
         });
         if let Some(master_name) = self.sentinel_master {
-            document["upstreams"]["redis"]["sentinel"] = json!({ "master_name": master_name });
+            let upstream = document["listeners"][0]["upstream"]
+                .as_str()
+                .unwrap_or("redis")
+                .to_owned();
+            document["upstreams"][upstream]["sentinel"] = json!({ "master_name": master_name });
         }
         document
     }
@@ -466,7 +479,7 @@ impl TcpArgs {
     /// `protocol` forwarding to an upstream of the same name. It goes
     /// through the same conversion, defaults and validation as a file.
     fn document(self, protocol: model::Protocol) -> serde_json::Value {
-        let name = protocol.as_str();
+        let name = self.name.as_deref().unwrap_or(protocol.as_str());
         let admin_listen = match self.admin.admin {
             Some(AdminAddress::Listen(address)) => json!(address),
             Some(AdminAddress::Off) => json!("off"),
@@ -480,7 +493,7 @@ impl TcpArgs {
             "listeners": [{
                 "name": name,
                 "listen": self.listen,
-                "protocol": name,
+                "protocol": protocol.as_str(),
                 "upstream": name,
                 "max_connections": self.max_connections,
                 "idle_timeout": self.idle_timeout,
@@ -876,6 +889,46 @@ mod tests {
         assert_eq!(
             redis.upstreams[0].sentinel.as_ref().unwrap().master_name,
             "main"
+        );
+    }
+
+    #[test]
+    fn one_liners_take_a_name_and_both_spellings_of_a_balance() {
+        let named = one_liner_config(&[
+            "attache",
+            "redis",
+            "--listen",
+            "127.0.0.1:6379",
+            "--upstream",
+            "127.0.0.1:6380",
+            "--name",
+            "sessions",
+            "--sentinel-master",
+            "main",
+            "--balance",
+            "least-connections",
+        ]);
+        assert_eq!(named.listeners[0].name, "sessions");
+        assert_eq!(named.upstreams[0].name, "sessions");
+        assert!(named.upstreams[0].sentinel.is_some());
+        assert_eq!(
+            named.upstreams[0].balance,
+            attache_config::Balance::LeastConnections
+        );
+        let config_spelling = one_liner_config(&[
+            "attache",
+            "tcp",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "127.0.0.1:2",
+            "--balance",
+            "peak_ewma",
+        ]);
+        assert_eq!(config_spelling.listeners[0].name, "tcp");
+        assert_eq!(
+            config_spelling.upstreams[0].balance,
+            attache_config::Balance::PeakEwma
         );
     }
 }

@@ -1,5 +1,6 @@
 //! Every metric attache exports, registered once at start-up, one module
-//! per domain (`connections`, `upstream`, `http`, `redis`, `reloads`). Protocol code
+//! per domain (`connections`, `upstream`, `http`, `redis`, `reloads`,
+//! `process`). Protocol code
 //! resolves label sets into handles ([`ListenerMetrics`], [`EndpointMetrics`])
 //! when a listener or endpoint is created, so the hot path only increments
 //! atomics.
@@ -81,9 +82,14 @@
 //! - `log_lines_dropped_total{stream}`: log and access-log lines dropped
 //!   because the reader of `stdout` or `stderr` was not keeping up
 //! - `build_info{version}`: always 1
+//!
+//! Unprefixed, as every exporter names them: `process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
+//! `process_start_time_seconds`, `process_threads`.
 
 mod connections;
 mod http;
+mod process;
 mod redis;
 mod reloads;
 mod upstream;
@@ -155,7 +161,11 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Self {
-        let mut registry = Registry::with_prefix("attache");
+        // The process metrics keep the names every exporter gives them;
+        // attache's own all start with `attache_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("attache");
         let metrics = Self {
             registry: Registry::default(),
             scraped: LateCollector::default(),
@@ -165,11 +175,11 @@ impl Metrics {
             redis: redis::Families::new(),
             reloads: reloads::Families::default(),
         };
-        metrics.connections.register(&mut registry);
-        metrics.upstream.register(&mut registry);
-        metrics.http.register(&mut registry);
-        metrics.redis.register(&mut registry);
-        metrics.reloads.register(&mut registry);
+        metrics.connections.register(registry);
+        metrics.upstream.register(registry);
+        metrics.http.register(registry);
+        metrics.redis.register(registry);
+        metrics.reloads.register(registry);
         registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(metrics.scraped.clone()));
         let build_info = Family::<BuildLabels, Gauge>::default();
@@ -180,7 +190,7 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "attache's version; always 1", build_info);
         Self {
-            registry,
+            registry: root,
             ..metrics
         }
     }
@@ -191,6 +201,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// The registry in Prometheus' text format 0.0.4, for scrapers that do
+    /// not ask for OpenMetrics.
+    pub(crate) fn encode_prometheus_text(&self) -> String {
+        to_prometheus_text(&self.encode())
     }
 
     /// Installs `collector`, whose gauges are read at each scrape (the
@@ -368,5 +384,83 @@ impl Collector for DroppedLogLines {
             })?)?;
         }
         Ok(())
+    }
+}
+
+/// OpenMetrics text as Prometheus text format 0.0.4: a counter's family is
+/// named as its samples are (`_total`), and what 0.0.4 does not have goes:
+/// `# UNIT` lines, `# EOF`, exemplars.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut text = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            // Held until the TYPE line says whether the name changes.
+            if let Some(pending) = help.replace(rest) {
+                text.push_str("# HELP ");
+                text.push_str(pending);
+                text.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" => (name.to_owned(), "untyped"),
+                _ => (name.to_owned(), kind),
+            };
+            if let Some(pending) = help.take() {
+                let description = pending.split_once(' ').map_or("", |(_, text)| text);
+                text.push_str(&format!("# HELP {name} {description}\n"));
+            }
+            text.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        let sample = line
+            .split_once(" # ")
+            .map_or(line, |(sample, _exemplar)| sample);
+        text.push_str(sample);
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples_and_drops_what_it_lacks() {
+        let openmetrics = "# HELP attache_connections Connections.\n# TYPE attache_connections counter\nattache_connections_total{listener=\"a\"} 3\n\
+                           # HELP attache_wait Waits.\n# TYPE attache_wait histogram\n# UNIT attache_wait seconds\nattache_wait_sum 1.0 # {trace_id=\"ab\"} 0.5\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP attache_connections_total Connections.\n# TYPE attache_connections_total counter\nattache_connections_total{listener=\"a\"} 3\n\
+             # HELP attache_wait Waits.\n# TYPE attache_wait histogram\nattache_wait_sum 1.0\n"
+        );
+    }
+
+    #[test]
+    fn process_metrics_are_exported_unprefixed() {
+        let text = Metrics::new().encode();
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_start_time_seconds",
+            "process_threads",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(name) && !line.starts_with('#')),
+                "{name} missing"
+            );
+        }
+        assert!(text.contains("attache_build_info{"));
     }
 }
