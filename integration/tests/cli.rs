@@ -416,3 +416,34 @@ fn run_names_a_missing_certificate_once_and_does_not_start() {
         "attache: listener \"door\": TLS: /nonexistent/tls.crt: cannot read: No such file or directory (os error 2)"
     );
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_cli_definition() {
+    let bash = attache(&["completions", "bash"]);
+    assert!(bash.status.success(), "{}", stderr(&bash));
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &bash.stdout).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(script.path())
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", stderr(&syntax));
+    let bash = String::from_utf8_lossy(&bash.stdout);
+    for word in ["redis", "--upstream", "--sentinel-master", "completions"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    for shell in ["zsh", "fish"] {
+        let output = attache(&["completions", shell]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("--upstream"),
+            "{shell}"
+        );
+    }
+    let man = attache(&["man"]);
+    assert!(man.status.success(), "{}", stderr(&man));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH attache 1"), "{page}");
+    assert!(page.contains("completions"), "{page}");
+}

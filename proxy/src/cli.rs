@@ -117,6 +117,13 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Print a shell completion script: `attache completions bash > /etc/bash_completion.d/attache`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `attache man > attache.1 && man ./attache.1`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -541,6 +548,18 @@ impl BalanceArg {
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "attache", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            match page.render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => fail(&error),
+            }
+        }
         Command::Version => {
             println!("attache {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
