@@ -47,9 +47,7 @@ pub enum TlsError {
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
     /// A certificate is outside its validity period now.
-    #[error(
-        "{path}: certificate is not valid now (valid from {not_before} to {not_after}, Unix seconds)"
-    )]
+    #[error("{path}: {}", validity(*not_before, *not_after, *expired))]
     NotValidNow {
         /// The certificate file.
         path: String,
@@ -57,6 +55,18 @@ pub enum TlsError {
         not_before: i64,
         /// End of validity, Unix seconds.
         not_after: i64,
+        /// Past `not_after` (else before `not_before`).
+        expired: bool,
+    },
+    /// A private key that is not the certificate's.
+    #[error("{context}: {key} is not the private key of {cert} (they do not match)")]
+    KeyMismatch {
+        /// Whose material it is.
+        context: String,
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
     },
     /// A certificate cannot be parsed.
     #[error("{path}: cannot parse the certificate")]
@@ -96,6 +106,7 @@ fn load_valid_chain(path: &Path) -> Result<(Vec<CertificateDer<'static>>, i64), 
             path: path.display().to_string(),
             not_before,
             not_after,
+            expired: now > not_after,
         });
     }
     Ok((chain, not_after))
@@ -130,6 +141,44 @@ fn rustls_error(context: String) -> impl FnOnce(rustls::Error) -> TlsError {
     move |source| TlsError::Rustls { context, source }
 }
 
+/// The error for a certificate and key rustls refused together: a plain
+/// mismatch said plainly, anything else as rustls says it.
+fn pair_error(context: String, cert: &Path, key: &Path) -> impl FnOnce(rustls::Error) -> TlsError {
+    move |source| match source {
+        rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch {
+            context,
+            cert: cert.display().to_string(),
+            key: key.display().to_string(),
+        },
+        source => TlsError::Rustls {
+            context: format!(
+                "{context}: certificate {} with key {}",
+                cert.display(),
+                key.display()
+            ),
+            source,
+        },
+    }
+}
+
+/// "expired on 2026-11-30 12:00 UTC" / "not valid before ...".
+fn validity(not_before: i64, not_after: i64, expired: bool) -> String {
+    let date = |seconds: i64| {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds.max(0) as u64);
+        // RFC 3339 (2026-11-30T12:00:00Z) read as a date and a time of day.
+        let text = humantime::format_rfc3339_seconds(when).to_string();
+        match text.split_once('T') {
+            Some((day, time)) => format!("{day} {} UTC", &time[..5]),
+            None => text,
+        }
+    };
+    if expired {
+        format!("the certificate expired on {}", date(not_after))
+    } else {
+        format!("the certificate is not valid before {}", date(not_before))
+    }
+}
+
 /// The server configuration of a TLS listener called `listener`.
 ///
 /// # Errors
@@ -162,13 +211,11 @@ pub fn server_config(tls: &ListenerTls, listener: &str) -> Result<Loaded<ServerC
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(rustls_error(format!(
-            "listener {listener:?}: certificate {} with key {}",
-            tls.cert.display(),
-            tls.key.display()
-        )))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(pair_error(
+        format!("listener {listener:?}"),
+        &tls.cert,
+        &tls.key,
+    ))?;
     config.alpn_protocols = tls
         .alpn
         .iter()
@@ -210,11 +257,11 @@ pub fn client_config(tls: &UpstreamTls, upstream: &str) -> Result<Loaded<ClientC
             let (chain, expires_at) = load_valid_chain(cert)?;
             let config = builder
                 .with_client_auth_cert(chain, pem::load_private_key(key)?)
-                .map_err(rustls_error(format!(
-                    "upstream {upstream:?}: client certificate {} with key {}",
-                    cert.display(),
-                    key.display()
-                )))?;
+                .map_err(pair_error(
+                    format!("upstream {upstream:?}: client certificate"),
+                    cert,
+                    key,
+                ))?;
             (config, Some(expires_at))
         }
         _ => (builder.with_no_client_auth(), None),
@@ -440,5 +487,21 @@ impl ServerCertVerifier for ProbeOnlyVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn validity_errors_name_the_date_in_words() {
+        // 2026-11-30 12:00:00 UTC.
+        assert_eq!(
+            super::validity(0, 1_796_040_000, true),
+            "the certificate expired on 2026-11-30 12:00 UTC"
+        );
+        assert_eq!(
+            super::validity(1_796_040_000, 1_900_000_000, false),
+            "the certificate is not valid before 2026-11-30 12:00 UTC"
+        );
     }
 }

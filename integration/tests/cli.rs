@@ -387,7 +387,7 @@ fn check_with_tls_files_loads_every_certificate_key_and_ca() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert_eq!(lines[0].matches("listener \"door\"").count(), 1, "{text}");
-    assert!(lines[0].contains("keys may not be consistent"), "{text}");
+    assert!(lines[0].contains("is not the private key of"), "{text}");
     assert!(
         lines[1].contains("upstream \"app\": /nonexistent/ca.crt: cannot read: No such file or directory (os error 2)"),
         "{text}"
@@ -446,4 +446,53 @@ fn completions_and_the_man_page_come_from_the_cli_definition() {
     let page = String::from_utf8_lossy(&man.stdout);
     assert!(page.contains(".TH attache 1"), "{page}");
     assert!(page.contains("completions"), "{page}");
+}
+
+#[tokio::test]
+async fn a_taken_admin_port_and_a_mismatched_key_say_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap().to_string();
+    let output = attache(&[
+        "tcp",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        "127.0.0.1:1",
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = fatal_message(&output);
+    assert!(
+        message.contains(&format!("admin server cannot listen on {admin}")),
+        "{message}"
+    );
+    assert!(
+        message.contains("`--admin 127.0.0.1:0` picks a free port"),
+        "{message}"
+    );
+
+    let pki = attache_integration::pki::Pki::new();
+    let config = write_config(&format!(
+        "listeners:\n  - {{name: door, listen: 127.0.0.1:0, protocol: tcp, upstream: app, tls: {{cert: {}, key: {}, client_auth: none}}}}\nupstreams:\n  app: {{endpoints: [\"127.0.0.1:1\"]}}\n",
+        pki.cert("server"),
+        pki.key("app"),
+    ))
+    .unwrap();
+    let output = attache(&[
+        "run",
+        "-c",
+        &config.path().display().to_string(),
+        "--admin",
+        "off",
+    ]);
+    let message = fatal_message(&output);
+    assert_eq!(
+        message,
+        format!(
+            "attache: listener \"door\": {} is not the private key of {} (they do not match)",
+            pki.key("app"),
+            pki.cert("server")
+        )
+    );
 }

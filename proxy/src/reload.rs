@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use attache_certs::tls::{self, Loaded, TlsError};
 use attache_config::{Config, ListenerTls, UpstreamTls};
@@ -115,6 +114,17 @@ impl<Source, Rustls> Reloadable<Source, Rustls> {
     }
 }
 
+/// `error` naming its listener or upstream once: the TLS errors that know
+/// whose material they are already say so.
+fn owned_by(error: TlsError, kind: &str, name: &str) -> anyhow::Error {
+    let owner = format!("{kind} {name:?}");
+    if error.to_string().starts_with(&owner) {
+        error.into()
+    } else {
+        anyhow::Error::new(error).context(format!("{owner}: TLS"))
+    }
+}
+
 /// The entry `name` of `entries` when it was built from the same settings
 /// and its files still hold what it was built from.
 fn reusable<Source: PartialEq, Rustls>(
@@ -182,7 +192,7 @@ impl TlsMaterial {
                         metrics.certificate_expiry("listener", &listener.name),
                         tls::server_config,
                     )
-                    .with_context(|| format!("listener {:?}: TLS", listener.name))?,
+                    .map_err(|error| owned_by(error, "listener", &listener.name))?,
                 ),
             };
             listeners.push(reloadable);
@@ -211,7 +221,7 @@ impl TlsMaterial {
                         metrics.certificate_expiry("upstream", &upstream.name),
                         tls::client_config,
                     )
-                    .with_context(|| format!("upstream {:?}: TLS", upstream.name))?,
+                    .map_err(|error| owned_by(error, "upstream", &upstream.name))?,
                 ),
             };
             upstreams.push(reloadable);

@@ -66,9 +66,14 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
 
     let active = Arc::new(ArcSwapOption::empty());
     if let Some(address) = config.admin.listen {
-        let socket = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("admin server cannot listen on {address}"))?;
+        let socket = TcpListener::bind(address).await.map_err(|error| {
+            let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+                " (another attache's admin port? `--admin 127.0.0.1:0` picks a free port, `--admin off` runs without one)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("admin server cannot listen on {address}: {error}{hint}")
+        })?;
         let bound = socket.local_addr()?;
         tracing::info!(address = %bound, shutdown_endpoint = config.admin.shutdown_endpoint, "admin server listening");
         let state = Arc::new(AdminState {
