@@ -161,3 +161,86 @@ fn the_benchmark_chart_is_drawn_from_the_committed_results() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Every metric name a PromQL text mentions (`attache_…`, `process_…`),
+/// histogram series mapped to their family.
+fn metrics_in(promql: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = promql.as_bytes();
+    let mut start = 0;
+    while start < bytes.len() {
+        let rest = &promql[start..];
+        let Some(offset) = rest
+            .find("attache_")
+            .into_iter()
+            .chain(rest.find("process_"))
+            .min()
+        else {
+            break;
+        };
+        let begin = start + offset;
+        let end = promql[begin..]
+            .find(|character: char| !(character.is_ascii_alphanumeric() || character == '_'))
+            .map_or(promql.len(), |length| begin + length);
+        let name = &promql[begin..end];
+        let family = name
+            .strip_suffix("_bucket")
+            .or_else(|| name.strip_suffix("_sum"))
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        start = end;
+    }
+    names
+}
+
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_attache_exports_and_docs_list_its_panels() {
+    let text = std::fs::read_to_string(root().join("docs/grafana/attache.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let exported: BTreeSet<String> = catalogue().into_keys().collect();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                target["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            queries.push((format!("variable {}", variable["name"]), query.to_owned()));
+        }
+    }
+    assert!(queries.len() > 40, "{} queries", queries.len());
+    let mut queried = BTreeSet::new();
+    for (title, query) in &queries {
+        let names = metrics_in(query);
+        assert!(!names.is_empty(), "{title}: no metric in {query}");
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{title}: {name} is not a metric attache exports ({query})"
+            );
+            queried.insert(name);
+        }
+    }
+    // Every family has a panel, except the constant ones.
+    let unqueried: Vec<_> = exported
+        .difference(&queried)
+        .filter(|name| {
+            !["attache_config_last_reload_success_timestamp_seconds"].contains(&name.as_str())
+        })
+        .collect();
+    assert!(unqueried.is_empty(), "no panel shows {unqueried:?}");
+    // docs/operations.md lists the panels.
+    let operations = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            operations.contains(title),
+            "docs/operations.md does not list {title:?}"
+        );
+    }
+}
