@@ -112,6 +112,35 @@ fn load_valid_chain(path: &Path) -> Result<(Vec<CertificateDer<'static>>, i64), 
     Ok((chain, not_after))
 }
 
+/// What the admin status page shows of a certificate file: its leaf's
+/// subject, names and expiry.
+#[derive(Debug, Clone)]
+pub struct CertificateSummary {
+    /// The subject as OpenSSL prints it (`CN=web`).
+    pub subject: String,
+    /// The names it carries (URI and DNS SANs, common name).
+    pub identity: PeerIdentity,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Reads the leaf certificate of the chain at `path`.
+///
+/// # Errors
+/// When the file cannot be read or its first certificate parsed.
+pub fn summarize(path: &Path) -> Result<CertificateSummary, TlsError> {
+    let chain = pem::load_certificates(path)?;
+    let unparsable = || TlsError::Unparsable {
+        path: path.display().to_string(),
+    };
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|_| unparsable())?;
+    Ok(CertificateSummary {
+        subject: leaf.subject().to_string(),
+        identity: PeerIdentity::from_certificate(&chain[0]).map_err(|_| unparsable())?,
+        not_after: leaf.validity().not_after.timestamp(),
+    })
+}
+
 /// The process-wide crypto provider (ring).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -65,6 +65,7 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
 
     let active = Arc::new(ArcSwapOption::empty());
+    let listening = Arc::new(ArcSwap::from_pointee(admin::Bound::new()));
     if let Some(address) = config.admin.listen {
         let socket = TcpListener::bind(address).await.map_err(|error| {
             let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
@@ -81,6 +82,7 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
             metrics: metrics.clone(),
             shutdown_endpoint: config.admin.shutdown_endpoint,
             active: active.clone(),
+            bound: listening.clone(),
         });
         tokio::spawn(admin::serve(socket, state));
     }
@@ -117,6 +119,7 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
         controls,
         upstream_states,
         active,
+        bound: listening,
         metrics: metrics.clone(),
         reloads: metrics.config_reloads(),
         lifecycle: lifecycle.clone(),
@@ -213,6 +216,7 @@ struct Running {
     upstream_states: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
     /// What the admin port shows.
     active: Arc<ArcSwapOption<Generation>>,
+    bound: Arc<ArcSwap<admin::Bound>>,
     metrics: Arc<Metrics>,
     reloads: ReloadMetrics,
     lifecycle: Arc<Lifecycle>,
@@ -225,6 +229,12 @@ impl Running {
         self.upstream_states
             .store(Arc::new(self.generation.upstreams.clone()));
         self.active.store(Some(self.generation.clone()));
+        self.bound.store(Arc::new(
+            self.controls
+                .iter()
+                .map(|control| (control.name(), control.local_address))
+                .collect(),
+        ));
         self.metrics
             .config_applied(self.generation.number, &self.generation.hash);
     }

@@ -2,6 +2,7 @@
 //!
 //! | endpoint | answers |
 //! |---|---|
+//! | `GET /` | the status page: listeners, upstreams and endpoints, certificates, config generation, drain state (HTML, reloads itself) |
 //! | `GET /live` | 200 while the process runs |
 //! | `GET /startup` | 200 once every listener is bound, 503 before |
 //! | `GET /ready` | 200 when started and not draining, 503 otherwise; never depends on upstream health |
@@ -9,6 +10,10 @@
 //! | `GET /upstreams` | JSON: every upstream's slots and queue, and per endpoint its breaker, health, active connections and warm pool |
 //! | `GET /config` | JSON: the active config with its defaults (secrets redacted), its SHA-256, generation and file |
 //! | `POST /shutdown` | starts the drain, as SIGTERM does; 404 unless enabled, 403 for non-loopback callers |
+
+mod status_page;
+
+pub(crate) use status_page::Bound;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +45,8 @@ pub(crate) struct AdminState {
     /// The generation in service; `/upstreams` and `/config` answer 503
     /// until the first is built.
     pub(crate) active: Arc<arc_swap::ArcSwapOption<Generation>>,
+    /// Where each listener is bound (the status page).
+    pub(crate) bound: Arc<arc_swap::ArcSwap<status_page::Bound>>,
 }
 
 /// Serves admin requests on `socket` until the process exits.
@@ -83,6 +90,7 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
         }
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         (&Method::GET, "/metrics") => metrics(state, request),
+        (&Method::GET, "/") => status(state),
         (&Method::GET, "/upstreams") => upstreams(state),
         (&Method::GET, "/config") => active_config(state),
         (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
@@ -100,11 +108,12 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
         }
         (
             _,
-            "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/config" | "/shutdown",
+            "/" | "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/config"
+            | "/shutdown",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /live /startup /ready /metrics /upstreams /config /shutdown\n",
+            "not found: / /live /startup /ready /metrics /upstreams /config /shutdown\n",
         ),
     }
 }
@@ -143,6 +152,17 @@ fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {
         .map(|upstream| upstream.status())
         .collect();
     json(&serde_json::json!({ "upstreams": statuses }))
+}
+
+fn status(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(active) = state.active.load_full() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+    };
+    let page = status_page::render(&state.lifecycle, &active, &state.bound.load());
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Full::new(Bytes::from(page)))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "cannot render\n"))
 }
 
 fn active_config(state: &AdminState) -> Response<Full<Bytes>> {
@@ -188,6 +208,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             shutdown_endpoint,
             active: Arc::default(),
+            bound: Arc::default(),
         }
     }
 
