@@ -87,6 +87,28 @@ upstreams:
         serde_json::json!([format!("00-{trace}-{}-01", client.span_id)])
     );
 
+    // The request's duration carries its trace as an exemplar (OpenMetrics),
+    // so a slow bucket leads to the trace. Recorded once the body ended.
+    let exemplar = format!("# {{trace_id=\"{trace}\"}}");
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    loop {
+        let metrics = attache.openmetrics().await.unwrap();
+        if metrics.lines().any(|line| {
+            line.starts_with("attache_http_request_duration_seconds_bucket{")
+                && line.contains(&exemplar)
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exemplar {exemplar}:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Prometheus' text format has no exemplars.
+    let (_, text) = attache.admin_get("/metrics").await.unwrap();
+    assert!(!text.contains(&exemplar));
+
     // Without a traceparent a new trace starts; a retried try is counted.
     app.script(&[503]);
     let response = curl(&[&format!("http://{front}/script")]).await;

@@ -581,7 +581,8 @@ impl Finish {
 impl OnFinish for Finish {
     fn finish(self: Box<Self>, sent: u64, ending: Ending) {
         let took = self.started.elapsed();
-        self.metrics.answered(self.status, took);
+        let trace_id = self.span.as_ref().and_then(traces::sampled_trace_id);
+        self.metrics.answered(self.status, took, trace_id);
         if ending == Ending::UpstreamCut {
             self.metrics.truncated.inc();
         }

@@ -289,6 +289,16 @@ pub(crate) fn saturating_i64(value: u64) -> i64 {
 #[derive(Clone)]
 pub(crate) struct RequestContext(pub(crate) Context);
 
+/// The trace id (hex) of the span in `context`, when it is sampled (its
+/// spans are exported, so an exemplar pointing at it leads somewhere).
+pub(crate) fn sampled_trace_id(context: &Context) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let span = context.span();
+    let span_context = span.span_context();
+    (span_context.is_valid() && span_context.is_sampled())
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// Starts the server span of an HTTP request, a child of the caller's
 /// context when it sent one; returns the context holding it.
 pub(crate) fn start_server_span(

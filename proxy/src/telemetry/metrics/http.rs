@@ -1,9 +1,12 @@
-//! HTTP requests per route: answered by status class, duration, truncated responses.
+//! HTTP requests per route: answered by status class, duration (with the
+//! request's trace id as an OpenMetrics exemplar when spans are exported,
+//! so a slow bucket links to its trace), truncated responses.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,15 +24,23 @@ struct RouteStatusLabels {
     status_class: &'static str,
 }
 
-fn request_duration_histogram() -> Histogram {
+/// The exemplar of a request duration: the trace it belongs to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TraceExemplar {
+    pub(crate) trace_id: String,
+}
+
+type DurationHistogram = HistogramWithExemplars<TraceExemplar>;
+
+fn request_duration_histogram() -> DurationHistogram {
     // 250 µs .. ~65 s: proxied loopback requests land in the first buckets,
     // request timeouts in the last ones.
-    Histogram::new(exponential_buckets(0.00025, 2.0, 19))
+    HistogramWithExemplars::new(exponential_buckets(0.00025, 2.0, 19))
 }
 
 pub(super) struct Families {
     http_requests: Family<RouteStatusLabels, Counter>,
-    http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    http_duration: Family<RouteLabels, DurationHistogram, fn() -> DurationHistogram>,
     http_truncated: Family<RouteLabels, Counter>,
 }
 
@@ -90,15 +101,22 @@ impl Families {
 #[derive(Clone)]
 pub(crate) struct RouteMetrics {
     requests: [Counter; 5],
-    duration: Histogram,
+    duration: DurationHistogram,
     pub(crate) truncated: Counter,
 }
 
 impl RouteMetrics {
-    /// Counts one answered request.
-    pub(crate) fn answered(&self, status: http::StatusCode, took: std::time::Duration) {
+    /// Counts one answered request; `trace_id` (of a sampled trace) becomes
+    /// the exemplar of the duration's bucket.
+    pub(crate) fn answered(
+        &self,
+        status: http::StatusCode,
+        took: std::time::Duration,
+        trace_id: Option<String>,
+    ) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests[class].inc();
-        self.duration.observe(took.as_secs_f64());
+        let exemplar = trace_id.map(|trace_id| TraceExemplar { trace_id });
+        self.duration.observe(took.as_secs_f64(), exemplar, None);
     }
 }
