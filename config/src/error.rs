@@ -24,33 +24,81 @@ impl Problem {
         }
     }
 
-    pub(crate) fn from_yaml(error: &serde_saphyr::Error) -> Self {
-        let line = error.location().map(|location| location.line());
+    /// A problem the YAML parser or the deserializer found in `text`: named
+    /// by the innermost key at its position, at that key's own line, with
+    /// the deserializer's words made plainer. A syntax error, where no key
+    /// holds the position, keeps its line and column.
+    pub(crate) fn from_yaml(error: &serde_saphyr::Error, text: &str) -> Self {
+        let location = error.location();
+        let line = location.map(|location| location.line() as usize);
+        let column = location.map(|location| location.column() as usize);
         let message = error.without_snippet().to_string();
         let message = message.strip_prefix("error: ").unwrap_or(&message);
-        // The line is printed by our own Display, so keep only the column:
-        // syntax errors read "line L column C: what", errors raised while
+        // Syntax errors read "line L column C: what", errors raised while
         // deserializing (unknown keys, bad values) "what at line L, column C".
-        let message = match line {
+        let (what, column_text) = match line {
             Some(line) => {
-                if let Some((what, column)) = message
+                if let Some((column, what)) = message
                     .strip_prefix(&format!("line {line} column "))
                     .and_then(|rest| rest.split_once(": "))
-                    .map(|(column, what)| (what, column))
                 {
-                    format!("{what} (column {column})")
+                    (what.to_owned(), Some(column.to_owned()))
                 } else if let Some((what, column)) =
                     message.rsplit_once(&format!(" at line {line}, column "))
                 {
-                    format!("{what} (column {column})")
+                    (what.to_owned(), Some(column.to_owned()))
                 } else {
-                    message.to_owned()
+                    (message.to_owned(), None)
                 }
             }
-            None => message.to_owned(),
+            None => (message.to_owned(), None),
         };
-        Self::new("", line, message)
+        let what = plainer(&what);
+        let key = line.zip(column).and_then(|(line, column)| {
+            let paths = crate::key_paths::KeyPaths::of(text);
+            let (path, key_line) = paths.at(line, column)?;
+            if what.starts_with("missing field") {
+                // Reported where the map ends: name the map that lacks it.
+                let parent = path
+                    .rfind(['.', '['])
+                    .map_or("", |end| &path[..end])
+                    .to_owned();
+                let parent_line = paths.line_of(&parent).unwrap_or(key_line);
+                return Some((parent, parent_line));
+            }
+            Some((path.to_owned(), key_line))
+        });
+        match key {
+            Some((path, key_line)) => Self::new(path, Some(key_line as u64), what),
+            None => {
+                let message = match column_text {
+                    Some(column) => format!("{what} (column {column})"),
+                    None => what,
+                };
+                Self::new("", line.map(|line| line as u64), message)
+            }
+        }
     }
+}
+
+/// The deserializer's words for a value of the wrong shape or type, as a
+/// config's reader would say them.
+fn plainer(what: &str) -> String {
+    let replacements = [
+        ("invalid u64", "expected a whole number"),
+        ("invalid u32", "expected a whole number"),
+        ("invalid u16", "expected a whole number"),
+        ("invalid usize", "expected a whole number"),
+        ("invalid f64", "expected a number"),
+        ("expected sequence start", "expected a list"),
+        ("expected mapping start", "expected a map of keys"),
+    ];
+    for (said, plain) in replacements {
+        if let Some(rest) = what.strip_prefix(said) {
+            return format!("{plain}{rest}");
+        }
+    }
+    what.to_owned()
 }
 
 impl fmt::Display for Problem {

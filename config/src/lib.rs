@@ -21,6 +21,7 @@
 mod document;
 pub mod error;
 pub mod interpolate;
+mod key_paths;
 pub mod model;
 pub mod validate;
 
@@ -98,8 +99,8 @@ pub fn parse_literal(text: &str, source_name: &str) -> Result<Config, ConfigErro
         source_name: source_name.to_owned(),
         problems,
     };
-    let document: document::Document =
-        serde_saphyr::from_str(text).map_err(|error| invalid(vec![Problem::from_yaml(&error)]))?;
+    let document: document::Document = serde_saphyr::from_str(text)
+        .map_err(|error| invalid(vec![Problem::from_yaml(&error, text)]))?;
     let (config, source_map, mut problems) = document.into_config();
     problems.extend(validate::validate(&config, &source_map));
     if problems.is_empty() {

@@ -121,9 +121,9 @@ fn unknown_keys_and_syntax_errors_carry_their_line() {
     assert_eq!(unknown[0].line, Some(5));
     assert_eq!(
         unknown[0].to_string(),
-        "unknown field `retries`, expected one of name, listen, protocol, upstream, \
+        "listeners[0].retries: unknown field `retries`, expected one of name, listen, protocol, upstream, \
          max_connections, idle_timeout, keep_accepting_while_draining, unsafe_plaintext, \
-         tls, proxy_protocol, http, redis (column 5) (line 5)"
+         tls, proxy_protocol, http, redis (line 5)"
     );
 
     let syntax = problems("listeners: [\n");
@@ -133,6 +133,27 @@ fn unknown_keys_and_syntax_errors_carry_their_line() {
         problems("listeners:\n  - listen: 127.0.0.1:1\n    protocol: smtp\n    upstream: db\n");
     assert_eq!(protocol[0].line, Some(3));
     assert!(protocol[0].message.contains("smtp"), "{}", protocol[0]);
+    assert_eq!(protocol[0].path, "listeners[0].protocol");
+}
+
+#[test]
+fn shape_and_type_errors_name_their_key_and_its_own_line() {
+    let rendered = |text: &str| problems(text)[0].to_string();
+    assert_eq!(
+        rendered(
+            "listeners:\n  - name: a\n    listen: 127.0.0.1:1\n    protocol: tcp\n    upstream: db\n    max_connections: lots\n"
+        ),
+        "listeners[0].max_connections: expected a whole number (line 6)"
+    );
+    assert_eq!(
+        rendered("upstreams:\n  db:\n    endpoints: \"127.0.0.1:1\"\n"),
+        "upstreams.db.endpoints: expected a list (line 3)"
+    );
+    // Missing: the map that lacks it, at its own line (not the last key's).
+    assert_eq!(
+        rendered("listeners:\n  - name: a\n    protocol: tcp\n    upstream: db\n"),
+        "listeners[0]: missing field `listen` (line 2)"
+    );
 }
 
 #[test]
