@@ -242,7 +242,10 @@ fn accepted_keys(example: &Value, pointer: &str) -> BTreeSet<String> {
     let message = &problems[0].message;
     let listed = message
         .split_once("expected one of ")
-        .map(|(_, rest)| rest.rsplit_once(" (column").map_or(rest, |(listed, _)| listed))
+        .map(|(_, rest)| {
+            rest.rsplit_once(" (column")
+                .map_or(rest, |(listed, _)| listed)
+        })
         .unwrap_or_else(|| panic!("no key list in {message:?}"));
     listed.split(", ").map(str::to_owned).collect()
 }

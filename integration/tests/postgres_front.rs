@@ -58,6 +58,22 @@ async fn psql(address: SocketAddr, connection: &str, sql: &str) -> (bool, String
     )
 }
 
+/// A tokio-postgres client of `address` (its connection driven in a task).
+async fn connect(address: SocketAddr) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=postgres dbname=test",
+            address.ip(),
+            address.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
 /// 640 KB of text computed by Postgres; the same through attache as direct.
 const BULK: &str = "select string_agg(md5(i::text), '') from generate_series(1, 20000) i";
 
@@ -82,16 +98,7 @@ async fn a_plaintext_listener_answers_n_and_forwards_sessions_exactly() {
     assert!(!ok);
     assert!(stderr.contains("server does not support SSL"), "{stderr}");
 
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=test",
-            front.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = connect(front).await;
     let two: i32 = client.query_one("SELECT 1 + 1", &[]).await.unwrap().get(0);
     assert_eq!(two, 2);
 }
@@ -149,16 +156,7 @@ async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
 async fn a_cancel_request_reaches_postgres() {
     let attache = Attache::run(&config("")).await.unwrap();
     let front = attache.listener("db");
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=test",
-            front.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = connect(front).await;
     let marker = format!("attache_cancel_{}", std::process::id());
     // The token names attache's address: the cancel request goes through it.
     let token = client.cancel_token();
@@ -167,13 +165,7 @@ async fn a_cancel_request_reaches_postgres() {
         tokio::spawn(async move { client.simple_query(&sql).await.map(drop) })
     };
     // Cancel only once the query runs: a cancel before it would be ignored.
-    let (observer, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=test",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let observer = connect(POSTGRES.parse().unwrap()).await;
     let running = format!(
         "select count(*) from pg_stat_activity where state = 'active' and query like '%{marker}%' and query not like '%pg_stat_activity%'"
     );

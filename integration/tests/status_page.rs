@@ -3,8 +3,9 @@
 //! a TLS listener and an upstream with one healthy and one unhealthy
 //! endpoint, the page shows the listener, both endpoints' health, the
 //! certificate with its names and days left, and the config generation.
-//! The screenshot it takes is the one docs/operations.md shows
-//! (`target/status-page.png`; copy it to docs/ when the page changes).
+//! The screenshot it takes (`status-page.png` in Cargo's `CARGO_TARGET_TMPDIR`,
+//! `target/tmp/` by default) is the one docs/operations.md shows; copy it to
+//! docs/ when the page changes.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -92,7 +93,9 @@ async fn a_browser_shows_listeners_endpoint_health_certificates_and_the_config()
         "{certificate}"
     );
 
-    let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
+    // Cargo's scratch directory for integration tests (inside the target
+    // directory, wherever that is).
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let shot = chromium(&[
         &format!("--screenshot={}", screenshot.display()),
         "--window-size=1100,900",
@@ -103,6 +106,7 @@ async fn a_browser_shows_listeners_endpoint_health_certificates_and_the_config()
         "{}",
         String::from_utf8_lossy(&shot.stderr)
     );
-    let png = std::fs::read(&screenshot).unwrap();
+    let png = std::fs::read(&screenshot)
+        .unwrap_or_else(|error| panic!("{}: {error}", screenshot.display()));
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

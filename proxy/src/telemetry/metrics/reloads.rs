@@ -67,32 +67,14 @@ impl Families {
         );
     }
 
-    /// Handles for reload results.
+    /// Certificate reload result counters.
     pub(super) fn reloads(&self) -> ReloadMetrics {
-        let counter = |result| {
-            self.tls_reloads
-                .get_or_create(&ReloadLabels { result })
-                .clone()
-        };
-        ReloadMetrics {
-            ok: counter("ok"),
-            error: counter("error"),
-            unchanged: counter("unchanged"),
-        }
+        ReloadMetrics::of(&self.tls_reloads)
     }
 
     /// Config reload result counters.
     pub(super) fn config_reloads(&self) -> ReloadMetrics {
-        let counter = |result| {
-            self.config_reloads
-                .get_or_create(&ReloadLabels { result })
-                .clone()
-        };
-        ReloadMetrics {
-            ok: counter("ok"),
-            error: counter("error"),
-            unchanged: counter("unchanged"),
-        }
+        ReloadMetrics::of(&self.config_reloads)
     }
 
     /// Records that the config with SHA-256 `hash` is active as `generation`.
@@ -129,4 +111,15 @@ pub(crate) struct ReloadMetrics {
     pub(crate) error: Counter,
     /// A reload asked for (SIGHUP, a file event) found the content unchanged.
     pub(crate) unchanged: Counter,
+}
+
+impl ReloadMetrics {
+    fn of(family: &Family<ReloadLabels, Counter>) -> Self {
+        let counter = |result| family.get_or_create(&ReloadLabels { result }).clone();
+        Self {
+            ok: counter("ok"),
+            error: counter("error"),
+            unchanged: counter("unchanged"),
+        }
+    }
 }
