@@ -92,6 +92,10 @@ fn plainer(what: &str) -> String {
         ("invalid f64", "expected a number"),
         ("expected sequence start", "expected a list"),
         ("expected mapping start", "expected a map of keys"),
+        (
+            "expected string scalar",
+            "expected text (such as 10s or a name)",
+        ),
     ];
     for (said, plain) in replacements {
         if let Some(rest) = what.strip_prefix(said) {

@@ -131,6 +131,15 @@ impl KeyPaths {
         paths
     }
 
+    /// Where the node at `path` starts (its key) and ends, 1-based
+    /// (line, column) pairs.
+    pub(crate) fn span_of(&self, path: &str) -> Option<((usize, usize), (usize, usize))> {
+        self.nodes
+            .iter()
+            .find(|node| node.path == path)
+            .map(|node| (node.start, node.end))
+    }
+
     /// The line of the key (or item) at `path`.
     pub(crate) fn line_of(&self, path: &str) -> Option<usize> {
         self.nodes

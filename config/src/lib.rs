@@ -99,8 +99,7 @@ pub fn parse_literal(text: &str, source_name: &str) -> Result<Config, ConfigErro
         source_name: source_name.to_owned(),
         problems,
     };
-    let document: document::Document = serde_saphyr::from_str(text)
-        .map_err(|error| invalid(vec![Problem::from_yaml(&error, text)]))?;
+    let document = read_document(text).map_err(invalid)?;
     let (config, source_map, mut problems) = document.into_config();
     problems.extend(validate::validate(&config, &source_map));
     if problems.is_empty() {
@@ -109,4 +108,85 @@ pub fn parse_literal(text: &str, source_name: &str) -> Result<Config, ConfigErro
         problems.sort_by_key(|problem| problem.line);
         Err(invalid(problems))
     }
+}
+
+/// At most this many shape problems are gathered from one file.
+const MAX_SHAPE_PROBLEMS: usize = 20;
+
+/// Deserializes the document, or gathers the shape and type problems in
+/// it: the YAML reader stops at the first, so each problem's key (an
+/// unknown key, or a value of the wrong type) is blanked out of a copy of
+/// the text — same lines and columns — and the copy read again, until it
+/// reads or a problem cannot be set aside that way (a missing field, a
+/// sequence item, a syntax error).
+fn read_document(text: &str) -> Result<document::Document, Vec<Problem>> {
+    let first = match serde_saphyr::from_str(text) {
+        Ok(document) => return Ok(document),
+        Err(error) => Problem::from_yaml(&error, text),
+    };
+    let mut problems = vec![first];
+    let mut copy = text.to_owned();
+    let mut set_aside: Vec<String> = Vec::new();
+    while problems.len() < MAX_SHAPE_PROBLEMS {
+        let last = &problems[problems.len() - 1];
+        let settable = !last.path.is_empty()
+            && !last.path.ends_with(']')
+            && !last.message.starts_with("missing field");
+        if !settable {
+            break;
+        }
+        let paths = key_paths::KeyPaths::of(&copy);
+        let Some(span) = paths.span_of(&last.path) else {
+            break;
+        };
+        set_aside.push(last.path.clone());
+        copy = blank(&copy, span);
+        let next = match serde_saphyr::from_str::<document::Document>(&copy) {
+            Ok(_) => break,
+            Err(error) => Problem::from_yaml(&error, &copy),
+        };
+        // A map missing a required key that was set aside, or left empty
+        // by setting keys aside, is not the file's problem: stop there.
+        let ours = set_aside.iter().any(|path| {
+            let Some(rest) = path.strip_prefix(next.path.as_str()) else {
+                return false;
+            };
+            match next.message.strip_prefix("missing field `") {
+                Some(missing) => rest
+                    .strip_prefix('.')
+                    .is_some_and(|key| missing.starts_with(&format!("{key}`"))),
+                None => rest.starts_with('.') || rest.starts_with('['),
+            }
+        });
+        if ours || next.path.is_empty() || next.path.contains('~') || problems.contains(&next) {
+            break;
+        }
+        problems.push(next);
+    }
+    problems.sort_by_key(|problem| problem.line);
+    Err(problems)
+}
+
+/// `text` with the characters from `start` to `end` (1-based line and
+/// column, end exclusive) replaced by spaces, line breaks kept.
+fn blank(text: &str, (start, end): ((usize, usize), (usize, usize))) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let number = index + 1;
+        if number < start.0 || number > end.0 {
+            out.push_str(line);
+            continue;
+        }
+        for (offset, character) in line.chars().enumerate() {
+            let column = offset + 1;
+            let after_start = number > start.0 || column >= start.1;
+            let before_end = number < end.0 || column < end.1;
+            if character != '\n' && after_start && before_end {
+                out.push(' ');
+            } else {
+                out.push(character);
+            }
+        }
+    }
+    out
 }

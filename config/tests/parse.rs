@@ -504,3 +504,39 @@ fn a_postgres_listener_parses_and_refuses_tls_to_its_upstream() {
         found[0].message
     );
 }
+
+#[test]
+fn every_shape_problem_in_a_file_is_reported_at_once() {
+    let text = "listeners:\n  - name: a\n    listen: 127.0.0.1:7000\n    protocol: tcp\n    upstream: db\n    max_connections: lots\n    oops: 1\n  - {name: b, listen: 127.0.0.1:7001, protocol: tcp, upstream: db, other: 2}\nupstreams:\n  db:\n    endpoints: \"127.0.0.1:1\"\n    nonsense: true\n";
+    let found: Vec<String> = problems(text)
+        .iter()
+        .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "listeners[0].max_connections (line 6)",
+            "listeners[0].oops (line 7)",
+            "listeners[1].other (line 8)",
+            "upstreams.db.endpoints (line 11)",
+            "upstreams.db.nonsense (line 12)",
+        ]
+    );
+    // A genuinely missing key is reported too; one set aside is not.
+    let missing = problems("listeners:\n  - {name: a, protocol: tcp, upstream: db, oops: 1}\n");
+    let said: Vec<&str> = missing
+        .iter()
+        .map(|problem| problem.message.as_str())
+        .collect();
+    assert_eq!(missing.len(), 2, "{said:?}");
+    assert!(
+        said.iter()
+            .any(|message| message.starts_with("unknown field `oops`"))
+    );
+    assert!(
+        said.iter()
+            .any(|message| message.starts_with("missing field `listen`"))
+    );
+    let set_aside = problems("upstreams:\n  db:\n    endpoints: \"127.0.0.1:1\"\n");
+    assert_eq!(set_aside.len(), 1, "{set_aside:?}");
+}
