@@ -82,6 +82,8 @@ async fn a_browser_shows_listeners_endpoint_health_certificates_and_the_config()
         front.contains("<td>http</td>") && front.contains(&attache.listener("front").to_string()),
         "{front}"
     );
+    // The first look has no earlier count to make a rate from.
+    assert!(front.contains(r#"<td class="rate">—</td>"#), "{front}");
     assert!(row_of(&app.address.to_string()).contains(r#"<td class="ok">healthy</td>"#));
     assert!(row_of(&dead.to_string()).contains(r#"<td class="bad">unhealthy</td>"#));
     let certificate = row_of("listener front");

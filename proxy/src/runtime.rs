@@ -83,6 +83,7 @@ pub(crate) async fn run(config: Config, file: Option<ConfigFile>) -> anyhow::Res
             shutdown_endpoint: config.admin.shutdown_endpoint,
             active: active.clone(),
             bound: listening.clone(),
+            rates: admin::Rates::default(),
         });
         tokio::spawn(admin::serve(socket, state));
     }

@@ -13,7 +13,7 @@
 
 mod status_page;
 
-pub(crate) use status_page::Bound;
+pub(crate) use status_page::{Bound, Rates};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +47,8 @@ pub(crate) struct AdminState {
     pub(crate) active: Arc<arc_swap::ArcSwapOption<Generation>>,
     /// Where each listener is bound (the status page).
     pub(crate) bound: Arc<arc_swap::ArcSwap<status_page::Bound>>,
+    /// Accepted counts at the last render, for the page's rates.
+    pub(crate) rates: status_page::Rates,
 }
 
 /// Serves admin requests on `socket` until the process exits.
@@ -158,7 +160,7 @@ fn status(state: &AdminState) -> Response<Full<Bytes>> {
     let Some(active) = state.active.load_full() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
     };
-    let page = status_page::render(&state.lifecycle, &active, &state.bound.load());
+    let page = status_page::render(&state.lifecycle, &active, &state.bound.load(), &state.rates);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .body(Full::new(Bytes::from(page)))
@@ -209,6 +211,7 @@ mod tests {
             shutdown_endpoint,
             active: Arc::default(),
             bound: Arc::default(),
+            rates: status_page::Rates::default(),
         }
     }
 

@@ -18,8 +18,52 @@ const REFRESH_SECONDS: u32 = 5;
 /// A listener's bound address, by name.
 pub(crate) type Bound = Vec<(String, std::net::SocketAddr)>;
 
+/// Each listener's accepted-connection count when the page was last
+/// rendered, for its rate: connections per second since then (whoever
+/// looked). Renders less than a second apart keep the previous rate.
+#[derive(Default)]
+pub(crate) struct Rates(std::sync::Mutex<std::collections::HashMap<String, Sample>>);
+
+#[derive(Clone, Copy)]
+struct Sample {
+    at: tokio::time::Instant,
+    accepted: u64,
+    rate: Option<f64>,
+}
+
+impl Rates {
+    /// The rate of `listener` now that it has accepted `accepted`.
+    fn update(&self, listener: &str, accepted: u64) -> Option<f64> {
+        let now = tokio::time::Instant::now();
+        let mut samples = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let sample = samples.entry(listener.to_owned()).or_insert(Sample {
+            at: now,
+            accepted,
+            rate: None,
+        });
+        let elapsed = now.duration_since(sample.at).as_secs_f64();
+        if elapsed >= 1.0 {
+            let rate = accepted.saturating_sub(sample.accepted) as f64 / elapsed;
+            *sample = Sample {
+                at: now,
+                accepted,
+                rate: Some(rate),
+            };
+        }
+        sample.rate
+    }
+}
+
 /// Renders the page.
-pub(super) fn render(lifecycle: &Lifecycle, generation: &Generation, bound: &Bound) -> String {
+pub(super) fn render(
+    lifecycle: &Lifecycle,
+    generation: &Generation,
+    bound: &Bound,
+    rates: &Rates,
+) -> String {
     let mut page = String::with_capacity(16 * 1024);
     let state = match (lifecycle.is_started(), lifecycle.phase()) {
         (false, _) => ("starting", "warn"),
@@ -46,7 +90,7 @@ pub(super) fn render(lifecycle: &Lifecycle, generation: &Generation, bound: &Bou
             .map(|path| format!(" · <code>{}</code>", escape(&path.display().to_string())))
             .unwrap_or_default(),
     );
-    listeners(&mut page, generation, bound);
+    listeners(&mut page, generation, bound, rates);
     upstreams(&mut page, generation);
     certificates(&mut page, generation);
     let _ = write!(
@@ -57,10 +101,10 @@ pub(super) fn render(lifecycle: &Lifecycle, generation: &Generation, bound: &Bou
     page
 }
 
-fn listeners(page: &mut String, generation: &Generation, bound: &Bound) {
+fn listeners(page: &mut String, generation: &Generation, bound: &Bound, rates: &Rates) {
     page.push_str(
         "<h2>Listeners</h2><table id=\"listeners\"><tr><th>listener</th><th>protocol</th>\
-         <th>address</th><th>open</th><th>accepted</th><th>refused</th><th>TLS</th><th>upstream</th></tr>",
+         <th>address</th><th>open</th><th>accepted</th><th>new /s</th><th>refused</th><th>TLS</th><th>upstream</th></tr>",
     );
     for (listener, handler) in generation.config.listeners.iter().zip(&generation.handlers) {
         let metrics = handler.metrics();
@@ -77,14 +121,17 @@ fn listeners(page: &mut String, generation: &Generation, bound: &Bound) {
             .iter()
             .find(|(name, _)| *name == listener.name)
             .map_or(listener.listen, |(_, address)| *address);
+        let accepted = metrics.opened.get();
+        let rate = rates
+            .update(&listener.name, accepted)
+            .map_or_else(|| "—".to_owned(), |rate| format!("{rate:.1}"));
         let _ = write!(
             page,
-            "<tr><td>{}</td><td>{}</td><td><code>{address}</code></td><td>{}</td><td>{}</td>\
-             <td>{refused}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><code>{address}</code></td><td>{}</td><td>{accepted}</td>\
+             <td class=\"rate\">{rate}</td><td>{refused}</td><td>{}</td><td>{}</td></tr>",
             escape(&listener.name),
             listener.protocol().as_str(),
             metrics.active.get(),
-            metrics.opened.get(),
             if listener.tls.is_some() { "yes" } else { "no" },
             escape(listener.upstream.as_deref().unwrap_or("")),
         );
@@ -218,6 +265,22 @@ th{background:#f2f2f2}.ok{color:#176f2c;font-weight:600}.bad{color:#b00020;font-
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_are_connections_per_second_since_the_last_render() {
+        let rates = super::Rates::default();
+        assert_eq!(rates.update("front", 0), None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(rates.update("front", 10), Some(5.0));
+        // Less than a second later: the rate stands.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(rates.update("front", 20), Some(5.0));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(rates.update("front", 30), Some(10.0));
+        assert_eq!(rates.update("other", 7), None);
+    }
+
     #[test]
     fn text_cannot_open_markup() {
         assert_eq!(
