@@ -240,3 +240,25 @@ async fn hostile_startup_packets_get_a_fatal_error_and_never_reach_postgres() {
         r#"attache_upstream_connect_attempts_total{upstream="postgres",endpoint="127.0.0.1:5432"}"#;
     assert_eq!(attache.metric(connects).await.unwrap_or(0.0), 0.0);
 }
+
+#[tokio::test]
+async fn the_one_liner_runs_a_postgres_listener() {
+    let attache = Attache::spawn(
+        &[
+            "postgres",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            POSTGRES,
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let front = attache.listener("postgres");
+    let (ok, answer, stderr) = psql(front, "sslmode=prefer", "select 'one-liner'").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(answer, "one-liner");
+}

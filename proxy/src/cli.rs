@@ -65,6 +65,15 @@ enum Command {
     /// HTTPS front door: attache http --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080
     ///   --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt
     Http(Box<TcpArgs>),
+    /// Postgres clients to a Postgres server, without a config file: the
+    /// client's SSLRequest answered by attache (TLS with --tls-cert/--tls-key,
+    /// client certificates with --tls-client-ca), then the session forwarded.
+    ///
+    /// Example: attache postgres --listen 127.0.0.1:6432 --upstream postgres.prod:5432
+    ///
+    /// TLS front door for libpq clients: attache postgres --listen 0.0.0.0:5433
+    ///   --upstream 127.0.0.1:5432 --tls-cert tls.crt --tls-key tls.key
+    Postgres(Box<TcpArgs>),
     /// A Redis ambassador from a local address to a Redis (or its Sentinels),
     /// without a config file: commands multiplexed over a few shared
     /// connections, with the defaults of a `redis` listener.
@@ -638,6 +647,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Tcp(arguments) => one_liner(arguments.document(model::Protocol::Tcp)),
         Command::Http(arguments) => one_liner(arguments.document(model::Protocol::Http)),
         Command::Redis(arguments) => one_liner(arguments.document()),
+        Command::Postgres(arguments) => one_liner(arguments.document(model::Protocol::Postgres)),
         Command::Wait {
             targets,
             timeout,
@@ -855,6 +865,7 @@ mod tests {
             Command::Tcp(arguments) => arguments.document(model::Protocol::Tcp),
             Command::Http(arguments) => arguments.document(model::Protocol::Http),
             Command::Redis(arguments) => arguments.document(),
+            Command::Postgres(arguments) => arguments.document(model::Protocol::Postgres),
             other => panic!("not a one-liner: {other:?}"),
         };
         drop_nulls(&mut document);
@@ -949,5 +960,48 @@ mod tests {
             config_spelling.upstreams[0].balance,
             attache_config::Balance::PeakEwma
         );
+    }
+
+    #[test]
+    fn the_postgres_one_liner_is_a_postgres_listener_and_refuses_upstream_tls() {
+        let postgres = one_liner_config(&[
+            "attache",
+            "postgres",
+            "--listen",
+            "127.0.0.1:6432",
+            "--upstream",
+            "127.0.0.1:5432",
+            "--tls-cert",
+            "t.crt",
+            "--tls-key",
+            "t.key",
+        ]);
+        assert_eq!(
+            postgres.listeners[0].kind,
+            attache_config::ListenerKind::Postgres
+        );
+        assert_eq!(postgres.listeners[0].name, "postgres");
+        // No HTTP ALPN on a Postgres listener.
+        assert!(postgres.listeners[0].tls.as_ref().unwrap().alpn.is_empty());
+        let cli = Cli::try_parse_from([
+            "attache",
+            "postgres",
+            "--listen",
+            "127.0.0.1:6432",
+            "--upstream",
+            "127.0.0.1:5432",
+            "--upstream-tls-ca",
+            "ca.crt",
+        ])
+        .unwrap();
+        let Command::Postgres(arguments) = cli.command else {
+            panic!("postgres");
+        };
+        let mut document = arguments.document(model::Protocol::Postgres);
+        drop_nulls(&mut document);
+        let refused = attache_config::parse_literal(&document.to_string(), "the command line")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("upstreams.postgres.tls"), "{refused}");
     }
 }
