@@ -714,9 +714,8 @@ fn serve(config: Config, file: Option<runtime::ConfigFile>) -> ExitCode {
 
 /// Runs `attache tcp` / `http` / `redis`: the config their flags describe,
 /// converted and validated as a file would be (nulls are keys left out).
-fn one_liner(mut document: serde_json::Value) -> ExitCode {
-    drop_nulls(&mut document);
-    match attache_config::parse_literal(&document.to_string(), "the command line") {
+fn one_liner(document: serde_json::Value) -> ExitCode {
+    match read_one_liner(document) {
         Ok(config) => serve(config, None),
         Err(attache_config::ConfigError::Invalid { problems, .. }) => {
             // Key paths name what a flag sets; lines mean nothing here.
@@ -727,6 +726,13 @@ fn one_liner(mut document: serde_json::Value) -> ExitCode {
         }
         Err(error) => fatal(LogFormat::Auto, &error),
     }
+}
+
+/// The config a one-liner's document describes, read as a file would be
+/// (nulls are keys left out).
+fn read_one_liner(mut document: serde_json::Value) -> Result<Config, attache_config::ConfigError> {
+    drop_nulls(&mut document);
+    attache_config::parse_literal(&document.to_string(), "the command line")
 }
 
 /// Removes `null` members, so an absent flag is an absent key.
@@ -860,16 +866,18 @@ mod tests {
 
     /// What `attache <one-liner> ARGS` runs.
     fn one_liner_config(arguments: &[&str]) -> Config {
-        let cli = Cli::try_parse_from(arguments).unwrap();
-        let mut document = match cli.command {
+        read_one_liner(one_liner_document(arguments)).unwrap()
+    }
+
+    /// The document `attache <one-liner> ARGS` writes.
+    fn one_liner_document(arguments: &[&str]) -> serde_json::Value {
+        match Cli::try_parse_from(arguments).unwrap().command {
             Command::Tcp(arguments) => arguments.document(model::Protocol::Tcp),
             Command::Http(arguments) => arguments.document(model::Protocol::Http),
             Command::Redis(arguments) => arguments.document(),
             Command::Postgres(arguments) => arguments.document(model::Protocol::Postgres),
             other => panic!("not a one-liner: {other:?}"),
-        };
-        drop_nulls(&mut document);
-        attache_config::parse_literal(&document.to_string(), "the command line").unwrap()
+        }
     }
 
     #[test]
@@ -983,7 +991,7 @@ mod tests {
         assert_eq!(postgres.listeners[0].name, "postgres");
         // No HTTP ALPN on a Postgres listener.
         assert!(postgres.listeners[0].tls.as_ref().unwrap().alpn.is_empty());
-        let cli = Cli::try_parse_from([
+        let refused = read_one_liner(one_liner_document(&[
             "attache",
             "postgres",
             "--listen",
@@ -992,16 +1000,9 @@ mod tests {
             "127.0.0.1:5432",
             "--upstream-tls-ca",
             "ca.crt",
-        ])
-        .unwrap();
-        let Command::Postgres(arguments) = cli.command else {
-            panic!("postgres");
-        };
-        let mut document = arguments.document(model::Protocol::Postgres);
-        drop_nulls(&mut document);
-        let refused = attache_config::parse_literal(&document.to_string(), "the command line")
-            .unwrap_err()
-            .to_string();
+        ]))
+        .unwrap_err()
+        .to_string();
         assert!(refused.contains("upstreams.postgres.tls"), "{refused}");
     }
 }

@@ -133,7 +133,7 @@ pub(crate) trait Protocol: Send + Sync + 'static {
 /// the same handshake, timeout, metrics, failure logs and peer identity
 /// checks as TLS up front.
 pub(crate) struct TlsAcceptor {
-    config: SharedServerConfig,
+    /// Settings with `tls`.
     settings: Arc<Settings>,
 }
 
@@ -147,7 +147,7 @@ impl TlsAcceptor {
     ) -> Option<ClientStream> {
         let handler = &self.settings.handler;
         tls::terminate(
-            Some(&self.config),
+            self.settings.tls.as_ref(),
             stream,
             client_address,
             handler.listener_name(),
@@ -387,13 +387,9 @@ impl Listener {
                 && let Some(client) =
                     tls::terminate(up_front, stream, client_address, name, metrics).await
             {
-                let tls = match &settings.tls {
-                    Some(config) if in_band => Some(TlsAcceptor {
-                        config: config.clone(),
-                        settings: settings.clone(),
-                    }),
-                    _ => None,
-                };
+                let tls = (in_band && settings.tls.is_some()).then(|| TlsAcceptor {
+                    settings: settings.clone(),
+                });
                 let context = ConnectionContext {
                     client_address,
                     destination,

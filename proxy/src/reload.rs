@@ -114,6 +114,25 @@ impl<Source, Rustls> Reloadable<Source, Rustls> {
     }
 }
 
+/// The entry of `kind` `name` (a listener's or an upstream's TLS): the one
+/// in service when `previous` holds it unchanged, else loaded from `files`.
+fn entry<Source: Clone + PartialEq, Rustls>(
+    previous: Option<&[Arc<Reloadable<Source, Rustls>>]>,
+    (kind, name): (&'static str, &str),
+    source: &Source,
+    files: Vec<PathBuf>,
+    metrics: &Metrics,
+    build: fn(&Source, &str) -> Result<Loaded<Rustls>, TlsError>,
+) -> anyhow::Result<Arc<Reloadable<Source, Rustls>>> {
+    if let Some(kept) = previous.and_then(|previous| reusable(previous, name, source)) {
+        return Ok(kept);
+    }
+    let expiry = metrics.certificate_expiry(kind, name);
+    Reloadable::load(name, source.clone(), files, expiry, build)
+        .map(Arc::new)
+        .map_err(|error| owned_by(error, kind, name))
+}
+
 /// `error` naming its listener or upstream once: the TLS errors that know
 /// whose material they are already say so.
 fn owned_by(error: TlsError, kind: &str, name: &str) -> anyhow::Error {
@@ -171,60 +190,32 @@ impl TlsMaterial {
         let mut listeners = Vec::new();
         for listener in &config.listeners {
             let Some(tls) = &listener.tls else { continue };
-            [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
-                .into_iter()
-                .flatten()
-                .for_each(|path| watch(path));
-            let files = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
-            let kept =
-                previous.and_then(|previous| reusable(&previous.listeners, &listener.name, tls));
-            let reloadable = match kept {
-                Some(kept) => kept,
-                None => Arc::new(
-                    Reloadable::load(
-                        &listener.name,
-                        tls.clone(),
-                        files,
-                        metrics.certificate_expiry("listener", &listener.name),
-                        tls::server_config,
-                    )
-                    .map_err(|error| owned_by(error, "listener", &listener.name))?,
-                ),
-            };
-            listeners.push(reloadable);
+            let files = [Some(&tls.cert), Some(&tls.key), tls.client_ca.as_ref()];
+            let files: Vec<PathBuf> = files.into_iter().flatten().cloned().collect();
+            files.iter().for_each(|path| watch(path));
+            listeners.push(entry(
+                previous.map(|previous| &previous.listeners[..]),
+                ("listener", &listener.name),
+                tls,
+                files,
+                metrics,
+                tls::server_config,
+            )?);
         }
         let mut upstreams = Vec::new();
         for upstream in &config.upstreams {
             let Some(tls) = &upstream.tls else { continue };
-            [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()]
-                .into_iter()
-                .flatten()
-                .for_each(|path| watch(path));
-            let files = [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect();
-            let kept =
-                previous.and_then(|previous| reusable(&previous.upstreams, &upstream.name, tls));
-            let reloadable = match kept {
-                Some(kept) => kept,
-                None => Arc::new(
-                    Reloadable::load(
-                        &upstream.name,
-                        tls.clone(),
-                        files,
-                        metrics.certificate_expiry("upstream", &upstream.name),
-                        tls::client_config,
-                    )
-                    .map_err(|error| owned_by(error, "upstream", &upstream.name))?,
-                ),
-            };
-            upstreams.push(reloadable);
+            let files = [Some(&tls.ca), tls.cert.as_ref(), tls.key.as_ref()];
+            let files: Vec<PathBuf> = files.into_iter().flatten().cloned().collect();
+            files.iter().for_each(|path| watch(path));
+            upstreams.push(entry(
+                previous.map(|previous| &previous.upstreams[..]),
+                ("upstream", &upstream.name),
+                tls,
+                files,
+                metrics,
+                tls::client_config,
+            )?);
         }
         Ok(Self {
             listeners,

@@ -289,26 +289,21 @@ impl Running {
             &self.metrics,
             self.tracer.as_ref(),
         )?;
-        // Bind what is new before anything changes: a taken address
-        // refuses the whole reload.
+        // Each listener of the new config keeps the running socket at its
+        // address, or gets a new one, bound before anything changes: a
+        // taken address refuses the whole reload.
         let mut kept = vec![false; self.controls.len()];
-        let mut plan = Vec::new();
-        for listener in &next.config.listeners {
-            let same_address = (0..self.controls.len())
-                .find(|&index| !kept[index] && self.controls[index].configured == listener.listen);
-            match same_address {
-                Some(index) => {
-                    kept[index] = true;
-                    plan.push(Ok(index));
+        let mut places = Vec::new();
+        for (index, listener) in next.config.listeners.iter().enumerate() {
+            let running = (0..self.controls.len())
+                .find(|&old| !kept[old] && self.controls[old].configured == listener.listen);
+            places.push(match running {
+                Some(old) => {
+                    kept[old] = true;
+                    Place::Running(old)
                 }
-                None => plan.push(Err(listener)),
-            }
-        }
-        let mut bound = Vec::new();
-        for (index, step) in plan.iter().enumerate() {
-            if let Err(listener) = step {
-                bound.push(Listener::bind(listener, next.listener_settings(index))?);
-            }
+                None => Place::New(Listener::bind(listener, next.listener_settings(index))?),
+            });
         }
         next.start().await?;
 
@@ -323,7 +318,6 @@ impl Running {
                     .any(|old| Arc::ptr_eq(old, upstream))
             })
             .count();
-        let mut bound = bound.into_iter();
         let mut old_controls: Vec<Option<ListenerControl>> = std::mem::take(&mut self.controls)
             .into_iter()
             .map(Some)
@@ -332,26 +326,25 @@ impl Running {
             upstreams_rebuilt,
             ..Summary::default()
         };
-        for (index, (step, listener)) in plan.iter().zip(&next.config.listeners).enumerate() {
-            match step {
-                Ok(old) => {
-                    let Some(control) = old_controls[*old].take() else {
+        for (index, (place, listener)) in places.into_iter().zip(&next.config.listeners).enumerate()
+        {
+            let control = match place {
+                Place::Running(old) => {
+                    let Some(control) = old_controls[old].take() else {
                         continue;
                     };
                     control.update(next.listener_settings(index));
                     summary.updated += 1;
-                    self.controls.push(control);
+                    control
                 }
-                Err(_) => {
-                    let Some((socket, control)) = bound.next() else {
-                        continue;
-                    };
+                Place::New((socket, control)) => {
                     log_bound(listener, &control);
                     tokio::spawn(socket.serve(self.lifecycle.clone()));
                     summary.added += 1;
-                    self.controls.push(control);
+                    control
                 }
-            }
+            };
+            self.controls.push(control);
         }
         for control in old_controls.into_iter().flatten() {
             tracing::info!(listener = %control.name(), address = %control.local_address, "listener removed by the config; it stops accepting and its connections finish");
@@ -382,6 +375,14 @@ impl Running {
             config.tracing = running.tracing.clone();
         }
     }
+}
+
+/// Where a listener of a new config serves from.
+enum Place {
+    /// The running listener with this index, at the same address.
+    Running(usize),
+    /// A socket bound for it.
+    New((Listener, ListenerControl)),
 }
 
 enum Applied {

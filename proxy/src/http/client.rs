@@ -186,8 +186,8 @@ impl Endpoints {
         let _in_flight = InFlight(state);
         let started = Instant::now();
         // One try: the endpoint's pooled client under the per-try timeout.
-        let client = EndpointClient::clone(&self.clients[index].load());
-        let result = self.per_try.layer(client).oneshot(request).await;
+        let client = self.clients[index].load_full();
+        let result = self.per_try.layer(&*client).oneshot(request).await;
         let took = started.elapsed();
         if let Some(span) = &span {
             let outcome = match &result {
