@@ -98,6 +98,26 @@ struct RedisDocument {
     username: Option<Spanned<String>>,
     upstream_username: Option<Spanned<String>>,
     upstream_password: Option<Spanned<String>>,
+    cache: Option<Spanned<RedisCacheDocument>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisCacheDocument {
+    max_memory: Spanned<SizeDocument>,
+    max_entries: Option<Spanned<usize>>,
+    max_ttl: Option<Spanned<String>>,
+    max_entry_bytes: Option<Spanned<SizeDocument>>,
+    keys: Spanned<Vec<Spanned<String>>>,
+    commands: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// A size in bytes: a plain number, or text with a unit (`64MiB`, `512 KiB`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeDocument {
+    Bytes(u64),
+    Text(String),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -315,6 +335,20 @@ impl Converter {
     fn optional_text(&mut self, path: &str, value: Option<&Spanned<String>>) -> Option<String> {
         let text = self.note(path, value?);
         (!text.is_empty()).then(|| text.clone())
+    }
+
+    /// A size in bytes, from a number or text with a unit.
+    fn size(&mut self, path: &str, value: &Spanned<SizeDocument>, default: u64) -> u64 {
+        match self.note(path, value) {
+            SizeDocument::Bytes(bytes) => *bytes,
+            SizeDocument::Text(text) => parse_size(text).unwrap_or_else(|| {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a size such as 67108864, 512KiB, 64MiB or 1GiB"),
+                );
+                default
+            }),
+        }
     }
 
     fn path(&mut self, path: &str, value: &Spanned<String>) -> std::path::PathBuf {
@@ -612,8 +646,86 @@ impl RedisDocument {
                 &format!("{path}.upstream_password"),
                 self.upstream_password.as_ref(),
             ),
+            cache: self.cache.as_ref().map(|cache| {
+                let section = format!("{path}.cache");
+                converter.note(&section, cache).convert(&section, converter)
+            }),
         }
     }
+}
+
+impl RedisCacheDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::RedisCache {
+        let texts = |converter: &mut Converter, key: &str, list: &Spanned<Vec<Spanned<String>>>| {
+            converter.note(&format!("{path}.{key}"), list);
+            list.value
+                .iter()
+                .enumerate()
+                .map(|(index, text)| {
+                    converter
+                        .note(&format!("{path}.{key}[{index}]"), text)
+                        .trim()
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        };
+        let keys = texts(converter, "keys", &self.keys);
+        let commands = match &self.commands {
+            Some(commands) => texts(converter, "commands", commands)
+                .into_iter()
+                .map(|command| command.to_ascii_uppercase())
+                .collect(),
+            None => model::CACHEABLE_COMMANDS
+                .iter()
+                .map(|command| (*command).to_owned())
+                .collect(),
+        };
+        model::RedisCache {
+            max_memory: converter.size(&format!("{path}.max_memory"), &self.max_memory, 0),
+            max_entries: converter.value(
+                &format!("{path}.max_entries"),
+                self.max_entries.as_ref(),
+                model::DEFAULT_CACHE_MAX_ENTRIES,
+            ),
+            max_ttl: converter.duration(
+                &format!("{path}.max_ttl"),
+                self.max_ttl.as_ref(),
+                model::DEFAULT_CACHE_MAX_TTL,
+            ),
+            max_entry_bytes: self.max_entry_bytes.as_ref().map_or(
+                model::DEFAULT_CACHE_MAX_ENTRY_BYTES,
+                |size| {
+                    converter.size(
+                        &format!("{path}.max_entry_bytes"),
+                        size,
+                        model::DEFAULT_CACHE_MAX_ENTRY_BYTES,
+                    )
+                },
+            ),
+            keys,
+            commands,
+        }
+    }
+}
+
+/// `67108864`, `64MiB`, `64 MiB`, `512k`, `1GB`: binary units (KiB, MiB,
+/// GiB; K, M, G and KB, MB, GB mean the same, as in Redis' own config),
+/// `B` or nothing for bytes. `None` for anything else or an overflow.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
 }
 
 impl HttpDocument {

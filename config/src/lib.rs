@@ -32,8 +32,8 @@ pub use model::{
     AccessLog, Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck,
     HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerKind,
     ListenerTls, Log, LogFormat, Probe, Protocol, ProxyProtocol, ProxyProtocolSend,
-    ProxyProtocolVersion, RedisListener, Retry, Route, RouteAction, RouteMatch, Sentinel,
-    TlsVersion, Tracing, Upstream, UpstreamTls, WarmPool,
+    ProxyProtocolVersion, RedisCache, RedisListener, Retry, Route, RouteAction, RouteMatch,
+    Sentinel, TlsVersion, Tracing, Upstream, UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

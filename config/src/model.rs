@@ -626,7 +626,52 @@ pub struct RedisListener {
     /// See `upstream_username`.
     #[serde(serialize_with = "serialized::secret")]
     pub upstream_password: Option<String>,
+    /// A local cache of read replies, kept correct by Redis' own
+    /// invalidation messages; off unless configured.
+    pub cache: Option<RedisCache>,
 }
+
+/// The `cache:` section of a `redis` listener.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RedisCache {
+    /// Upper bound on the bytes the cached replies, their keys and their
+    /// bookkeeping take.
+    pub max_memory: u64,
+    /// Upper bound on cached replies.
+    pub max_entries: usize,
+    /// A reply is dropped this long after it was stored, even without an
+    /// invalidation.
+    #[serde(serialize_with = "serialized::duration")]
+    pub max_ttl: Duration,
+    /// Replies larger than this are passed on, not stored.
+    pub max_entry_bytes: u64,
+    /// Key prefixes (`user:`) or patterns (`session:*:profile`, with `*`
+    /// and `?`) that may be cached; nothing else is.
+    pub keys: Vec<String>,
+    /// The read commands whose replies are cached, uppercase.
+    pub commands: Vec<String>,
+}
+
+/// The read commands a cache can serve (each reads one key; `MGET` per key).
+pub const CACHEABLE_COMMANDS: [&str; 11] = [
+    "EXISTS",
+    "GET",
+    "HGET",
+    "HGETALL",
+    "HMGET",
+    "LRANGE",
+    "MGET",
+    "SISMEMBER",
+    "SMEMBERS",
+    "STRLEN",
+    "ZSCORE",
+];
+/// Default of [`RedisCache::max_entries`].
+pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 1_000_000;
+/// Default of [`RedisCache::max_ttl`].
+pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(60);
+/// Default of [`RedisCache::max_entry_bytes`].
+pub const DEFAULT_CACHE_MAX_ENTRY_BYTES: u64 = 1024 * 1024;
 
 /// Default of [`RedisListener::max_pinned`].
 pub const DEFAULT_MAX_PINNED: u32 = 64;
@@ -646,6 +691,7 @@ impl Default for RedisListener {
             username: None,
             upstream_username: None,
             upstream_password: None,
+            cache: None,
         }
     }
 }

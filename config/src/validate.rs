@@ -156,6 +156,9 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                     "must be greater than zero".into(),
                 );
             }
+            if let Some(cache) = &redis.cache {
+                validate_cache(cache, &format!("{path}.redis.cache"), &mut report);
+            }
         }
         if !matches!(listener.kind, ListenerKind::Redis(_))
             && let Some(upstream) = listener
@@ -527,6 +530,69 @@ fn validate_allow_list(
                 format!("{path}.uris[{index}]"),
                 format!(
                     "{uri:?} is not a URI pattern: `scheme://...`, where `*` stands for one whole path segment"
+                ),
+            );
+        }
+    }
+}
+
+/// The `cache:` section of a redis listener: bounds that mean something,
+/// keys named, commands the cache knows.
+fn validate_cache(
+    cache: &crate::model::RedisCache,
+    path: &str,
+    report: &mut impl FnMut(String, String),
+) {
+    if cache.max_memory == 0 {
+        report(
+            format!("{path}.max_memory"),
+            "must be greater than zero (a size such as 64MiB)".into(),
+        );
+    }
+    if cache.max_entries == 0 {
+        report(
+            format!("{path}.max_entries"),
+            "must be greater than zero".into(),
+        );
+    }
+    if cache.max_ttl.is_zero() {
+        report(
+            format!("{path}.max_ttl"),
+            "must be greater than zero".into(),
+        );
+    }
+    if cache.max_entry_bytes == 0
+        || (cache.max_memory > 0 && cache.max_entry_bytes > cache.max_memory)
+    {
+        report(
+            format!("{path}.max_entry_bytes"),
+            format!(
+                "must be greater than zero and at most max_memory ({} bytes)",
+                cache.max_memory
+            ),
+        );
+    }
+    if cache.keys.is_empty() {
+        report(
+            format!("{path}.keys"),
+            "list the key prefixes or patterns that may be cached (user:, session:*); nothing else is cached".into(),
+        );
+    }
+    for (index, key) in cache.keys.iter().enumerate() {
+        if key.is_empty() {
+            report(
+                format!("{path}.keys[{index}]"),
+                "an empty prefix would cache every key: write \"*\" if that is meant".into(),
+            );
+        }
+    }
+    for (index, command) in cache.commands.iter().enumerate() {
+        if !crate::model::CACHEABLE_COMMANDS.contains(&command.as_str()) {
+            report(
+                format!("{path}.commands[{index}]"),
+                format!(
+                    "{command:?} cannot be cached; the cacheable commands are {}",
+                    crate::model::CACHEABLE_COMMANDS.join(", ")
                 ),
             );
         }

@@ -540,3 +540,72 @@ fn every_shape_problem_in_a_file_is_reported_at_once() {
     let set_aside = problems("upstreams:\n  db:\n    endpoints: \"127.0.0.1:1\"\n");
     assert_eq!(set_aside.len(), 1, "{set_aside:?}");
 }
+
+#[test]
+fn a_redis_cache_section_parses_sizes_and_defaults() {
+    let text = "\
+listeners:
+  - listen: 127.0.0.1:6380
+    protocol: redis
+    upstream: redis
+    redis:
+      cache:
+        max_memory: 64MiB
+        max_entry_bytes: 65536
+        keys: [\"user:\", \"session:*:profile\"]
+upstreams:
+  redis: {endpoints: [\"127.0.0.1:6379\"]}
+";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let attache_config::ListenerKind::Redis(redis) = &config.listeners[0].kind else {
+        panic!("a redis listener");
+    };
+    let cache = redis.cache.as_ref().expect("a cache");
+    assert_eq!(cache.max_memory, 64 * 1024 * 1024);
+    assert_eq!(cache.max_entry_bytes, 65536);
+    assert_eq!(cache.max_ttl, Duration::from_secs(60));
+    assert_eq!(cache.keys, ["user:", "session:*:profile"]);
+    assert_eq!(cache.commands.len(), 11);
+    assert!(cache.commands.contains(&"MGET".to_owned()));
+}
+
+#[test]
+fn redis_cache_problems_name_their_key_and_line() {
+    let text = "\
+listeners:
+  - listen: 127.0.0.1:6380
+    protocol: redis
+    upstream: redis
+    redis:
+      cache:
+        max_memory: 64 parsecs
+        keys: []
+        commands: [get, set]
+upstreams:
+  redis: {endpoints: [\"127.0.0.1:6379\"]}
+";
+    let found = rendered(text);
+    let expected = [
+        (
+            "listeners[0].redis.cache.max_memory: \"64 parsecs\" is not a size",
+            "(line 7)",
+        ),
+        (
+            "listeners[0].redis.cache.keys: list the key prefixes",
+            "(line 8)",
+        ),
+        (
+            "listeners[0].redis.cache.commands[1]: \"SET\" cannot be cached",
+            "(line 9)",
+        ),
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (start, line) in expected {
+        assert!(
+            found
+                .iter()
+                .any(|problem| problem.starts_with(start) && problem.ends_with(line)),
+            "{start} .. {line} not in {found:#?}"
+        );
+    }
+}

@@ -95,7 +95,7 @@ async fn the_metrics_catalogue_lists_every_exposed_series_with_its_type_and_labe
         "
 listeners:
   - {{name: tcp, listen: 127.0.0.1:0, protocol: tcp, upstream: redis}}
-  - {{name: resp, listen: 127.0.0.1:0, protocol: redis, upstream: redis}}
+  - {{name: resp, listen: 127.0.0.1:0, protocol: redis, upstream: redis, redis: {{cache: {{max_memory: 1MiB, keys: [\"k:\"]}}}}}}
   - name: door
     listen: 127.0.0.1:0
     protocol: http

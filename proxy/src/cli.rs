@@ -402,6 +402,23 @@ struct RedisArgs {
     /// The upstreams are Redis Sentinels; follow the master they monitor under this name.
     #[arg(long, value_name = "NAME", help_heading = "Redis")]
     sentinel_master: Option<String>,
+    /// Cache replies to reads of keys with this prefix or pattern (`user:`,
+    /// `session:*`); repeat for more. Kept correct by Redis' invalidation messages.
+    #[arg(
+        long,
+        value_name = "PATTERN",
+        requires = "cache_max_memory",
+        help_heading = "Redis cache"
+    )]
+    cache_keys: Vec<String>,
+    /// Memory the cache may use: bytes or with a unit (64MiB, 1GiB).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        requires = "cache_keys",
+        help_heading = "Redis cache"
+    )]
+    cache_max_memory: Option<String>,
 }
 
 impl RedisArgs {
@@ -418,6 +435,12 @@ impl RedisArgs {
             "upstream_username": self.upstream_username,
             "upstream_password": given(self.upstream_password),
         });
+        if let Some(max_memory) = self.cache_max_memory {
+            document["listeners"][0]["redis"]["cache"] = json!({
+                "max_memory": max_memory,
+                "keys": self.cache_keys,
+            });
+        }
         if let Some(master_name) = self.sentinel_master {
             let upstream = document["listeners"][0]["upstream"]
                 .as_str()

@@ -42,6 +42,8 @@ pub(crate) struct Generation {
     redis_targets: Vec<(Arc<Upstream>, Arc<Target>)>,
     /// One per listener, in the config's order.
     pub(crate) handlers: Vec<Arc<dyn Protocol>>,
+    /// The Redis listeners' handlers, for their caches' state.
+    redis_proxies: Vec<Arc<RedisProxy>>,
     /// Upstreams built for this generation (not shared with the previous
     /// one): their health checks and warm pools start with it.
     fresh: Vec<Arc<Upstream>>,
@@ -105,6 +107,7 @@ impl Generation {
             http_upstreams: Vec::new(),
             redis_targets: Vec::new(),
             handlers: Vec::new(),
+            redis_proxies: Vec::new(),
             fresh,
             config,
         };
@@ -216,13 +219,15 @@ impl Generation {
             }
             ListenerKind::Redis(settings) => {
                 let target = self.redis_target(upstream_name()?, previous, metrics)?;
-                Arc::new(RedisProxy::new(
+                let proxy = Arc::new(RedisProxy::new(
                     listener,
                     settings,
                     target,
                     metrics,
                     tracer.cloned(),
-                ))
+                ));
+                self.redis_proxies.push(proxy.clone());
+                proxy
             }
         })
     }
@@ -312,6 +317,15 @@ impl Generation {
     }
 
     /// The active config as JSON for the admin port: secrets redacted.
+    /// Each Redis cache's state, for `/cache`.
+    pub(crate) fn caches(&self) -> Vec<serde_json::Value> {
+        self.redis_proxies
+            .iter()
+            .filter_map(|proxy| proxy.cache())
+            .map(|cache| cache.status())
+            .collect()
+    }
+
     pub(crate) fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "generation": self.number,

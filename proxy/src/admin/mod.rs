@@ -95,6 +95,7 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
         (&Method::GET, "/") => status(state),
         (&Method::GET, "/upstreams") => upstreams(state),
         (&Method::GET, "/config") => active_config(state),
+        (&Method::GET, "/cache") => caches(state),
         (&Method::POST, "/shutdown") if !state.shutdown_endpoint => text(
             StatusCode::NOT_FOUND,
             "shutdown endpoint disabled (admin.shutdown_endpoint: true enables it)\n",
@@ -111,11 +112,11 @@ fn respond<B>(state: &AdminState, peer: SocketAddr, request: &Request<B>) -> Res
         (
             _,
             "/" | "/live" | "/startup" | "/ready" | "/metrics" | "/upstreams" | "/config"
-            | "/shutdown",
+            | "/cache" | "/shutdown",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: / /live /startup /ready /metrics /upstreams /config /shutdown\n",
+            "not found: / /live /startup /ready /metrics /upstreams /config /cache /shutdown\n",
         ),
     }
 }
@@ -172,6 +173,14 @@ fn active_config(state: &AdminState) -> Response<Full<Bytes>> {
         return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
     };
     json(&active.describe())
+}
+
+/// Each Redis listener's cache: state, size, hit ratio.
+fn caches(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(active) = state.active.load_full() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+    };
+    json(&serde_json::json!({ "caches": active.caches() }))
 }
 
 fn json(body: &serde_json::Value) -> Response<Full<Bytes>> {

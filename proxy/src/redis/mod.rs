@@ -18,7 +18,9 @@
 //! - `replies`: each client's replies, in the order of its commands.
 //! - `target`: a fixed upstream, or the master Sentinel names.
 //! - `error`: why a Redis connection could not be used.
+//! - `cache`: the optional local cache, kept correct by Redis' tracking.
 
+mod cache;
 mod classify;
 mod commands;
 mod error;
@@ -42,6 +44,8 @@ use crate::listener::ConnectionContext;
 use crate::net::ClientStream;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CloseResult, ListenerMetrics, Metrics, RedisMetrics, RedisResult};
+pub(crate) use cache::Cache;
+use cache::Consulted;
 use classify::Class;
 use handshake::Credentials;
 use replies::Replies;
@@ -77,9 +81,13 @@ pub(crate) struct RedisProxy {
     credentials: Option<Credentials>,
     /// Present when spans are exported: one per shared command.
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    /// The local cache, when the listener has one.
+    cache: Option<Arc<Cache>>,
 }
 
 impl RedisProxy {
+    /// The listener's handler, and its cache when it has one (started
+    /// here: its tracking connection runs until the handler is dropped).
     pub(crate) fn new(
         config: &attache_config::Listener,
         settings: &attache_config::RedisListener,
@@ -91,7 +99,18 @@ impl RedisProxy {
             .upstream_password
             .as_ref()
             .map(|password| Credentials::new(settings.upstream_username.as_deref(), password));
+        let cache = settings.cache.as_ref().map(|cache| {
+            Arc::new(Cache::start(
+                &config.name,
+                cache,
+                target.clone(),
+                credentials.clone(),
+                settings.command_timeout,
+                metrics.redis_cache(&config.name),
+            ))
+        });
         Self {
+            cache,
             listener: config.name.clone(),
             metrics: metrics.listener(&config.name),
             redis_metrics: metrics.redis(&config.name, commands::counted()),
@@ -127,6 +146,11 @@ impl RedisProxy {
             target,
             tracer,
         }
+    }
+
+    /// The listener's cache, when it has one.
+    pub(crate) fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
     }
 
     fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<SharedSetKey, Arc<[SharedConnection]>>> {
@@ -342,11 +366,27 @@ impl<'a> Session<'a> {
             }
             match class {
                 Class::Shared => {
+                    let after = match &self.proxy.cache {
+                        None => None,
+                        Some(cache) => {
+                            match cache.consult(&command, self.database, self.protocol) {
+                                Consulted::Hit(reply) => {
+                                    self.proxy
+                                        .redis_metrics
+                                        .command(command.name(), RedisResult::Ok);
+                                    self.replies.push_hit(reply, command.name(), self.database);
+                                    continue;
+                                }
+                                Consulted::Forward(after) => after,
+                            }
+                        }
+                    };
                     let (sender, receiver) = oneshot::channel();
                     let name = command.args[0].clone();
                     let retryable = classify::is_read_only(&command);
                     batch.push(command.raw, sender, retryable);
-                    self.replies.push_waiting(receiver, name, self.database);
+                    self.replies
+                        .push_waiting(receiver, name, self.database, after);
                 }
                 Class::Pinned => {
                     pin = Some(command);
@@ -437,7 +477,7 @@ impl<'a> Session<'a> {
             true,
         );
         self.replies
-            .push_waiting(receiver, command.args[0].clone(), self.database);
+            .push_waiting(receiver, command.args[0].clone(), self.database, None);
     }
 
     /// `SELECT requested`: on success the client's shared set is that
@@ -483,6 +523,11 @@ impl<'a> Session<'a> {
         )
         .await;
         metrics.pinned_connections.dec();
+        if let Some(cache) = &self.proxy.cache {
+            // The session's writes were not seen one by one: wait until
+            // Redis' invalidations for them are applied.
+            cache.fence().await;
+        }
         match ended {
             pinned::Ended::Shared { database } => {
                 if database != self.database {

@@ -125,7 +125,7 @@ fn send(
         awaited.push_back(Awaited {
             deadline: reply_deadline(&command, lender.command_timeout, Instant::now()),
             span: lender.tracing.as_ref().map(|(tracer, listener)| {
-                traces::start_redis_span(tracer, listener, command.name(), database)
+                traces::start_redis_span(tracer, listener, command.name(), database, None)
             }),
             name: Some(command.args[0].clone()),
         });

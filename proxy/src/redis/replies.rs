@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::cache::AfterReply;
 use super::shared::Answer;
 use crate::telemetry::metrics::{RedisMetrics, RedisResult};
 use crate::telemetry::traces;
@@ -26,6 +27,8 @@ enum Pending {
         name: Bytes,
         sent: Instant,
         span: Option<Span>,
+        /// What the cache does with the reply.
+        after: Option<AfterReply>,
     },
     /// Its answer came while the queue waited for it.
     Answered {
@@ -33,6 +36,7 @@ enum Pending {
         name: Bytes,
         sent: Instant,
         span: Option<Span>,
+        after: Option<AfterReply>,
     },
 }
 
@@ -69,23 +73,39 @@ impl Replies {
     }
 
     /// A command forwarded as `name` on `database`, its reply to come
-    /// through `receiver`.
+    /// through `receiver`, then handed to the cache's `after`.
     pub(super) fn push_waiting(
         &mut self,
         receiver: oneshot::Receiver<Answer>,
         name: Bytes,
         database: u32,
+        after: Option<AfterReply>,
     ) {
-        let span = self
-            .tracing
-            .as_ref()
-            .map(|(tracer, listener)| traces::start_redis_span(tracer, listener, &name, database));
+        let span = self.tracing.as_ref().map(|(tracer, listener)| {
+            let cache_hit = after
+                .as_ref()
+                .filter(|after| after.is_fill())
+                .map(|_| false);
+            traces::start_redis_span(tracer, listener, &name, database, cache_hit)
+        });
         self.queue.push_back(Pending::Waiting {
             receiver,
             name,
             sent: Instant::now(),
             span,
+            after,
         });
+    }
+
+    /// A read answered from the cache (counted and traced as a command
+    /// that took no time).
+    pub(super) fn push_hit(&mut self, reply: Bytes, name: &[u8], database: u32) {
+        self.metrics.duration.observe(0.0);
+        if let Some((tracer, listener)) = &self.tracing {
+            let span = traces::start_redis_span(tracer, listener, name, database, Some(true));
+            traces::end_redis_span(span, None);
+        }
+        self.queue.push_back(Pending::Ready(reply));
     }
 
     /// Waits for the oldest reply (or its timeout), then takes it and every
@@ -100,6 +120,7 @@ impl Replies {
             name,
             sent,
             span,
+            after,
         } = head
         {
             let deadline = *sent + self.timeout;
@@ -113,6 +134,7 @@ impl Replies {
                     name: std::mem::take(name),
                     sent: *sent,
                     span: span.take(),
+                    after: after.take(),
                 };
             }
         }
@@ -125,8 +147,10 @@ impl Replies {
                     name,
                     sent,
                     span,
+                    after,
                 } => {
                     let (reply, result) = classify(answer.clone().map_err(|_| ()));
+                    answered(after.take(), &reply, result);
                     self.metrics.command(name, result);
                     self.metrics.duration.observe(sent.elapsed().as_secs_f64());
                     end_span(span.take(), result);
@@ -137,6 +161,7 @@ impl Replies {
                     name,
                     sent,
                     span,
+                    after,
                 } => {
                     let (reply, result) = match receiver.try_recv() {
                         Ok(answer) => classify(Ok(answer)),
@@ -156,6 +181,7 @@ impl Replies {
                         }
                         Err(oneshot::error::TryRecvError::Empty) => break,
                     };
+                    answered(after.take(), &reply, result);
                     self.metrics.command(name, result);
                     self.metrics.duration.observe(sent.elapsed().as_secs_f64());
                     end_span(span.take(), result);
@@ -166,6 +192,18 @@ impl Replies {
             self.queue.pop_front();
         }
         Some(batch)
+    }
+}
+
+/// Hands Redis' reply to the cache before it goes to the client (a write's
+/// keys are dropped then); a failed command's is just dropped.
+fn answered(after: Option<AfterReply>, reply: &Bytes, result: RedisResult) {
+    if let Some(after) = after {
+        if result == RedisResult::Failed {
+            drop(after);
+        } else {
+            after.answered(reply);
+        }
     }
 }
 

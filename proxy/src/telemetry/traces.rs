@@ -435,18 +435,23 @@ pub(crate) fn start_redis_span(
     listener: &str,
     command: &[u8],
     database: u32,
+    cache_hit: Option<bool>,
 ) -> opentelemetry_sdk::trace::Span {
     use opentelemetry::trace::{SpanKind, Tracer as _};
     let name = String::from_utf8_lossy(command).to_ascii_uppercase();
+    let mut attributes = vec![
+        KeyValue::new("db.system", "redis"),
+        KeyValue::new("db.operation.name", name.clone()),
+        KeyValue::new("db.namespace", database.to_string()),
+        KeyValue::new("attache.listener", listener.to_owned()),
+    ];
+    if let Some(hit) = cache_hit {
+        attributes.push(KeyValue::new("cache.hit", hit));
+    }
     tracer
-        .span_builder(name.clone())
+        .span_builder(name)
         .with_kind(SpanKind::Client)
-        .with_attributes([
-            KeyValue::new("db.system", "redis"),
-            KeyValue::new("db.operation.name", name),
-            KeyValue::new("db.namespace", database.to_string()),
-            KeyValue::new("attache.listener", listener.to_owned()),
-        ])
+        .with_attributes(attributes)
         .start_with_context(tracer, &Context::new())
 }
 

@@ -79,6 +79,15 @@
 //!   arrival to its reply
 //! - `redis_upstream_connections{listener,kind}`: `shared` connections open
 //!   and `pinned` ones lent to a client now
+//! - `redis_cache_requests_total{listener,result}`: cacheable reads, `hit`,
+//!   `miss` or `bypass` (tracking lost, a write to the key in flight)
+//! - `redis_cache_invalidations_total{listener,reason}`: keys dropped on
+//!   `server` messages, `flush` (all keys) and `write`s through attache
+//! - `redis_cache_evictions_total{listener}`, `redis_cache_bytes{listener}`,
+//!   `redis_cache_entries{listener}`
+//! - `redis_cache_enabled{listener}`: 1 while Redis tracks keys for the cache
+//! - `redis_cache_disabled_total{listener,reason}`: tracking lost (`connect`,
+//!   `closed`, `timeout`, `failover`): the cache was cleared and bypassed
 //! - `log_lines_dropped_total{stream}`: log and access-log lines dropped
 //!   because the reader of `stdout` or `stderr` was not keeping up
 //! - `build_info{version}`: always 1
@@ -91,6 +100,7 @@ mod connections;
 mod http;
 mod process;
 mod redis;
+mod redis_cache;
 mod reloads;
 mod upstream;
 
@@ -107,6 +117,7 @@ use prometheus_client::registry::Registry;
 pub(crate) use connections::{CloseResult, ListenerMetrics};
 pub(crate) use http::RouteMetrics;
 pub(crate) use redis::{RedisMetrics, RedisResult};
+pub(crate) use redis_cache::{CacheDisabled, CacheInvalidation, CacheMetrics};
 pub(crate) use reloads::ReloadMetrics;
 pub(crate) use upstream::{ConnectFailure, EndpointMetrics, UpstreamMetrics, UpstreamRefusal};
 
@@ -156,6 +167,7 @@ pub(crate) struct Metrics {
     upstream: upstream::Families,
     http: http::Families,
     redis: redis::Families,
+    redis_cache: redis_cache::Families,
     reloads: reloads::Families,
 }
 
@@ -173,12 +185,14 @@ impl Metrics {
             upstream: upstream::Families::new(),
             http: http::Families::new(),
             redis: redis::Families::new(),
+            redis_cache: redis_cache::Families::new(),
             reloads: reloads::Families::default(),
         };
         metrics.connections.register(registry);
         metrics.upstream.register(registry);
         metrics.http.register(registry);
         metrics.redis.register(registry);
+        metrics.redis_cache.register(registry);
         metrics.reloads.register(registry);
         registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(metrics.scraped.clone()));
@@ -239,6 +253,11 @@ impl Metrics {
     /// call); `counted`: the commands counted under their own name.
     pub(crate) fn redis(&self, listener: &str, counted: &'static [&'static str]) -> RedisMetrics {
         self.redis.redis(listener, counted)
+    }
+
+    /// Handles for a Redis listener's cache.
+    pub(crate) fn redis_cache(&self, listener: &str) -> CacheMetrics {
+        self.redis_cache.cache(listener)
     }
 
     /// Certificate reload result counters.
