@@ -6,7 +6,7 @@
 #   integration/bench/all.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-for bench in tcp tls warm http redis; do
+for bench in tcp tls warm http redis redis_cache; do
   echo "== $bench" >&2
   "./$bench.sh"
 done

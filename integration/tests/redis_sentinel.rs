@@ -189,3 +189,128 @@ upstreams:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_clears_the_cache_and_reads_follow_the_new_master() {
+    let master = RedisServer::plain();
+    let replica_of = master.address.port().to_string();
+    let replica = RedisServer::plain_with(&["--replicaof", "127.0.0.1", &replica_of]);
+    wait_for("replication", Duration::from_secs(20), async || {
+        info(replica.address, "replication")
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinels = start_sentinels(master.address);
+    for sentinel in &sentinels.addresses {
+        let sentinel = *sentinel;
+        wait_for(
+            "a Sentinel to see the replica and its peers",
+            Duration::from_secs(30),
+            async || {
+                tokio::net::TcpStream::connect(sentinel).await.is_ok()
+                    && info(sentinel, "sentinel")
+                        .await
+                        .contains("slaves=1,sentinels=3")
+            },
+        )
+        .await;
+    }
+    let endpoints: Vec<String> = sentinels
+        .addresses
+        .iter()
+        .map(|address| format!("\"{address}\""))
+        .collect();
+    let config = format!(
+        "listeners:
+  - name: redis
+    listen: 127.0.0.1:0
+    protocol: redis
+    upstream: cache
+    redis:
+      cache: {{ max_memory: 1MiB, keys: [\"cached:\"] }}
+upstreams:
+  cache:
+    endpoints: [{}]
+    sentinel: {{ master_name: mymaster }}
+",
+        endpoints.join(", ")
+    );
+    let attache = Attache::run(&config).await.unwrap();
+    let enabled = "attache_redis_cache_enabled{listener=\"redis\"}";
+    attache.wait_for_metric(enabled, 1.0).await.unwrap();
+    let mut client = redis::Client::open(format!("redis://{}/", attache.listener("redis")))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = client.set("cached:k", "old").await.unwrap();
+    let hits = "attache_redis_cache_requests_total{listener=\"redis\",result=\"hit\"}";
+    wait_for("a cache hit", Duration::from_secs(10), async || {
+        let value: String = client.get("cached:k").await.unwrap();
+        assert_eq!(value, "old");
+        attache.metric(hits).await.unwrap() >= 1.0
+    })
+    .await;
+
+    // A failover with both servers alive: the old master becomes a replica.
+    let mut sentinel = redis::Client::open(format!("redis://{}/", sentinels.addresses[0]))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SENTINEL")
+        .arg("FAILOVER")
+        .arg("mymaster")
+        .query_async(&mut sentinel)
+        .await
+        .unwrap();
+    wait_for(
+        "the replica to be promoted",
+        Duration::from_secs(60),
+        async || {
+            info(replica.address, "replication")
+                .await
+                .contains("role:master")
+        },
+    )
+    .await;
+    wait_for(
+        "the cache to drop tracking",
+        Duration::from_secs(30),
+        async || {
+            let metrics = attache.metrics().await.unwrap();
+            ["failover", "closed"].iter().any(|reason| {
+                metrics
+                .get(&format!(
+                    "attache_redis_cache_disabled_total{{listener=\"redis\",reason=\"{reason}\"}}"
+                ))
+                .is_some_and(|count| *count >= 1.0)
+            })
+        },
+    )
+    .await;
+    // Written on the new master directly: read through attache, never the old value for long.
+    let mut promoted = redis::Client::open(format!("redis://{}/", replica.address))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = promoted.set("cached:k", "new").await.unwrap();
+    wait_for(
+        "the new value through attache",
+        Duration::from_secs(30),
+        async || {
+            matches!(
+                client.get::<_, String>("cached:k").await.as_deref(),
+                Ok("new")
+            )
+        },
+    )
+    .await;
+    attache.wait_for_metric(enabled, 1.0).await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(client.get::<_, String>("cached:k").await.unwrap(), "new");
+    }
+    drop(master);
+}
