@@ -572,13 +572,40 @@ impl Store {
         shard.count += usize::from(counted);
         self.metrics.bytes.inc_by(after as i64 - before as i64);
         self.metrics.entries.inc_by(i64::from(counted));
+        self.evict(shard, key);
+    }
+
+    /// Evicts until `shard` is within its bounds: the least recently used
+    /// other keys first, then the oldest replies of `key` (just written,
+    /// so the most recent), keeping its newest unless that one alone does
+    /// not fit: one key read many ways (LRANGE ranges, HGET fields) is
+    /// trimmed, not dropped whole.
+    fn evict(&self, shard: &mut Shard, key: &Bytes) {
         while shard.bytes > self.shard_memory || shard.count > self.shard_entries {
-            let Some((_, evicted)) = shard.entries.pop_lru() else {
+            if shard.entries.len() > 1 {
+                let Some((_, evicted)) = shard.entries.pop_lru() else {
+                    break;
+                };
+                let variants = evicted.variants.len();
+                self.metrics.evictions.inc_by(variants as u64);
+                self.forget(shard, evicted.bytes, variants);
+                continue;
+            }
+            let Some(entry) = shard.entries.peek_mut(key) else {
                 break;
             };
-            let variants = evicted.variants.len();
-            self.metrics.evictions.inc_by(variants as u64);
-            self.forget(shard, evicted.bytes, variants);
+            if entry.variants.len() < 2 {
+                // A reply that does not fit with its bookkeeping goes too.
+                let evicted = entry.bytes;
+                shard.entries.pop(key);
+                self.metrics.evictions.inc();
+                self.forget(shard, evicted, 1);
+                break;
+            }
+            let oldest = entry.variants.remove(0).bytes();
+            entry.bytes -= oldest;
+            self.metrics.evictions.inc();
+            self.forget(shard, oldest, 1);
         }
     }
 
