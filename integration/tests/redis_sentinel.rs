@@ -90,9 +90,10 @@ async fn wait_for(what: &str, timeout: Duration, mut condition: impl AsyncFnMut(
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn writes_follow_the_master_after_a_sentinel_failover() {
-    let mut master = RedisServer::plain();
+/// A master, its replica and three Sentinels that all see both and each
+/// other: ready for a failover.
+async fn monitored_group() -> (RedisServer, RedisServer, Sentinels) {
+    let master = RedisServer::plain();
     let replica_of = master.address.port().to_string();
     let replica = RedisServer::plain_with(&["--replicaof", "127.0.0.1", &replica_of]);
     wait_for("replication", Duration::from_secs(20), async || {
@@ -116,11 +117,24 @@ async fn writes_follow_the_master_after_a_sentinel_failover() {
         )
         .await;
     }
-    let endpoints: Vec<String> = sentinels
-        .addresses
-        .iter()
-        .map(|address| format!("\"{address}\""))
-        .collect();
+    (master, replica, sentinels)
+}
+
+impl Sentinels {
+    /// The Sentinels as a YAML list's items: `"127.0.0.1:P1", ...`.
+    fn endpoints(&self) -> String {
+        self.addresses
+            .iter()
+            .map(|address| format!("\"{address}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_follow_the_master_after_a_sentinel_failover() {
+    let (mut master, replica, sentinels) = monitored_group().await;
+    let endpoints = sentinels.endpoints();
     let config = format!(
         "listeners:
   - name: redis
@@ -132,7 +146,7 @@ upstreams:
     endpoints: [{}]
     sentinel: {{ master_name: mymaster }}
 ",
-        endpoints.join(", ")
+        endpoints
     );
     let attache = Attache::run(&config).await.unwrap();
     let mut client = redis::Client::open(format!("redis://{}/", attache.listener("redis")))
@@ -192,35 +206,8 @@ upstreams:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failover_clears_the_cache_and_reads_follow_the_new_master() {
-    let master = RedisServer::plain();
-    let replica_of = master.address.port().to_string();
-    let replica = RedisServer::plain_with(&["--replicaof", "127.0.0.1", &replica_of]);
-    wait_for("replication", Duration::from_secs(20), async || {
-        info(replica.address, "replication")
-            .await
-            .contains("master_link_status:up")
-    })
-    .await;
-    let sentinels = start_sentinels(master.address);
-    for sentinel in &sentinels.addresses {
-        let sentinel = *sentinel;
-        wait_for(
-            "a Sentinel to see the replica and its peers",
-            Duration::from_secs(30),
-            async || {
-                tokio::net::TcpStream::connect(sentinel).await.is_ok()
-                    && info(sentinel, "sentinel")
-                        .await
-                        .contains("slaves=1,sentinels=3")
-            },
-        )
-        .await;
-    }
-    let endpoints: Vec<String> = sentinels
-        .addresses
-        .iter()
-        .map(|address| format!("\"{address}\""))
-        .collect();
+    let (master, replica, sentinels) = monitored_group().await;
+    let endpoints = sentinels.endpoints();
     let config = format!(
         "listeners:
   - name: redis
@@ -234,7 +221,7 @@ upstreams:
     endpoints: [{}]
     sentinel: {{ master_name: mymaster }}
 ",
-        endpoints.join(", ")
+        endpoints
     );
     let attache = Attache::run(&config).await.unwrap();
     let enabled = "attache_redis_cache_enabled{listener=\"redis\"}";

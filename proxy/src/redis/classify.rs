@@ -109,16 +109,7 @@ pub(super) fn is_sticky_client_subcommand(subcommand: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn command(words: &[&str]) -> Command {
-        let args: Vec<Bytes> = words
-            .iter()
-            .map(|word| Bytes::from(word.to_string()))
-            .collect();
-        let raw = attache_resp::encode::command(args.iter().map(|arg| &arg[..]));
-        Command { args, raw }
-    }
+    use crate::redis::test_command as command;
 
     #[test]
     fn commands_are_classified_case_insensitively() {

@@ -683,3 +683,14 @@ async fn flush_batch(pool: &[SharedConnection], affinity: usize, batch: &mut Bat
 }
 
 crate::listener::protocol!(RedisProxy, serve);
+
+/// A command made of `words`, as a client would send it (for the room's tests).
+#[cfg(test)]
+fn test_command(words: &[&str]) -> attache_resp::Command {
+    let args: Vec<Bytes> = words
+        .iter()
+        .map(|word| Bytes::from(word.to_string()))
+        .collect();
+    let raw = encode::command(args.iter().map(|arg| &arg[..]));
+    attache_resp::Command { args, raw }
+}

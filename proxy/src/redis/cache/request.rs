@@ -150,15 +150,7 @@ impl Commands {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn command(words: &[&str]) -> Command {
-        let args: Vec<Bytes> = words
-            .iter()
-            .map(|word| Bytes::from(word.to_string()))
-            .collect();
-        let raw = attache_resp::encode::command(args.iter().map(|arg| &arg[..]));
-        Command { args, raw }
-    }
+    use crate::redis::test_command as command;
 
     #[test]
     fn globs_match_like_redis_for_star_and_question_mark() {
