@@ -78,6 +78,24 @@ struct ListenerDocument {
     proxy_protocol: Option<Spanned<ProxyProtocolDocument>>,
     http: Option<Spanned<HttpDocument>>,
     redis: Option<Spanned<RedisDocument>>,
+    postgres: Option<Spanned<PostgresDocument>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresDocument {
+    pool_mode: Option<Spanned<model::PoolMode>>,
+    auth: Option<Spanned<model::PostgresAuth>>,
+    pool_size: Option<Spanned<u32>>,
+    min_idle: Option<Spanned<u32>>,
+    queue_timeout: Option<Spanned<String>>,
+    server_lifetime: Option<Spanned<String>>,
+    server_idle_timeout: Option<Spanned<String>>,
+    query_timeout: Option<Spanned<String>>,
+    idle_in_transaction_timeout: Option<Spanned<String>>,
+    max_prepared_statements: Option<Spanned<usize>>,
+    server_user: Option<Spanned<String>>,
+    server_password: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,7 +530,15 @@ impl ListenerDocument {
         };
         let kind = match protocol {
             model::Protocol::Tcp => model::ListenerKind::Tcp,
-            model::Protocol::Postgres => model::ListenerKind::Postgres,
+            model::Protocol::Postgres => model::ListenerKind::Postgres(match &self.postgres {
+                Some(postgres) => {
+                    let section = format!("{path}.postgres");
+                    converter
+                        .note(&section, postgres)
+                        .convert(&section, converter)
+                }
+                None => model::PostgresListener::default(),
+            }),
             model::Protocol::Http => model::ListenerKind::Http(match &self.http {
                 Some(http) => {
                     let section = format!("{path}.http");
@@ -546,6 +572,16 @@ impl ListenerDocument {
             converter.problem(
                 &section,
                 "only a listener with `protocol: redis` takes a `redis` section".into(),
+            );
+        }
+        if let Some(postgres) = &self.postgres
+            && protocol != model::Protocol::Postgres
+        {
+            let section = format!("{path}.postgres");
+            converter.note(&section, postgres);
+            converter.problem(
+                &section,
+                "only a listener with `protocol: postgres` takes a `postgres` section".into(),
             );
         }
         let listen = converter
@@ -650,6 +686,68 @@ impl RedisDocument {
                 let section = format!("{path}.cache");
                 converter.note(&section, cache).convert(&section, converter)
             }),
+        }
+    }
+}
+
+impl PostgresDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::PostgresListener {
+        let defaults = model::PostgresListener::default();
+        let optional_duration =
+            |converter: &mut Converter, key: &str, value: &Option<Spanned<String>>| {
+                value.as_ref().map(|value| {
+                    converter.duration(&format!("{path}.{key}"), Some(value), Duration::ZERO)
+                })
+            };
+        model::PostgresListener {
+            pool_mode: converter.value(
+                &format!("{path}.pool_mode"),
+                self.pool_mode.as_ref(),
+                defaults.pool_mode,
+            ),
+            auth: converter.value(&format!("{path}.auth"), self.auth.as_ref(), defaults.auth),
+            pool_size: converter.value(
+                &format!("{path}.pool_size"),
+                self.pool_size.as_ref(),
+                defaults.pool_size,
+            ),
+            min_idle: converter.value(
+                &format!("{path}.min_idle"),
+                self.min_idle.as_ref(),
+                defaults.min_idle,
+            ),
+            queue_timeout: converter.duration(
+                &format!("{path}.queue_timeout"),
+                self.queue_timeout.as_ref(),
+                defaults.queue_timeout,
+            ),
+            server_lifetime: converter.duration(
+                &format!("{path}.server_lifetime"),
+                self.server_lifetime.as_ref(),
+                defaults.server_lifetime,
+            ),
+            server_idle_timeout: converter.duration(
+                &format!("{path}.server_idle_timeout"),
+                self.server_idle_timeout.as_ref(),
+                defaults.server_idle_timeout,
+            ),
+            query_timeout: optional_duration(converter, "query_timeout", &self.query_timeout),
+            idle_in_transaction_timeout: optional_duration(
+                converter,
+                "idle_in_transaction_timeout",
+                &self.idle_in_transaction_timeout,
+            ),
+            max_prepared_statements: converter.value(
+                &format!("{path}.max_prepared_statements"),
+                self.max_prepared_statements.as_ref(),
+                defaults.max_prepared_statements,
+            ),
+            server_user: converter
+                .optional_text(&format!("{path}.server_user"), self.server_user.as_ref()),
+            server_password: converter.optional_text(
+                &format!("{path}.server_password"),
+                self.server_password.as_ref(),
+            ),
         }
     }
 }

@@ -212,9 +212,9 @@ pub enum ListenerKind {
     Http(HttpListener),
     /// The Redis ambassador (RESP2/RESP3).
     Redis(RedisListener),
-    /// Postgres clients: TLS negotiated in-band (`SSLRequest`), then the
-    /// session forwarded as it is (no settings yet).
-    Postgres,
+    /// The Postgres ambassador: TLS negotiated in-band (`SSLRequest`), then
+    /// sessions pooled over server connections (the `postgres:` section).
+    Postgres(PostgresListener),
 }
 
 impl ListenerKind {
@@ -224,7 +224,7 @@ impl ListenerKind {
             Self::Tcp => Protocol::Tcp,
             Self::Http(_) => Protocol::Http,
             Self::Redis(_) => Protocol::Redis,
-            Self::Postgres => Protocol::Postgres,
+            Self::Postgres(_) => Protocol::Postgres,
         }
     }
 
@@ -234,7 +234,7 @@ impl ListenerKind {
             Protocol::Tcp => Self::Tcp,
             Protocol::Http => Self::Http(HttpListener::default()),
             Protocol::Redis => Self::Redis(RedisListener::default()),
-            Protocol::Postgres => Self::Postgres,
+            Protocol::Postgres => Self::Postgres(PostgresListener::default()),
         }
     }
 }
@@ -246,8 +246,9 @@ impl serde::Serialize for ListenerKind {
         let mut map = serializer.serialize_map(None)?;
         map.serialize_entry("protocol", self.protocol().as_str())?;
         match self {
-            Self::Tcp | Self::Postgres => {}
+            Self::Tcp => {}
             Self::Http(http) => map.serialize_entry("http", http)?,
+            Self::Postgres(postgres) => map.serialize_entry("postgres", postgres)?,
             Self::Redis(redis) => map.serialize_entry("redis", redis)?,
         }
         map.end()
@@ -692,6 +693,109 @@ impl Default for RedisListener {
             upstream_username: None,
             upstream_password: None,
             cache: None,
+        }
+    }
+}
+
+/// A `postgres` listener's settings: how client sessions share server
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PostgresListener {
+    /// When a server connection goes back to its pool.
+    pub pool_mode: PoolMode,
+    /// Who authenticates the client.
+    pub auth: PostgresAuth,
+    /// Server connections per (database, user) pool.
+    pub pool_size: u32,
+    /// Idle server connections each pool keeps ready once it is used.
+    pub min_idle: u32,
+    /// A client waits this long for a server connection, then gets an error.
+    #[serde(serialize_with = "serialized::duration")]
+    pub queue_timeout: Duration,
+    /// A server connection is closed (when idle) after this long.
+    #[serde(serialize_with = "serialized::duration")]
+    pub server_lifetime: Duration,
+    /// An idle server connection is closed after this long.
+    #[serde(serialize_with = "serialized::duration")]
+    pub server_idle_timeout: Duration,
+    /// A query running longer is cancelled (`CancelRequest`); off when absent.
+    #[serde(serialize_with = "serialized::optional_duration")]
+    pub query_timeout: Option<Duration>,
+    /// A client idle inside a transaction this long is closed and its server
+    /// connection dropped; off when absent.
+    #[serde(serialize_with = "serialized::optional_duration")]
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// Named prepared statements kept per server connection (least recently
+    /// used closed beyond it), in transaction mode.
+    pub max_prepared_statements: usize,
+    /// The user attache logs into the server as; the client's own when absent.
+    pub server_user: Option<String>,
+    /// The password for the server login, when the server asks for one.
+    #[serde(serialize_with = "serialized::secret")]
+    pub server_password: Option<String>,
+}
+
+/// When a Postgres server connection returns to its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// When the client disconnects (after `DISCARD ALL`).
+    Session,
+    /// At the end of each transaction (`ReadyForQuery` idle), unless the
+    /// client's session state pins it.
+    #[default]
+    Transaction,
+}
+
+impl PoolMode {
+    /// The mode's name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
+/// Who authenticates a Postgres client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresAuth {
+    /// The client's startup and authentication go to a server connection of
+    /// its own, as they are (session mode only, no pooling).
+    Passthrough,
+    /// attache answers the client (trust, loopback clients only) and logs
+    /// into the server itself.
+    #[default]
+    Local,
+}
+
+/// Default of [`PostgresListener::pool_size`] (PgBouncer's `default_pool_size`).
+pub const DEFAULT_POSTGRES_POOL_SIZE: u32 = 20;
+/// Default of [`PostgresListener::queue_timeout`].
+pub const DEFAULT_POSTGRES_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`PostgresListener::server_lifetime`] (PgBouncer's).
+pub const DEFAULT_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
+/// Default of [`PostgresListener::server_idle_timeout`] (PgBouncer's).
+pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default of [`PostgresListener::max_prepared_statements`] (PgBouncer's).
+pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
+
+impl Default for PostgresListener {
+    fn default() -> Self {
+        Self {
+            pool_mode: PoolMode::default(),
+            auth: PostgresAuth::default(),
+            pool_size: DEFAULT_POSTGRES_POOL_SIZE,
+            min_idle: 0,
+            queue_timeout: DEFAULT_POSTGRES_QUEUE_TIMEOUT,
+            server_lifetime: DEFAULT_SERVER_LIFETIME,
+            server_idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
+            query_timeout: None,
+            idle_in_transaction_timeout: None,
+            max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
+            server_user: None,
+            server_password: None,
         }
     }
 }

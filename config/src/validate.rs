@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
 use crate::model::{
-    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerKind, ListenerTls, Probe,
-    Protocol, RouteAction, Upstream,
+    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerKind, ListenerTls, PoolMode,
+    PostgresAuth, Probe, Protocol, RouteAction, Upstream,
 };
 
 /// Where each key path was written, and which paths already have a problem.
@@ -175,7 +175,8 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        if matches!(listener.protocol(), Protocol::Http | Protocol::Redis)
+        let pooled_postgres = matches!(&listener.kind, ListenerKind::Postgres(postgres) if postgres.auth == PostgresAuth::Local);
+        if (matches!(listener.protocol(), Protocol::Http | Protocol::Redis) || pooled_postgres)
             && let Some(upstream) = listener.upstream.as_deref()
             && config
                 .upstream(upstream)
@@ -192,7 +193,10 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        if listener.kind == ListenerKind::Postgres
+        if let ListenerKind::Postgres(postgres) = &listener.kind {
+            validate_postgres(postgres, &format!("{path}.postgres"), &mut report);
+        }
+        if listener.protocol() == Protocol::Postgres
             && let Some(upstream) = listener.upstream.as_deref()
             && config
                 .upstream(upstream)
@@ -531,6 +535,62 @@ fn validate_allow_list(
                 format!(
                     "{uri:?} is not a URI pattern: `scheme://...`, where `*` stands for one whole path segment"
                 ),
+            );
+        }
+    }
+}
+
+/// The `postgres:` section of a listener: a pool that can lend something,
+/// and pooling only where attache logs in itself.
+fn validate_postgres(
+    postgres: &crate::model::PostgresListener,
+    path: &str,
+    report: &mut impl FnMut(String, String),
+) {
+    if postgres.pool_size == 0 {
+        report(format!("{path}.pool_size"), "must be at least 1".into());
+    }
+    if postgres.min_idle > postgres.pool_size {
+        report(
+            format!("{path}.min_idle"),
+            format!("must not exceed pool_size ({})", postgres.pool_size),
+        );
+    }
+    if postgres.max_prepared_statements == 0 {
+        report(
+            format!("{path}.max_prepared_statements"),
+            "must be at least 1".into(),
+        );
+    }
+    for (key, value) in [
+        ("queue_timeout", Some(postgres.queue_timeout)),
+        ("server_lifetime", Some(postgres.server_lifetime)),
+        ("server_idle_timeout", Some(postgres.server_idle_timeout)),
+        ("query_timeout", postgres.query_timeout),
+        (
+            "idle_in_transaction_timeout",
+            postgres.idle_in_transaction_timeout,
+        ),
+    ] {
+        if value.is_some_and(|value| value.is_zero()) {
+            report(format!("{path}.{key}"), "must be greater than zero".into());
+        }
+    }
+    if postgres.auth == PostgresAuth::Passthrough {
+        if postgres.pool_mode == PoolMode::Transaction {
+            report(
+                format!("{path}.pool_mode"),
+                "`auth: passthrough` gives each client a server connection of its own, so it \
+                 needs `pool_mode: session`; use `auth: local` to pool transactions"
+                    .into(),
+            );
+        }
+        if postgres.server_user.is_some() || postgres.server_password.is_some() {
+            report(
+                format!("{path}.server_user"),
+                "`auth: passthrough` relays the client's own login; server_user and \
+                 server_password are for `auth: local`"
+                    .into(),
             );
         }
     }

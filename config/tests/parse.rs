@@ -123,7 +123,7 @@ fn unknown_keys_and_syntax_errors_carry_their_line() {
         unknown[0].to_string(),
         "listeners[0].retries: unknown field `retries`, expected one of name, listen, protocol, upstream, \
          max_connections, idle_timeout, keep_accepting_while_draining, unsafe_plaintext, \
-         tls, proxy_protocol, http, redis (line 5)"
+         tls, proxy_protocol, http, redis, postgres (line 5)"
     );
 
     let syntax = problems("listeners: [\n");
@@ -492,7 +492,7 @@ fn a_postgres_listener_parses_and_refuses_tls_to_its_upstream() {
     let config = parse(plain, "test.yaml", &|_| None).unwrap();
     assert_eq!(
         config.listeners[0].kind,
-        attache_config::ListenerKind::Postgres
+        attache_config::ListenerKind::Postgres(attache_config::PostgresListener::default())
     );
     let with_tls = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"], tls: {ca: ca.crt}}\n";
     let found = problems(with_tls);
@@ -502,6 +502,41 @@ fn a_postgres_listener_parses_and_refuses_tls_to_its_upstream() {
         found[0].message.contains("SSLRequest"),
         "{}",
         found[0].message
+    );
+}
+
+#[test]
+fn a_postgres_section_is_read_and_checked_with_its_lines() {
+    let text = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      pool_mode: session\n      pool_size: 5\n      min_idle: 2\n      query_timeout: 2s\n      server_user: app\n      server_password: s3cret\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let attache_config::ListenerKind::Postgres(postgres) = &config.listeners[0].kind else {
+        panic!("not postgres");
+    };
+    assert_eq!(postgres.pool_mode, attache_config::PoolMode::Session);
+    assert_eq!(postgres.pool_size, 5);
+    assert_eq!(postgres.min_idle, 2);
+    assert_eq!(
+        postgres.query_timeout,
+        Some(std::time::Duration::from_secs(2))
+    );
+    assert_eq!(postgres.server_user.as_deref(), Some("app"));
+    // The password never shows in the config attache reports.
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+
+    let bad = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      auth: passthrough\n      pool_size: 0\n      query_timeout: soon\n  - name: plain\n    listen: 127.0.0.1:6433\n    protocol: tcp\n    upstream: db\n    postgres: {pool_size: 3}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let found: Vec<String> = problems(bad)
+        .iter()
+        .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "listeners[0].postgres.pool_mode (line 6)",
+            "listeners[0].postgres.pool_size (line 7)",
+            "listeners[0].postgres.query_timeout (line 8)",
+            "listeners[1].postgres (line 13)",
+        ]
     );
 }
 

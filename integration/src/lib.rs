@@ -15,6 +15,7 @@
 pub mod http_app;
 pub mod otlp;
 pub mod pki;
+pub mod postgres;
 pub mod redis_server;
 pub mod servers;
 

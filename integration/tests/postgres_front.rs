@@ -1,17 +1,17 @@
 //! `protocol: postgres` in front of the real Postgres: the listener answers
 //! the client's SSLRequest itself (`N` on plaintext, `S` and a TLS
 //! handshake with the listener's certificate and client-certificate checks
-//! on TLS), refuses plaintext sessions on a TLS listener, forwards the
-//! session byte for byte, and forwards cancel requests. The clients are
+//! on TLS), refuses plaintext sessions on a TLS listener, serves the
+//! session (pooled, the default) with results identical to a direct
+//! connection's, and gets cancel requests to the query. The clients are
 //! libpq's psql and tokio-postgres.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use attache_integration::pki::{ALLOWED_ID, Pki};
+use attache_integration::postgres::{POSTGRES, connect, psql, wait_until_running};
 use attache_integration::{Attache, servers};
-
-const POSTGRES: &str = "127.0.0.1:5432";
 
 fn config(tls: &str) -> String {
     format!(
@@ -27,51 +27,6 @@ fn tls_config(pki: &Pki) -> String {
         pki.key("server"),
         pki.ca()
     ))
-}
-
-/// psql's result: (exit success, stdout, stderr).
-async fn psql(address: SocketAddr, connection: &str, sql: &str) -> (bool, String, String) {
-    let conninfo = format!(
-        "host=localhost hostaddr={} port={} user=postgres dbname=test connect_timeout=10 {connection}",
-        address.ip(),
-        address.port()
-    );
-    let output = tokio::process::Command::new("psql")
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &conninfo,
-            "-c",
-            sql,
-        ])
-        .env("PGGSSENCMODE", "disable")
-        .output()
-        .await
-        .expect("psql (postgresql-client) runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// A tokio-postgres client of `address` (its connection driven in a task).
-async fn connect(address: SocketAddr) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=postgres dbname=test",
-            address.ip(),
-            address.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 /// 640 KB of text computed by Postgres; the same through attache as direct.
@@ -165,21 +120,7 @@ async fn a_cancel_request_reaches_postgres() {
         tokio::spawn(async move { client.simple_query(&sql).await.map(drop) })
     };
     // Cancel only once the query runs: a cancel before it would be ignored.
-    let observer = connect(POSTGRES.parse().unwrap()).await;
-    let running = format!(
-        "select count(*) from pg_stat_activity where state = 'active' and query like '%{marker}%' and query not like '%pg_stat_activity%'"
-    );
-    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
-    while observer
-        .query_one(&running, &[])
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "the query never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_running(&marker).await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let error = tokio::time::timeout(Duration::from_secs(30), sleeping)
         .await

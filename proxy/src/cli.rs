@@ -65,15 +65,16 @@ enum Command {
     /// HTTPS front door: attache http --listen 0.0.0.0:8443 --upstream 127.0.0.1:8080
     ///   --tls-cert tls.crt --tls-key tls.key --tls-client-ca ca.crt
     Http(Box<TcpArgs>),
-    /// Postgres clients to a Postgres server, without a config file: the
-    /// client's SSLRequest answered by attache (TLS with --tls-cert/--tls-key,
-    /// client certificates with --tls-client-ca), then the session forwarded.
+    /// A pooling Postgres ambassador, without a config file: the client's
+    /// SSLRequest answered by attache (TLS with --tls-cert/--tls-key, client
+    /// certificates with --tls-client-ca), loopback clients trusted, and their
+    /// transactions multiplexed over a pool of server connections.
     ///
     /// Example: attache postgres --listen 127.0.0.1:6432 --upstream postgres.prod:5432
     ///
-    /// TLS front door for libpq clients: attache postgres --listen 0.0.0.0:5433
-    ///   --upstream 127.0.0.1:5432 --tls-cert tls.crt --tls-key tls.key
-    Postgres(Box<TcpArgs>),
+    /// Session pooling with a query limit: attache postgres --listen 127.0.0.1:6432
+    ///   --upstream 127.0.0.1:5432 --pool-mode session --query-timeout 30s
+    Postgres(Box<PostgresArgs>),
     /// A Redis ambassador from a local address to a Redis (or its Sentinels),
     /// without a config file: commands multiplexed over a few shared
     /// connections, with the defaults of a `redis` listener.
@@ -364,6 +365,63 @@ struct TlsArgs {
         help_heading = "TLS to the upstream"
     )]
     upstream_allow_uri: Vec<String>,
+}
+
+/// `attache postgres`: the `tcp` flags plus a `postgres` listener's settings.
+#[derive(Debug, Args)]
+struct PostgresArgs {
+    #[command(flatten)]
+    common: TcpArgs,
+    /// When a server connection returns to its pool: at the end of each
+    /// transaction, or when the client disconnects.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "transaction",
+        help_heading = "Postgres"
+    )]
+    pool_mode: PoolModeArg,
+    /// Server connections per (database, user).
+    #[arg(long, default_value_t = model::DEFAULT_POSTGRES_POOL_SIZE, help_heading = "Postgres")]
+    pool_size: u32,
+    /// Cancel a query that runs longer than this (off by default).
+    #[arg(long, value_name = "DURATION", help_heading = "Postgres")]
+    query_timeout: Option<String>,
+    /// Log into the server as this user instead of the client's.
+    #[arg(long, value_name = "USER", help_heading = "Postgres")]
+    server_user: Option<String>,
+    /// The password for the server login, when the server asks for one.
+    #[arg(
+        long,
+        env = "ATTACHE_POSTGRES_SERVER_PASSWORD",
+        hide_env_values = true,
+        help_heading = "Postgres"
+    )]
+    server_password: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PoolModeArg {
+    Session,
+    Transaction,
+}
+
+impl PostgresArgs {
+    fn document(self) -> serde_json::Value {
+        let mut document = self.common.document(model::Protocol::Postgres);
+        let pool_mode = match self.pool_mode {
+            PoolModeArg::Session => model::PoolMode::Session,
+            PoolModeArg::Transaction => model::PoolMode::Transaction,
+        };
+        document["listeners"][0]["postgres"] = json!({
+            "pool_mode": pool_mode.as_str(),
+            "pool_size": self.pool_size,
+            "query_timeout": self.query_timeout,
+            "server_user": self.server_user,
+            "server_password": self.server_password.filter(|password| !password.is_empty()),
+        });
+        document
+    }
 }
 
 /// `attache redis`: the `tcp` flags plus a `redis` listener's settings.
@@ -670,7 +728,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Tcp(arguments) => one_liner(arguments.document(model::Protocol::Tcp)),
         Command::Http(arguments) => one_liner(arguments.document(model::Protocol::Http)),
         Command::Redis(arguments) => one_liner(arguments.document()),
-        Command::Postgres(arguments) => one_liner(arguments.document(model::Protocol::Postgres)),
+        Command::Postgres(arguments) => one_liner(arguments.document()),
         Command::Wait {
             targets,
             timeout,
@@ -898,7 +956,7 @@ mod tests {
             Command::Tcp(arguments) => arguments.document(model::Protocol::Tcp),
             Command::Http(arguments) => arguments.document(model::Protocol::Http),
             Command::Redis(arguments) => arguments.document(),
-            Command::Postgres(arguments) => arguments.document(model::Protocol::Postgres),
+            Command::Postgres(arguments) => arguments.document(),
             other => panic!("not a one-liner: {other:?}"),
         }
     }
@@ -1006,11 +1064,23 @@ mod tests {
             "t.crt",
             "--tls-key",
             "t.key",
+            "--pool-mode",
+            "session",
+            "--pool-size",
+            "5",
+            "--query-timeout",
+            "2s",
         ]);
+        let attache_config::ListenerKind::Postgres(settings) = &postgres.listeners[0].kind else {
+            panic!("not a postgres listener: {:?}", postgres.listeners[0].kind);
+        };
+        assert_eq!(settings.pool_mode, attache_config::PoolMode::Session);
+        assert_eq!(settings.pool_size, 5);
         assert_eq!(
-            postgres.listeners[0].kind,
-            attache_config::ListenerKind::Postgres
+            settings.query_timeout,
+            Some(std::time::Duration::from_secs(2))
         );
+        assert_eq!(settings.server_password, None);
         assert_eq!(postgres.listeners[0].name, "postgres");
         // No HTTP ALPN on a Postgres listener.
         assert!(postgres.listeners[0].tls.as_ref().unwrap().alpn.is_empty());

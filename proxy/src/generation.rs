@@ -44,6 +44,8 @@ pub(crate) struct Generation {
     pub(crate) handlers: Vec<Arc<dyn Protocol>>,
     /// The Redis listeners' handlers, for their caches' state.
     redis_proxies: Vec<Arc<RedisProxy>>,
+    /// The postgres listeners' handlers, for their pools' states.
+    postgres_fronts: Vec<Arc<PostgresFront>>,
     /// Upstreams built for this generation (not shared with the previous
     /// one): their health checks and warm pools start with it.
     fresh: Vec<Arc<Upstream>>,
@@ -108,6 +110,7 @@ impl Generation {
             redis_targets: Vec::new(),
             handlers: Vec::new(),
             redis_proxies: Vec::new(),
+            postgres_fronts: Vec::new(),
             fresh,
             config,
         };
@@ -195,9 +198,15 @@ impl Generation {
         };
         Ok(match &listener.kind {
             ListenerKind::Tcp => Arc::new(tcp_route(self.upstream(upstream_name()?)?)),
-            ListenerKind::Postgres => Arc::new(PostgresFront {
-                route: tcp_route(self.upstream(upstream_name()?)?),
-            }),
+            ListenerKind::Postgres(settings) => {
+                let front = Arc::new(PostgresFront::new(
+                    tcp_route(self.upstream(upstream_name()?)?),
+                    settings,
+                    metrics.postgres(&listener.name),
+                ));
+                self.postgres_fronts.push(front.clone());
+                front
+            }
             ListenerKind::Http(settings) => {
                 let routed = settings
                     .routes
@@ -316,7 +325,6 @@ impl Generation {
         )
     }
 
-    /// The active config as JSON for the admin port: secrets redacted.
     /// Each Redis cache's state, for `/cache`.
     pub(crate) fn caches(&self) -> Vec<serde_json::Value> {
         self.redis_proxies
@@ -326,6 +334,15 @@ impl Generation {
             .collect()
     }
 
+    /// Each Postgres pool's state, for `/upstreams`.
+    pub(crate) fn postgres_pools(&self) -> Vec<serde_json::Value> {
+        self.postgres_fronts
+            .iter()
+            .flat_map(|front| front.pool_states())
+            .collect()
+    }
+
+    /// The active config as JSON for the admin port: secrets redacted.
     pub(crate) fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "generation": self.number,

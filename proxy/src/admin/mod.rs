@@ -154,7 +154,10 @@ fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {
         .iter()
         .map(|upstream| upstream.status())
         .collect();
-    json(&serde_json::json!({ "upstreams": statuses }))
+    json(&serde_json::json!({
+        "upstreams": statuses,
+        "postgres_pools": active.postgres_pools(),
+    }))
 }
 
 fn status(state: &AdminState) -> Response<Full<Bytes>> {

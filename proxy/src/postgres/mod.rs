@@ -11,8 +11,10 @@
 //! - `CancelRequest`: forwarded on a connection of its own, as Postgres
 //!   expects, to the same upstream.
 //! - The startup message (protocol 3.x): on a TLS listener only inside TLS
-//!   (a plaintext one gets a FATAL error, as `hostssl` does); then the
-//!   upstream gets it first, and the rest flows both ways.
+//!   (a plaintext one gets a FATAL error, as `hostssl` does). Then, with
+//!   `auth: passthrough`, the upstream gets it first and the rest flows
+//!   both ways (the TCP relay); with `auth: local` (the default) attache
+//!   answers the client itself and pools its session ([`session`]).
 //!
 //! Every packet is read exactly (no read-ahead), so bytes a client sends
 //! after `SSLRequest` but before the handshake are TLS input, never
@@ -20,9 +22,20 @@
 //! Packets are bounded as Postgres bounds them (10,000 bytes) and must
 //! arrive within [`STARTUP_TIMEOUT`].
 
+mod cancel;
+mod pins;
+mod pool;
+mod server;
+mod session;
 mod startup;
+mod wire;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use attache_config::{PoolMode, PostgresListener};
+use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt as _;
@@ -31,15 +44,118 @@ use crate::listener::{ConnectionContext, Protocol};
 use crate::net::ClientStream;
 use crate::tcp::TcpRoute;
 use crate::telemetry::log_limit::limited;
-use crate::telemetry::metrics::{CloseResult, ListenerMetrics};
+use crate::telemetry::metrics::{CancelReason, CloseResult, ListenerMetrics, PostgresMetrics};
 use startup::{Packet, StartupError, read_packet};
 
 /// A client must have sent its startup message within this.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Distinct statement texts remembered before the ids start over.
+const MAX_STATEMENT_IDS: usize = 100_000;
+
 /// One `postgres` listener: where its sessions go.
 pub(crate) struct PostgresFront {
     pub(crate) route: TcpRoute,
+    /// `None` with `auth: passthrough` (each session relayed as it is).
+    pooler: Option<Pooler>,
+}
+
+impl PostgresFront {
+    pub(crate) fn new(
+        route: TcpRoute,
+        settings: &PostgresListener,
+        metrics: PostgresMetrics,
+    ) -> Self {
+        let pooler = (settings.auth == attache_config::PostgresAuth::Local).then(|| Pooler {
+            mode: settings.pool_mode,
+            settings: settings.clone(),
+            pools: pool::Pools::new(route.upstream.clone(), settings, metrics.clone()),
+            metrics,
+            statements: Mutex::new(HashMap::new()),
+            accepted: Mutex::new(HashMap::new()),
+            next_statement: AtomicU64::new(1),
+            cancels: cancel::CancelKeys::default(),
+        });
+        Self { route, pooler }
+    }
+
+    /// Each pool's state for `/upstreams`: listener, pool
+    /// (`database/user`), server connections lent and idle, clients waiting.
+    pub(crate) fn pool_states(&self) -> Vec<serde_json::Value> {
+        let Some(pooler) = &self.pooler else {
+            return Vec::new();
+        };
+        pooler
+            .pools
+            .states()
+            .into_iter()
+            .map(|(pool, (active, idle, waiting))| {
+                serde_json::json!({
+                    "listener": self.route.listener,
+                    "pool": pool,
+                    "mode": pooler.mode.as_str(),
+                    "pool_size": pooler.settings.pool_size,
+                    "active": active,
+                    "idle": idle,
+                    "waiting": waiting,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What pooled sessions share.
+struct Pooler {
+    mode: PoolMode,
+    settings: PostgresListener,
+    pools: pool::Pools,
+    metrics: PostgresMetrics,
+    /// Statement text and parameter types → the id it is prepared under,
+    /// and whether a server has accepted it.
+    statements: Mutex<HashMap<Bytes, (u64, bool)>>,
+    /// Ids a server accepted, for marking them in `statements`.
+    accepted: Mutex<HashMap<u64, Bytes>>,
+    next_statement: AtomicU64,
+    cancels: cancel::CancelKeys,
+}
+
+impl Pooler {
+    /// The id of a statement definition (text and parameter types), the
+    /// same for every client that prepares it.
+    fn statement_id(&self, definition: &Bytes) -> u64 {
+        let mut statements = lock(&self.statements);
+        if let Some((id, _)) = statements.get(definition) {
+            return *id;
+        }
+        if statements.len() >= MAX_STATEMENT_IDS {
+            // Ids already prepared stay valid; their texts get new ones.
+            statements.clear();
+            lock(&self.accepted).clear();
+        }
+        let id = self.next_statement.fetch_add(1, Ordering::Relaxed);
+        statements.insert(definition.clone(), (id, false));
+        lock(&self.accepted).insert(id, definition.clone());
+        id
+    }
+
+    /// The id of a statement definition a server has accepted (parsed
+    /// without error) before.
+    fn accepted_statement(&self, definition: &Bytes) -> Option<u64> {
+        match lock(&self.statements).get(definition) {
+            Some((id, true)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// A server parsed statement `id` without error.
+    fn statement_accepted(&self, id: u64) {
+        let Some(definition) = lock(&self.accepted).remove(&id) else {
+            return;
+        };
+        if let Some(entry) = lock(&self.statements).get_mut(&definition) {
+            entry.1 = true;
+        }
+    }
 }
 
 impl Protocol for PostgresFront {
@@ -82,19 +198,153 @@ async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<
     let route = &front.route;
     let opening = tokio::time::timeout(STARTUP_TIMEOUT, open(client, &mut context, route)).await;
     match opening {
-        Ok(Opening::Session(client, startup)) => {
-            crate::tcp::forward(client, context, route, &startup).await;
-        }
-        Ok(Opening::Cancel(client, cancel)) => {
-            // Postgres answers a cancel request with nothing but a close.
-            crate::tcp::forward(client, context, route, &cancel).await;
-        }
+        Ok(Opening::Session(client, startup)) => match &front.pooler {
+            Some(pooler) => {
+                let result = pooled(client, &context, route, pooler, &startup).await;
+                route.metrics.closed(result);
+            }
+            None => crate::tcp::forward(client, context, route, &startup).await,
+        },
+        Ok(Opening::Cancel(client, packet)) => match &front.pooler {
+            Some(pooler) => {
+                // Postgres answers a cancel request with nothing but a close.
+                drop(client);
+                if let Some((server, process_id, secret)) = pooler.cancels.target(&packet) {
+                    pooler.metrics.cancelled(CancelReason::Client);
+                    cancel::send(server, process_id, secret).await;
+                }
+                route.metrics.closed(CloseResult::Ok);
+            }
+            None => crate::tcp::forward(client, context, route, &packet).await,
+        },
         Ok(Opening::Done(result)) => route.metrics.closed(result),
         Err(_) => {
             tracing::debug!(listener = %route.listener, client = %context.client_address, "closing: no startup message within {STARTUP_TIMEOUT:?}");
             route.metrics.closed(CloseResult::IdleTimeout);
         }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A pooled session: attache answers the startup itself (the client is
+/// trusted on loopback), then [`session::Session`] serves it.
+async fn pooled(
+    mut client: ClientStream,
+    context: &ConnectionContext,
+    route: &TcpRoute,
+    pooler: &Pooler,
+    startup: &[u8],
+) -> CloseResult {
+    let address = context.client_address;
+    let refuse = async |client: &mut ClientStream, code: &str, message: String| {
+        limited!(
+            route.metrics.log_limit,
+            "postgres_startup",
+            info!(listener = %route.listener, client = %address, %message, "refused a Postgres client at startup")
+        );
+        let _ = client.write_all(&wire::fatal(code, &message)).await;
+        CloseResult::Error
+    };
+    let parameters = match wire::startup_parameters(startup) {
+        Ok(parameters) => parameters,
+        Err(error) => return refuse(&mut client, "08P01", format!("attache: {error}")).await,
+    };
+    if !address.ip().is_loopback() {
+        let message = "attache: no client authentication is configured, and only loopback \
+                       clients are trusted without one"
+            .to_owned();
+        return refuse(&mut client, "28000", message).await;
+    }
+    let mut user = None;
+    let mut database = None;
+    let mut wanted = Vec::new();
+    for (name, value) in parameters {
+        match name.as_str() {
+            "user" => user = Some(value),
+            "database" => database = Some(value),
+            "replication" => {
+                let message = "attache: replication connections are not pooled".to_owned();
+                return refuse(&mut client, "0A000", message).await;
+            }
+            "options" if !value.trim().is_empty() => {
+                let message = "attache: startup `options` are not supported by a pooling \
+                               listener; set them with SET (which pins the session) or on the role"
+                    .to_owned();
+                return refuse(&mut client, "0A000", message).await;
+            }
+            "options" => {}
+            _ if name.starts_with("_pq_.") => {}
+            _ if !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'.') =>
+            {
+                let message = format!("attache: invalid startup parameter name {name:?}");
+                return refuse(&mut client, "08P01", message).await;
+            }
+            _ => wanted.push((name, value)),
+        }
+    }
+    let Some(user) = user.filter(|user| !user.is_empty()) else {
+        let message = "attache: no PostgreSQL user name specified in startup packet".to_owned();
+        return refuse(&mut client, "28000", message).await;
+    };
+    let database = database
+        .filter(|database| !database.is_empty())
+        .unwrap_or_else(|| user.clone());
+    let pool = pooler.pools.pool(&database, &user);
+    let reported = match pool.reported() {
+        Some(reported) => reported,
+        // The pool's first client: the server's login answers it.
+        None => match pool.get().await {
+            Ok(mut lease) => lease.connection().reported.clone(),
+            Err(error) => {
+                let reply = match &error {
+                    pool::PoolError::Server(server::ServerError::Refused { response, .. }) => {
+                        response.clone()
+                    }
+                    _ => wire::fatal("08006", &format!("attache: {error}")),
+                };
+                limited!(
+                    route.metrics.log_limit,
+                    "postgres_no_server",
+                    warn!(listener = %route.listener, client = %address, %error, "no Postgres server connection for a client")
+                );
+                let _ = client.write_all(&reply).await;
+                return CloseResult::UpstreamUnavailable;
+            }
+        },
+    };
+    let key = pooler.cancels.register();
+    let mut greeting = BytesMut::new();
+    wire::authentication_ok(&mut greeting);
+    for (name, value) in &reported {
+        let value = wanted
+            .iter()
+            .find(|(wanted, _)| wanted.eq_ignore_ascii_case(name))
+            .map_or(value, |(_, value)| value);
+        wire::parameter_status(&mut greeting, name, value);
+    }
+    wire::backend_key_data(&mut greeting, key.process_id, key.secret);
+    wire::ready_for_query(&mut greeting, b'I');
+    if client.write_all(&greeting).await.is_err() {
+        return CloseResult::Error;
+    }
+    session::Session::new(
+        route,
+        pooler,
+        client,
+        address,
+        pool,
+        wanted,
+        key.target.clone(),
+    )
+    .run()
+    .await
 }
 
 /// Reads and answers what the client sends before its startup message.
@@ -117,7 +367,7 @@ async fn open(
                     "postgres_startup",
                     info!(listener = %route.listener, client = %address, %error, "closing a Postgres client before its session")
                 );
-                let reply = startup::fatal("08P01", &format!("attache: {error}"));
+                let reply = wire::fatal("08P01", &format!("attache: {error}"));
                 let _ = client.write_all(&reply).await;
                 return Opening::Done(CloseResult::Error);
             }
@@ -125,7 +375,7 @@ async fn open(
         let in_tls = matches!(client, ClientStream::Tls(_));
         match packet {
             Packet::SslRequest if in_tls => {
-                let reply = startup::fatal("08P01", "attache: SSLRequest inside TLS");
+                let reply = wire::fatal("08P01", "attache: SSLRequest inside TLS");
                 let _ = client.write_all(&reply).await;
                 return Opening::Done(CloseResult::Error);
             }
@@ -156,7 +406,7 @@ async fn open(
             Packet::Cancel(bytes) => return Opening::Cancel(client, bytes),
             Packet::Startup(_) if context.tls.is_some() && !in_tls => {
                 // A TLS listener serves sessions inside TLS only.
-                let reply = startup::fatal(
+                let reply = wire::fatal(
                     "28000",
                     "attache: this listener accepts TLS connections only (sslmode=require)",
                 );

@@ -1,6 +1,5 @@
 //! The packets a Postgres client sends before its session (the startup
-//! phase of protocol 3), read exactly, and the `ErrorResponse` attache
-//! answers with when it refuses one.
+//! phase of protocol 3), read exactly.
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
@@ -68,27 +67,6 @@ pub(super) async fn read_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// An `ErrorResponse` of severity FATAL with SQLSTATE `code`, which libpq
-/// shows as `FATAL:  <message>`.
-pub(super) fn fatal(code: &str, message: &str) -> Vec<u8> {
-    let mut fields = Vec::new();
-    for (tag, value) in [
-        (b'S', "FATAL"),
-        (b'V', "FATAL"),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        fields.push(tag);
-        fields.extend_from_slice(value.as_bytes());
-        fields.push(0);
-    }
-    fields.push(0);
-    let mut reply = vec![b'E'];
-    reply.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
-    reply.extend_from_slice(&fields);
-    reply
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,14 +127,5 @@ mod tests {
             Err(StartupError::RequestLength { .. })
         ));
         assert!(matches!(read(&[0, 0]).await, Err(StartupError::Read(_))));
-    }
-
-    #[test]
-    fn a_fatal_error_is_a_well_formed_error_response() {
-        let reply = fatal("28000", "no");
-        assert_eq!(reply[0], b'E');
-        let length = u32::from_be_bytes([reply[1], reply[2], reply[3], reply[4]]) as usize;
-        assert_eq!(length, reply.len() - 1);
-        assert_eq!(&reply[5..], b"SFATAL\0VFATAL\0C28000\0Mno\0\0");
     }
 }

@@ -88,6 +88,18 @@
 //! - `redis_cache_enabled{listener}`: 1 while Redis tracks keys for the cache
 //! - `redis_cache_disabled_total{listener,reason}`: tracking lost (`connect`,
 //!   `closed`, `timeout`, `failover`): the cache was cleared and bypassed
+//! - `postgres_queries_total{listener,command}`: statements by command tag;
+//!   `postgres_query_duration_seconds{listener}`;
+//!   `postgres_transactions_total{listener}`,
+//!   `postgres_transaction_duration_seconds{listener}`;
+//!   `postgres_errors_total{listener,sqlstate_class}`;
+//!   `postgres_pinned_total{listener,reason}`;
+//!   `postgres_cancels_total{listener,reason}` (`client`, `timeout`)
+//! - `postgres_pool_server_connections{listener,pool,state}` (`active`,
+//!   `idle`), `postgres_pool_clients_waiting{listener,pool}`,
+//!   `postgres_pool_wait_duration_seconds{listener}`,
+//!   `postgres_pool_timeouts_total{listener}`,
+//!   `postgres_server_failures_total{listener}`
 //! - `log_lines_dropped_total{stream}`: log and access-log lines dropped
 //!   because the reader of `stdout` or `stderr` was not keeping up
 //! - `build_info{version}`: always 1
@@ -98,6 +110,7 @@
 
 mod connections;
 mod http;
+mod postgres;
 mod process;
 mod redis;
 mod redis_cache;
@@ -116,6 +129,7 @@ use prometheus_client::registry::Registry;
 
 pub(crate) use connections::{CloseResult, ListenerMetrics};
 pub(crate) use http::RouteMetrics;
+pub(crate) use postgres::{CancelReason, PinReason, PoolGauges, PostgresMetrics};
 pub(crate) use redis::{RedisMetrics, RedisResult};
 pub(crate) use redis_cache::{CacheDisabled, CacheInvalidation, CacheMetrics};
 pub(crate) use reloads::ReloadMetrics;
@@ -168,6 +182,7 @@ pub(crate) struct Metrics {
     http: http::Families,
     redis: redis::Families,
     redis_cache: redis_cache::Families,
+    postgres: postgres::Families,
     reloads: reloads::Families,
 }
 
@@ -186,6 +201,7 @@ impl Metrics {
             http: http::Families::new(),
             redis: redis::Families::new(),
             redis_cache: redis_cache::Families::new(),
+            postgres: postgres::Families::new(),
             reloads: reloads::Families::default(),
         };
         metrics.connections.register(registry);
@@ -193,6 +209,7 @@ impl Metrics {
         metrics.http.register(registry);
         metrics.redis.register(registry);
         metrics.redis_cache.register(registry);
+        metrics.postgres.register(registry);
         metrics.reloads.register(registry);
         registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(metrics.scraped.clone()));
@@ -258,6 +275,11 @@ impl Metrics {
     /// Handles for a Redis listener's cache.
     pub(crate) fn redis_cache(&self, listener: &str) -> CacheMetrics {
         self.redis_cache.cache(listener)
+    }
+
+    /// Handles for a Postgres listener's queries and pools.
+    pub(crate) fn postgres(&self, listener: &str) -> PostgresMetrics {
+        self.postgres.postgres(listener)
     }
 
     /// Certificate reload result counters.

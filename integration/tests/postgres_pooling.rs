@@ -1,0 +1,526 @@
+//! The Postgres ambassador's pooling against the real Postgres, with real
+//! clients (pgbench, psql, tokio-postgres): transaction pooling under
+//! load in every query mode within the pool's size, prepared statements
+//! following their client across server connections, session state that
+//! pins instead of leaking, session-mode cleaning, query timeouts and
+//! cancels that reach only their own query, a server connection lost
+//! mid-transaction, idle-in-transaction clients, and COPY streaming.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_integration::Attache;
+use attache_integration::postgres::{
+    Database, POSTGRES, connect, connect_to, psql, wait_until_running,
+};
+use tokio_postgres::error::SqlState;
+
+fn config(settings: &str) -> String {
+    format!(
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: postgres\n    upstream: postgres\n    postgres:\n{settings}\
+         upstreams:\n  postgres:\n    endpoints: [\"{POSTGRES}\"]\n"
+    )
+}
+
+fn direct() -> SocketAddr {
+    POSTGRES.parse().unwrap()
+}
+
+/// pgbench through `front` on `database`: (exit success, its output).
+async fn pgbench(front: SocketAddr, database: &str, arguments: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new("pgbench")
+        .args([
+            "-h",
+            &front.ip().to_string(),
+            "-p",
+            &front.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(arguments)
+        .arg(database)
+        .env("PGGSSENCMODE", "disable")
+        .env("PGSSLMODE", "disable")
+        .output()
+        .await
+        .expect("pgbench (postgresql-contrib / postgresql-client) runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn pgbench_runs_through_transaction_pooling_in_every_query_mode_within_the_pool() {
+    let database = Database::create("pgbench").await;
+    let (ok, output) = pgbench(direct(), &database.name, &["-i", "-s", "1", "-q"]).await;
+    assert!(ok, "{output}");
+    let attache = Attache::run(&config("      pool_size: 5\n")).await.unwrap();
+    let front = attache.listener("db");
+
+    // Watch the server side while the clients run.
+    let observer = connect(direct()).await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watched = database.name.clone();
+    let watcher = tokio::spawn(async move {
+        let database = Database { name: watched };
+        let mut most = 0;
+        loop {
+            most = most.max(database.connections(&observer).await);
+            if stopped.try_recv().is_ok() {
+                std::mem::forget(database);
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+
+    for mode in ["simple", "extended", "prepared"] {
+        // 50 clients, 20 TPC-B-like transactions each, no vacuum first.
+        let (ok, output) = pgbench(
+            front,
+            &database.name,
+            &["-n", "-c", "50", "-j", "2", "-t", "20", "-M", mode],
+        )
+        .await;
+        assert!(ok, "pgbench -M {mode}:\n{output}");
+        assert!(
+            output.contains("number of failed transactions: 0 (0.000%)"),
+            "pgbench -M {mode}:\n{output}"
+        );
+    }
+    stop.send(()).unwrap();
+    let most = watcher.await.unwrap();
+    assert!(
+        (1..=5).contains(&most),
+        "the server saw {most} connections from a pool of 5"
+    );
+    // Each transaction: BEGIN, 3 UPDATEs, a SELECT, an INSERT, END; 1000 per mode.
+    for (command, count) in [
+        ("BEGIN", 3000.0),
+        ("UPDATE", 9000.0),
+        ("INSERT", 3000.0),
+        ("COMMIT", 3000.0),
+    ] {
+        let sample =
+            format!(r#"attache_postgres_queries_total{{listener="db",command="{command}"}}"#);
+        assert_eq!(attache.metric(&sample).await.unwrap(), count, "{command}");
+    }
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_transactions_total{listener="db"}"#)
+            .await
+            .unwrap(),
+        3000.0
+    );
+    let pool = format!("{}/postgres", database.name);
+    let idle = format!(
+        r#"attache_postgres_pool_server_connections{{listener="db",pool="{pool}",state="idle"}}"#
+    );
+    let idle = attache.metric(&idle).await.unwrap();
+    assert!((1.0..=5.0).contains(&idle), "{idle} idle");
+    let (status, body) = attache.admin_get("/upstreams").await.unwrap();
+    assert_eq!(status, 200);
+    let upstreams: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pools = upstreams["postgres_pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{body}");
+    assert_eq!(pools[0]["pool"], pool.as_str());
+    assert_eq!(pools[0]["mode"], "transaction");
+    assert_eq!(pools[0]["pool_size"], 5);
+    assert_eq!(pools[0]["active"], 0, "{body}");
+}
+
+#[tokio::test]
+async fn prepared_statements_follow_their_client_across_server_connections() {
+    // Two server connections, two statements each at most: twelve clients
+    // with five statements each keep re-preparing and closing.
+    let attache = Attache::run(&config(
+        "      pool_size: 2\n      max_prepared_statements: 2\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let mut clients = Vec::new();
+    for client_number in 0..12_i32 {
+        clients.push(tokio::spawn(async move {
+            let client = connect(front).await;
+            let mut statements = Vec::new();
+            for statement_number in 0..5_i32 {
+                let sql = format!("select $1::int * 100 + {statement_number}");
+                statements.push(client.prepare(&sql).await.unwrap());
+            }
+            for round in 0..10_i32 {
+                for (statement_number, statement) in (0_i32..).zip(&statements) {
+                    let value = client_number * 10 + round;
+                    let row = client.query_one(statement, &[&value]).await.unwrap();
+                    assert_eq!(row.get::<_, i32>(0), value * 100 + statement_number);
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_queries_total{listener="db",command="SELECT"}"#)
+            .await
+            .unwrap(),
+        600.0
+    );
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
+            .await
+            .unwrap(),
+        0.0,
+        "no invalid statement name"
+    );
+}
+
+#[tokio::test]
+async fn session_state_pins_instead_of_leaking_to_the_next_client() {
+    let attache = Attache::run(&config("      pool_size: 1\n      queue_timeout: 1s\n"))
+        .await
+        .unwrap();
+    let front = attache.listener("db");
+    let default_path = connect(direct())
+        .await
+        .query_one("show search_path", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+
+    // A session SET pins; the next client on the only server connection
+    // finds the default again.
+    let setter = connect(front).await;
+    setter
+        .batch_execute("SET search_path TO attache_elsewhere")
+        .await
+        .unwrap();
+    let path: String = setter
+        .query_one("show search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "attache_elsewhere");
+    drop(setter);
+    let next = connect(front).await;
+    let path: String = next
+        .query_one("show search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, default_path);
+    drop(next);
+    attache
+        .wait_for_metric(
+            r#"attache_postgres_pinned_total{listener="db",reason="set"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // SET LOCAL stays in its transaction and pins nothing.
+    let local = connect(front).await;
+    local
+        .batch_execute("BEGIN; SET LOCAL search_path TO attache_local; COMMIT")
+        .await
+        .unwrap();
+    drop(local);
+
+    // A session advisory lock pins: the pool's only connection stays with
+    // its holder, so another client waits and times out.
+    let key = i64::from(std::process::id()) + 7_000_000;
+    let holder = connect(front).await;
+    holder
+        .execute("select pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let (ok, _, stderr) = psql(front, "sslmode=disable", "select 1").await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("no server connection within 1s"),
+        "{stderr}"
+    );
+    // The holder's session ends: DISCARD ALL frees the lock.
+    drop(holder);
+    let observer = connect(direct()).await;
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    loop {
+        let taken: bool = observer
+            .query_one("select pg_try_advisory_lock($1)", &[&key])
+            .await
+            .unwrap()
+            .get(0);
+        if taken {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_pinned_total{listener="db",reason="advisory_lock"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_pinned_total{listener="db",reason="set"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn session_mode_cleans_a_connection_with_discard_all() {
+    let attache = Attache::run(&config("      pool_mode: session\n      pool_size: 1\n"))
+        .await
+        .unwrap();
+    let front = attache.listener("db");
+    let first = connect(front).await;
+    first
+        .batch_execute("SET search_path TO attache_session; PREPARE attache_q AS SELECT 1")
+        .await
+        .unwrap();
+    let backend: i32 = first
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(first);
+    let second = connect(front).await;
+    let same: i32 = second
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(same, backend, "the pool of one lends the same connection");
+    let path: String = second
+        .query_one("show search_path", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(path, "attache_session");
+    let prepared: i64 = second
+        .query_one(
+            "select count(*) from pg_prepared_statements where name = 'attache_q'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(prepared, 0);
+}
+
+#[tokio::test]
+async fn a_query_past_query_timeout_is_cancelled_and_the_session_goes_on() {
+    let attache = Attache::run(&config("      query_timeout: 1s\n"))
+        .await
+        .unwrap();
+    let client = connect(attache.listener("db")).await;
+    let error = client
+        .simple_query("select pg_sleep(30)")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_cancels_total{listener="db",reason="timeout"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="57"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_request_cancels_its_own_query_and_not_another() {
+    let attache = Attache::run(&config("      pool_size: 4\n")).await.unwrap();
+    let front = attache.listener("db");
+    let marker = format!("attache_own_cancel_{}", std::process::id());
+    let other = connect(front).await;
+    let other_query = {
+        let sql = format!("select pg_sleep(3), 'other' /* {marker}_other */");
+        tokio::spawn(async move { other.simple_query(&sql).await.map(drop) })
+    };
+    let mine = connect(front).await;
+    let token = mine.cancel_token();
+    let my_query = {
+        let sql = format!("select pg_sleep(60) /* {marker}_mine */");
+        tokio::spawn(async move { mine.simple_query(&sql).await.map(drop) })
+    };
+    wait_until_running(&format!("{marker}_other")).await;
+    wait_until_running(&format!("{marker}_mine")).await;
+    token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    let error = tokio::time::timeout(Duration::from_secs(30), my_query)
+        .await
+        .expect("the query ends once cancelled")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
+    other_query
+        .await
+        .unwrap()
+        .expect("the other client's query was not cancelled");
+    attache
+        .wait_for_metric(
+            r#"attache_postgres_cancels_total{listener="db",reason="client"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_server_connection_lost_mid_transaction_fails_only_its_client() {
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let victim = connect(front).await;
+    victim.batch_execute("BEGIN").await.unwrap();
+    let backend: i32 = victim
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let bystander = connect(front).await;
+    let killed: bool = connect(direct())
+        .await
+        .query_one("select pg_terminate_backend($1)", &[&backend])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    // The server's FATAL, then attache's, then the close: an error either way.
+    assert!(victim.query_one("select 1", &[]).await.is_err());
+    let two: i32 = bystander.query_one("select 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    let fresh = connect(front).await;
+    let three: i32 = fresh.query_one("select 3", &[]).await.unwrap().get(0);
+    assert_eq!(three, 3);
+}
+
+#[tokio::test]
+async fn a_client_idle_in_a_transaction_is_closed_and_its_connection_not_reused() {
+    let attache = Attache::run(&config(
+        "      pool_size: 1\n      idle_in_transaction_timeout: 1s\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let idle = connect(front).await;
+    idle.batch_execute("BEGIN").await.unwrap();
+    let backend: i32 = idle
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The next client gets the pool's only connection once the idle one is closed.
+    let next = connect(front).await;
+    let other: i32 = next
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        other, backend,
+        "a connection left inside a transaction is closed"
+    );
+    let error = idle.query_one("select 1", &[]).await.unwrap_err();
+    assert!(error.is_closed() || error.code().is_some(), "{error:?}");
+}
+
+#[tokio::test]
+async fn copy_streams_both_ways_byte_for_byte() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use sha2::Digest as _;
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let table = format!("attache_copy_{}", std::process::id());
+    let setup = connect(direct()).await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (line text)"
+        ))
+        .await
+        .unwrap();
+
+    // In: 64 MiB of lines in large chunks, through attache.
+    let client = connect(front).await;
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} FROM STDIN"))
+        .await
+        .unwrap();
+    let mut sink = std::pin::pin!(sink);
+    let mut sent = sha2::Sha256::new();
+    for chunk in 0..64 {
+        let mut data = Vec::with_capacity(1 << 20);
+        let mut line = 0;
+        while data.len() < (1 << 20) - 80 {
+            data.extend_from_slice(format!("{chunk:04}-{line:08}-{}\n", "x".repeat(48)).as_bytes());
+            line += 1;
+        }
+        sent.update(&data);
+        sink.send(bytes::Bytes::from(data)).await.unwrap();
+    }
+    let rows = sink.finish().await.unwrap();
+    assert!(rows > 0);
+
+    // Out: the same bytes back through attache as direct.
+    let copy_out = async |address| {
+        let client = connect(address).await;
+        let stream = client
+            .copy_out(&format!(
+                "COPY (SELECT line FROM {table} ORDER BY line COLLATE \"C\") TO STDOUT"
+            ))
+            .await
+            .unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let mut digest = sha2::Sha256::new();
+        let mut length = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            length += chunk.len();
+            digest.update(&chunk);
+        }
+        (length, digest.finalize())
+    };
+    let (through_length, through) = copy_out(front).await;
+    let (direct_length, direct_digest) = copy_out(direct()).await;
+    assert_eq!(through_length, direct_length);
+    assert_eq!(through, direct_digest);
+    assert_eq!(through, sent.finalize(), "the lines are written in order");
+    setup
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_login_the_server_refuses_reaches_the_client_with_its_error() {
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let Err(error) = connect_to(attache.listener("db"), "attache_no_such_database").await else {
+        panic!("the login succeeded");
+    };
+    assert_eq!(error.code(), Some(&SqlState::INVALID_CATALOG_NAME));
+    // The listener goes on serving.
+    let client = connect(attache.listener("db")).await;
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
