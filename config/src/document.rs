@@ -96,6 +96,7 @@ struct PostgresDocument {
     max_prepared_statements: Option<Spanned<usize>>,
     server_user: Option<Spanned<String>>,
     server_password: Option<Spanned<String>>,
+    server_sslmode: Option<Spanned<model::ServerSslMode>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -747,6 +748,11 @@ impl PostgresDocument {
             server_password: converter.optional_text(
                 &format!("{path}.server_password"),
                 self.server_password.as_ref(),
+            ),
+            server_sslmode: converter.value(
+                &format!("{path}.server_sslmode"),
+                self.server_sslmode.as_ref(),
+                defaults.server_sslmode,
             ),
         }
     }

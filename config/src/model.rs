@@ -44,6 +44,22 @@ impl Config {
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|upstream| upstream.name == name)
     }
+
+    /// How TLS to upstream `name` starts: inside the Postgres protocol
+    /// (`SSLRequest` first) when a postgres listener uses it and it has
+    /// `tls`, with that listener's `server_sslmode`; `None` for TLS from
+    /// the first byte (or none).
+    pub fn postgres_start_tls(&self, name: &str) -> Option<ServerSslMode> {
+        self.upstream(name)?.tls.as_ref()?;
+        self.listeners
+            .iter()
+            .find_map(|listener| match &listener.kind {
+                ListenerKind::Postgres(postgres) if listener.upstream.as_deref() == Some(name) => {
+                    Some(postgres.server_sslmode)
+                }
+                _ => None,
+            })
+    }
 }
 
 /// The admin HTTP server (`/live`, `/ready`, `/startup`, `/metrics`, `/shutdown`).
@@ -733,6 +749,20 @@ pub struct PostgresListener {
     /// The password for the server login, when the server asks for one.
     #[serde(serialize_with = "serialized::secret")]
     pub server_password: Option<String>,
+    /// With upstream `tls`: whether the server must accept TLS (`require`)
+    /// or may decline it (`prefer`, then plaintext).
+    pub server_sslmode: ServerSslMode,
+}
+
+/// Whether a Postgres server must accept attache's `SSLRequest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerSslMode {
+    /// TLS or no connection.
+    #[default]
+    Require,
+    /// TLS when the server offers it, else plaintext.
+    Prefer,
 }
 
 /// When a Postgres server connection returns to its pool.
@@ -796,6 +826,7 @@ impl Default for PostgresListener {
             max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
             server_user: None,
             server_password: None,
+            server_sslmode: ServerSslMode::default(),
         }
     }
 }

@@ -196,20 +196,46 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
         if let ListenerKind::Postgres(postgres) = &listener.kind {
             validate_postgres(postgres, &format!("{path}.postgres"), &mut report);
         }
-        if listener.protocol() == Protocol::Postgres
+        if listener.protocol() != Protocol::Postgres
             && let Some(upstream) = listener.upstream.as_deref()
-            && config
-                .upstream(upstream)
-                .is_some_and(|upstream| upstream.tls.is_some())
+            && config.postgres_start_tls(upstream).is_some()
+        {
+            report(
+                format!("listeners[{index}].upstream"),
+                format!(
+                    "upstream {upstream:?} has `tls` and a postgres listener starts that TLS \
+                     inside the Postgres protocol (SSLRequest); listener {:?} ({}) would need it \
+                     from the first byte. Give it an upstream of its own",
+                    listener.name,
+                    listener.protocol().as_str()
+                ),
+            );
+        }
+        if let ListenerKind::Postgres(postgres) = &listener.kind
+            && postgres.auth == PostgresAuth::Passthrough
+            && let Some(upstream) = listener.upstream.as_deref()
+            && config.postgres_start_tls(upstream).is_some()
         {
             report(
                 format!("upstreams.{upstream}.tls"),
                 format!(
-                    "listener {:?} speaks Postgres, which starts TLS inside the protocol \
-                     (SSLRequest); TLS to the upstream from its first byte would not reach \
-                     Postgres. Leave `tls` out here: in-band TLS to Postgres comes with the \
-                     Postgres ambassador",
+                    "listener {:?} relays its clients' own logins (`auth: passthrough`); over \
+                     TLS to the server, a SCRAM login would be bound to a channel the client \
+                     never sees, and libpq refuses it. Use `auth: local` for in-band TLS to the \
+                     server",
                     listener.name
+                ),
+            );
+        }
+        if let ListenerKind::Postgres(postgres) = &listener.kind
+            && let Some(upstream) = listener.upstream.as_deref()
+            && let Some(mode) = config.postgres_start_tls(upstream)
+            && mode != postgres.server_sslmode
+        {
+            report(
+                format!("{path}.postgres.server_sslmode"),
+                format!(
+                    "postgres listeners sharing upstream {upstream:?} must agree on server_sslmode"
                 ),
             );
         }

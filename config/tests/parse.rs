@@ -487,21 +487,32 @@ fn a_proxy_protocol_upstream_serves_tcp_listeners_without_a_warm_pool() {
 }
 
 #[test]
-fn a_postgres_listener_parses_and_refuses_tls_to_its_upstream() {
+fn a_postgres_listener_starts_upstream_tls_in_band_and_keeps_that_upstream_to_itself() {
     let plain = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
     let config = parse(plain, "test.yaml", &|_| None).unwrap();
     assert_eq!(
         config.listeners[0].kind,
         attache_config::ListenerKind::Postgres(attache_config::PostgresListener::default())
     );
-    let with_tls = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"], tls: {ca: ca.crt}}\n";
-    let found = problems(with_tls);
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].path, "upstreams.db.tls");
-    assert!(
-        found[0].message.contains("SSLRequest"),
-        "{}",
-        found[0].message
+    assert_eq!(config.postgres_start_tls("db"), None);
+    let with_tls = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db, postgres: {server_sslmode: prefer}}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"], tls: {ca: ca.crt}}\n";
+    let config = parse(with_tls, "test.yaml", &|_| None).unwrap();
+    assert_eq!(
+        config.postgres_start_tls("db"),
+        Some(attache_config::ServerSslMode::Prefer)
+    );
+    // The same upstream for a tcp listener would need TLS from byte one;
+    // a passthrough listener would relay SCRAM over a channel its client
+    // never sees.
+    let shared = "listeners:\n  - {listen: 127.0.0.1:6432, protocol: postgres, upstream: db}\n  - {name: raw, listen: 127.0.0.1:6433, protocol: tcp, upstream: db}\n  - {name: relay, listen: 127.0.0.1:6434, protocol: postgres, upstream: db, postgres: {auth: passthrough, pool_mode: session}}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"], tls: {ca: ca.crt}}\n";
+    let found: Vec<String> = problems(shared)
+        .iter()
+        .map(|problem| problem.path.clone())
+        .collect();
+    assert_eq!(
+        found,
+        ["listeners[1].upstream", "upstreams.db.tls"],
+        "{found:?}"
     );
 }
 

@@ -524,3 +524,59 @@ async fn a_login_the_server_refuses_reaches_the_client_with_its_error() {
     let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 }
+
+#[tokio::test]
+async fn a_plaintext_app_reaches_a_postgres_that_requires_tls_and_a_client_certificate() {
+    let pki = attache_integration::pki::Pki::new();
+    // verify-full: the client certificate's common name is the user.
+    pki.issue("ca", "attache_db", &[]);
+    let server = attache_integration::postgres::PrivatePostgres::start_tls(
+        (&pki.cert("server"), &pki.key("server")),
+        &pki.ca(),
+        "attache_db",
+        "s3cret-db",
+    )
+    .await;
+    let yaml = format!(
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: postgres\n    upstream: private\n    postgres:\n      pool_size: 2\n      server_user: attache_db\n      server_password: s3cret-db\n\
+         upstreams:\n  private:\n    endpoints: [\"localhost:{}\"]\n    tls:\n      ca: {}\n      cert: {}\n      key: {}\n",
+        server.port,
+        pki.ca(),
+        pki.cert("attache_db"),
+        pki.key("attache_db"),
+    );
+    let attache = Attache::run(&yaml).await.unwrap();
+
+    // Straight to the server without TLS: refused by pg_hba.
+    let (ok, _, stderr) = attache_integration::postgres::psql_in(
+        format!("127.0.0.1:{}", server.port).parse().unwrap(),
+        "postgres",
+        "sslmode=disable user=attache_db",
+        "select 1",
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("no encryption") || stderr.contains("rejects connection"),
+        "{stderr}"
+    );
+
+    // Through attache in plaintext: TLS 1.3 on the server's side, SCRAM
+    // login as the certificate's user.
+    let (ok, answer, stderr) = attache_integration::postgres::psql_in(
+        attache.listener("db"),
+        "postgres",
+        "sslmode=disable",
+        "select current_user, ssl, version from pg_stat_ssl where pid = pg_backend_pid()",
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(answer, "attache_db|t|TLSv1.3");
+    assert_eq!(
+        attache
+            .metric(r#"attache_upstream_tls_handshakes_total{upstream="private",endpoint="localhost:PORT",result="ok"}"#.replace("PORT", &server.port.to_string()).as_str())
+            .await
+            .unwrap(),
+        1.0
+    );
+}

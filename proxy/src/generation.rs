@@ -24,6 +24,7 @@ use crate::reload::TlsMaterial;
 use crate::tcp::TcpRoute;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstream;
+use crate::upstream::connector::StartTls;
 
 /// One config and what was built from it.
 pub(crate) struct Generation {
@@ -83,16 +84,27 @@ impl Generation {
         let mut upstreams = Vec::new();
         let mut fresh = Vec::new();
         for settings in &config.upstreams {
-            let kept =
-                previous.and_then(|previous| previous.upstream_built_from(settings, &material));
+            let kept = previous
+                .and_then(|previous| previous.upstream_built_from(&config, settings, &material));
             let upstream = match kept {
                 Some(kept) => kept,
                 None => {
+                    let start_tls =
+                        config
+                            .postgres_start_tls(&settings.name)
+                            .map(|mode| StartTls::Postgres {
+                                required: mode == attache_config::ServerSslMode::Require,
+                            });
                     let built = Arc::new(
-                        Upstream::new(settings, material.upstream(&settings.name), metrics)
-                            .with_context(|| {
-                                format!("upstream {:?}: TLS server name", settings.name)
-                            })?,
+                        Upstream::new(
+                            settings,
+                            material.upstream(&settings.name),
+                            start_tls,
+                            metrics,
+                        )
+                        .with_context(|| {
+                            format!("upstream {:?}: TLS server name", settings.name)
+                        })?,
                     );
                     fresh.push(built.clone());
                     built
@@ -143,6 +155,7 @@ impl Generation {
     /// from equal settings and its TLS material is the one `material` shares.
     fn upstream_built_from(
         &self,
+        config: &attache_config::Config,
         settings: &attache_config::Upstream,
         material: &TlsMaterial,
     ) -> Option<Arc<Upstream>> {
@@ -151,6 +164,12 @@ impl Generation {
             .upstreams
             .iter()
             .position(|old| old == settings)?;
+        // TLS that a postgres listener starts in-band is part of how it connects.
+        if self.config.postgres_start_tls(&settings.name)
+            != config.postgres_start_tls(&settings.name)
+        {
+            return None;
+        }
         let same_tls = match (
             self.material.upstream(&settings.name),
             material.upstream(&settings.name),

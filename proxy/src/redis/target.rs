@@ -132,7 +132,7 @@ impl SentinelMaster {
             endpoints: vec![endpoint.clone()],
             ..self.config.clone()
         };
-        match Upstream::new(&config, self.tls.clone(), &self.metrics) {
+        match Upstream::new(&config, self.tls.clone(), None, &self.metrics) {
             Ok(upstream) => {
                 tracing::info!(master_name = %self.master_name, master = %endpoint, "Redis master (from Sentinel)");
                 self.current.store(Some(Arc::new(upstream)));

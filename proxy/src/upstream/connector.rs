@@ -21,7 +21,19 @@ use crate::tls::{self, HandshakeFailed};
 pub(crate) struct Origination<'a> {
     pub(crate) connector: &'a tokio_rustls::TlsConnector,
     pub(crate) server_name: &'a ServerName<'static>,
+    pub(crate) start: Option<StartTls>,
 }
+
+/// TLS that starts inside the upstream's protocol instead of at its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartTls {
+    /// Postgres' `SSLRequest`, answered `S` (TLS follows) or `N`;
+    /// `required`: `N` fails the connect, else the connection stays plaintext.
+    Postgres { required: bool },
+}
+
+/// Postgres' `SSLRequest`: length 8, code 80877103.
+const POSTGRES_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
 
 /// Why one connect attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +48,8 @@ pub(crate) enum ConnectError {
     Io { endpoint: String, source: io::Error },
     #[error("connect to {endpoint} failed for lack of local resources: {source}")]
     LocalResources { endpoint: String, source: io::Error },
+    #[error("{endpoint} does not accept TLS (it answered {answer:?} to SSLRequest)")]
+    TlsDeclined { endpoint: String, answer: char },
     #[error("{endpoint}: {source}")]
     Tls {
         endpoint: String,
@@ -53,7 +67,7 @@ impl ConnectError {
             }
             Self::Io { .. } => ConnectFailure::Error,
             Self::LocalResources { .. } => ConnectFailure::LocalResources,
-            Self::Tls { .. } => ConnectFailure::Tls,
+            Self::Tls { .. } | Self::TlsDeclined { .. } => ConnectFailure::Tls,
         }
     }
 
@@ -96,6 +110,30 @@ pub(super) async fn connect(
         let Some(origination) = origination else {
             return Ok(UpstreamStream::Plain(stream));
         };
+        if let Some(StartTls::Postgres { required }) = origination.start {
+            let io = |source| ConnectError::Io {
+                endpoint: endpoint.to_string(),
+                source,
+            };
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &POSTGRES_SSL_REQUEST)
+                .await
+                .map_err(io)?;
+            // Exactly one byte: what follows an `S` is the server's TLS.
+            let mut answer = [0];
+            tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer)
+                .await
+                .map_err(io)?;
+            match answer[0] {
+                b'S' => {}
+                b'N' if !required => return Ok(UpstreamStream::Plain(stream)),
+                other => {
+                    return Err(ConnectError::TlsDeclined {
+                        endpoint: endpoint.to_string(),
+                        answer: char::from(other),
+                    });
+                }
+            }
+        }
         // Boxed: a plain connect does not allocate the handshake's state.
         let handshake = tls::connect(
             origination.connector,

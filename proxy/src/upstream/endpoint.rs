@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 
 use super::balancer::PeakEwma;
-use super::connector::{self, ConnectError, Origination};
+use super::connector::{self, ConnectError, Origination, StartTls};
 use crate::net::UpstreamStream;
 use crate::reload::SharedClientConfig;
 use crate::resilience::breaker::{self, Breaker, Permit};
@@ -77,6 +77,8 @@ pub(crate) struct EndpointState {
     server_name: Option<ServerName<'static>>,
     /// Present when attache originates TLS; swapped on reload.
     pub(super) tls: Option<SharedClientConfig>,
+    /// How that TLS starts, when inside the upstream's protocol.
+    start_tls: Option<StartTls>,
     pub(super) connect_timeout: Duration,
     breaker: Breaker,
     ejections: Arc<Ejections>,
@@ -95,6 +97,7 @@ pub(super) struct EndpointSettings {
     pub(super) address: EndpointAddress,
     pub(super) server_name: Option<ServerName<'static>>,
     pub(super) tls: Option<SharedClientConfig>,
+    pub(super) start_tls: Option<StartTls>,
     pub(super) connect_timeout: Duration,
     pub(super) breaker: breaker::Settings,
     pub(super) ejections: Arc<Ejections>,
@@ -108,6 +111,7 @@ impl EndpointState {
             address: settings.address,
             server_name: settings.server_name,
             tls: settings.tls,
+            start_tls: settings.start_tls,
             connect_timeout: settings.connect_timeout,
             breaker: Breaker::new(settings.breaker),
             ejections: settings.ejections,
@@ -202,6 +206,7 @@ impl EndpointState {
                 .map(|(connector, server_name)| Origination {
                     connector,
                     server_name,
+                    start: self.start_tls,
                 });
         let stream =
             connector::connect(&self.address, self.connect_timeout, metrics, origination, preface)

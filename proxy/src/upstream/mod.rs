@@ -47,7 +47,7 @@ use crate::resilience::limit::{ConcurrencyLimit, Refusal, Slot};
 use crate::resilience::retry::{RetryLimits, RetryMetrics};
 use crate::telemetry::metrics::{Metrics, UpstreamMetrics, UpstreamRefusal};
 use balancer::Balancer;
-use connector::ConnectError;
+use connector::{ConnectError, StartTls};
 pub(crate) use endpoint::EndpointState;
 pub(crate) use endpoint::Health;
 use endpoint::{Ejections, EndpointSettings};
@@ -186,6 +186,7 @@ impl Upstream {
     pub(crate) fn new(
         config: &attache_config::Upstream,
         tls: Option<SharedClientConfig>,
+        start_tls: Option<StartTls>,
         metrics: &Metrics,
     ) -> Result<Self, attache_certs::tls::TlsError> {
         let name: Arc<str> = Arc::from(config.name.as_str());
@@ -214,6 +215,7 @@ impl Upstream {
                     address: address.clone(),
                     server_name,
                     tls: tls.clone(),
+                    start_tls,
                     connect_timeout: config.connect_timeout,
                     breaker,
                     ejections: ejections.clone(),
