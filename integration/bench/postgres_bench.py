@@ -43,7 +43,8 @@ def pgbench(port, seconds, *extra):
             "-n", "-T", str(seconds), *extra, DATABASE]
     run = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, PGSSLMODE="disable"))
     output = run.stdout + run.stderr
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
+    # With -C pgbench counts the reconnections in ("including reconnection times").
+    match = re.search(r"tps = ([0-9.]+) \((?:without initial connection time|including reconnection times)\)", output)
     tps = float(match.group(1)) if match and run.returncode == 0 else 0.0
     return tps, run.returncode != 0, output
 
@@ -122,8 +123,9 @@ pidfile = {workdir}/pgbouncer-{size}.pid
 """)
         with open(os.path.join(workdir, "users.txt"), "w") as f:
             f.write('"postgres" ""\n')
-        for name in os.listdir(workdir):
-            os.chown(os.path.join(workdir, name), postgres_user.pw_uid, postgres_user.pw_gid)
+        # PgBouncer (as postgres) writes its log and pid file there.
+        for path in [workdir] + [os.path.join(workdir, name) for name in os.listdir(workdir)]:
+            os.chown(path, postgres_user.pw_uid, postgres_user.pw_gid)
         for size in (5, 20):
             procs.append(pinned(SERVER_CPU, ["pgbouncer", "-u", "postgres", os.path.join(workdir, f"pgbouncer-{size}.ini")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))

@@ -367,7 +367,15 @@ impl Listener {
             let addresses = match &settings.proxy_protocol {
                 None => Some((peer, local)),
                 Some(proxy_protocol) => {
-                    match proxy_header::read(&mut stream, (peer, local), proxy_protocol).await {
+                    // Boxed, like the handshake below: their state is not
+                    // part of every connection's task for its whole life.
+                    match Box::pin(proxy_header::read(
+                        &mut stream,
+                        (peer, local),
+                        proxy_protocol,
+                    ))
+                    .await
+                    {
                         Ok(addresses) => Some(addresses),
                         Err(refused) => {
                             metrics.refused_proxy_protocol.inc();
@@ -384,8 +392,14 @@ impl Listener {
             let in_band = handler.starts_tls_in_band();
             let up_front = settings.tls.as_ref().filter(|_| !in_band);
             if let Some((client_address, destination)) = addresses
-                && let Some(client) =
-                    tls::terminate(up_front, stream, client_address, name, metrics).await
+                && let Some(client) = Box::pin(tls::terminate(
+                    up_front,
+                    stream,
+                    client_address,
+                    name,
+                    metrics,
+                ))
+                .await
             {
                 let tls = (in_band && settings.tls.is_some()).then(|| TlsAcceptor {
                     settings: settings.clone(),

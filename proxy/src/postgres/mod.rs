@@ -196,14 +196,21 @@ enum Opening {
 
 async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<PostgresFront>) {
     let route = &front.route;
-    let opening = tokio::time::timeout(STARTUP_TIMEOUT, open(client, &mut context, route)).await;
+    // Boxed: the TLS handshake's state is freed once the session starts.
+    let opening =
+        tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(open(client, &mut context, route))).await;
     match opening {
         Ok(Opening::Session(client, startup)) => match &front.pooler {
             Some(pooler) => {
-                let result = pooled(client, &context, route, pooler, &startup).await;
+                // Boxed: a session does not carry its startup's state.
+                let result = match Box::pin(pooled(client, &context, route, pooler, startup)).await
+                {
+                    Ok(session) => session.run().await,
+                    Err(result) => result,
+                };
                 route.metrics.closed(result);
             }
-            None => crate::tcp::forward(client, context, route, &startup).await,
+            None => Box::pin(crate::tcp::forward(client, context, route, &startup)).await,
         },
         Ok(Opening::Cancel(client, packet)) => match &front.pooler {
             Some(pooler) => {
@@ -215,7 +222,7 @@ async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<
                 }
                 route.metrics.closed(CloseResult::Ok);
             }
-            None => crate::tcp::forward(client, context, route, &packet).await,
+            None => Box::pin(crate::tcp::forward(client, context, route, &packet)).await,
         },
         Ok(Opening::Done(result)) => route.metrics.closed(result),
         Err(_) => {
@@ -231,15 +238,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A pooled session: attache answers the startup itself (the client is
-/// trusted on loopback), then [`session::Session`] serves it.
-async fn pooled(
+/// A pooled session's startup: attache answers it itself (the client is
+/// trusted on loopback); the [`session::Session`] that serves the rest, or
+/// how the connection ended.
+async fn pooled<'a>(
     mut client: ClientStream,
     context: &ConnectionContext,
-    route: &TcpRoute,
-    pooler: &Pooler,
-    startup: &[u8],
-) -> CloseResult {
+    route: &'a TcpRoute,
+    pooler: &'a Pooler,
+    startup: Vec<u8>,
+) -> Result<session::Session<'a>, CloseResult> {
     let address = context.client_address;
     let refuse = async |client: &mut ClientStream, code: &str, message: String| {
         limited!(
@@ -250,15 +258,17 @@ async fn pooled(
         let _ = client.write_all(&wire::fatal(code, &message)).await;
         CloseResult::Error
     };
-    let parameters = match wire::startup_parameters(startup) {
+    let parameters = wire::startup_parameters(&startup);
+    drop(startup);
+    let parameters = match parameters {
         Ok(parameters) => parameters,
-        Err(error) => return refuse(&mut client, "08P01", format!("attache: {error}")).await,
+        Err(error) => return Err(refuse(&mut client, "08P01", format!("attache: {error}")).await),
     };
     if !address.ip().is_loopback() {
         let message = "attache: no client authentication is configured, and only loopback \
                        clients are trusted without one"
             .to_owned();
-        return refuse(&mut client, "28000", message).await;
+        return Err(refuse(&mut client, "28000", message).await);
     }
     let mut user = None;
     let mut database = None;
@@ -269,13 +279,13 @@ async fn pooled(
             "database" => database = Some(value),
             "replication" => {
                 let message = "attache: replication connections are not pooled".to_owned();
-                return refuse(&mut client, "0A000", message).await;
+                return Err(refuse(&mut client, "0A000", message).await);
             }
             "options" if !value.trim().is_empty() => {
                 let message = "attache: startup `options` are not supported by a pooling \
                                listener; set them with SET (which pins the session) or on the role"
                     .to_owned();
-                return refuse(&mut client, "0A000", message).await;
+                return Err(refuse(&mut client, "0A000", message).await);
             }
             "options" => {}
             _ if name.starts_with("_pq_.") => {}
@@ -284,24 +294,25 @@ async fn pooled(
                 .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'.') =>
             {
                 let message = format!("attache: invalid startup parameter name {name:?}");
-                return refuse(&mut client, "08P01", message).await;
+                return Err(refuse(&mut client, "08P01", message).await);
             }
             _ => wanted.push((name, value)),
         }
     }
     let Some(user) = user.filter(|user| !user.is_empty()) else {
         let message = "attache: no PostgreSQL user name specified in startup packet".to_owned();
-        return refuse(&mut client, "28000", message).await;
+        return Err(refuse(&mut client, "28000", message).await);
     };
     let database = database
         .filter(|database| !database.is_empty())
         .unwrap_or_else(|| user.clone());
     let pool = pooler.pools.pool(&database, &user);
+    drop((user, database));
     let reported = match pool.reported() {
         Some(reported) => reported,
         // The pool's first client: the server's login answers it.
-        None => match pool.get().await {
-            Ok(mut lease) => lease.connection().reported.clone(),
+        None => match Box::pin(pool.get()).await {
+            Ok(mut lease) => Arc::new(lease.connection().reported.clone()),
             Err(error) => {
                 let reply = match &error {
                     pool::PoolError::Server(server::ServerError::Refused { response, .. }) => {
@@ -315,36 +326,32 @@ async fn pooled(
                     warn!(listener = %route.listener, client = %address, %error, "no Postgres server connection for a client")
                 );
                 let _ = client.write_all(&reply).await;
-                return CloseResult::UpstreamUnavailable;
+                return Err(CloseResult::UpstreamUnavailable);
             }
         },
     };
     let key = pooler.cancels.register();
     let mut greeting = BytesMut::new();
     wire::authentication_ok(&mut greeting);
-    for (name, value) in &reported {
+    for (name, value) in reported.iter() {
         let value = wanted
             .iter()
             .find(|(wanted, _)| wanted.eq_ignore_ascii_case(name))
             .map_or(value, |(_, value)| value);
         wire::parameter_status(&mut greeting, name, value);
     }
+    drop(reported);
     wire::backend_key_data(&mut greeting, key.process_id, key.secret);
     wire::ready_for_query(&mut greeting, b'I');
-    if client.write_all(&greeting).await.is_err() {
-        return CloseResult::Error;
+    // Nothing of the startup stays with an idle session.
+    let greeted = client.write_all(&greeting).await;
+    drop(greeting);
+    if greeted.is_err() {
+        return Err(CloseResult::Error);
     }
-    session::Session::new(
-        route,
-        pooler,
-        client,
-        address,
-        pool,
-        wanted,
-        key.target.clone(),
-    )
-    .run()
-    .await
+    Ok(session::Session::new(
+        route, pooler, client, address, pool, wanted, key,
+    ))
 }
 
 /// Reads and answers what the client sends before its startup message.

@@ -45,7 +45,7 @@ pub(super) struct Pool {
     login: Login,
     /// The settings the server reports at login, from the first
     /// connection: what clients are told at their startup.
-    reported: Mutex<Option<std::collections::BTreeMap<String, String>>>,
+    reported: Mutex<Option<Arc<std::collections::BTreeMap<String, String>>>>,
     limits: Limits,
     state: Mutex<State>,
     gauges: PoolGauges,
@@ -59,7 +59,7 @@ struct State {
 }
 
 struct Idle {
-    connection: ServerConnection,
+    connection: Box<ServerConnection>,
     since: Instant,
 }
 
@@ -74,7 +74,8 @@ enum Handoff {
 /// closed, when marked broken or past its lifetime).
 pub(super) struct Lease {
     pool: Arc<Pool>,
-    connection: Option<ServerConnection>,
+    /// Boxed: a session holds a lease only while it uses it.
+    connection: Option<Box<ServerConnection>>,
 }
 
 impl Lease {
@@ -122,7 +123,7 @@ impl Pool {
                     state.total -= 1;
                     continue;
                 }
-                handoff = Some(Handoff::Connection(Box::new(idle.connection)));
+                handoff = Some(Handoff::Connection(idle.connection));
                 break;
             }
             if handoff.is_none() && state.total < self.limits.size {
@@ -162,15 +163,16 @@ impl Pool {
 
     async fn take(self: &Arc<Self>, handoff: Handoff) -> Result<Lease, PoolError> {
         let connection = match handoff {
-            Handoff::Connection(connection) => *connection,
+            Handoff::Connection(connection) => connection,
             Handoff::Slot => match ServerConnection::open(&self.login).await {
                 Ok(connection) => {
+                    let connection = Box::new(connection);
                     let mut reported = self
                         .reported
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     if reported.is_none() {
-                        *reported = Some(connection.reported.clone());
+                        *reported = Some(Arc::new(connection.reported.clone()));
                     }
                     connection
                 }
@@ -187,7 +189,7 @@ impl Pool {
     }
 
     /// The settings the server reported to the pool's first connection.
-    pub(super) fn reported(&self) -> Option<std::collections::BTreeMap<String, String>> {
+    pub(super) fn reported(&self) -> Option<Arc<std::collections::BTreeMap<String, String>>> {
         self.reported
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -199,14 +201,14 @@ impl Pool {
             || now.duration_since(idle.connection.created) >= self.limits.lifetime
     }
 
-    fn put_back(&self, connection: ServerConnection) {
+    fn put_back(&self, connection: Box<ServerConnection>) {
         if connection.broken || connection.created.elapsed() >= self.limits.lifetime {
             drop(connection);
             self.release_slot();
             return;
         }
         let mut state = self.lock();
-        let mut handoff = Handoff::Connection(Box::new(connection));
+        let mut handoff = Handoff::Connection(connection);
         while let Some(waiter) = state.waiting.pop_front() {
             match waiter.send(handoff) {
                 Ok(()) => {
@@ -218,7 +220,7 @@ impl Pool {
         }
         if let Handoff::Connection(connection) = handoff {
             state.idle.push(Idle {
-                connection: *connection,
+                connection,
                 since: Instant::now(),
             });
         }
@@ -270,7 +272,7 @@ impl Pool {
         };
         for _ in 0..missing {
             match ServerConnection::open(&self.login).await {
-                Ok(connection) => self.put_back(connection),
+                Ok(connection) => self.put_back(Box::new(connection)),
                 Err(error) => {
                     self.release_slot();
                     tracing::debug!(%error, "postgres pool: a warm connection failed");

@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use super::Pooler;
-use super::cancel::CancelTarget;
+use super::cancel::CancelKey;
 use super::pins::{self, SessionEffect};
 use super::pool::{Lease, Pool, PoolError};
 use super::wire::{self, WireError};
@@ -105,7 +105,8 @@ pub(super) struct Session<'a> {
     /// The client's startup settings, set on each connection it is lent.
     wanted: Vec<(String, String)>,
     statements: HashMap<Bytes, Statement>,
-    cancel: Arc<CancelTarget>,
+    /// The cancel key the client was given; where its cancels go now.
+    cancel: CancelKey<'a>,
     from_client: BytesMut,
     from_server: BytesMut,
     to_client: BytesMut,
@@ -136,7 +137,7 @@ impl<'a> Session<'a> {
         client_address: std::net::SocketAddr,
         pool: Arc<Pool>,
         wanted: Vec<(String, String)>,
-        cancel: Arc<CancelTarget>,
+        cancel: CancelKey<'a>,
     ) -> Self {
         Self {
             route,
@@ -169,14 +170,14 @@ impl<'a> Session<'a> {
     /// back to its pool cleaned, or is closed.
     pub(super) async fn run(mut self) -> CloseResult {
         let end = self.serve().await;
-        self.cancel.clear();
+        self.cancel.target.clear();
         if let Some(mut lease) = self.lease.take() {
             let dirty = self.pinned || self.pooler.mode == PoolMode::Session;
             let clean = self.expect.is_empty() && self.status == b'I' && self.streaming == 0;
             if !clean {
                 lease.connection().broken = true;
             } else if dirty {
-                reset(&mut lease).await;
+                Box::pin(reset(&mut lease)).await;
             }
         }
         match end {
@@ -198,7 +199,7 @@ impl<'a> Session<'a> {
                 .flatten()
                 .min();
             tokio::select! {
-                read = self.client.read_buf(&mut self.from_client) => match read {
+                read = read_client(&mut self.client, &mut self.from_client) => match read {
                     Ok(0) | Err(_) => return End::Client,
                     Ok(_) => {
                         last_read = Instant::now();
@@ -242,10 +243,40 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Room read into at once from the server while a connection is lent.
+const SERVER_READ: usize = 16 << 10;
+/// Room read into at once from the client.
+const CLIENT_READ: usize = 2 << 10;
+
 async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::io::Result<usize> {
     match lease {
-        Some(lease) => lease.connection().stream().read_buf(buffer).await,
+        Some(lease) => {
+            if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
+                buffer.reserve(SERVER_READ);
+            }
+            lease.connection().stream().read_buf(buffer).await
+        }
         None => std::future::pending().await,
+    }
+}
+
+/// Reads what the client sent; an idle client holds no buffer until
+/// bytes arrive.
+async fn read_client(client: &mut ClientStream, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    if buffer.is_empty() {
+        std::future::poll_fn(|cx| crate::net::Stream::poll_read_ready(client, cx)).await?;
+    }
+    if buffer.capacity() - buffer.len() < CLIENT_READ / 2 {
+        buffer.reserve(CLIENT_READ);
+    }
+    client.read_buf(buffer).await
+}
+
+/// Gives back an empty buffer's memory: between transactions a client
+/// holds none.
+fn release(buffer: &mut BytesMut) {
+    if buffer.is_empty() {
+        *buffer = BytesMut::new();
     }
 }
 
@@ -361,7 +392,8 @@ impl Session<'_> {
         }
         let metrics = &self.pooler.metrics;
         let asked = Instant::now();
-        let lease = match self.pool.get().await {
+        // Boxed: the connect and login state is not part of every idle session.
+        let lease = match Box::pin(self.pool.get()).await {
             Ok(lease) => lease,
             Err(error) => return Err(self.no_server(error).await),
         };
@@ -369,7 +401,9 @@ impl Session<'_> {
         let mut lease = lease;
         let server = lease.connection();
         if let Some(address) = server.address {
-            self.cancel.set(address, server.process_id, server.secret);
+            self.cancel
+                .target
+                .set(address, server.process_id, server.secret);
         }
         let mut settings = String::new();
         for (name, value) in &self.wanted {
@@ -655,8 +689,16 @@ impl Session<'_> {
             && self.client_streaming == 0
             && self.from_server.is_empty();
         if done && self.pooler.mode == PoolMode::Transaction && !self.pinned {
-            self.cancel.clear();
+            self.cancel.target.clear();
             self.lease = None;
+            for buffer in [
+                &mut self.from_server,
+                &mut self.from_client,
+                &mut self.to_client,
+                &mut self.to_server,
+            ] {
+                release(buffer);
+            }
         }
         Ok(())
     }
