@@ -580,3 +580,108 @@ async fn a_plaintext_app_reaches_a_postgres_that_requires_tls_and_a_client_certi
         1.0
     );
 }
+
+#[tokio::test]
+async fn listen_pins_its_session_and_notifications_arrive() {
+    use futures_util::StreamExt as _;
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let channel = format!("attache_jobs_{}", std::process::id());
+    let (listener, mut connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=postgres dbname=test",
+            front.ip(),
+            front.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    // The connection's messages, notifications among them, into a channel.
+    let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                let _ = sender.send(notification.payload().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    // Other clients notify through attache, on whatever connection they get.
+    let notifier = connect(front).await;
+    for payload in ["first", "second"] {
+        notifier
+            .execute("select pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .unwrap();
+    }
+    for expected in ["first", "second"] {
+        let payload = tokio::time::timeout(Duration::from_secs(30), notifications.recv())
+            .await
+            .expect("the notification arrives")
+            .unwrap();
+        assert_eq!(payload, expected);
+    }
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_pinned_total{listener="db",reason="listen"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn clients_that_never_start_cost_only_their_own_connections() {
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    // 1000 connections that send nothing, and one that sends half a packet.
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(tokio::net::TcpStream::connect(front).await.unwrap());
+    }
+    let mut partial = tokio::net::TcpStream::connect(front).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut partial, &[0, 0, 0, 40, 0, 3])
+        .await
+        .unwrap();
+    // A real client is served meanwhile.
+    let client = connect(front).await;
+    let answer: String = client
+        .query_one("select 'served'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(answer, "served");
+    // Garbage after the startup closes only its own connection, with an error.
+    let garbage = connect(front).await;
+    let mut raw = tokio::net::TcpStream::connect(front).await.unwrap();
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0postgres\0database\0test\0\0");
+    let length = u32::try_from(startup.len()).unwrap().to_be_bytes();
+    startup[..4].copy_from_slice(&length);
+    tokio::io::AsyncWriteExt::write_all(&mut raw, &startup)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"Q\x7f\xff\xff\xffgarbage")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer),
+    )
+    .await
+    .expect("attache closes the connection");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.contains("08P01") && text.contains("over the limit"),
+        "{text}"
+    );
+    let still: i32 = garbage.query_one("select 7", &[]).await.unwrap().get(0);
+    assert_eq!(still, 7);
+    drop(silent);
+}
