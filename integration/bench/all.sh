@@ -6,7 +6,7 @@
 #   integration/bench/all.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-for bench in tcp tls warm http redis redis_cache; do
+for bench in tcp tls warm http redis redis_cache postgres; do
   echo "== $bench" >&2
   "./$bench.sh"
 done

@@ -328,3 +328,59 @@ tracing:
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn each_postgres_statement_is_a_span_without_its_text() {
+    let collector = Collector::start().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - {{ name: db, listen: \"127.0.0.1:0\", protocol: postgres, upstream: postgres }}
+upstreams:
+  postgres: {{ endpoints: [\"127.0.0.1:5432\"] }}
+",
+        collector.endpoint()
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let client = attache_integration::postgres::connect(attache.listener("db")).await;
+    client
+        .simple_query("select 'span-secret' as literal")
+        .await
+        .unwrap();
+    let failed = client.simple_query("select span_secret_column").await;
+    assert!(failed.is_err());
+    let spans = collector
+        .wait_until(|spans| {
+            spans.iter().any(|span| span.name == "SELECT test")
+                && spans
+                    .iter()
+                    .any(|span| span.attributes.contains_key("db.response.status_code"))
+        })
+        .await;
+    let selected = spans
+        .iter()
+        .find(|span| span.name == "SELECT test")
+        .unwrap();
+    assert_eq!(selected.kind, CLIENT);
+    assert_eq!(attribute(selected, "db.system.name"), "postgresql");
+    assert_eq!(attribute(selected, "db.namespace"), "test");
+    assert_eq!(attribute(selected, "db.operation.name"), "SELECT");
+    assert_eq!(selected.status_code, 0);
+    let failed = spans
+        .iter()
+        .find(|span| span.attributes.contains_key("db.response.status_code"))
+        .unwrap();
+    assert_eq!(attribute(failed, "db.response.status_code"), "42703");
+    assert_eq!(failed.status_code, 2, "{failed:#?}");
+    for span in spans
+        .iter()
+        .filter(|span| span.attributes.contains_key("db.system.name"))
+    {
+        assert!(
+            span.attributes
+                .values()
+                .all(|value| !value.contains("span-secret") && !value.contains("span_secret")),
+            "SQL text never reaches a span: {span:#?}"
+        );
+    }
+}

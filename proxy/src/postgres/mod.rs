@@ -307,7 +307,7 @@ async fn pooled<'a>(
         .filter(|database| !database.is_empty())
         .unwrap_or_else(|| user.clone());
     let pool = pooler.pools.pool(&database, &user);
-    drop((user, database));
+    drop(user);
     let reported = match pool.reported() {
         Some(reported) => reported,
         // The pool's first client: the server's login answers it.
@@ -349,9 +349,14 @@ async fn pooled<'a>(
     if greeted.is_err() {
         return Err(CloseResult::Error);
     }
-    Ok(session::Session::new(
-        route, pooler, client, address, pool, wanted, key,
-    ))
+    let client = session::Client {
+        stream: client,
+        address,
+        database,
+        wanted,
+        cancel: key,
+    };
+    Ok(session::Session::new(route, pooler, client, pool))
 }
 
 /// Reads and answers what the client sends before its startup message.

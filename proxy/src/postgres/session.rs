@@ -99,6 +99,8 @@ pub(super) struct Session<'a> {
     pooler: &'a Pooler,
     client: ClientStream,
     client_address: std::net::SocketAddr,
+    /// The database the client named (its spans' `db.namespace`).
+    database: String,
     pool: Arc<Pool>,
     lease: Option<Lease>,
     pinned: bool,
@@ -129,27 +131,36 @@ pub(super) struct Session<'a> {
     idle_since: Instant,
 }
 
+/// A client as its startup left it.
+pub(super) struct Client<'a> {
+    pub(super) stream: ClientStream,
+    pub(super) address: std::net::SocketAddr,
+    pub(super) database: String,
+    /// The settings its startup message named.
+    pub(super) wanted: Vec<(String, String)>,
+    /// The cancel key it was given.
+    pub(super) cancel: CancelKey<'a>,
+}
+
 impl<'a> Session<'a> {
     pub(super) fn new(
         route: &'a TcpRoute,
         pooler: &'a Pooler,
-        client: ClientStream,
-        client_address: std::net::SocketAddr,
+        client: Client<'a>,
         pool: Arc<Pool>,
-        wanted: Vec<(String, String)>,
-        cancel: CancelKey<'a>,
     ) -> Self {
         Self {
             route,
             pooler,
-            client,
-            client_address,
+            client: client.stream,
+            client_address: client.address,
+            database: client.database,
             pool,
             lease: None,
             pinned: false,
-            wanted,
+            wanted: client.wanted,
             statements: HashMap::new(),
-            cancel,
+            cancel: client.cancel,
             from_client: BytesMut::new(),
             from_server: BytesMut::new(),
             to_client: BytesMut::new(),
@@ -624,14 +635,27 @@ impl Session<'_> {
         }
     }
 
-    /// A statement finished: its duration counted, the next one timed.
-    fn statement_done(&mut self) {
+    /// A statement finished (`operation`: its command tag's first word;
+    /// `sqlstate`: its error's): its duration counted, its span recorded,
+    /// the next one timed.
+    fn statement_done(&mut self, operation: Option<&str>, sqlstate: Option<&str>) {
         let now = Instant::now();
         if let Some(started) = self.statement_started.replace(now) {
+            let took = now.duration_since(started);
             self.pooler
                 .metrics
                 .query_duration
-                .observe(now.duration_since(started).as_secs_f64());
+                .observe(took.as_secs_f64());
+            if let Some(tracer) = &self.route.tracer {
+                crate::telemetry::traces::record_postgres_span(
+                    tracer,
+                    &self.route.listener,
+                    &self.database,
+                    std::time::SystemTime::now() - took,
+                    operation,
+                    sqlstate,
+                );
+            }
         }
         if let Some(timeout) = self.pooler.settings.query_timeout {
             self.query_deadline = Some(now + timeout);
@@ -734,25 +758,27 @@ impl Session<'_> {
                 true
             }
             b'C' | b'I' | b's' => {
+                let mut operation = None;
                 if tag == b'C' {
                     let mut rest = body;
                     if let Ok(command) = wire::cstr(&mut rest, "CommandComplete") {
-                        self.pooler
-                            .metrics
-                            .query(std::str::from_utf8(command).unwrap_or_default());
+                        let command = std::str::from_utf8(command).unwrap_or_default();
+                        self.pooler.metrics.query(command);
+                        operation = command.split(' ').next();
                     }
                 }
-                self.statement_done();
+                self.statement_done(operation, None);
                 if front == Some(Expect::Execute) {
                     self.expect.pop_front();
                 }
                 front != Some(Expect::Ready { forward: false })
             }
             b'E' => {
-                if let Some(sqlstate) = wire::sqlstate(body) {
+                let sqlstate = wire::sqlstate(body);
+                if let Some(sqlstate) = sqlstate {
                     self.pooler.metrics.error(sqlstate);
                 }
-                self.statement_done();
+                self.statement_done(None, sqlstate);
                 match front {
                     None => {
                         // Not an answer: the server is ending the connection.

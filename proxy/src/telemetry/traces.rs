@@ -455,6 +455,50 @@ pub(crate) fn start_redis_span(
         .start_with_context(tracer, &Context::new())
 }
 
+/// One Postgres statement as it ran on the server, from `started` to now:
+/// `db.system.name` = `postgresql`, the database as `db.namespace`, the
+/// command tag's first word as `db.operation.name` (or none, for an
+/// error before any), the SQLSTATE of an error as
+/// `db.response.status_code`; never the SQL text.
+pub(crate) fn record_postgres_span(
+    tracer: &Tracer,
+    listener: &str,
+    database: &str,
+    started: std::time::SystemTime,
+    operation: Option<&str>,
+    sqlstate: Option<&str>,
+) {
+    use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+    let name = match operation {
+        Some(operation) => format!("{operation} {database}"),
+        None => database.to_owned(),
+    };
+    let mut attributes = vec![
+        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.namespace", database.to_owned()),
+        KeyValue::new("attache.listener", listener.to_owned()),
+    ];
+    if let Some(operation) = operation {
+        attributes.push(KeyValue::new("db.operation.name", operation.to_owned()));
+    }
+    if let Some(sqlstate) = sqlstate {
+        attributes.push(KeyValue::new(
+            "db.response.status_code",
+            sqlstate.to_owned(),
+        ));
+    }
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Client)
+        .with_start_time(started)
+        .with_attributes(attributes)
+        .start_with_context(tracer, &Context::new());
+    if let Some(sqlstate) = sqlstate {
+        span.set_status(Status::error(sqlstate.to_owned()));
+    }
+    span.end();
+}
+
 /// Ends a Redis command's span; `error` names the failure, if any.
 pub(crate) fn end_redis_span(
     mut span: opentelemetry_sdk::trace::Span,
