@@ -14,17 +14,10 @@ and stops by itself.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 CASES = [("/small", 64), ("/small", 256), ("/100k", 64), ("/100k", 256)]
 CASE_NAMES = {"/small": "2 B responses", "/100k": "100 KiB responses"}
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def to_ms(value, unit):

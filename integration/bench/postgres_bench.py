@@ -17,24 +17,9 @@ Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, pwd, re, socket, struct, subprocess, sys, tempfile, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, save_results, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, pinned, rss_kib, save_results, stop, wait_port
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 DATABASE = "attache_bench"
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def pgbench(port, seconds, *extra):

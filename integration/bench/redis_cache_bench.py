@@ -13,15 +13,8 @@ attache on CPU 1. Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, statistics, subprocess, sys, tempfile, threading, urllib.request
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, pinned, save_results, stop, wait_port
+from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, pinned, save_results, stop, wait_port
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def benchmark(port, test, requests, clients):

@@ -304,14 +304,14 @@ impl Session<'_> {
     async fn handle_client_messages(&mut self) -> Result<(), End> {
         loop {
             if self.client_streaming > 0 {
-                let length = self.client_streaming.min(self.from_client.len());
-                if length == 0 {
-                    break;
+                if pass_on(
+                    &mut self.client_streaming,
+                    &mut self.from_client,
+                    &mut self.to_server,
+                ) {
+                    continue;
                 }
-                self.to_server
-                    .extend_from_slice(&self.from_client.split_to(length));
-                self.client_streaming -= length;
-                continue;
+                break;
             }
             let (tag, whole) = match wire::peek(&self.from_client, MAX_CLIENT_MESSAGE) {
                 Ok(Some(header)) => header,
@@ -676,14 +676,14 @@ impl Session<'_> {
     async fn handle_server_messages(&mut self) -> Result<(), End> {
         loop {
             if self.streaming > 0 {
-                let length = self.streaming.min(self.from_server.len());
-                if length == 0 {
-                    break;
+                if pass_on(
+                    &mut self.streaming,
+                    &mut self.from_server,
+                    &mut self.to_client,
+                ) {
+                    continue;
                 }
-                self.to_client
-                    .extend_from_slice(&self.from_server.split_to(length));
-                self.streaming -= length;
-                continue;
+                break;
             }
             let (tag, whole) = match wire::peek(&self.from_server, MAX_SERVER_MESSAGE) {
                 Ok(Some(header)) => header,
@@ -982,6 +982,15 @@ impl Session<'_> {
         let _ = self.client.write_all(&reply).await;
         End::Failed(CloseResult::UpstreamUnavailable)
     }
+}
+
+/// Moves up to `remaining` bytes of a streamed message from `from` to
+/// `to`; `false` when none had arrived.
+fn pass_on(remaining: &mut usize, from: &mut BytesMut, to: &mut BytesMut) -> bool {
+    let length = (*remaining).min(from.len());
+    to.extend_from_slice(&from.split_to(length));
+    *remaining -= length;
+    length > 0
 }
 
 /// The name a statement has on the server.
