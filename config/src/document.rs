@@ -97,6 +97,7 @@ struct PostgresDocument {
     server_user: Option<Spanned<String>>,
     server_password: Option<Spanned<String>>,
     server_sslmode: Option<Spanned<model::ServerSslMode>>,
+    users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -754,6 +755,17 @@ impl PostgresDocument {
                 self.server_sslmode.as_ref(),
                 defaults.server_sslmode,
             ),
+            users: self.users.as_ref().map_or_else(BTreeMap::new, |users| {
+                converter.note(&format!("{path}.users"), users);
+                users
+                    .value
+                    .iter()
+                    .map(|(name, secret)| {
+                        let secret = converter.note(&format!("{path}.users.{name}"), secret);
+                        (name.clone(), secret.clone())
+                    })
+                    .collect()
+            }),
         }
     }
 }

@@ -33,8 +33,8 @@ pub use model::{
     HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerKind,
     ListenerTls, Log, LogFormat, PoolMode, PostgresAuth, PostgresListener, Probe, Protocol,
     ProxyProtocol, ProxyProtocolSend, ProxyProtocolVersion, RedisCache, RedisListener, Retry,
-    Route, RouteAction, RouteMatch, Sentinel, ServerSslMode, TlsVersion, Tracing, Upstream,
-    UpstreamTls, WarmPool,
+    Route, RouteAction, RouteMatch, ScramVerifier, Sentinel, ServerSslMode, TlsVersion, Tracing,
+    Upstream, UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

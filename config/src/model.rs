@@ -752,6 +752,41 @@ pub struct PostgresListener {
     /// With upstream `tls`: whether the server must accept TLS (`require`)
     /// or may decline it (`prefer`, then plaintext).
     pub server_sslmode: ServerSslMode,
+    /// Users clients log in as (SCRAM-SHA-256), each with a password or a
+    /// SCRAM verifier (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, as
+    /// Postgres stores it); empty: loopback clients are trusted.
+    #[serde(serialize_with = "serialized::secret_map")]
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// A SCRAM-SHA-256 verifier as Postgres stores it
+/// (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, base64):
+/// what checks a client's proof without knowing its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+impl ScramVerifier {
+    /// Reads a verifier; `None` when `text` is not one.
+    pub fn parse(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let decode = |part: &str| base64::engine::general_purpose::STANDARD.decode(part).ok();
+        let rest = text.strip_prefix("SCRAM-SHA-256$")?;
+        let (parameters, keys) = rest.split_once('$')?;
+        let (iterations, salt) = parameters.split_once(':')?;
+        let (stored_key, server_key) = keys.split_once(':')?;
+        let verifier = Self {
+            iterations: iterations.parse().ok().filter(|count| *count > 0)?,
+            salt: decode(salt)?,
+            stored_key: decode(stored_key)?,
+            server_key: decode(server_key)?,
+        };
+        (verifier.stored_key.len() == 32 && verifier.server_key.len() == 32).then_some(verifier)
+    }
 }
 
 /// Whether a Postgres server must accept attache's `SSLRequest`.
@@ -827,6 +862,7 @@ impl Default for PostgresListener {
             server_user: None,
             server_password: None,
             server_sslmode: ServerSslMode::default(),
+            users: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -1202,6 +1238,14 @@ mod serialized {
             Some(duration) => self::duration(duration, serializer),
             None => serializer.serialize_none(),
         }
+    }
+
+    /// Secrets by name: the names, never the values.
+    pub(super) fn secret_map<S: serde::Serializer>(
+        secrets: &std::collections::BTreeMap<String, String>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(secrets.keys().map(|name| (name, "<redacted>")))
     }
 
     /// A secret shows whether it is set, never its value.

@@ -602,6 +602,35 @@ fn validate_postgres(
             report(format!("{path}.{key}"), "must be greater than zero".into());
         }
     }
+    for (name, secret) in &postgres.users {
+        if name.is_empty() {
+            report(format!("{path}.users"), "a user name is empty".into());
+        }
+        if secret.is_empty() {
+            report(
+                format!("{path}.users.{name}"),
+                "is empty: give a password or a SCRAM-SHA-256 verifier".into(),
+            );
+        }
+        if secret.starts_with("SCRAM-SHA-256$")
+            && crate::model::ScramVerifier::parse(secret).is_none()
+        {
+            report(
+                format!("{path}.users.{name}"),
+                "is not a SCRAM-SHA-256 verifier as Postgres stores it \
+                 (SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, base64)"
+                    .into(),
+            );
+        }
+    }
+    if postgres.auth == PostgresAuth::Passthrough && !postgres.users.is_empty() {
+        report(
+            format!("{path}.users"),
+            "`auth: passthrough` relays the client's own login to Postgres; users are for \
+             `auth: local`"
+                .into(),
+        );
+    }
     if postgres.auth == PostgresAuth::Passthrough {
         if postgres.pool_mode == PoolMode::Transaction {
             report(

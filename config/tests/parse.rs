@@ -549,6 +549,12 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
             "listeners[1].postgres (line 13)",
         ]
     );
+    let users = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      users:\n        good: pass\n        bad: \"SCRAM-SHA-256$4096:c2FsdA==$short:key\"\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let found: Vec<String> = problems(users)
+        .iter()
+        .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap_or(0)))
+        .collect();
+    assert_eq!(found, ["listeners[0].postgres.users.bad (line 8)"]);
 }
 
 #[test]

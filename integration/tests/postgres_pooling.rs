@@ -685,3 +685,80 @@ async fn clients_that_never_start_cost_only_their_own_connections() {
     assert_eq!(still, 7);
     drop(silent);
 }
+
+#[tokio::test]
+async fn users_log_in_with_scram_and_wrong_or_unknown_ones_are_refused() {
+    // A password in the clear, and a verifier as Postgres stores it.
+    let verifier = postgres_protocol::password::scram_sha_256(b"r3port-pass");
+    let attache = Attache::run(&config(&format!(
+        "      pool_size: 2\n      server_user: postgres\n      users:\n        app: s3cret-app\n        reporting: \"{verifier}\"\n"
+    )))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let login = async |user: &str, password: &str| {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host={} port={} user={user} password={password} dbname=test",
+                front.ip(),
+                front.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(connection);
+        client.query_one("select current_user", &[]).await
+    };
+    let row = login("app", "s3cret-app").await.unwrap();
+    assert_eq!(
+        row.get::<_, String>(0),
+        "postgres",
+        "the server login is server_user's"
+    );
+    login("reporting", "r3port-pass").await.unwrap();
+    for (user, password) in [
+        ("app", "wrong"),
+        ("reporting", "s3cret-app"),
+        ("nobody", "x"),
+    ] {
+        let error = login(user, password).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{user}: {error:?}"
+        );
+    }
+    // libpq too, with the password from the environment.
+    let output = tokio::process::Command::new("psql")
+        .args([
+            "-X",
+            "-At",
+            "-d",
+            &format!(
+                "host=127.0.0.1 port={} user=app dbname=test sslmode=disable",
+                front.port()
+            ),
+            "-c",
+            "select 'psql logged in'",
+        ])
+        .env("PGPASSWORD", "s3cret-app")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "psql logged in"
+    );
+    // The passwords never show in /config.
+    let (_, shown) = attache.admin_get("/config").await.unwrap();
+    assert!(
+        !shown.contains("s3cret-app") && !shown.contains(&verifier),
+        "{shown}"
+    );
+    assert!(shown.contains("\"app\":\"<redacted>\""), "{shown}");
+}

@@ -22,6 +22,7 @@
 //! Packets are bounded as Postgres bounds them (10,000 bytes) and must
 //! arrive within [`STARTUP_TIMEOUT`].
 
+mod auth;
 mod cancel;
 mod pins;
 mod pool;
@@ -75,6 +76,7 @@ impl PostgresFront {
             accepted: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
             cancels: cancel::CancelKeys::default(),
+            users: auth::Users::new(&settings.users),
         });
         Self { route, pooler }
     }
@@ -117,6 +119,8 @@ struct Pooler {
     accepted: Mutex<HashMap<u64, Bytes>>,
     next_statement: AtomicU64,
     cancels: cancel::CancelKeys,
+    /// Who may log in (SCRAM); empty: loopback clients are trusted.
+    users: auth::Users,
 }
 
 impl Pooler {
@@ -264,12 +268,6 @@ async fn pooled<'a>(
         Ok(parameters) => parameters,
         Err(error) => return Err(refuse(&mut client, "08P01", format!("attache: {error}")).await),
     };
-    if !address.ip().is_loopback() {
-        let message = "attache: no client authentication is configured, and only loopback \
-                       clients are trusted without one"
-            .to_owned();
-        return Err(refuse(&mut client, "28000", message).await);
-    }
     let mut user = None;
     let mut database = None;
     let mut wanted = Vec::new();
@@ -306,7 +304,26 @@ async fn pooled<'a>(
     let database = database
         .filter(|database| !database.is_empty())
         .unwrap_or_else(|| user.clone());
-    let pool = pooler.pools.pool(&database, &user);
+    let credentials = pooler.users.get(&user);
+    if pooler.users.is_empty() {
+        if !address.ip().is_loopback() {
+            let message = "attache: no users are configured (postgres.users), and only loopback \
+                           clients are trusted without a login"
+                .to_owned();
+            return Err(refuse(&mut client, "28000", message).await);
+        }
+    } else {
+        let login = auth::authenticate(&mut client, &user, credentials);
+        match tokio::time::timeout(STARTUP_TIMEOUT, login).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(refuse(&mut client, error.sqlstate(), error.to_string()).await);
+            }
+            Err(_) => return Err(CloseResult::IdleTimeout),
+        }
+    }
+    let user_password = credentials.and_then(|credentials| credentials.password.as_deref());
+    let pool = pooler.pools.pool(&database, &user, user_password);
     drop(user);
     let reported = match pool.reported() {
         Some(reported) => reported,

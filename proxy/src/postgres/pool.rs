@@ -338,8 +338,14 @@ impl Pools {
         }
     }
 
-    /// The pool for a client of `database` logged in as `user`.
-    pub(super) fn pool(&self, database: &str, user: &str) -> Arc<Pool> {
+    /// The pool for a client of `database` logged in as `user`
+    /// (`user_password`: its password, when the config has it in the clear).
+    pub(super) fn pool(
+        &self,
+        database: &str,
+        user: &str,
+        user_password: Option<&str>,
+    ) -> Arc<Pool> {
         let server_user = self.server_user.as_deref().unwrap_or(user);
         let key = (database.to_owned(), server_user.to_owned());
         let mut pools = self
@@ -353,7 +359,13 @@ impl Pools {
                     upstream: self.upstream.clone(),
                     user: server_user.to_owned(),
                     database: database.to_owned(),
-                    password: self.server_password.clone(),
+                    // The client's own password serves a login as the client.
+                    password: self.server_password.clone().or_else(|| {
+                        self.server_user
+                            .is_none()
+                            .then(|| user_password.map(str::to_owned))
+                            .flatten()
+                    }),
                     max_prepared_statements: self.max_prepared_statements,
                 };
                 let gauges = self.metrics.pool(&format!("{database}/{server_user}"));
