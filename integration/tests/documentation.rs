@@ -96,6 +96,7 @@ async fn the_metrics_catalogue_lists_every_exposed_series_with_its_type_and_labe
 listeners:
   - {{name: tcp, listen: 127.0.0.1:0, protocol: tcp, upstream: redis}}
   - {{name: resp, listen: 127.0.0.1:0, protocol: redis, upstream: redis, redis: {{cache: {{max_memory: 1MiB, keys: [\"k:\"]}}}}}}
+  - {{name: pg, listen: 127.0.0.1:0, protocol: postgres, upstream: postgres}}
   - name: door
     listen: 127.0.0.1:0
     protocol: http
@@ -106,6 +107,8 @@ upstreams:
     endpoints: [\"{redis}\"]
     warm_pool: {{size: 1}}
     health_check: {{probe: redis}}
+  postgres:
+    endpoints: [\"127.0.0.1:5432\"]
 ",
         cert = pki.cert("server"),
         key = pki.key("server"),
@@ -115,6 +118,16 @@ upstreams:
     let attache = Attache::run(&config).await.unwrap();
     assert_eq!(redis_ping(attache.listener("tcp")).await.unwrap(), "PONG");
     assert_eq!(redis_ping(attache.listener("resp")).await.unwrap(), "PONG");
+    // A statement and an error through the Postgres pooler: its pool and
+    // error families get samples.
+    let postgres = attache_integration::postgres::connect(attache.listener("pg")).await;
+    postgres.simple_query("select 1").await.unwrap();
+    assert!(
+        postgres
+            .simple_query("select no_such_column")
+            .await
+            .is_err()
+    );
     // OpenMetrics, as Prometheus asks for it: counters by family name.
     let metrics = attache.openmetrics().await.unwrap();
 

@@ -1052,7 +1052,7 @@ mod tests {
     }
 
     #[test]
-    fn the_postgres_one_liner_is_a_postgres_listener_and_refuses_upstream_tls() {
+    fn the_postgres_one_liner_is_a_pooling_listener_that_starts_upstream_tls_in_band() {
         let postgres = one_liner_config(&[
             "attache",
             "postgres",
@@ -1084,7 +1084,8 @@ mod tests {
         assert_eq!(postgres.listeners[0].name, "postgres");
         // No HTTP ALPN on a Postgres listener.
         assert!(postgres.listeners[0].tls.as_ref().unwrap().alpn.is_empty());
-        let refused = read_one_liner(one_liner_document(&[
+        // TLS to the server starts inside the protocol (SSLRequest).
+        let in_band = one_liner_config(&[
             "attache",
             "postgres",
             "--listen",
@@ -1093,9 +1094,10 @@ mod tests {
             "127.0.0.1:5432",
             "--upstream-tls-ca",
             "ca.crt",
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(refused.contains("upstreams.postgres.tls"), "{refused}");
+        ]);
+        assert_eq!(
+            in_band.postgres_start_tls("postgres"),
+            Some(attache_config::ServerSslMode::Require)
+        );
     }
 }
