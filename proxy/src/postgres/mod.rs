@@ -29,7 +29,9 @@ mod pool;
 mod server;
 mod session;
 mod startup;
-mod wire;
+
+/// The protocol's messages (the `pgwire/` crate, fuzzed on its own).
+use attache_pg_wire as wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,18 +1,20 @@
-//! Protocol 3 messages after the startup phase: splitting whole messages
-//! off a read buffer (bounded), reading the few fields attache looks at,
-//! and the messages attache writes itself.
+//! Postgres protocol 3 messages after the startup phase: splitting whole
+//! messages off a read buffer (bounded: the length is checked against a
+//! limit before anything is buffered), reading the few fields a pooler
+//! looks at, and the messages it writes itself. No I/O here; fuzzed
+//! (`fuzz/`) with any bytes.
 //!
 //! Every message is a type byte and a length that counts itself and the
-//! body. Messages are kept whole, as received, so what attache does not
+//! body. Messages are kept whole, as received, so what a proxy does not
 //! change it forwards byte for byte.
 
 use bytes::{Buf as _, BufMut as _, BytesMut};
 
 /// The header: a type byte and the length.
-pub(super) const HEADER: usize = 5;
+pub const HEADER: usize = 5;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub(super) enum WireError {
+pub enum WireError {
     #[error("invalid message length {0}")]
     Length(u32),
     #[error("a message of {length} bytes is over the limit of {limit}")]
@@ -23,7 +25,7 @@ pub(super) enum WireError {
 
 /// The type byte and whole length of the next message in `buffer`, once
 /// its header is there.
-pub(super) fn peek(buffer: &[u8], limit: usize) -> Result<Option<(u8, usize)>, WireError> {
+pub fn peek(buffer: &[u8], limit: usize) -> Result<Option<(u8, usize)>, WireError> {
     if buffer.len() < HEADER {
         return Ok(None);
     }
@@ -42,7 +44,7 @@ pub(super) fn peek(buffer: &[u8], limit: usize) -> Result<Option<(u8, usize)>, W
 }
 
 /// Splits the next whole message (header included) off `buffer`.
-pub(super) fn split(buffer: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, WireError> {
+pub fn split(buffer: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, WireError> {
     match peek(buffer, limit)? {
         Some((_, whole)) if buffer.len() >= whole => Ok(Some(buffer.split_to(whole))),
         _ => Ok(None),
@@ -50,12 +52,12 @@ pub(super) fn split(buffer: &mut BytesMut, limit: usize) -> Result<Option<BytesM
 }
 
 /// A message's body: what follows its header.
-pub(super) fn body(message: &[u8]) -> &[u8] {
+pub fn body(message: &[u8]) -> &[u8] {
     &message[HEADER..]
 }
 
 /// Reads a NUL-terminated string off the front of `bytes`.
-pub(super) fn cstr<'a>(bytes: &mut &'a [u8], what: &'static str) -> Result<&'a [u8], WireError> {
+pub fn cstr<'a>(bytes: &mut &'a [u8], what: &'static str) -> Result<&'a [u8], WireError> {
     let end = bytes
         .iter()
         .position(|byte| *byte == 0)
@@ -66,27 +68,27 @@ pub(super) fn cstr<'a>(bytes: &mut &'a [u8], what: &'static str) -> Result<&'a [
 }
 
 /// Starts a message of type `tag`; [`finish`] writes its length.
-pub(super) fn start(out: &mut BytesMut, tag: u8) -> usize {
+pub fn start(out: &mut BytesMut, tag: u8) -> usize {
     let at = out.len();
     out.put_u8(tag);
     out.put_u32(0);
     at
 }
 
-pub(super) fn finish(out: &mut BytesMut, at: usize) {
+pub fn finish(out: &mut BytesMut, at: usize) {
     let length = (out.len() - at - 1) as u32;
     out[at + 1..at + 5].copy_from_slice(&length.to_be_bytes());
 }
 
 /// A whole message of type `tag` with `body`.
-pub(super) fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
+pub fn message(out: &mut BytesMut, tag: u8, body: &[u8]) {
     let at = start(out, tag);
     out.put_slice(body);
     finish(out, at);
 }
 
 /// `ErrorResponse` with severity, SQLSTATE and message.
-pub(super) fn error_response(out: &mut BytesMut, severity: &str, code: &str, text: &str) {
+pub fn error_response(out: &mut BytesMut, severity: &str, code: &str, text: &str) {
     let at = start(out, b'E');
     for (field, value) in [
         (b'S', severity),
@@ -103,17 +105,17 @@ pub(super) fn error_response(out: &mut BytesMut, severity: &str, code: &str, tex
 }
 
 /// A FATAL `ErrorResponse` on its own.
-pub(super) fn fatal(code: &str, text: &str) -> BytesMut {
+pub fn fatal(code: &str, text: &str) -> BytesMut {
     let mut out = BytesMut::new();
     error_response(&mut out, "FATAL", code, text);
     out
 }
 
-pub(super) fn authentication_ok(out: &mut BytesMut) {
+pub fn authentication_ok(out: &mut BytesMut) {
     message(out, b'R', &0u32.to_be_bytes());
 }
 
-pub(super) fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
     let at = start(out, b'S');
     for text in [name, value] {
         out.put_slice(text.as_bytes());
@@ -122,19 +124,19 @@ pub(super) fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
     finish(out, at);
 }
 
-pub(super) fn backend_key_data(out: &mut BytesMut, process_id: u32, secret: u32) {
+pub fn backend_key_data(out: &mut BytesMut, process_id: u32, secret: u32) {
     let at = start(out, b'K');
     out.put_u32(process_id);
     out.put_u32(secret);
     finish(out, at);
 }
 
-pub(super) fn ready_for_query(out: &mut BytesMut, status: u8) {
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
     message(out, b'Z', &[status]);
 }
 
 /// A simple `Query`.
-pub(super) fn query(out: &mut BytesMut, text: &str) {
+pub fn query(out: &mut BytesMut, text: &str) {
     let at = start(out, b'Q');
     out.put_slice(text.as_bytes());
     out.put_u8(0);
@@ -142,12 +144,12 @@ pub(super) fn query(out: &mut BytesMut, text: &str) {
 }
 
 /// The SQLSTATE (`C` field) of an `ErrorResponse` body.
-pub(super) fn sqlstate(body: &[u8]) -> Option<&str> {
+pub fn sqlstate(body: &[u8]) -> Option<&str> {
     error_field(body, b'C')
 }
 
 /// One field of an `ErrorResponse` or `NoticeResponse` body.
-pub(super) fn error_field(mut body: &[u8], wanted: u8) -> Option<&str> {
+pub fn error_field(mut body: &[u8], wanted: u8) -> Option<&str> {
     while let Some((&field, rest)) = body.split_first() {
         if field == 0 {
             return None;
@@ -162,7 +164,7 @@ pub(super) fn error_field(mut body: &[u8], wanted: u8) -> Option<&str> {
 }
 
 /// A `ParameterStatus` body: name and value.
-pub(super) fn parameter(body: &[u8]) -> Option<(String, String)> {
+pub fn parameter(body: &[u8]) -> Option<(String, String)> {
     let mut rest = body;
     let name = cstr(&mut rest, "ParameterStatus").ok()?;
     let value = cstr(&mut rest, "ParameterStatus").ok()?;
@@ -174,7 +176,7 @@ pub(super) fn parameter(body: &[u8]) -> Option<(String, String)> {
 
 /// The parameters of a startup message (its bytes after length and
 /// version): name/value pairs until an empty name.
-pub(super) fn startup_parameters(packet: &[u8]) -> Result<Vec<(String, String)>, WireError> {
+pub fn startup_parameters(packet: &[u8]) -> Result<Vec<(String, String)>, WireError> {
     let mut rest = packet.get(8..).ok_or(WireError::Malformed("startup"))?;
     let mut parameters = Vec::new();
     loop {
@@ -193,7 +195,7 @@ pub(super) fn startup_parameters(packet: &[u8]) -> Result<Vec<(String, String)>,
 }
 
 /// Reads a big-endian `u32` off the front of `bytes`.
-pub(super) fn read_u32(bytes: &mut &[u8], what: &'static str) -> Result<u32, WireError> {
+pub fn read_u32(bytes: &mut &[u8], what: &'static str) -> Result<u32, WireError> {
     if bytes.len() < 4 {
         return Err(WireError::Malformed(what));
     }
