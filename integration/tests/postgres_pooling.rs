@@ -762,3 +762,50 @@ async fn users_log_in_with_scram_and_wrong_or_unknown_ones_are_refused() {
     );
     assert!(shown.contains("\"app\":\"<redacted>\""), "{shown}");
 }
+
+#[tokio::test]
+async fn without_users_a_client_from_another_address_is_refused() {
+    // The client's address comes from a PROXY header a trusted balancer
+    // (here, the test on loopback) sends first.
+    let attache = Attache::run(&config("      pool_size: 1\n").replace(
+        "    postgres:\n",
+        "    proxy_protocol: {trusted: [127.0.0.1/32]}\n    postgres:\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0postgres\0database\0test\0\0");
+    let length = u32::try_from(startup.len()).unwrap().to_be_bytes();
+    startup[..4].copy_from_slice(&length);
+    let answer = async |source: &str| {
+        let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+        let header = format!("PROXY TCP4 {source} 127.0.0.1 50000 5432\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, header.as_bytes())
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &startup)
+            .await
+            .unwrap();
+        // The first byte, then (for a refusal) the rest until attache closes.
+        let mut answer = vec![0; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer)
+            .await
+            .unwrap();
+        if answer[0] == b'E' {
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await;
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    // `R` (AuthenticationOk) for loopback, FATAL 28000 for another address.
+    assert_eq!(answer("127.0.0.1").await, "R");
+    let refused = answer("10.1.2.3").await;
+    assert!(
+        refused.starts_with('E') && refused.contains("C28000"),
+        "{refused:?}"
+    );
+    attache
+        .wait_for_log_text("no users are configured")
+        .await
+        .unwrap();
+}

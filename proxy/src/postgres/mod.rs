@@ -308,9 +308,11 @@ async fn pooled<'a>(
         .unwrap_or_else(|| user.clone());
     let credentials = pooler.users.get(&user);
     if pooler.users.is_empty() {
-        if !address.ip().is_loopback() {
-            let message = "attache: no users are configured (postgres.users), and only loopback \
-                           clients are trusted without a login"
+        // Without users: loopback clients, and clients whose certificate
+        // the listener verified (a front door with `client_ca`).
+        if !address.ip().is_loopback() && client.peer_identity().is_none() {
+            let message = "attache: no users are configured (postgres.users); only loopback \
+                           clients and clients with a verified certificate are let in without one"
                 .to_owned();
             return Err(refuse(&mut client, "28000", message).await);
         }
