@@ -12,8 +12,9 @@
 //!   `max_connections`, drain, PROXY header, TLS termination, then
 //!   `Protocol::serve`; a reload swaps a listener's settings in place.
 //!   `tcp`: L4 forwarding; `http`, `redis`: the L7 protocols; `postgres`:
-//!   Postgres' startup phase (in-band TLS), then the TCP relay; `activity`:
-//!   the idle timeout of connections that hyper drives.
+//!   Postgres' startup phase (in-band TLS), then the pooler (pools, logins,
+//!   sessions, prepared statements, pins, cancels) or the TCP relay;
+//!   `activity`: the idle timeout of connections that hyper drives.
 //! - `net`: stream types and socket options every room uses;
 //!   `proxy_header`: the PROXY protocol step of the listener pipeline.
 //! - `upstream`: endpoints, balancing, connecting, warm pools, health checks;
