@@ -809,3 +809,63 @@ async fn without_users_a_client_from_another_address_is_refused() {
         .await
         .unwrap();
 }
+
+/// Waits until the server's connections to `database` are within `range`.
+async fn wait_for_server_connections(database: &Database, range: std::ops::RangeInclusive<i64>) {
+    let observer = connect(direct()).await;
+    let deadline = std::time::Instant::now() + attache_integration::START_TIMEOUT;
+    loop {
+        let now = database.connections(&observer).await;
+        if range.contains(&now) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has {now} server connections, expected {range:?}",
+            database.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pool_keeps_min_idle_connections_and_closes_idle_ones_past_their_timeout() {
+    let warm = Database::create("min_idle").await;
+    let attache = Attache::run(&config("      pool_size: 4\n      min_idle: 2\n"))
+        .await
+        .unwrap();
+    let client = connect_to(attache.listener("db"), &warm.name)
+        .await
+        .unwrap();
+    client.simple_query("select 1").await.unwrap();
+    // The pool's maintenance opens more and keeps at least two idle,
+    // within its size.
+    let idle = format!(
+        r#"attache_postgres_pool_server_connections{{listener="db",pool="{}/postgres",state="idle"}}"#,
+        warm.name
+    );
+    attache.wait_for_metric_at_least(&idle, 2.0).await.unwrap();
+    wait_for_server_connections(&warm, 2..=4).await;
+    drop(client);
+
+    let cold = Database::create("idle_timeout").await;
+    let attache = Attache::run(&config(
+        "      pool_size: 4\n      server_idle_timeout: 1s\n",
+    ))
+    .await
+    .unwrap();
+    let client = connect_to(attache.listener("db"), &cold.name)
+        .await
+        .unwrap();
+    client.simple_query("select 1").await.unwrap();
+    // Idle past server_idle_timeout: closed by the maintenance.
+    wait_for_server_connections(&cold, 0..=0).await;
+    let idle = format!(
+        r#"attache_postgres_pool_server_connections{{listener="db",pool="{}/postgres",state="idle"}}"#,
+        cold.name
+    );
+    attache.wait_for_metric(&idle, 0.0).await.unwrap();
+    // The client goes on: its next transaction gets a new connection.
+    let one: i32 = client.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

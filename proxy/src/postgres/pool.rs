@@ -294,7 +294,12 @@ impl Pool {
 }
 
 async fn maintain(pool: Weak<Pool>) {
-    let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
+    // The first round after an interval: the connection the pool's first
+    // client opened counts toward `min_idle` by then.
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + MAINTENANCE_INTERVAL,
+        MAINTENANCE_INTERVAL,
+    );
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
