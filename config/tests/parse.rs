@@ -536,10 +536,7 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
     assert!(!shown.contains("s3cret"), "{shown}");
 
     let bad = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      auth: passthrough\n      pool_size: 0\n      query_timeout: soon\n  - name: plain\n    listen: 127.0.0.1:6433\n    protocol: tcp\n    upstream: db\n    postgres: {pool_size: 3}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
-    let found: Vec<String> = problems(bad)
-        .iter()
-        .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap_or(0)))
-        .collect();
+    let found = located(bad);
     assert_eq!(
         found,
         [
@@ -550,20 +547,22 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
         ]
     );
     let users = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      users:\n        good: pass\n        bad: \"SCRAM-SHA-256$4096:c2FsdA==$short:key\"\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
-    let found: Vec<String> = problems(users)
+    let found = located(users);
+    assert_eq!(found, ["listeners[0].postgres.users.bad (line 8)"]);
+}
+
+/// Each problem of `text` as `path (line N)`.
+fn located(text: &str) -> Vec<String> {
+    problems(text)
         .iter()
         .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap_or(0)))
-        .collect();
-    assert_eq!(found, ["listeners[0].postgres.users.bad (line 8)"]);
+        .collect()
 }
 
 #[test]
 fn every_shape_problem_in_a_file_is_reported_at_once() {
     let text = "listeners:\n  - name: a\n    listen: 127.0.0.1:7000\n    protocol: tcp\n    upstream: db\n    max_connections: lots\n    oops: 1\n  - {name: b, listen: 127.0.0.1:7001, protocol: tcp, upstream: db, other: 2}\nupstreams:\n  db:\n    endpoints: \"127.0.0.1:1\"\n    nonsense: true\n";
-    let found: Vec<String> = problems(text)
-        .iter()
-        .map(|problem| format!("{} (line {})", problem.path, problem.line.unwrap()))
-        .collect();
+    let found = located(text);
     assert_eq!(
         found,
         [

@@ -26,6 +26,15 @@ fn direct() -> SocketAddr {
     POSTGRES.parse().unwrap()
 }
 
+/// A protocol 3.0 startup message for user `postgres`, database `test`.
+fn startup_packet() -> Vec<u8> {
+    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
+    startup.extend_from_slice(b"user\0postgres\0database\0test\0\0");
+    let length = u32::try_from(startup.len()).unwrap().to_be_bytes();
+    startup[..4].copy_from_slice(&length);
+    startup
+}
+
 /// pgbench through `front` on `database`: (exit success, its output).
 async fn pgbench(front: SocketAddr, database: &str, arguments: &[&str]) -> (bool, String) {
     let output = tokio::process::Command::new("pgbench")
@@ -659,10 +668,7 @@ async fn clients_that_never_start_cost_only_their_own_connections() {
     // Garbage after the startup closes only its own connection, with an error.
     let garbage = connect(front).await;
     let mut raw = tokio::net::TcpStream::connect(front).await.unwrap();
-    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    startup.extend_from_slice(b"user\0postgres\0database\0test\0\0");
-    let length = u32::try_from(startup.len()).unwrap().to_be_bytes();
-    startup[..4].copy_from_slice(&length);
+    let startup = startup_packet();
     tokio::io::AsyncWriteExt::write_all(&mut raw, &startup)
         .await
         .unwrap();
@@ -774,10 +780,7 @@ async fn without_users_a_client_from_another_address_is_refused() {
     .await
     .unwrap();
     let front = attache.listener("db");
-    let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
-    startup.extend_from_slice(b"user\0postgres\0database\0test\0\0");
-    let length = u32::try_from(startup.len()).unwrap().to_be_bytes();
-    startup[..4].copy_from_slice(&length);
+    let startup = startup_packet();
     let answer = async |source: &str| {
         let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
         let header = format!("PROXY TCP4 {source} 127.0.0.1 50000 5432\r\n");
