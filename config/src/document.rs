@@ -97,7 +97,25 @@ struct PostgresDocument {
     server_user: Option<Spanned<String>>,
     server_password: Option<Spanned<String>>,
     server_sslmode: Option<Spanned<model::ServerSslMode>>,
-    users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    users: Option<Spanned<BTreeMap<String, Spanned<PostgresUserDocument>>>>,
+    users_file: Option<Spanned<String>>,
+    #[serde(default)]
+    trace_query_text: bool,
+}
+
+/// A Postgres user: a password or verifier, or that with settings of its own.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PostgresUserDocument {
+    Secret(String),
+    Settings(PostgresUserSettingsDocument),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresUserSettingsDocument {
+    password: String,
+    query_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -613,8 +631,14 @@ impl ListenerDocument {
             }),
             tls: self.tls.as_ref().map(|tls| {
                 let mut tls = tls.convert(&format!("{path}.tls"), converter);
-                if protocol == model::Protocol::Http && tls.alpn.is_empty() {
-                    tls.alpn = vec!["h2".to_owned(), "http/1.1".to_owned()];
+                if tls.alpn.is_empty() {
+                    tls.alpn = match protocol {
+                        model::Protocol::Http => vec!["h2".to_owned(), "http/1.1".to_owned()],
+                        // Postgres 17's direct TLS (`sslnegotiation=direct`)
+                        // must negotiate this; older clients send no ALPN.
+                        model::Protocol::Postgres => vec!["postgresql".to_owned()],
+                        _ => Vec::new(),
+                    };
                 }
                 tls
             }),
@@ -755,18 +779,52 @@ impl PostgresDocument {
                 self.server_sslmode.as_ref(),
                 defaults.server_sslmode,
             ),
-            users: self.users.as_ref().map_or_else(BTreeMap::new, |users| {
-                converter.note(&format!("{path}.users"), users);
-                users
-                    .value
-                    .iter()
-                    .map(|(name, secret)| {
-                        let secret = converter.note(&format!("{path}.users.{name}"), secret);
-                        (name.clone(), secret.clone())
-                    })
-                    .collect()
-            }),
+            users: self.users(path, converter),
+            users_file: self
+                .users_file
+                .as_ref()
+                .map(|file| converter.path(&format!("{path}.users_file"), file)),
+            trace_query_text: self.trace_query_text,
         }
+    }
+
+    /// The users of `users:`, with their own settings.
+    fn users(
+        &self,
+        path: &str,
+        converter: &mut Converter,
+    ) -> BTreeMap<String, model::PostgresUser> {
+        let mut users = BTreeMap::new();
+        if let Some(listed) = &self.users {
+            converter.note(&format!("{path}.users"), listed);
+            for (name, user) in &listed.value {
+                let user_path = format!("{path}.users.{name}");
+                let user = match converter.note(&user_path, user) {
+                    PostgresUserDocument::Secret(secret) => model::PostgresUser {
+                        secret: secret.clone(),
+                        query_timeout: None,
+                    },
+                    PostgresUserDocument::Settings(settings) => model::PostgresUser {
+                        secret: settings.password.clone(),
+                        query_timeout: settings.query_timeout.as_deref().and_then(|text| {
+                            humantime::parse_duration(text.trim())
+                                .map_err(|error| {
+                                    converter.problem(
+                                        &user_path,
+                                        format!(
+                                            "query_timeout: {text:?} is not a duration such as \
+                                             250ms, 10s or 1h ({error})"
+                                        ),
+                                    );
+                                })
+                                .ok()
+                        }),
+                    },
+                };
+                users.insert(name.clone(), user);
+            }
+        }
+        users
     }
 }
 

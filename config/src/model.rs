@@ -603,8 +603,9 @@ pub enum Protocol {
     Http,
     /// RESP: commands of many clients multiplexed over a few upstream connections.
     Redis,
-    /// The Postgres wire protocol: TLS negotiated in-band (`SSLRequest`),
-    /// then the session forwarded as it is.
+    /// The Postgres wire protocol: TLS negotiated in-band (`SSLRequest`) or
+    /// direct (ALPN `postgresql`), then the session pooled (or, with
+    /// `auth: passthrough`, relayed as it is).
     Postgres,
 }
 
@@ -752,11 +753,26 @@ pub struct PostgresListener {
     /// With upstream `tls`: whether the server must accept TLS (`require`)
     /// or may decline it (`prefer`, then plaintext).
     pub server_sslmode: ServerSslMode,
-    /// Users clients log in as (SCRAM-SHA-256), each with a password or a
-    /// SCRAM verifier (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, as
-    /// Postgres stores it); empty: loopback clients are trusted.
-    #[serde(serialize_with = "serialized::secret_map")]
-    pub users: std::collections::BTreeMap<String, String>,
+    /// Users clients log in as (SCRAM-SHA-256); without these and
+    /// `users_file`, loopback clients are trusted.
+    pub users: std::collections::BTreeMap<String, PostgresUser>,
+    /// A file of more users, one `"name" "password or verifier"` per line
+    /// (PgBouncer's `auth_file` format), read when the listener starts.
+    pub users_file: Option<PathBuf>,
+    /// Statement spans carry `db.query.text`, literals replaced by `?`.
+    pub trace_query_text: bool,
+}
+
+/// A user clients may log in as.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PostgresUser {
+    /// A password, or a SCRAM verifier
+    /// (`SCRAM-SHA-256$4096:salt$StoredKey:ServerKey`, as Postgres stores it).
+    #[serde(serialize_with = "serialized::redacted")]
+    pub secret: String,
+    /// Overrides the listener's `query_timeout` for this user's sessions.
+    #[serde(serialize_with = "serialized::optional_duration")]
+    pub query_timeout: Option<Duration>,
 }
 
 /// A SCRAM-SHA-256 verifier as Postgres stores it
@@ -863,6 +879,8 @@ impl Default for PostgresListener {
             server_password: None,
             server_sslmode: ServerSslMode::default(),
             users: std::collections::BTreeMap::new(),
+            users_file: None,
+            trace_query_text: false,
         }
     }
 }
@@ -1241,11 +1259,11 @@ mod serialized {
     }
 
     /// Secrets by name: the names, never the values.
-    pub(super) fn secret_map<S: serde::Serializer>(
-        secrets: &std::collections::BTreeMap<String, String>,
+    pub(super) fn redacted<S: serde::Serializer>(
+        _secret: &str,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
-        serializer.collect_map(secrets.keys().map(|name| (name, "<redacted>")))
+        serializer.serialize_str("<redacted>")
     }
 
     /// A secret shows whether it is set, never its value.

@@ -195,6 +195,16 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
         }
         if let ListenerKind::Postgres(postgres) = &listener.kind {
             validate_postgres(postgres, &format!("{path}.postgres"), &mut report);
+            if let Some(tls) = &listener.tls
+                && !tls.alpn.iter().any(|protocol| protocol == "postgresql")
+            {
+                report(
+                    format!("{path}.tls.alpn"),
+                    "a postgres listener must offer \"postgresql\" (Postgres 17 clients \
+                     with sslnegotiation=direct require it); leave alpn out for that default"
+                        .into(),
+                );
+            }
         }
         if listener.protocol() != Protocol::Postgres
             && let Some(upstream) = listener.upstream.as_deref()
@@ -602,7 +612,8 @@ fn validate_postgres(
             report(format!("{path}.{key}"), "must be greater than zero".into());
         }
     }
-    for (name, secret) in &postgres.users {
+    for (name, user) in &postgres.users {
+        let secret = &user.secret;
         if name.is_empty() {
             report(format!("{path}.users"), "a user name is empty".into());
         }
@@ -610,6 +621,12 @@ fn validate_postgres(
             report(
                 format!("{path}.users.{name}"),
                 "is empty: give a password or a SCRAM-SHA-256 verifier".into(),
+            );
+        }
+        if user.query_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            report(
+                format!("{path}.users.{name}"),
+                "query_timeout must be greater than zero".into(),
             );
         }
         if secret.starts_with("SCRAM-SHA-256$")
@@ -623,7 +640,9 @@ fn validate_postgres(
             );
         }
     }
-    if postgres.auth == PostgresAuth::Passthrough && !postgres.users.is_empty() {
+    if postgres.auth == PostgresAuth::Passthrough
+        && (!postgres.users.is_empty() || postgres.users_file.is_some())
+    {
         report(
             format!("{path}.users"),
             "`auth: passthrough` relays the client's own login to Postgres; users are for \

@@ -549,6 +549,32 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
     let users = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      users:\n        good: pass\n        bad: \"SCRAM-SHA-256$4096:c2FsdA==$short:key\"\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
     let found = located(users);
     assert_eq!(found, ["listeners[0].postgres.users.bad (line 8)"]);
+
+    // A user with settings of its own; a bad one is named with its line.
+    let settings = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    postgres:\n      query_timeout: 5s\n      users:\n        batch: {password: pass, query_timeout: 10m}\n        app: pass\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let config = parse(settings, "test", &|_| None).unwrap();
+    let attache_config::ListenerKind::Postgres(postgres) = &config.listeners[0].kind else {
+        panic!("a postgres listener");
+    };
+    assert_eq!(
+        postgres.users["batch"].query_timeout,
+        Some(Duration::from_secs(600))
+    );
+    assert_eq!(postgres.users["app"].query_timeout, None);
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(!shown.contains("pass\""), "{shown}");
+    let found = located(&settings.replace("10m", "later"));
+    assert_eq!(found, ["listeners[0].postgres.users.batch (line 8)"]);
+
+    // A TLS postgres listener offers ALPN `postgresql` (direct TLS needs it).
+    let tls = "listeners:\n  - listen: 127.0.0.1:6432\n    protocol: postgres\n    upstream: db\n    tls: {cert: c.pem, key: k.pem, client_auth: none}\nupstreams:\n  db: {endpoints: [\"127.0.0.1:5432\"]}\n";
+    let config = parse(tls, "test", &|_| None).unwrap();
+    assert_eq!(
+        config.listeners[0].tls.as_ref().unwrap().alpn,
+        ["postgresql"]
+    );
+    let found = located(&tls.replace("none}", "none, alpn: [h2]}"));
+    assert_eq!(found, ["listeners[0].tls.alpn (line 5)"]);
 }
 
 /// Each problem of `text` as `path (line N)`.

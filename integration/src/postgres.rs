@@ -48,6 +48,31 @@ pub async fn psql_in(
     )
 }
 
+/// One query through psycopg 3 with the libpq it ships (18: Postgres 17's
+/// `sslnegotiation=direct` among its options) on database `test`:
+/// (success, the first column of the first row, the error).
+pub async fn psycopg(address: SocketAddr, connection: &str, sql: &str) -> (bool, String, String) {
+    const SCRIPT: &str = "import sys, psycopg\n\
+        with psycopg.connect(sys.argv[1]) as connection:\n\
+        \x20   print(connection.execute(sys.argv[2]).fetchone()[0])\n";
+    let conninfo = format!(
+        "host=localhost hostaddr={} port={} user=postgres dbname=test connect_timeout=10 \
+         gssencmode=disable {connection}",
+        address.ip(),
+        address.port()
+    );
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", SCRIPT, &conninfo, sql])
+        .output()
+        .await
+        .expect("python3 runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// A tokio-postgres client of `address` on database `test` (its
 /// connection driven in a task).
 ///

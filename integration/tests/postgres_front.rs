@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use attache_integration::pki::{ALLOWED_ID, Pki};
-use attache_integration::postgres::{POSTGRES, connect, psql, wait_until_running};
+use attache_integration::postgres::{POSTGRES, connect, psql, psycopg, wait_until_running};
 use attache_integration::{Attache, servers};
 
 fn config(tls: &str) -> String {
@@ -105,6 +105,59 @@ async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
             .unwrap(),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_tls_listener_takes_direct_tls_that_negotiates_alpn_postgresql() {
+    let pki = Pki::new();
+    let attache = Attache::run(&tls_config(&pki)).await.unwrap();
+    let front = attache.listener("db");
+
+    // libpq 18 (psycopg's) with Postgres 17's direct TLS: a ClientHello
+    // first, ALPN `postgresql`, no SSLRequest.
+    let direct = format!(
+        "sslnegotiation=direct sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        pki.ca(),
+        pki.cert("app"),
+        pki.key("app")
+    );
+    let (ok, answer, error) = psycopg(front, &direct, "select 'direct TLS'").await;
+    assert!(ok, "{error}");
+    assert_eq!(answer, "direct TLS");
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="ok"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // A TLS session without ALPN might have been meant for another
+    // protocol: refused once the handshake is done, before any session.
+    let output = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(front.to_string())
+        .args(["-servername", "localhost", "-CAfile", &pki.ca()])
+        .args(["-cert", &pki.cert("app"), "-key", &pki.key("app")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        answer.contains("direct TLS connections must negotiate ALPN"),
+        "{answer}"
+    );
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="ok"}"#,
+            2.0,
+        )
+        .await
+        .unwrap();
+    let connects =
+        r#"attache_upstream_connect_attempts_total{upstream="postgres",endpoint="127.0.0.1:5432"}"#;
+    assert_eq!(attache.metric(connects).await.unwrap(), 1.0);
 }
 
 #[tokio::test]

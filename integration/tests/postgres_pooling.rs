@@ -521,6 +521,45 @@ async fn copy_streams_both_ways_byte_for_byte() {
         .unwrap();
 }
 
+/// The most memory the process has held (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test]
+async fn a_gibibyte_copy_to_stdout_streams_through_in_flat_memory() {
+    use futures_util::StreamExt as _;
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let client = connect(attache.listener("db")).await;
+    client.simple_query("select 1").await.unwrap();
+    let before = peak_rss_kib(attache.pid());
+    // 1 GiB of small rows, then 256 MiB of 1 MiB rows (forwarded in pieces).
+    for (row, rows) in [(1023_usize, 1_usize << 20), (1 << 20, 256)] {
+        let stream = client
+            .copy_out(&format!(
+                "COPY (SELECT repeat('x', {row}) FROM generate_series(1, {rows})) TO STDOUT"
+            ))
+            .await
+            .unwrap();
+        let mut stream = std::pin::pin!(stream);
+        let mut length = 0;
+        while let Some(chunk) = stream.next().await {
+            length += chunk.unwrap().len();
+        }
+        assert_eq!(length, (row + 1) * rows, "every byte arrives");
+    }
+    let grown = peak_rss_kib(attache.pid()).saturating_sub(before);
+    assert!(
+        grown < 32 << 10,
+        "attache's peak memory grew by {grown} KiB over 1.25 GiB of COPY"
+    );
+}
+
 #[tokio::test]
 async fn a_login_the_server_refuses_reaches_the_client_with_its_error() {
     let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
@@ -547,7 +586,7 @@ async fn a_plaintext_app_reaches_a_postgres_that_requires_tls_and_a_client_certi
     )
     .await;
     let yaml = format!(
-        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: postgres\n    upstream: private\n    postgres:\n      pool_size: 2\n      server_user: attache_db\n      server_password: s3cret-db\n\
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: postgres\n    upstream: private\n    postgres:\n      pool_size: 2\n      server_user: attache_db\n      server_password: s3cret-db\n      query_timeout: 1s\n\
          upstreams:\n  private:\n    endpoints: [\"localhost:{}\"]\n    tls:\n      ca: {}\n      cert: {}\n      key: {}\n",
         server.port,
         pki.ca(),
@@ -587,6 +626,22 @@ async fn a_plaintext_app_reaches_a_postgres_that_requires_tls_and_a_client_certi
             .await
             .unwrap(),
         1.0
+    );
+
+    // query_timeout's cancel request reaches the server, inside TLS as
+    // the upstream's connections are (Postgres would also take it in
+    // plaintext: this shows the TLS path works, not that it is taken).
+    let (ok, _, stderr) = attache_integration::postgres::psql_in(
+        attache.listener("db"),
+        "postgres",
+        "sslmode=disable",
+        "select pg_sleep(30)",
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("canceling statement due to user request"),
+        "{stderr}"
     );
 }
 
@@ -766,7 +821,75 @@ async fn users_log_in_with_scram_and_wrong_or_unknown_ones_are_refused() {
         !shown.contains("s3cret-app") && !shown.contains(&verifier),
         "{shown}"
     );
-    assert!(shown.contains("\"app\":\"<redacted>\""), "{shown}");
+    assert!(
+        shown.contains("\"app\":{\"secret\":\"<redacted>\""),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn users_from_a_file_log_in_and_a_user_has_its_own_query_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    let userlist = directory.path().join("userlist.txt");
+    let verifier = postgres_protocol::password::scram_sha_256(b"filed-pass");
+    std::fs::write(
+        &userlist,
+        format!(
+            "; PgBouncer's auth_file format\n\"filed\" \"{verifier}\"\n\"plain\" \"plain-pass\"\n"
+        ),
+    )
+    .unwrap();
+    let settings = format!(
+        "      server_user: postgres\n      users_file: {}\n      users:\n        batch: {{password: batch-pass, query_timeout: 1s}}\n",
+        userlist.display()
+    );
+    let attache = Attache::run(&config(&settings)).await.unwrap();
+    let front = attache.listener("db");
+    let login = async |user: &str, password: &str| {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host={} port={} user={user} password={password} dbname=test",
+                front.ip(),
+                front.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(connection);
+        Ok::<_, tokio_postgres::Error>(client)
+    };
+    // The file's users log in; a wrong password does not.
+    let filed = login("filed", "filed-pass").await.unwrap();
+    login("plain", "plain-pass").await.unwrap();
+    let error = login("filed", "plain-pass").await.err().unwrap();
+    assert_eq!(error.code(), Some(&SqlState::INVALID_PASSWORD));
+
+    // batch's own query_timeout cancels its statement; the listener has
+    // none, so filed's runs to its end.
+    let batch = login("batch", "batch-pass").await.unwrap();
+    let error = batch.simple_query("select pg_sleep(30)").await.unwrap_err();
+    assert_eq!(error.code(), Some(&SqlState::QUERY_CANCELED));
+    let one: i32 = batch.query_one("select 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    filed.simple_query("select pg_sleep(1.5)").await.unwrap();
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_cancels_total{listener="db",reason="timeout"}"#)
+            .await
+            .unwrap(),
+        1.0
+    );
+
+    // A bad line keeps attache from starting, and says which line.
+    std::fs::write(&userlist, "\"filed\" \"x\"\nplain plain-pass\n").unwrap();
+    let error = Attache::run(&config(&settings))
+        .await
+        .err()
+        .expect("attache refuses to start");
+    assert!(
+        error.to_string().contains("postgres.users_file: line 2 of"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -384,3 +384,61 @@ upstreams:
         );
     }
 }
+
+#[tokio::test]
+async fn with_trace_query_text_each_span_carries_its_own_statement_without_literals() {
+    let collector = Collector::start().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - name: db
+    listen: \"127.0.0.1:0\"
+    protocol: postgres
+    upstream: postgres
+    postgres: {{ trace_query_text: true }}
+upstreams:
+  postgres: {{ endpoints: [\"127.0.0.1:5432\"] }}
+",
+        collector.endpoint()
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let client = attache_integration::postgres::connect(attache.listener("db")).await;
+    // Simple protocol, then extended statements pipelined (tokio-postgres
+    // sends both before reading either answer).
+    client
+        .simple_query("select 'simple-secret' as literal, 42 -- a 'comment-secret'")
+        .await
+        .unwrap();
+    let first = client.query("select $1::text || 'first-secret'", &[&"p"]);
+    let second = client.query("select $1::int + 1000 as second", &[&1]);
+    let (first, second) = tokio::join!(first, second);
+    first.unwrap();
+    second.unwrap();
+    let expected = [
+        "select ? as literal, ?",
+        "select $1::text || ?",
+        "select $1::int + ? as second",
+    ];
+    let spans = collector
+        .wait_until(|spans| {
+            expected.iter().all(|text| {
+                spans.iter().any(|span| {
+                    span.attributes.get("db.query.text").map(String::as_str) == Some(*text)
+                })
+            })
+        })
+        .await;
+    for span in spans
+        .iter()
+        .filter(|span| span.attributes.contains_key("db.system.name"))
+    {
+        assert!(
+            span.attributes
+                .values()
+                .all(|value| !value.contains("secret")
+                    && !value.contains("42")
+                    && !value.contains("1000")),
+            "no literal reaches a span: {span:#?}"
+        );
+    }
+}

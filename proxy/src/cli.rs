@@ -1082,8 +1082,11 @@ mod tests {
         );
         assert_eq!(settings.server_password, None);
         assert_eq!(postgres.listeners[0].name, "postgres");
-        // No HTTP ALPN on a Postgres listener.
-        assert!(postgres.listeners[0].tls.as_ref().unwrap().alpn.is_empty());
+        // Postgres' own ALPN (direct TLS), not HTTP's.
+        assert_eq!(
+            postgres.listeners[0].tls.as_ref().unwrap().alpn,
+            ["postgresql"]
+        );
         // TLS to the server starts inside the protocol (SSLRequest).
         let in_band = one_liner_config(&[
             "attache",

@@ -218,11 +218,14 @@ impl Generation {
         Ok(match &listener.kind {
             ListenerKind::Tcp => Arc::new(tcp_route(self.upstream(upstream_name()?)?)),
             ListenerKind::Postgres(settings) => {
-                let front = Arc::new(PostgresFront::new(
-                    tcp_route(self.upstream(upstream_name()?)?),
-                    settings,
-                    metrics.postgres(&listener.name),
-                ));
+                let front = Arc::new(
+                    PostgresFront::new(
+                        tcp_route(self.upstream(upstream_name()?)?),
+                        settings,
+                        metrics.postgres(&listener.name),
+                    )
+                    .with_context(|| format!("listener {:?}", listener.name))?,
+                );
                 self.postgres_fronts.push(front.clone());
                 front
             }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use attache_config::ScramVerifier;
+use attache_config::{PostgresUser, ScramVerifier};
 use base64::Engine as _;
 use bytes::BytesMut;
 use ring::rand::SecureRandom as _;
@@ -22,11 +22,13 @@ use crate::net::ClientStream;
 const MAX_AUTH_MESSAGE: usize = 8 << 10;
 const MECHANISM: &str = "SCRAM-SHA-256";
 
-/// A user's credentials.
+/// A user's credentials and settings.
 pub(super) struct Credentials {
     verifier: ScramVerifier,
     /// The password, when the config gave it in the clear.
     pub(super) password: Option<String>,
+    /// The user's own `query_timeout`, over the listener's.
+    pub(super) query_timeout: Option<std::time::Duration>,
 }
 
 /// The users of a listener.
@@ -36,11 +38,12 @@ pub(super) struct Users(BTreeMap<String, Credentials>);
 impl Users {
     /// From the config's `users` (a password or a verifier each; the
     /// config check has refused malformed verifiers).
-    pub(super) fn new(users: &BTreeMap<String, String>) -> Self {
+    pub(super) fn new(users: &BTreeMap<String, PostgresUser>) -> Self {
         Self(
             users
                 .iter()
-                .filter_map(|(name, secret)| {
+                .filter_map(|(name, user)| {
+                    let secret = &user.secret;
                     let (verifier, password) = if secret.starts_with("SCRAM-SHA-256$") {
                         (ScramVerifier::parse(secret)?, None)
                     } else {
@@ -48,7 +51,12 @@ impl Users {
                             postgres_protocol::password::scram_sha_256(secret.as_bytes());
                         (ScramVerifier::parse(&verifier)?, Some(secret.clone()))
                     };
-                    Some((name.clone(), Credentials { verifier, password }))
+                    let credentials = Credentials {
+                        verifier,
+                        password,
+                        query_timeout: user.query_timeout,
+                    };
+                    Some((name.clone(), credentials))
                 })
                 .collect(),
         )
@@ -257,9 +265,13 @@ mod tests {
 
     #[test]
     fn plain_passwords_become_verifiers_and_malformed_ones_are_skipped() {
+        let user = |secret: &str| PostgresUser {
+            secret: secret.to_owned(),
+            query_timeout: None,
+        };
         let users = Users::new(&BTreeMap::from([
-            ("app".to_owned(), "s3cret".to_owned()),
-            ("bad".to_owned(), "SCRAM-SHA-256$x".to_owned()),
+            ("app".to_owned(), user("s3cret")),
+            ("bad".to_owned(), user("SCRAM-SHA-256$x")),
         ]));
         let app = users.get("app").unwrap();
         assert_eq!(app.password.as_deref(), Some("s3cret"));

@@ -1,7 +1,7 @@
 //! Cancel requests in a pooled session. Each client gets a cancel key of
 //! attache's own (`BackendKeyData`); a `CancelRequest` with it reaches the
 //! server connection that client holds at that moment, under that
-//! connection's own key. Without a connection lent (between
+//! connection's own key, over TLS when the upstream has it. Without a connection lent (between
 //! transactions) there is nothing to cancel and nothing is sent.
 
 use std::collections::HashMap;
@@ -11,20 +11,32 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt as _;
 
+use crate::upstream::EndpointState;
+
+/// A server backend to cancel: the server (reached as its endpoint is, TLS
+/// included, at the very address it runs on) and the backend's key.
+#[derive(Clone)]
+pub(super) struct Destination {
+    pub(super) endpoint: Arc<EndpointState>,
+    pub(super) server: SocketAddr,
+    pub(super) process_id: u32,
+    pub(super) secret: u32,
+}
+
 /// Where a client's cancel request goes now.
 #[derive(Default)]
-pub(super) struct CancelTarget(Mutex<Option<(SocketAddr, u32, u32)>>);
+pub(super) struct CancelTarget(Mutex<Option<Destination>>);
 
 impl CancelTarget {
-    pub(super) fn set(&self, server: SocketAddr, process_id: u32, secret: u32) {
-        *self.lock() = Some((server, process_id, secret));
+    pub(super) fn set(&self, destination: Destination) {
+        *self.lock() = Some(destination);
     }
 
     pub(super) fn clear(&self) {
         *self.lock() = None;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(SocketAddr, u32, u32)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Destination>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -69,9 +81,9 @@ impl CancelKeys {
         }
     }
 
-    /// The server and key to cancel for a client's `CancelRequest` packet
-    /// (16 bytes: length, code, process id, secret).
-    pub(super) fn target(&self, packet: &[u8]) -> Option<(SocketAddr, u32, u32)> {
+    /// The backend to cancel for a client's `CancelRequest` packet (16
+    /// bytes: length, code, process id, secret).
+    pub(super) fn target(&self, packet: &[u8]) -> Option<Destination> {
         let word = |at: usize| {
             packet
                 .get(at..at + 4)
@@ -79,7 +91,7 @@ impl CancelKeys {
         };
         let key = (word(8)?, word(12)?);
         let target = self.lock().get(&key)?.clone();
-        *target.lock()
+        target.lock().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(u32, u32), Arc<CancelTarget>>> {
@@ -89,23 +101,29 @@ impl CancelKeys {
     }
 }
 
-/// Sends a `CancelRequest` for `process_id` on a connection of its own, as
-/// Postgres expects; the server answers with nothing but a close.
-pub(super) async fn send(server: SocketAddr, process_id: u32, secret: u32) {
+/// Sends a `CancelRequest` for the backend on a connection of its own, as
+/// Postgres expects (inside TLS when the upstream has it, so the key never
+/// crosses the network in the clear); the server answers with nothing but
+/// a close.
+pub(super) async fn send(destination: Destination) {
     const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
     let mut packet = BytesMut::new();
     postgres_protocol::message::frontend::cancel_request(
-        process_id as i32,
-        secret as i32,
+        destination.process_id as i32,
+        destination.secret as i32,
         &mut packet,
     );
     let sent = tokio::time::timeout(CANCEL_TIMEOUT, async {
-        let mut stream = tokio::net::TcpStream::connect(server).await?;
+        let mut stream = destination
+            .endpoint
+            .side_connection(destination.server)
+            .await
+            .map_err(std::io::Error::other)?;
         stream.write_all(&packet).await?;
         stream.shutdown().await
     })
     .await;
     if !matches!(sent, Ok(Ok(()))) {
-        tracing::debug!(%server, "a Postgres cancel request could not be delivered");
+        tracing::debug!(server = %destination.server, "a Postgres cancel request could not be delivered");
     }
 }

@@ -1,11 +1,15 @@
 //! Postgres clients (`protocol: postgres`): the packets a Postgres client
 //! sends before its session, answered the way a Postgres server answers
-//! them, then the session forwarded as it is (the TCP route's relay).
+//! them, then the session pooled ([`session`]) or, with `auth:
+//! passthrough`, forwarded as it is (the TCP route's relay).
 //!
 //! - `SSLRequest`: `S` and a TLS handshake on a listener with `tls:` (the
 //!   listener's own, through [`TlsAcceptor`]: same certificates, client
 //!   certificate checks, identity allow-lists and metrics as TLS up front);
 //!   `N` without. A second `SSLRequest` inside TLS is refused.
+//! - A TLS ClientHello as the first byte on a listener with `tls:`: direct
+//!   TLS (Postgres 17's `sslnegotiation=direct`), which must negotiate ALPN
+//!   `postgresql`.
 //! - `GSSENCRequest`: `N` (attache holds no Kerberos credentials); the
 //!   client goes on with `SSLRequest` or plaintext, as libpq does.
 //! - `CancelRequest`: forwarded on a connection of its own, as Postgres
@@ -26,9 +30,11 @@ mod auth;
 mod cancel;
 mod pins;
 mod pool;
+mod sanitize;
 mod server;
 mod session;
 mod startup;
+mod userlist;
 
 /// The protocol's messages (the `pgwire/` crate, fuzzed on its own).
 use attache_pg_wire as wire;
@@ -64,11 +70,34 @@ pub(crate) struct PostgresFront {
 }
 
 impl PostgresFront {
+    /// The listener's front; its `users_file` is read now.
+    ///
+    /// # Errors
+    /// When the users file cannot be read, has a bad line, or names a user
+    /// that `users` names too.
     pub(crate) fn new(
         route: TcpRoute,
         settings: &PostgresListener,
         metrics: PostgresMetrics,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
+        let mut users = settings.users.clone();
+        if let Some(file) = &settings.users_file {
+            for (name, secret) in userlist::read(file)
+                .map_err(|message| anyhow::anyhow!("postgres.users_file: {message}"))?
+            {
+                if users.contains_key(&name) {
+                    anyhow::bail!(
+                        "postgres.users_file: user {name:?} is both in postgres.users and in {}",
+                        file.display()
+                    );
+                }
+                let user = attache_config::PostgresUser {
+                    secret,
+                    query_timeout: None,
+                };
+                users.insert(name, user);
+            }
+        }
         let pooler = (settings.auth == attache_config::PostgresAuth::Local).then(|| Pooler {
             mode: settings.pool_mode,
             settings: settings.clone(),
@@ -78,9 +107,9 @@ impl PostgresFront {
             accepted: Mutex::new(HashMap::new()),
             next_statement: AtomicU64::new(1),
             cancels: cancel::CancelKeys::default(),
-            users: auth::Users::new(&settings.users),
+            users: auth::Users::new(&users),
         });
-        Self { route, pooler }
+        Ok(Self { route, pooler })
     }
 
     /// Each pool's state for `/upstreams`: listener, pool
@@ -222,9 +251,9 @@ async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<
             Some(pooler) => {
                 // Postgres answers a cancel request with nothing but a close.
                 drop(client);
-                if let Some((server, process_id, secret)) = pooler.cancels.target(&packet) {
+                if let Some(destination) = pooler.cancels.target(&packet) {
                     pooler.metrics.cancelled(CancelReason::Client);
-                    cancel::send(server, process_id, secret).await;
+                    cancel::send(destination).await;
                 }
                 route.metrics.closed(CloseResult::Ok);
             }
@@ -311,7 +340,7 @@ async fn pooled<'a>(
         // Without users: loopback clients, and clients whose certificate
         // the listener verified (a front door with `client_ca`).
         if !address.ip().is_loopback() && client.peer_identity().is_none() {
-            let message = "attache: no users are configured (postgres.users); only loopback \
+            let message = "attache: no users are configured (postgres.users, postgres.users_file); only loopback \
                            clients and clients with a verified certificate are let in without one"
                 .to_owned();
             return Err(refuse(&mut client, "28000", message).await);
@@ -327,6 +356,9 @@ async fn pooled<'a>(
         }
     }
     let user_password = credentials.and_then(|credentials| credentials.password.as_deref());
+    let query_timeout = credentials
+        .and_then(|credentials| credentials.query_timeout)
+        .or(pooler.settings.query_timeout);
     let pool = pooler.pools.pool(&database, &user, user_password);
     drop(user);
     let reported = match pool.reported() {
@@ -376,8 +408,56 @@ async fn pooled<'a>(
         database,
         wanted,
         cancel: key,
+        query_timeout,
     };
     Ok(session::Session::new(route, pooler, client, pool))
+}
+
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Direct TLS (Postgres 17's `sslnegotiation=direct`): a client on a TLS
+/// listener that starts with a ClientHello instead of an `SSLRequest` gets
+/// the handshake at once, and must have negotiated ALPN `postgresql` (as
+/// Postgres requires, so that a TLS session meant for another protocol is
+/// never taken for a Postgres one). Any other first byte is left unread.
+async fn direct_tls(
+    client: ClientStream,
+    context: &mut ConnectionContext,
+    route: &TcpRoute,
+) -> Result<ClientStream, CloseResult> {
+    let ClientStream::Plain(stream) = client else {
+        return Ok(client);
+    };
+    let mut first = [0; 1];
+    if !matches!(stream.peek(&mut first).await, Ok(1)) || first[0] != TLS_HANDSHAKE_RECORD {
+        return Ok(ClientStream::Plain(stream));
+    }
+    let Some(tls) = context.tls.take() else {
+        return Ok(ClientStream::Plain(stream));
+    };
+    // Counted and logged as a failed handshake when it fails.
+    let mut client = tls
+        .accept(stream, context.client_address)
+        .await
+        .ok_or(CloseResult::TlsHandshakeFailed)?;
+    let ClientStream::Tls(session) = &client else {
+        return Ok(client);
+    };
+    if session.get_ref().1.alpn_protocol() == Some(b"postgresql".as_slice()) {
+        return Ok(client);
+    }
+    limited!(
+        route.metrics.log_limit,
+        "postgres_direct_tls_alpn",
+        info!(listener = %route.listener, client = %context.client_address, "refused a direct TLS Postgres client that did not negotiate ALPN \"postgresql\"")
+    );
+    let reply = wire::fatal(
+        "08P01",
+        "attache: direct TLS connections must negotiate ALPN \"postgresql\"",
+    );
+    let _ = client.write_all(&reply).await;
+    Err(CloseResult::Error)
 }
 
 /// Reads and answers what the client sends before its startup message.
@@ -387,6 +467,12 @@ async fn open(
     route: &TcpRoute,
 ) -> Opening {
     let address = context.client_address;
+    if context.tls.is_some() {
+        match direct_tls(client, context, route).await {
+            Ok(upgraded) => client = upgraded,
+            Err(result) => return Opening::Done(result),
+        }
+    }
     loop {
         let packet = match read_packet(&mut client).await {
             Ok(packet) => packet,

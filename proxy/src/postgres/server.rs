@@ -71,6 +71,16 @@ impl ServerConnection {
         self.connection.stream()
     }
 
+    /// Where a cancel request for this connection's backend goes.
+    pub(super) fn cancel_destination(&self) -> Option<super::cancel::Destination> {
+        Some(super::cancel::Destination {
+            endpoint: self.connection.endpoint_state().clone(),
+            server: self.address?,
+            process_id: self.process_id,
+            secret: self.secret,
+        })
+    }
+
     /// Connects and logs in; the connection is idle (`ReadyForQuery`) after.
     pub(super) async fn open(login: &Login) -> Result<Self, ServerError> {
         let mut connection = login.upstream.connect().await?;

@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -33,6 +34,7 @@ use super::Pooler;
 use super::cancel::CancelKey;
 use super::pins::{self, SessionEffect};
 use super::pool::{Lease, Pool, PoolError};
+use super::sanitize::sanitize;
 use super::wire::{self, WireError};
 use crate::net::ClientStream;
 use crate::tcp::TcpRoute;
@@ -70,9 +72,10 @@ enum Expect {
     /// `PortalSuspended` or an error.
     Execute,
     /// `Sync`, `Query`, `FunctionCall`: end with `ReadyForQuery`; hidden
-    /// when attache sent it.
+    /// when attache sent it; `query`: a client's `Query`.
     Ready {
         forward: bool,
+        query: bool,
     },
     /// A reply attache gives itself at this point in the stream.
     Synthetic(u8),
@@ -84,6 +87,25 @@ struct Statement {
     id: u64,
     /// The `Parse` body after the name: the text and parameter types.
     definition: Bytes,
+}
+
+/// What `db.query.text` needs: the sanitized text of each statement.
+#[derive(Default)]
+struct QueryTexts {
+    /// Of each `Query` and `Execute` sent and not yet answered, in order.
+    pending: VecDeque<String>,
+    /// Of the client's prepared statements, by name (`""` the unnamed).
+    statements: HashMap<Vec<u8>, String>,
+    /// Of the statement the last `Bind` named.
+    bound: Option<String>,
+}
+
+impl QueryTexts {
+    fn parsed(&mut self, name: &[u8], text: &[u8]) {
+        if self.statements.len() < MAX_CLIENT_STATEMENTS || self.statements.contains_key(name) {
+            self.statements.insert(name.to_vec(), sanitize(text));
+        }
+    }
 }
 
 /// How a session ended.
@@ -109,6 +131,10 @@ pub(super) struct Session<'a> {
     statements: HashMap<Bytes, Statement>,
     /// The cancel key the client was given; where its cancels go now.
     cancel: CancelKey<'a>,
+    /// The user's `query_timeout`, else the listener's.
+    query_timeout: Option<Duration>,
+    /// With `trace_query_text` and a tracer: the statements' texts.
+    query_texts: Option<Box<QueryTexts>>,
     from_client: BytesMut,
     from_server: BytesMut,
     to_client: BytesMut,
@@ -140,6 +166,8 @@ pub(super) struct Client<'a> {
     pub(super) wanted: Vec<(String, String)>,
     /// The cancel key it was given.
     pub(super) cancel: CancelKey<'a>,
+    /// The user's `query_timeout`, else the listener's.
+    pub(super) query_timeout: Option<Duration>,
 }
 
 impl<'a> Session<'a> {
@@ -161,6 +189,9 @@ impl<'a> Session<'a> {
             wanted: client.wanted,
             statements: HashMap::new(),
             cancel: client.cancel,
+            query_timeout: client.query_timeout,
+            query_texts: (pooler.settings.trace_query_text && route.tracer.is_some())
+                .then(Box::default),
             from_client: BytesMut::new(),
             from_server: BytesMut::new(),
             to_client: BytesMut::new(),
@@ -411,10 +442,8 @@ impl Session<'_> {
         metrics.wait_duration.observe(asked.elapsed().as_secs_f64());
         let mut lease = lease;
         let server = lease.connection();
-        if let Some(address) = server.address {
-            self.cancel
-                .target
-                .set(address, server.process_id, server.secret);
+        if let Some(destination) = server.cancel_destination() {
+            self.cancel.target.set(destination);
         }
         let mut settings = String::new();
         for (name, value) in &self.wanted {
@@ -425,7 +454,10 @@ impl Session<'_> {
         }
         if !settings.is_empty() {
             wire::query(&mut self.to_server, &settings);
-            self.expect.push_back(Expect::Ready { forward: false });
+            self.expect.push_back(Expect::Ready {
+                forward: false,
+                query: false,
+            });
         }
         self.lease = Some(lease);
         Ok(())
@@ -442,8 +474,14 @@ impl Session<'_> {
                 let mut body = wire::body(&message);
                 let text = wire::cstr(&mut body, "Query")?;
                 self.session_effects(text);
+                if let Some(texts) = &mut self.query_texts {
+                    texts.pending.push_back(sanitize(text));
+                }
                 self.to_server.extend_from_slice(&message);
-                self.expect.push_back(Expect::Ready { forward: true });
+                self.expect.push_back(Expect::Ready {
+                    forward: true,
+                    query: true,
+                });
                 self.statement_sent();
             }
             b'P' => {
@@ -452,6 +490,9 @@ impl Session<'_> {
                 let mut definition = rest;
                 let text = wire::cstr(&mut definition, "Parse")?;
                 self.session_effects(text);
+                if let Some(texts) = &mut self.query_texts {
+                    texts.parsed(name, text);
+                }
                 if name.is_empty() || !rewrite {
                     self.to_server.extend_from_slice(&message);
                     self.expect.push_back(Expect::ParseComplete {
@@ -483,6 +524,9 @@ impl Session<'_> {
                 let mut rest = wire::body(&message);
                 let portal = wire::cstr(&mut rest, "Bind")?;
                 let name = wire::cstr(&mut rest, "Bind")?;
+                if let Some(texts) = &mut self.query_texts {
+                    texts.bound = texts.statements.get(name).cloned();
+                }
                 match self.translated(rewrite, name) {
                     Some(server_name) => {
                         let at = wire::start(&mut self.to_server, b'B');
@@ -518,6 +562,11 @@ impl Session<'_> {
                 let body = wire::body(&message);
                 let (&kind, mut rest) = body.split_first().ok_or(WireError::Malformed("Close"))?;
                 let name = wire::cstr(&mut rest, "Close")?;
+                if kind == b'S'
+                    && let Some(texts) = &mut self.query_texts
+                {
+                    texts.statements.remove(name);
+                }
                 if rewrite && kind == b'S' && !name.is_empty() {
                     // The server keeps it for whoever prepares it next.
                     self.statements.remove(name);
@@ -529,13 +578,20 @@ impl Session<'_> {
                 }
             }
             b'E' => {
+                if let Some(texts) = &mut self.query_texts {
+                    let text = texts.bound.clone().unwrap_or_default();
+                    texts.pending.push_back(text);
+                }
                 self.to_server.extend_from_slice(&message);
                 self.expect.push_back(Expect::Execute);
                 self.statement_sent();
             }
             b'S' | b'F' => {
                 self.to_server.extend_from_slice(&message);
-                self.expect.push_back(Expect::Ready { forward: true });
+                self.expect.push_back(Expect::Ready {
+                    forward: true,
+                    query: false,
+                });
                 if tag == b'F' {
                     self.statement_sent();
                 }
@@ -629,7 +685,7 @@ impl Session<'_> {
             self.statement_started = Some(now);
         }
         if self.query_deadline.is_none()
-            && let Some(timeout) = self.pooler.settings.query_timeout
+            && let Some(timeout) = self.query_timeout
         {
             self.query_deadline = Some(now + timeout);
         }
@@ -647,18 +703,33 @@ impl Session<'_> {
                 .query_duration
                 .observe(took.as_secs_f64());
             if let Some(tracer) = &self.route.tracer {
+                let text = self
+                    .query_texts
+                    .as_ref()
+                    .and_then(|texts| texts.pending.front())
+                    .map(String::as_str);
                 crate::telemetry::traces::record_postgres_span(
                     tracer,
                     &self.route.listener,
                     &self.database,
                     std::time::SystemTime::now() - took,
-                    operation,
-                    sqlstate,
+                    crate::telemetry::traces::PostgresStatement {
+                        operation,
+                        sqlstate,
+                        text,
+                    },
                 );
             }
         }
-        if let Some(timeout) = self.pooler.settings.query_timeout {
+        if let Some(timeout) = self.query_timeout {
             self.query_deadline = Some(now + timeout);
+        }
+    }
+
+    /// The statement whose text leads the queue has ended.
+    fn statement_text_done(&mut self) {
+        if let Some(texts) = &mut self.query_texts {
+            texts.pending.pop_front();
         }
     }
 
@@ -770,8 +841,9 @@ impl Session<'_> {
                 self.statement_done(operation, None);
                 if front == Some(Expect::Execute) {
                     self.expect.pop_front();
+                    self.statement_text_done();
                 }
-                front != Some(Expect::Ready { forward: false })
+                !matches!(front, Some(Expect::Ready { forward: false, .. }))
             }
             b'E' => {
                 let sqlstate = wire::sqlstate(body);
@@ -785,7 +857,7 @@ impl Session<'_> {
                         self.server().broken = true;
                         true
                     }
-                    Some(Expect::Ready { forward }) => forward,
+                    Some(Expect::Ready { forward, .. }) => forward,
                     Some(_) => {
                         // The server skips everything up to the next Sync.
                         while let Some(expect) = self.expect.front().copied() {
@@ -793,6 +865,9 @@ impl Session<'_> {
                                 break;
                             }
                             self.expect.pop_front();
+                            if expect == Expect::Execute {
+                                self.statement_text_done();
+                            }
                             if let Expect::ParseComplete {
                                 prepared: Some(id), ..
                             } = expect
@@ -805,9 +880,12 @@ impl Session<'_> {
                 }
             }
             b'Z' => {
-                let Some(Expect::Ready { forward }) = self.expect.pop_front() else {
+                let Some(Expect::Ready { forward, query }) = self.expect.pop_front() else {
                     return Err("a ReadyForQuery nothing asked for");
                 };
+                if query {
+                    self.statement_text_done();
+                }
                 let status = body.first().copied().unwrap_or(b'I');
                 self.transaction_status(status);
                 if !self
@@ -822,7 +900,7 @@ impl Session<'_> {
                 forward
             }
             b'S' => {
-                if front == Some(Expect::Ready { forward: false }) {
+                if matches!(front, Some(Expect::Ready { forward: false, .. })) {
                     // Attache's own SETs: what it set is what it recorded.
                     false
                 } else {
@@ -912,14 +990,10 @@ impl Session<'_> {
             return;
         };
         let server = lease.connection();
-        if let Some(address) = server.address {
+        if let Some(destination) = server.cancel_destination() {
             self.pooler.metrics.cancelled(CancelReason::Timeout);
             tracing::debug!(listener = %self.route.listener, client = %self.client_address, "postgres query_timeout: cancelling the statement");
-            tokio::spawn(super::cancel::send(
-                address,
-                server.process_id,
-                server.secret,
-            ));
+            tokio::spawn(super::cancel::send(destination));
         }
     }
 
@@ -1002,7 +1076,7 @@ fn server_name(id: u64) -> String {
 /// settings back to the defaults, its prepared statements gone. A
 /// connection that does not come back idle in time is closed instead.
 async fn reset(lease: &mut Lease) {
-    const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    const RESET_TIMEOUT: Duration = Duration::from_secs(5);
     let server = lease.connection();
     let cleaned = tokio::time::timeout(RESET_TIMEOUT, async {
         let mut out = BytesMut::new();

@@ -455,19 +455,33 @@ pub(crate) fn start_redis_span(
         .start_with_context(tracer, &Context::new())
 }
 
+/// What a Postgres statement's span says of it.
+pub(crate) struct PostgresStatement<'a> {
+    /// The command tag's first word; none for an error before any.
+    pub(crate) operation: Option<&'a str>,
+    /// The SQLSTATE of its error.
+    pub(crate) sqlstate: Option<&'a str>,
+    /// Its text with literals replaced (only with `trace_query_text`).
+    pub(crate) text: Option<&'a str>,
+}
+
 /// One Postgres statement as it ran on the server, from `started` to now:
 /// `db.system.name` = `postgresql`, the database as `db.namespace`, the
-/// command tag's first word as `db.operation.name` (or none, for an
-/// error before any), the SQLSTATE of an error as
-/// `db.response.status_code`; never the SQL text.
+/// operation as `db.operation.name`, the SQLSTATE of an error as
+/// `db.response.status_code`; the SQL text (`db.query.text`) only when
+/// given, with its literals already replaced.
 pub(crate) fn record_postgres_span(
     tracer: &Tracer,
     listener: &str,
     database: &str,
     started: std::time::SystemTime,
-    operation: Option<&str>,
-    sqlstate: Option<&str>,
+    statement: PostgresStatement<'_>,
 ) {
+    let PostgresStatement {
+        operation,
+        sqlstate,
+        text,
+    } = statement;
     use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
     let name = match operation {
         Some(operation) => format!("{operation} {database}"),
@@ -486,6 +500,9 @@ pub(crate) fn record_postgres_span(
             "db.response.status_code",
             sqlstate.to_owned(),
         ));
+    }
+    if let Some(text) = text.filter(|text| !text.is_empty()) {
+        attributes.push(KeyValue::new("db.query.text", text.to_owned()));
     }
     let mut span = tracer
         .span_builder(name)

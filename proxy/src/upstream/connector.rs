@@ -84,8 +84,11 @@ impl ConnectError {
     }
 }
 
+/// A connection to `endpoint` (or to `exact`, one of its addresses) within
+/// `timeout`: the PROXY header first when given, then TLS when originated.
 pub(super) async fn connect(
     endpoint: &Endpoint,
+    exact: Option<std::net::SocketAddr>,
     timeout: Duration,
     metrics: Option<&EndpointMetrics>,
     origination: Option<Origination<'_>>,
@@ -96,7 +99,17 @@ pub(super) async fn connect(
     }
     let started = Instant::now();
     let attempt = async {
-        let mut stream = resolve_and_connect(endpoint).await?;
+        let mut stream = match exact {
+            Some(address) => {
+                TcpStream::connect(address)
+                    .await
+                    .map_err(|source| ConnectError::Io {
+                        endpoint: endpoint.to_string(),
+                        source,
+                    })?
+            }
+            None => resolve_and_connect(endpoint).await?,
+        };
         net::tune(socket2::SockRef::from(&stream));
         if let Some(preface) = preface {
             // A PROXY protocol header goes first, before any TLS record.

@@ -197,6 +197,29 @@ impl EndpointState {
         metrics: Option<&EndpointMetrics>,
         preface: Option<&[u8]>,
     ) -> Result<Connected, ConnectError> {
+        self.establish_at(None, metrics, preface).await
+    }
+
+    /// A connection of its own to `address`, a server this endpoint
+    /// resolved to, with the endpoint's TLS origination (in-band included)
+    /// and connect timeout, uncounted: a Postgres cancel request, which
+    /// must reach the very server that runs the query.
+    ///
+    /// # Errors
+    /// [`ConnectError`] when the connect or the TLS handshake fails.
+    pub(crate) async fn side_connection(
+        &self,
+        address: std::net::SocketAddr,
+    ) -> Result<UpstreamStream, ConnectError> {
+        Ok(self.establish_at(Some(address), None, None).await?.stream)
+    }
+
+    async fn establish_at(
+        &self,
+        exact: Option<std::net::SocketAddr>,
+        metrics: Option<&EndpointMetrics>,
+        preface: Option<&[u8]>,
+    ) -> Result<Connected, ConnectError> {
         let tls_config = self.tls.as_ref().map(|config| config.load_full());
         let connector = tls_config.clone().map(tokio_rustls::TlsConnector::from);
         let origination =
@@ -209,7 +232,7 @@ impl EndpointState {
                     start: self.start_tls,
                 });
         let stream =
-            connector::connect(&self.address, self.connect_timeout, metrics, origination, preface)
+            connector::connect(&self.address, exact, self.connect_timeout, metrics, origination, preface)
                 .await
             .inspect_err(|error| {
                 tracing::debug!(upstream = %self.upstream, endpoint = %self.address, %error, "upstream connect failed");

@@ -169,6 +169,11 @@ impl UpstreamConnection {
     pub(crate) fn endpoint(&self) -> &EndpointAddress {
         &self.endpoint.address
     }
+
+    /// The endpoint this connection reached, for side connections to it.
+    pub(crate) fn endpoint_state(&self) -> &Arc<EndpointState> {
+        &self.endpoint
+    }
 }
 
 impl Drop for UpstreamConnection {
