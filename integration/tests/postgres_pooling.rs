@@ -190,6 +190,89 @@ async fn prepared_statements_follow_their_client_across_server_connections() {
 }
 
 #[tokio::test]
+async fn sqlx_pools_its_cached_statements_and_transactions_through_transaction_pooling() {
+    // sqlx keeps a pool of its own (8 connections here) and prepares each
+    // statement once per connection under its own name (sqlx_s_N), then
+    // binds it for every query: attache's pool of 2 serves all of them.
+    let attache = Attache::run(&config(
+        "      pool_size: 2\n      max_prepared_statements: 3\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let table = format!("attache_sqlx_{}", std::process::id());
+    let setup = connect(direct()).await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (worker int, n int)"
+        ))
+        .await
+        .unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&format!(
+            "postgres://postgres@{}:{}/test?sslmode=disable",
+            front.ip(),
+            front.port()
+        ))
+        .await
+        .unwrap();
+    let mut workers = Vec::new();
+    for worker in 0..8_i32 {
+        let pool = pool.clone();
+        let table = table.clone();
+        workers.push(tokio::spawn(async move {
+            for n in 0..25_i32 {
+                let (sum,): (i32,) = sqlx::query_as("select $1::int + $2::int")
+                    .bind(worker)
+                    .bind(n)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(sum, worker + n);
+                let (text,): (String,) = sqlx::query_as("select $1::text || '-' || $2::text")
+                    .bind(worker.to_string())
+                    .bind(n.to_string())
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(text, format!("{worker}-{n}"));
+                let mut transaction = pool.begin().await.unwrap();
+                sqlx::query(&format!("insert into {table} values ($1, $2)"))
+                    .bind(worker)
+                    .bind(n)
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                transaction.commit().await.unwrap();
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let (rows, total): (i64, i64) =
+        sqlx::query_as(&format!("select count(*), sum(n)::bigint from {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, total), (200, 8 * (0..25).sum::<i64>()));
+    pool.close().await;
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "no invalid statement name"
+    );
+    setup
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn session_state_pins_instead_of_leaking_to_the_next_client() {
     let attache = Attache::run(&config("      pool_size: 1\n      queue_timeout: 1s\n"))
         .await
