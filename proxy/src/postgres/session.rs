@@ -210,7 +210,7 @@ impl<'a> Session<'a> {
 
     /// Serves the session to its end; the server connection, if any, goes
     /// back to its pool cleaned, or is closed.
-    pub(super) async fn run(mut self) -> CloseResult {
+    pub(super) async fn run(&mut self) -> CloseResult {
         let end = self.serve().await;
         self.cancel.target.clear();
         if let Some(mut lease) = self.lease.take() {
@@ -289,6 +289,9 @@ impl<'a> Session<'a> {
 const SERVER_READ: usize = 16 << 10;
 /// Room read into at once from the client.
 const CLIENT_READ: usize = 2 << 10;
+/// Room on the stack for a read with nothing buffered (up to a whole
+/// pipeline of statements, or a piece of COPY data, in one read).
+const IDLE_READ: usize = 16 << 10;
 
 async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::io::Result<usize> {
     match lease {
@@ -302,16 +305,31 @@ async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::i
     }
 }
 
-/// Reads what the client sent; an idle client holds no buffer until
-/// bytes arrive.
+/// Reads what the client sent; an idle client holds no buffer. With
+/// nothing buffered, the read goes into room on the stack, copied out
+/// only when bytes came: a readiness the runtime still remembers from the
+/// last read (it is cleared only by a read that finds nothing) would
+/// otherwise make every idle client reserve a buffer and keep it while it
+/// waits.
 async fn read_client(client: &mut ClientStream, buffer: &mut BytesMut) -> std::io::Result<usize> {
-    if buffer.is_empty() {
-        std::future::poll_fn(|cx| crate::net::Stream::poll_read_ready(client, cx)).await?;
+    if !buffer.is_empty() {
+        if buffer.capacity() - buffer.len() < CLIENT_READ / 2 {
+            buffer.reserve(CLIENT_READ);
+        }
+        return client.read_buf(buffer).await;
     }
-    if buffer.capacity() - buffer.len() < CLIENT_READ / 2 {
-        buffer.reserve(CLIENT_READ);
-    }
-    client.read_buf(buffer).await
+    std::future::poll_fn(|cx| {
+        let mut room = [0; IDLE_READ];
+        let mut read = tokio::io::ReadBuf::new(&mut room);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut *client),
+            cx,
+            &mut read
+        ))?;
+        buffer.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }
 
 /// Gives back an empty buffer's memory: between transactions a client
