@@ -229,59 +229,49 @@ enum Opening {
     Done(CloseResult),
 }
 
-/// A plain function returning an `async move` block, not an `async fn`: an
-/// async fn keeps each argument twice (as it came and as a local), and
-/// this future lives as long as the client.
-fn serve(
-    client: ClientStream,
-    mut context: ConnectionContext,
-    front: Arc<PostgresFront>,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let route = &front.route;
-        // Boxed: the TLS handshake's state is freed once the session starts.
-        let opening =
-            tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(open(client, &mut context, route)))
-                .await;
-        match opening {
-            Ok(Opening::Session(client, startup)) => match &front.pooler {
-                Some(pooler) => {
-                    // Boxed: a session does not carry its startup's state.
-                    // Taken out of the `Result` in a statement of its own,
-                    // so the session is held once while it runs (a
-                    // `match` scrutinee would stay beside it: 512 bytes
-                    // more for each idle client).
-                    let mut session =
-                        match Box::pin(pooled(client, &context, route, pooler, startup)).await {
-                            Ok(session) => session,
-                            Err(result) => return route.metrics.closed(result),
-                        };
-                    // By reference: a by-value `self` would also be held
-                    // twice (as the argument and as its local).
-                    let result = session.run().await;
-                    route.metrics.closed(result);
-                }
-                None => Box::pin(crate::tcp::forward(client, context, route, &startup)).await,
-            },
-            Ok(Opening::Cancel(client, packet)) => match &front.pooler {
-                Some(pooler) => {
-                    // Postgres answers a cancel request with nothing but a close.
-                    drop(client);
-                    if let Some(destination) = pooler.cancels.target(&packet) {
-                        pooler.metrics.cancelled(CancelReason::Client);
-                        // Boxed: its connect and TLS state would otherwise
-                        // size every client's future.
-                        Box::pin(cancel::send(destination)).await;
-                    }
-                    route.metrics.closed(CloseResult::Ok);
-                }
-                None => Box::pin(crate::tcp::forward(client, context, route, &packet)).await,
-            },
-            Ok(Opening::Done(result)) => route.metrics.closed(result),
-            Err(_) => {
-                tracing::debug!(listener = %route.listener, client = %context.client_address, "closing: no startup message within {STARTUP_TIMEOUT:?}");
-                route.metrics.closed(CloseResult::IdleTimeout);
+async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<PostgresFront>) {
+    let route = &front.route;
+    // Boxed: the TLS handshake's state is freed once the session starts.
+    let opening =
+        tokio::time::timeout(STARTUP_TIMEOUT, Box::pin(open(client, &mut context, route))).await;
+    match opening {
+        Ok(Opening::Session(client, startup)) => match &front.pooler {
+            Some(pooler) => {
+                // Boxed: a session does not carry its startup's state.
+                // Taken out of the `Result` in a statement of its own,
+                // so the session is held once while it runs (a
+                // `match` scrutinee would stay beside it: 512 bytes
+                // more for each idle client).
+                let mut session =
+                    match Box::pin(pooled(client, &context, route, pooler, startup)).await {
+                        Ok(session) => session,
+                        Err(result) => return route.metrics.closed(result),
+                    };
+                // By reference: a by-value `self` would also be held
+                // twice (as the argument and as its local).
+                let result = session.run().await;
+                route.metrics.closed(result);
             }
+            None => Box::pin(crate::tcp::forward(client, context, route, &startup)).await,
+        },
+        Ok(Opening::Cancel(client, packet)) => match &front.pooler {
+            Some(pooler) => {
+                // Postgres answers a cancel request with nothing but a close.
+                drop(client);
+                if let Some(destination) = pooler.cancels.target(&packet) {
+                    pooler.metrics.cancelled(CancelReason::Client);
+                    // Boxed: its connect and TLS state would otherwise
+                    // size every client's future.
+                    Box::pin(cancel::send(destination)).await;
+                }
+                route.metrics.closed(CloseResult::Ok);
+            }
+            None => Box::pin(crate::tcp::forward(client, context, route, &packet)).await,
+        },
+        Ok(Opening::Done(result)) => route.metrics.closed(result),
+        Err(_) => {
+            tracing::debug!(listener = %route.listener, client = %context.client_address, "closing: no startup message within {STARTUP_TIMEOUT:?}");
+            route.metrics.closed(CloseResult::IdleTimeout);
         }
     }
 }
