@@ -116,16 +116,7 @@ impl Pool {
     pub(super) async fn get(self: &Arc<Self>) -> Result<Lease, PoolError> {
         let receiver = {
             let mut state = self.lock();
-            let now = Instant::now();
-            let mut handoff = None;
-            while let Some(idle) = state.idle.pop() {
-                if self.expired(&idle, now) {
-                    state.total -= 1;
-                    continue;
-                }
-                handoff = Some(Handoff::Connection(idle.connection));
-                break;
-            }
+            let mut handoff = self.pop_idle(&mut state).map(Handoff::Connection);
             if handoff.is_none() && state.total < self.limits.size {
                 state.total += 1;
                 handoff = Some(Handoff::Slot);
@@ -159,6 +150,32 @@ impl Pool {
             // The pool is gone (it never drops a waiter otherwise).
             Ok(Err(_)) | Err(_) => Err(PoolError::Timeout(self.limits.queue_timeout)),
         }
+    }
+
+    /// An idle server connection, when there is one: what most
+    /// transactions get, without building [`Pool::get`]'s future.
+    pub(super) fn try_idle(self: &Arc<Self>) -> Option<Lease> {
+        let mut state = self.lock();
+        let connection = self.pop_idle(&mut state)?;
+        self.update_gauges(&state);
+        Some(Lease {
+            pool: self.clone(),
+            connection: Some(connection),
+        })
+    }
+
+    /// The most recently returned idle connection that is not past its
+    /// idle timeout (those are closed on the way).
+    fn pop_idle(&self, state: &mut State) -> Option<Box<ServerConnection>> {
+        let now = Instant::now();
+        while let Some(idle) = state.idle.pop() {
+            if self.expired(&idle, now) {
+                state.total -= 1;
+                continue;
+            }
+            return Some(idle.connection);
+        }
+        None
     }
 
     async fn take(self: &Arc<Self>, handoff: Handoff) -> Result<Lease, PoolError> {

@@ -290,19 +290,44 @@ const SERVER_READ: usize = 16 << 10;
 /// Room read into at once from the client.
 const CLIENT_READ: usize = 2 << 10;
 /// Room on the stack for a read with nothing buffered (up to a whole
-/// pipeline of statements, or a piece of COPY data, in one read).
+/// pipeline of statements or a page of rows, or a piece of COPY data, in
+/// one read).
 const IDLE_READ: usize = 16 << 10;
 
 async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::io::Result<usize> {
-    match lease {
-        Some(lease) => {
-            if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
-                buffer.reserve(SERVER_READ);
-            }
-            lease.connection().stream().read_buf(buffer).await
-        }
-        None => std::future::pending().await,
+    let Some(lease) = lease else {
+        return std::future::pending().await;
+    };
+    let server = lease.connection().stream();
+    if buffer.is_empty() {
+        // Most answers are small and whole: read on the stack and keep
+        // only what came, instead of reserving a large buffer each time.
+        return read_into_room(server, buffer).await;
     }
+    if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
+        buffer.reserve(SERVER_READ);
+    }
+    server.read_buf(buffer).await
+}
+
+/// One read into [`IDLE_READ`] bytes of room on the stack (uninitialized:
+/// this runs on every wake-up of the session), appended to `buffer`.
+async fn read_into_room<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut BytesMut,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut room = [std::mem::MaybeUninit::uninit(); IDLE_READ];
+        let mut read = tokio::io::ReadBuf::uninit(&mut room);
+        std::task::ready!(tokio::io::AsyncRead::poll_read(
+            std::pin::Pin::new(&mut *stream),
+            cx,
+            &mut read
+        ))?;
+        buffer.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }
 
 /// Reads what the client sent; an idle client holds no buffer. With
@@ -318,18 +343,7 @@ async fn read_client(client: &mut ClientStream, buffer: &mut BytesMut) -> std::i
         }
         return client.read_buf(buffer).await;
     }
-    std::future::poll_fn(|cx| {
-        let mut room = [0; IDLE_READ];
-        let mut read = tokio::io::ReadBuf::new(&mut room);
-        std::task::ready!(tokio::io::AsyncRead::poll_read(
-            std::pin::Pin::new(&mut *client),
-            cx,
-            &mut read
-        ))?;
-        buffer.extend_from_slice(read.filled());
-        std::task::Poll::Ready(Ok(read.filled().len()))
-    })
-    .await
+    read_into_room(client, buffer).await
 }
 
 /// Gives back an empty buffer's memory: between transactions a client
@@ -452,10 +466,13 @@ impl Session<'_> {
         }
         let metrics = &self.pooler.metrics;
         let asked = Instant::now();
-        // Boxed: the connect and login state is not part of every idle session.
-        let lease = match Box::pin(self.pool.get()).await {
-            Ok(lease) => lease,
-            Err(error) => return Err(self.no_server(error).await),
+        let lease = match self.pool.try_idle() {
+            Some(lease) => lease,
+            // Boxed: the connect and login state is not part of every idle session.
+            None => match Box::pin(self.pool.get()).await {
+                Ok(lease) => lease,
+                Err(error) => return Err(self.no_server(error).await),
+            },
         };
         metrics.wait_duration.observe(asked.elapsed().as_secs_f64());
         let mut lease = lease;
