@@ -70,6 +70,25 @@ enum Handoff {
     Slot,
 }
 
+/// A client waiting for a connection. Dropped (out of time, or the
+/// client gone) with a connection or slot handed to it at that very
+/// moment, it gives that back, so the pool never loses one.
+struct Waiter<'a> {
+    pool: &'a Pool,
+    receiver: oneshot::Receiver<Handoff>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.receiver.close();
+        match self.receiver.try_recv() {
+            Ok(Handoff::Connection(connection)) => self.pool.put_back(connection),
+            Ok(Handoff::Slot) => self.pool.release_slot(),
+            Err(_) => {}
+        }
+    }
+}
+
 /// A lent server connection; it returns to the pool when dropped (or is
 /// closed, when marked broken or past its lifetime).
 pub(super) struct Lease {
@@ -136,20 +155,28 @@ impl Pool {
             Ok(receiver) => receiver,
             Err(handoff) => return self.take(handoff).await,
         };
-        let handoff = tokio::time::timeout(self.limits.queue_timeout, receiver).await;
-        // A waiter that gave up is skipped when a connection is handed on.
+        let mut waiter = Waiter {
+            pool: self,
+            receiver,
+        };
+        match tokio::time::timeout(self.limits.queue_timeout, &mut waiter.receiver).await {
+            // Handed on by put_back or release_slot, which removed this
+            // waiter from the queue: nothing else to do under the lock.
+            Ok(Ok(handoff)) => return self.take(handoff).await,
+            // The pool is gone (it never drops a waiter otherwise).
+            Ok(Err(_)) => return Err(PoolError::Timeout(self.limits.queue_timeout)),
+            Err(_elapsed) => drop(waiter),
+        }
+        // A waiter that gave up is skipped when a connection is handed on;
+        // it leaves the queue now so that the gauge stays true.
         let waiting = {
             let mut state = self.lock();
             state.waiting.retain(|sender| !sender.is_closed());
             self.update_gauges(&state);
             state.waiting.len()
         };
-        tracing::trace!(waiting, "postgres pool wait over");
-        match handoff {
-            Ok(Ok(handoff)) => self.take(handoff).await,
-            // The pool is gone (it never drops a waiter otherwise).
-            Ok(Err(_)) | Err(_) => Err(PoolError::Timeout(self.limits.queue_timeout)),
-        }
+        tracing::trace!(waiting, "postgres pool wait timed out");
+        Err(PoolError::Timeout(self.limits.queue_timeout))
     }
 
     /// An idle server connection, when there is one: what most
