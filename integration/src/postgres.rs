@@ -103,6 +103,29 @@ pub async fn connect_to(
     Ok(client)
 }
 
+/// A tokio-postgres client of `address` on database `test` as `user`, with
+/// `password` (a SCRAM login through a listener with `users`).
+///
+/// # Errors
+/// The connect or login error.
+pub async fn log_in(
+    address: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={user} password={password} dbname=test",
+            address.ip(),
+            address.port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// Waits until a statement containing `marker` runs on the server.
 ///
 /// # Panics

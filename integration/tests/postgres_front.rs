@@ -29,6 +29,16 @@ fn tls_config(pki: &Pki) -> String {
     ))
 }
 
+/// libpq options for a verified TLS session with `name`'s certificate.
+fn verified(pki: &Pki, name: &str) -> String {
+    format!(
+        "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+        pki.ca(),
+        pki.cert(name),
+        pki.key(name)
+    )
+}
+
 /// 640 KB of text computed by Postgres; the same through attache as direct.
 const BULK: &str = "select string_agg(md5(i::text), '') from generate_series(1, 20000) i";
 
@@ -63,16 +73,8 @@ async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
     let pki = Pki::new();
     let attache = Attache::run(&tls_config(&pki)).await.unwrap();
     let front = attache.listener("db");
-    let verified = |name: &str| {
-        format!(
-            "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-            pki.ca(),
-            pki.cert(name),
-            pki.key(name)
-        )
-    };
 
-    let (ok, answer, stderr) = psql(front, &verified("app"), "select 'through TLS'").await;
+    let (ok, answer, stderr) = psql(front, &verified(&pki, "app"), "select 'through TLS'").await;
     assert!(ok, "{stderr}");
     assert_eq!(answer, "through TLS");
     attache
@@ -84,7 +86,7 @@ async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
         .unwrap();
 
     // A certificate from the right CA with an identity not on the list.
-    let (ok, _, _) = psql(front, &verified("intruder"), "select 1").await;
+    let (ok, _, _) = psql(front, &verified(&pki, "intruder"), "select 1").await;
     assert!(!ok);
     attache
         .wait_for_metric(
@@ -115,12 +117,7 @@ async fn a_tls_listener_takes_direct_tls_that_negotiates_alpn_postgresql() {
 
     // libpq 18 (psycopg's) with Postgres 17's direct TLS: a ClientHello
     // first, ALPN `postgresql`, no SSLRequest.
-    let direct = format!(
-        "sslnegotiation=direct sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
-        pki.ca(),
-        pki.cert("app"),
-        pki.key("app")
-    );
+    let direct = format!("sslnegotiation=direct {}", verified(&pki, "app"));
     let (ok, answer, error) = psycopg(front, &direct, "select 'direct TLS'").await;
     assert!(ok, "{error}");
     assert_eq!(answer, "direct TLS");

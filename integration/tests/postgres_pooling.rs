@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use attache_integration::Attache;
 use attache_integration::postgres::{
-    Database, POSTGRES, connect, connect_to, psql, wait_until_running,
+    Database, POSTGRES, connect, connect_to, log_in, psql, wait_until_running,
 };
 use tokio_postgres::error::SqlState;
 
@@ -841,17 +841,10 @@ async fn users_log_in_with_scram_and_wrong_or_unknown_ones_are_refused() {
     .unwrap();
     let front = attache.listener("db");
     let login = async |user: &str, password: &str| {
-        let (client, connection) = tokio_postgres::connect(
-            &format!(
-                "host={} port={} user={user} password={password} dbname=test",
-                front.ip(),
-                front.port()
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(connection);
-        client.query_one("select current_user", &[]).await
+        log_in(front, user, password)
+            .await?
+            .query_one("select current_user", &[])
+            .await
     };
     let row = login("app", "s3cret-app").await.unwrap();
     assert_eq!(
@@ -928,19 +921,7 @@ async fn users_from_a_file_log_in_and_a_user_has_its_own_query_timeout() {
     );
     let attache = Attache::run(&config(&settings)).await.unwrap();
     let front = attache.listener("db");
-    let login = async |user: &str, password: &str| {
-        let (client, connection) = tokio_postgres::connect(
-            &format!(
-                "host={} port={} user={user} password={password} dbname=test",
-                front.ip(),
-                front.port()
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await?;
-        tokio::spawn(connection);
-        Ok::<_, tokio_postgres::Error>(client)
-    };
+    let login = async |user: &str, password: &str| log_in(front, user, password).await;
     // The file's users log in; a wrong password does not.
     let filed = login("filed", "filed-pass").await.unwrap();
     login("plain", "plain-pass").await.unwrap();
