@@ -355,13 +355,22 @@ impl Converter {
     ) -> Duration {
         let Some(value) = value else { return default };
         let text = self.note(path, value);
-        humantime::parse_duration(text.trim()).unwrap_or_else(|error| {
-            self.problem(
-                path,
-                format!("{text:?} is not a duration such as 250ms, 10s or 1h ({error})"),
-            );
-            default
-        })
+        self.parse_duration(path, "", text).unwrap_or(default)
+    }
+
+    /// `text` as a duration, or a problem at `path` (its message starting
+    /// with `prefix`, naming a key inside a value that has no line of its own).
+    fn parse_duration(&mut self, path: &str, prefix: &str, text: &str) -> Option<Duration> {
+        humantime::parse_duration(text.trim())
+            .map_err(|error| {
+                self.problem(
+                    path,
+                    format!(
+                        "{prefix}{text:?} is not a duration such as 250ms, 10s or 1h ({error})"
+                    ),
+                );
+            })
+            .ok()
     }
 
     /// A plain value (a number) or its default, noting its line.
@@ -807,17 +816,7 @@ impl PostgresDocument {
                     PostgresUserDocument::Settings(settings) => model::PostgresUser {
                         secret: settings.password.clone(),
                         query_timeout: settings.query_timeout.as_deref().and_then(|text| {
-                            humantime::parse_duration(text.trim())
-                                .map_err(|error| {
-                                    converter.problem(
-                                        &user_path,
-                                        format!(
-                                            "query_timeout: {text:?} is not a duration such as \
-                                             250ms, 10s or 1h ({error})"
-                                        ),
-                                    );
-                                })
-                                .ok()
+                            converter.parse_duration(&user_path, "query_timeout: ", text)
                         }),
                     },
                 };

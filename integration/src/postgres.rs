@@ -90,17 +90,7 @@ pub async fn connect_to(
     address: SocketAddr,
     database: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=postgres dbname={database}",
-            address.ip(),
-            address.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(connection);
-    Ok(client)
+    connect_with(address, &format!("user=postgres dbname={database}")).await
 }
 
 /// A tokio-postgres client of `address` on database `test` as `user`, with
@@ -113,12 +103,21 @@ pub async fn log_in(
     user: &str,
     password: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_with(
+        address,
+        &format!("user={user} password={password} dbname=test"),
+    )
+    .await
+}
+
+/// A tokio-postgres client of `address` with libpq-style `options`, its
+/// connection driven in a task.
+async fn connect_with(
+    address: SocketAddr,
+    options: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user={user} password={password} dbname=test",
-            address.ip(),
-            address.port()
-        ),
+        &format!("host={} port={} {options}", address.ip(), address.port()),
         tokio_postgres::NoTls,
     )
     .await?;
