@@ -79,13 +79,14 @@ struct ListenerDocument {
     http: Option<Spanned<HttpDocument>>,
     redis: Option<Spanned<RedisDocument>>,
     postgres: Option<Spanned<PostgresDocument>>,
+    mysql: Option<Spanned<MysqlDocument>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PostgresDocument {
     pool_mode: Option<Spanned<model::PoolMode>>,
-    auth: Option<Spanned<model::PostgresAuth>>,
+    auth: Option<Spanned<model::DatabaseAuth>>,
     pool_size: Option<Spanned<u32>>,
     min_idle: Option<Spanned<u32>>,
     queue_timeout: Option<Spanned<String>>,
@@ -101,6 +102,85 @@ struct PostgresDocument {
     users_file: Option<Spanned<String>>,
     #[serde(default)]
     trace_query_text: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MysqlDocument {
+    pool_mode: Option<Spanned<model::PoolMode>>,
+    auth: Option<Spanned<model::DatabaseAuth>>,
+    pool_size: Option<Spanned<u32>>,
+    min_idle: Option<Spanned<u32>>,
+    queue_timeout: Option<Spanned<String>>,
+    server_lifetime: Option<Spanned<String>>,
+    server_idle_timeout: Option<Spanned<String>>,
+    query_timeout: Option<Spanned<String>>,
+    server_user: Option<Spanned<String>>,
+    server_password: Option<Spanned<String>>,
+    users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+}
+
+/// The keys both database sections take, as each document has them.
+struct PoolKeys<'a> {
+    pool_mode: Option<&'a Spanned<model::PoolMode>>,
+    auth: Option<&'a Spanned<model::DatabaseAuth>>,
+    pool_size: Option<&'a Spanned<u32>>,
+    min_idle: Option<&'a Spanned<u32>>,
+    queue_timeout: Option<&'a Spanned<String>>,
+    server_lifetime: Option<&'a Spanned<String>>,
+    server_idle_timeout: Option<&'a Spanned<String>>,
+    query_timeout: Option<&'a Spanned<String>>,
+    server_user: Option<&'a Spanned<String>>,
+    server_password: Option<&'a Spanned<String>>,
+}
+
+impl PoolKeys<'_> {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::PoolSettings {
+        let defaults = model::PoolSettings::default();
+        model::PoolSettings {
+            pool_mode: converter.value(
+                &format!("{path}.pool_mode"),
+                self.pool_mode,
+                defaults.pool_mode,
+            ),
+            auth: converter.value(&format!("{path}.auth"), self.auth, defaults.auth),
+            pool_size: converter.value(
+                &format!("{path}.pool_size"),
+                self.pool_size,
+                defaults.pool_size,
+            ),
+            min_idle: converter.value(
+                &format!("{path}.min_idle"),
+                self.min_idle,
+                defaults.min_idle,
+            ),
+            queue_timeout: converter.duration(
+                &format!("{path}.queue_timeout"),
+                self.queue_timeout,
+                defaults.queue_timeout,
+            ),
+            server_lifetime: converter.duration(
+                &format!("{path}.server_lifetime"),
+                self.server_lifetime,
+                defaults.server_lifetime,
+            ),
+            server_idle_timeout: converter.duration(
+                &format!("{path}.server_idle_timeout"),
+                self.server_idle_timeout,
+                defaults.server_idle_timeout,
+            ),
+            query_timeout: self.query_timeout.map(|value| {
+                converter.duration(
+                    &format!("{path}.query_timeout"),
+                    Some(value),
+                    Duration::ZERO,
+                )
+            }),
+            server_user: converter.optional_text(&format!("{path}.server_user"), self.server_user),
+            server_password: converter
+                .optional_text(&format!("{path}.server_password"), self.server_password),
+        }
+    }
 }
 
 /// A Postgres user: a password or verifier, or that with settings of its own.
@@ -568,6 +648,13 @@ impl ListenerDocument {
                 }
                 None => model::PostgresListener::default(),
             }),
+            model::Protocol::Mysql => model::ListenerKind::Mysql(match &self.mysql {
+                Some(mysql) => {
+                    let section = format!("{path}.mysql");
+                    converter.note(&section, mysql).convert(&section, converter)
+                }
+                None => model::MysqlListener::default(),
+            }),
             model::Protocol::Http => model::ListenerKind::Http(match &self.http {
                 Some(http) => {
                     let section = format!("{path}.http");
@@ -611,6 +698,16 @@ impl ListenerDocument {
             converter.problem(
                 &section,
                 "only a listener with `protocol: postgres` takes a `postgres` section".into(),
+            );
+        }
+        if let Some(mysql) = &self.mysql
+            && protocol != model::Protocol::Mysql
+        {
+            let section = format!("{path}.mysql");
+            converter.note(&section, mysql);
+            converter.problem(
+                &section,
+                "only a listener with `protocol: mysql` takes a `mysql` section".into(),
             );
         }
         let listen = converter
@@ -728,60 +825,31 @@ impl RedisDocument {
 impl PostgresDocument {
     fn convert(&self, path: &str, converter: &mut Converter) -> model::PostgresListener {
         let defaults = model::PostgresListener::default();
-        let optional_duration =
-            |converter: &mut Converter, key: &str, value: &Option<Spanned<String>>| {
-                value.as_ref().map(|value| {
-                    converter.duration(&format!("{path}.{key}"), Some(value), Duration::ZERO)
-                })
-            };
+        let pool = PoolKeys {
+            pool_mode: self.pool_mode.as_ref(),
+            auth: self.auth.as_ref(),
+            pool_size: self.pool_size.as_ref(),
+            min_idle: self.min_idle.as_ref(),
+            queue_timeout: self.queue_timeout.as_ref(),
+            server_lifetime: self.server_lifetime.as_ref(),
+            server_idle_timeout: self.server_idle_timeout.as_ref(),
+            query_timeout: self.query_timeout.as_ref(),
+            server_user: self.server_user.as_ref(),
+            server_password: self.server_password.as_ref(),
+        };
         model::PostgresListener {
-            pool_mode: converter.value(
-                &format!("{path}.pool_mode"),
-                self.pool_mode.as_ref(),
-                defaults.pool_mode,
-            ),
-            auth: converter.value(&format!("{path}.auth"), self.auth.as_ref(), defaults.auth),
-            pool_size: converter.value(
-                &format!("{path}.pool_size"),
-                self.pool_size.as_ref(),
-                defaults.pool_size,
-            ),
-            min_idle: converter.value(
-                &format!("{path}.min_idle"),
-                self.min_idle.as_ref(),
-                defaults.min_idle,
-            ),
-            queue_timeout: converter.duration(
-                &format!("{path}.queue_timeout"),
-                self.queue_timeout.as_ref(),
-                defaults.queue_timeout,
-            ),
-            server_lifetime: converter.duration(
-                &format!("{path}.server_lifetime"),
-                self.server_lifetime.as_ref(),
-                defaults.server_lifetime,
-            ),
-            server_idle_timeout: converter.duration(
-                &format!("{path}.server_idle_timeout"),
-                self.server_idle_timeout.as_ref(),
-                defaults.server_idle_timeout,
-            ),
-            query_timeout: optional_duration(converter, "query_timeout", &self.query_timeout),
-            idle_in_transaction_timeout: optional_duration(
-                converter,
-                "idle_in_transaction_timeout",
-                &self.idle_in_transaction_timeout,
-            ),
+            pool: pool.convert(path, converter),
+            idle_in_transaction_timeout: self.idle_in_transaction_timeout.as_ref().map(|value| {
+                converter.duration(
+                    &format!("{path}.idle_in_transaction_timeout"),
+                    Some(value),
+                    Duration::ZERO,
+                )
+            }),
             max_prepared_statements: converter.value(
                 &format!("{path}.max_prepared_statements"),
                 self.max_prepared_statements.as_ref(),
                 defaults.max_prepared_statements,
-            ),
-            server_user: converter
-                .optional_text(&format!("{path}.server_user"), self.server_user.as_ref()),
-            server_password: converter.optional_text(
-                &format!("{path}.server_password"),
-                self.server_password.as_ref(),
             ),
             server_sslmode: converter.value(
                 &format!("{path}.server_sslmode"),
@@ -824,6 +892,35 @@ impl PostgresDocument {
             }
         }
         users
+    }
+}
+
+impl MysqlDocument {
+    fn convert(&self, path: &str, converter: &mut Converter) -> model::MysqlListener {
+        let pool = PoolKeys {
+            pool_mode: self.pool_mode.as_ref(),
+            auth: self.auth.as_ref(),
+            pool_size: self.pool_size.as_ref(),
+            min_idle: self.min_idle.as_ref(),
+            queue_timeout: self.queue_timeout.as_ref(),
+            server_lifetime: self.server_lifetime.as_ref(),
+            server_idle_timeout: self.server_idle_timeout.as_ref(),
+            query_timeout: self.query_timeout.as_ref(),
+            server_user: self.server_user.as_ref(),
+            server_password: self.server_password.as_ref(),
+        };
+        let mut users = BTreeMap::new();
+        if let Some(listed) = &self.users {
+            converter.note(&format!("{path}.users"), listed);
+            for (name, password) in &listed.value {
+                let password = converter.note(&format!("{path}.users.{name}"), password);
+                users.insert(name.clone(), password.clone());
+            }
+        }
+        model::MysqlListener {
+            pool: pool.convert(path, converter),
+            users,
+        }
     }
 }
 

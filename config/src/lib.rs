@@ -29,12 +29,12 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    AccessLog, Admin, Balance, Breaker, ClientAuth, Config, Drain, Endpoint, HealthCheck,
-    HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener, ListenerKind,
-    ListenerTls, Log, LogFormat, PoolMode, PostgresAuth, PostgresListener, PostgresUser, Probe,
-    Protocol, ProxyProtocol, ProxyProtocolSend, ProxyProtocolVersion, RedisCache, RedisListener,
-    Retry, Route, RouteAction, RouteMatch, ScramVerifier, Sentinel, ServerSslMode, TlsVersion,
-    Tracing, Upstream, UpstreamTls, WarmPool,
+    AccessLog, Admin, Balance, Breaker, ClientAuth, Config, DatabaseAuth, Drain, Endpoint,
+    HealthCheck, HttpListener, HttpVersion, IdentityAllowList, IpNetwork, Limits, Listener,
+    ListenerKind, ListenerTls, Log, LogFormat, MysqlListener, PoolMode, PoolSettings,
+    PostgresListener, PostgresUser, Probe, Protocol, ProxyProtocol, ProxyProtocolSend,
+    ProxyProtocolVersion, RedisCache, RedisListener, Retry, Route, RouteAction, RouteMatch,
+    ScramVerifier, Sentinel, ServerSslMode, TlsVersion, Tracing, Upstream, UpstreamTls, WarmPool,
 };
 
 /// Reads, interpolates (from the process environment), parses and validates

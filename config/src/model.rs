@@ -231,6 +231,10 @@ pub enum ListenerKind {
     /// The Postgres ambassador: TLS negotiated in-band (`SSLRequest`), then
     /// sessions pooled over server connections (the `postgres:` section).
     Postgres(PostgresListener),
+    /// The MySQL/MariaDB ambassador: attache greets and logs in clients,
+    /// then pools their sessions over server connections (the `mysql:`
+    /// section).
+    Mysql(MysqlListener),
 }
 
 impl ListenerKind {
@@ -241,6 +245,7 @@ impl ListenerKind {
             Self::Http(_) => Protocol::Http,
             Self::Redis(_) => Protocol::Redis,
             Self::Postgres(_) => Protocol::Postgres,
+            Self::Mysql(_) => Protocol::Mysql,
         }
     }
 
@@ -251,6 +256,7 @@ impl ListenerKind {
             Protocol::Http => Self::Http(HttpListener::default()),
             Protocol::Redis => Self::Redis(RedisListener::default()),
             Protocol::Postgres => Self::Postgres(PostgresListener::default()),
+            Protocol::Mysql => Self::Mysql(MysqlListener::default()),
         }
     }
 }
@@ -265,6 +271,7 @@ impl serde::Serialize for ListenerKind {
             Self::Tcp => {}
             Self::Http(http) => map.serialize_entry("http", http)?,
             Self::Postgres(postgres) => map.serialize_entry("postgres", postgres)?,
+            Self::Mysql(mysql) => map.serialize_entry("mysql", mysql)?,
             Self::Redis(redis) => map.serialize_entry("redis", redis)?,
         }
         map.end()
@@ -607,6 +614,10 @@ pub enum Protocol {
     /// direct (ALPN `postgresql`), then the session pooled (or, with
     /// `auth: passthrough`, relayed as it is).
     Postgres,
+    /// The MySQL/MariaDB client/server protocol: attache greets and logs in
+    /// the client, then pools its session (or, with `auth: passthrough`,
+    /// relays it as it is).
+    Mysql,
 }
 
 impl Protocol {
@@ -617,6 +628,7 @@ impl Protocol {
             Self::Http => "http",
             Self::Redis => "redis",
             Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
         }
     }
 }
@@ -714,14 +726,14 @@ impl Default for RedisListener {
     }
 }
 
-/// A `postgres` listener's settings: how client sessions share server
-/// connections.
+/// What the database ambassadors (`postgres`, `mysql`) share: how client
+/// sessions share server connections, and as whom attache logs in.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PostgresListener {
+pub struct PoolSettings {
     /// When a server connection goes back to its pool.
     pub pool_mode: PoolMode,
     /// Who authenticates the client.
-    pub auth: PostgresAuth,
+    pub auth: DatabaseAuth,
     /// Server connections per (database, user) pool.
     pub pool_size: u32,
     /// Idle server connections each pool keeps ready once it is used.
@@ -735,9 +747,40 @@ pub struct PostgresListener {
     /// An idle server connection is closed after this long.
     #[serde(serialize_with = "serialized::duration")]
     pub server_idle_timeout: Duration,
-    /// A query running longer is cancelled (`CancelRequest`); off when absent.
+    /// A query running longer is cancelled; off when absent.
     #[serde(serialize_with = "serialized::optional_duration")]
     pub query_timeout: Option<Duration>,
+    /// The user attache logs into the server as; the client's own when absent.
+    pub server_user: Option<String>,
+    /// The password for the server login, when the server asks for one.
+    #[serde(serialize_with = "serialized::secret")]
+    pub server_password: Option<String>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            pool_mode: PoolMode::default(),
+            auth: DatabaseAuth::default(),
+            pool_size: DEFAULT_POOL_SIZE,
+            min_idle: 0,
+            queue_timeout: DEFAULT_POOL_QUEUE_TIMEOUT,
+            server_lifetime: DEFAULT_SERVER_LIFETIME,
+            server_idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
+            query_timeout: None,
+            server_user: None,
+            server_password: None,
+        }
+    }
+}
+
+/// A `postgres` listener's settings: how client sessions share server
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PostgresListener {
+    /// Pooling and the server login (the keys both database ambassadors take).
+    #[serde(flatten)]
+    pub pool: PoolSettings,
     /// A client idle inside a transaction this long is closed and its server
     /// connection dropped; off when absent.
     #[serde(serialize_with = "serialized::optional_duration")]
@@ -745,11 +788,6 @@ pub struct PostgresListener {
     /// Named prepared statements kept per server connection (least recently
     /// used closed beyond it), in transaction mode.
     pub max_prepared_statements: usize,
-    /// The user attache logs into the server as; the client's own when absent.
-    pub server_user: Option<String>,
-    /// The password for the server login, when the server asks for one.
-    #[serde(serialize_with = "serialized::secret")]
-    pub server_password: Option<String>,
     /// With upstream `tls`: whether the server must accept TLS (`require`)
     /// or may decline it (`prefer`, then plaintext).
     pub server_sslmode: ServerSslMode,
@@ -761,6 +799,19 @@ pub struct PostgresListener {
     pub users_file: Option<PathBuf>,
     /// Statement spans carry `db.query.text`, literals replaced by `?`.
     pub trace_query_text: bool,
+}
+
+/// A `mysql` listener's settings: how client sessions share server
+/// connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MysqlListener {
+    /// Pooling and the server login (the keys both database ambassadors take).
+    #[serde(flatten)]
+    pub pool: PoolSettings,
+    /// Users clients log in as (`mysql_native_password`), by name: their
+    /// passwords. Without any, loopback clients log in as whom they name.
+    #[serde(serialize_with = "serialized::redacted_values")]
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 /// A user clients may log in as.
@@ -816,14 +867,15 @@ pub enum ServerSslMode {
     Prefer,
 }
 
-/// When a Postgres server connection returns to its pool.
+/// When a database server connection returns to its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PoolMode {
-    /// When the client disconnects (after `DISCARD ALL`).
+    /// When the client disconnects (after `DISCARD ALL` or
+    /// `COM_RESET_CONNECTION`).
     Session,
-    /// At the end of each transaction (`ReadyForQuery` idle), unless the
-    /// client's session state pins it.
+    /// At the end of each transaction (no transaction open on the server),
+    /// unless the client's session state pins it.
     #[default]
     Transaction,
 }
@@ -838,10 +890,10 @@ impl PoolMode {
     }
 }
 
-/// Who authenticates a Postgres client.
+/// Who authenticates a database client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum PostgresAuth {
+pub enum DatabaseAuth {
     /// The client's startup and authentication go to a server connection of
     /// its own, as they are (session mode only, no pooling).
     Passthrough,
@@ -851,13 +903,13 @@ pub enum PostgresAuth {
     Local,
 }
 
-/// Default of [`PostgresListener::pool_size`] (PgBouncer's `default_pool_size`).
-pub const DEFAULT_POSTGRES_POOL_SIZE: u32 = 20;
-/// Default of [`PostgresListener::queue_timeout`].
-pub const DEFAULT_POSTGRES_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default of [`PostgresListener::server_lifetime`] (PgBouncer's).
+/// Default of [`PoolSettings::pool_size`] (PgBouncer's `default_pool_size`).
+pub const DEFAULT_POOL_SIZE: u32 = 20;
+/// Default of [`PoolSettings::queue_timeout`].
+pub const DEFAULT_POOL_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of [`PoolSettings::server_lifetime`] (PgBouncer's).
 pub const DEFAULT_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
-/// Default of [`PostgresListener::server_idle_timeout`] (PgBouncer's).
+/// Default of [`PoolSettings::server_idle_timeout`] (PgBouncer's).
 pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default of [`PostgresListener::max_prepared_statements`] (PgBouncer's).
 pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
@@ -865,18 +917,9 @@ pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
 impl Default for PostgresListener {
     fn default() -> Self {
         Self {
-            pool_mode: PoolMode::default(),
-            auth: PostgresAuth::default(),
-            pool_size: DEFAULT_POSTGRES_POOL_SIZE,
-            min_idle: 0,
-            queue_timeout: DEFAULT_POSTGRES_QUEUE_TIMEOUT,
-            server_lifetime: DEFAULT_SERVER_LIFETIME,
-            server_idle_timeout: DEFAULT_SERVER_IDLE_TIMEOUT,
-            query_timeout: None,
+            pool: PoolSettings::default(),
             idle_in_transaction_timeout: None,
             max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
-            server_user: None,
-            server_password: None,
             server_sslmode: ServerSslMode::default(),
             users: std::collections::BTreeMap::new(),
             users_file: None,
@@ -1264,6 +1307,14 @@ mod serialized {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("<redacted>")
+    }
+
+    /// A map of names to secrets shows the names only.
+    pub(super) fn redacted_values<S: serde::Serializer>(
+        secrets: &std::collections::BTreeMap<String, String>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(secrets.keys().map(|name| (name, "<redacted>")))
     }
 
     /// A secret shows whether it is set, never its value.

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Problem;
 use crate::model::{
-    ClientAuth, Config, HttpListener, IdentityAllowList, ListenerKind, ListenerTls, PoolMode,
-    PostgresAuth, Probe, Protocol, RouteAction, Upstream,
+    ClientAuth, Config, DatabaseAuth, HttpListener, IdentityAllowList, ListenerKind, ListenerTls,
+    PoolMode, Probe, Protocol, RouteAction, Upstream,
 };
 
 /// Where each key path was written, and which paths already have a problem.
@@ -175,8 +175,12 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 ),
             );
         }
-        let pooled_postgres = matches!(&listener.kind, ListenerKind::Postgres(postgres) if postgres.auth == PostgresAuth::Local);
-        if (matches!(listener.protocol(), Protocol::Http | Protocol::Redis) || pooled_postgres)
+        let pooled_database = match &listener.kind {
+            ListenerKind::Postgres(postgres) => postgres.pool.auth == DatabaseAuth::Local,
+            ListenerKind::Mysql(mysql) => mysql.pool.auth == DatabaseAuth::Local,
+            _ => false,
+        };
+        if (matches!(listener.protocol(), Protocol::Http | Protocol::Redis) || pooled_database)
             && let Some(upstream) = listener.upstream.as_deref()
             && config
                 .upstream(upstream)
@@ -206,6 +210,47 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                 );
             }
         }
+        if let ListenerKind::Mysql(mysql) = &listener.kind {
+            validate_mysql(mysql, &format!("{path}.mysql"), &mut report);
+            if listener.tls.is_some() {
+                report(
+                    format!("{path}.tls"),
+                    "a mysql listener does not take `tls` yet: MySQL clients start TLS inside \
+                     the protocol, which attache does not offer them yet"
+                        .into(),
+                );
+            }
+            if let Some(upstream) = listener.upstream.as_deref()
+                && config
+                    .upstream(upstream)
+                    .is_some_and(|upstream| upstream.warm_pool.is_some())
+            {
+                report(
+                    format!("upstreams.{upstream}.warm_pool"),
+                    format!(
+                        "listener {:?} speaks MySQL to upstream {upstream:?}; a MySQL server \
+                         greets each connection at once and drops it unanswered, so warm TCP \
+                         connections go stale. Use `mysql.min_idle` for logged-in ones",
+                        listener.name
+                    ),
+                );
+            }
+            if let Some(upstream) = listener.upstream.as_deref()
+                && config
+                    .upstream(upstream)
+                    .is_some_and(|upstream| upstream.tls.is_some())
+            {
+                report(
+                    format!("upstreams.{upstream}.tls"),
+                    format!(
+                        "listener {:?} speaks MySQL to upstream {upstream:?}; MySQL servers \
+                         start TLS inside the protocol, which attache does not do yet. Use \
+                         a tcp listener to relay TLS clients to it",
+                        listener.name
+                    ),
+                );
+            }
+        }
         if listener.protocol() != Protocol::Postgres
             && let Some(upstream) = listener.upstream.as_deref()
             && config.postgres_start_tls(upstream).is_some()
@@ -222,7 +267,7 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
             );
         }
         if let ListenerKind::Postgres(postgres) = &listener.kind
-            && postgres.auth == PostgresAuth::Passthrough
+            && postgres.pool.auth == DatabaseAuth::Passthrough
             && let Some(upstream) = listener.upstream.as_deref()
             && config.postgres_start_tls(upstream).is_some()
         {
@@ -576,41 +621,76 @@ fn validate_allow_list(
     }
 }
 
-/// The `postgres:` section of a listener: a pool that can lend something,
-/// and pooling only where attache logs in itself.
+/// The keys both database sections share: a pool that can lend
+/// something, and pooling only where attache logs in itself. `database`
+/// names the server in the messages.
+fn validate_pool(
+    pool: &crate::model::PoolSettings,
+    path: &str,
+    database: &str,
+    report: &mut impl FnMut(String, String),
+) {
+    if pool.pool_size == 0 {
+        report(format!("{path}.pool_size"), "must be at least 1".into());
+    }
+    if pool.min_idle > pool.pool_size {
+        report(
+            format!("{path}.min_idle"),
+            format!("must not exceed pool_size ({})", pool.pool_size),
+        );
+    }
+    for (key, value) in [
+        ("queue_timeout", Some(pool.queue_timeout)),
+        ("server_lifetime", Some(pool.server_lifetime)),
+        ("server_idle_timeout", Some(pool.server_idle_timeout)),
+        ("query_timeout", pool.query_timeout),
+    ] {
+        if value.is_some_and(|value| value.is_zero()) {
+            report(format!("{path}.{key}"), "must be greater than zero".into());
+        }
+    }
+    if pool.auth == DatabaseAuth::Passthrough {
+        if pool.pool_mode == PoolMode::Transaction {
+            report(
+                format!("{path}.pool_mode"),
+                "`auth: passthrough` gives each client a server connection of its own, so it \
+                 needs `pool_mode: session`; use `auth: local` to pool transactions"
+                    .into(),
+            );
+        }
+        if pool.server_user.is_some() || pool.server_password.is_some() {
+            report(
+                format!("{path}.server_user"),
+                format!(
+                    "`auth: passthrough` relays the client's own login to {database}; \
+                     server_user and server_password are for `auth: local`"
+                ),
+            );
+        }
+    }
+}
+
+/// The `postgres:` section of a listener.
 fn validate_postgres(
     postgres: &crate::model::PostgresListener,
     path: &str,
     report: &mut impl FnMut(String, String),
 ) {
-    if postgres.pool_size == 0 {
-        report(format!("{path}.pool_size"), "must be at least 1".into());
-    }
-    if postgres.min_idle > postgres.pool_size {
-        report(
-            format!("{path}.min_idle"),
-            format!("must not exceed pool_size ({})", postgres.pool_size),
-        );
-    }
+    validate_pool(&postgres.pool, path, "Postgres", report);
     if postgres.max_prepared_statements == 0 {
         report(
             format!("{path}.max_prepared_statements"),
             "must be at least 1".into(),
         );
     }
-    for (key, value) in [
-        ("queue_timeout", Some(postgres.queue_timeout)),
-        ("server_lifetime", Some(postgres.server_lifetime)),
-        ("server_idle_timeout", Some(postgres.server_idle_timeout)),
-        ("query_timeout", postgres.query_timeout),
-        (
-            "idle_in_transaction_timeout",
-            postgres.idle_in_transaction_timeout,
-        ),
-    ] {
-        if value.is_some_and(|value| value.is_zero()) {
-            report(format!("{path}.{key}"), "must be greater than zero".into());
-        }
+    if postgres
+        .idle_in_transaction_timeout
+        .is_some_and(|value| value.is_zero())
+    {
+        report(
+            format!("{path}.idle_in_transaction_timeout"),
+            "must be greater than zero".into(),
+        );
     }
     for (name, user) in &postgres.users {
         let secret = &user.secret;
@@ -640,7 +720,7 @@ fn validate_postgres(
             );
         }
     }
-    if postgres.auth == PostgresAuth::Passthrough
+    if postgres.pool.auth == DatabaseAuth::Passthrough
         && (!postgres.users.is_empty() || postgres.users_file.is_some())
     {
         report(
@@ -650,23 +730,25 @@ fn validate_postgres(
                 .into(),
         );
     }
-    if postgres.auth == PostgresAuth::Passthrough {
-        if postgres.pool_mode == PoolMode::Transaction {
-            report(
-                format!("{path}.pool_mode"),
-                "`auth: passthrough` gives each client a server connection of its own, so it \
-                 needs `pool_mode: session`; use `auth: local` to pool transactions"
-                    .into(),
-            );
-        }
-        if postgres.server_user.is_some() || postgres.server_password.is_some() {
-            report(
-                format!("{path}.server_user"),
-                "`auth: passthrough` relays the client's own login; server_user and \
-                 server_password are for `auth: local`"
-                    .into(),
-            );
-        }
+}
+
+/// The `mysql:` section of a listener.
+fn validate_mysql(
+    mysql: &crate::model::MysqlListener,
+    path: &str,
+    report: &mut impl FnMut(String, String),
+) {
+    validate_pool(&mysql.pool, path, "MySQL", report);
+    if mysql.users.keys().any(String::is_empty) {
+        report(format!("{path}.users"), "a user name is empty".into());
+    }
+    if mysql.pool.auth == DatabaseAuth::Passthrough && !mysql.users.is_empty() {
+        report(
+            format!("{path}.users"),
+            "`auth: passthrough` relays the client's own login to MySQL; users are for \
+             `auth: local`"
+                .into(),
+        );
     }
 }
 

@@ -123,7 +123,7 @@ fn unknown_keys_and_syntax_errors_carry_their_line() {
         unknown[0].to_string(),
         "listeners[0].retries: unknown field `retries`, expected one of name, listen, protocol, upstream, \
          max_connections, idle_timeout, keep_accepting_while_draining, unsafe_plaintext, \
-         tls, proxy_protocol, http, redis, postgres (line 5)"
+         tls, proxy_protocol, http, redis, postgres, mysql (line 5)"
     );
 
     let syntax = problems("listeners: [\n");
@@ -523,14 +523,14 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
     let attache_config::ListenerKind::Postgres(postgres) = &config.listeners[0].kind else {
         panic!("not postgres");
     };
-    assert_eq!(postgres.pool_mode, attache_config::PoolMode::Session);
-    assert_eq!(postgres.pool_size, 5);
-    assert_eq!(postgres.min_idle, 2);
+    assert_eq!(postgres.pool.pool_mode, attache_config::PoolMode::Session);
+    assert_eq!(postgres.pool.pool_size, 5);
+    assert_eq!(postgres.pool.min_idle, 2);
     assert_eq!(
-        postgres.query_timeout,
+        postgres.pool.query_timeout,
         Some(std::time::Duration::from_secs(2))
     );
-    assert_eq!(postgres.server_user.as_deref(), Some("app"));
+    assert_eq!(postgres.pool.server_user.as_deref(), Some("app"));
     // The password never shows in the config attache reports.
     let shown = serde_json::to_string(&config).unwrap();
     assert!(!shown.contains("s3cret"), "{shown}");
@@ -575,6 +575,43 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
     );
     let found = located(&tls.replace("none}", "none, alpn: [h2]}"));
     assert_eq!(found, ["listeners[0].tls.alpn (line 5)"]);
+}
+
+#[test]
+fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
+    let text = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    mysql:\n      pool_size: 5\n      min_idle: 1\n      query_timeout: 2s\n      server_user: app\n      server_password: s3cret\n      users:\n        web: hunter2\nupstreams:\n  db: {endpoints: [\"127.0.0.1:3306\"]}\n";
+    let config = parse(text, "test.yaml", &|_| None).unwrap();
+    let attache_config::ListenerKind::Mysql(mysql) = &config.listeners[0].kind else {
+        panic!("not mysql");
+    };
+    assert_eq!(mysql.pool.pool_mode, attache_config::PoolMode::Transaction);
+    assert_eq!(mysql.pool.pool_size, 5);
+    assert_eq!(mysql.pool.min_idle, 1);
+    assert_eq!(mysql.pool.query_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(mysql.users["web"], "hunter2");
+    // Neither the server's password nor a user's shows in the config
+    // attache reports; the user's name does.
+    let shown = serde_json::to_string(&config).unwrap();
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("hunter2"),
+        "{shown}"
+    );
+    assert!(shown.contains("\"web\":\"<redacted>\""), "{shown}");
+
+    let bad = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    tls: {cert: c.pem, key: k.pem, client_auth: none}\n    mysql:\n      auth: passthrough\n      users: {web: x}\n      queue_timeout: 0s\n  - name: plain\n    listen: 127.0.0.1:3308\n    protocol: tcp\n    upstream: db\n    mysql: {pool_size: 3}\nupstreams:\n  db:\n    endpoints: [\"127.0.0.1:3306\"]\n    tls: {ca: ca.crt}\n    warm_pool: {size: 2}\n";
+    let found = located(bad);
+    assert_eq!(
+        found,
+        [
+            "listeners[0].tls (line 5)",
+            "listeners[0].mysql.pool_mode (line 7)",
+            "listeners[0].mysql.users (line 8)",
+            "listeners[0].mysql.queue_timeout (line 9)",
+            "listeners[1].mysql (line 14)",
+            "upstreams.db.tls (line 18)",
+            "upstreams.db.warm_pool (line 19)",
+        ]
+    );
 }
 
 /// Each problem of `text` as `path (line N)`.

@@ -13,6 +13,7 @@
 //! - [`redis_server`]: a private, restartable `redis-server` (plain or TLS).
 
 pub mod http_app;
+pub mod mysql;
 pub mod otlp;
 pub mod pki;
 pub mod postgres;

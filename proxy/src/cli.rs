@@ -75,6 +75,14 @@ enum Command {
     /// Session pooling with a query limit: attache postgres --listen 127.0.0.1:6432
     ///   --upstream 127.0.0.1:5432 --pool-mode session --query-timeout 30s
     Postgres(Box<PostgresArgs>),
+    /// A MySQL/MariaDB ambassador, without a config file. With --user and
+    /// --password, attache logs clients in as that user and multiplexes
+    /// their transactions over a pool of server connections; without, each
+    /// client's own login goes to a server connection of its own.
+    ///
+    /// Example: attache mysql --listen 127.0.0.1:3307 --upstream mariadb.prod:3306
+    ///   --user app --password "$APP_PASSWORD"
+    Mysql(Box<MysqlArgs>),
     /// A Redis ambassador from a local address to a Redis (or its Sentinels),
     /// without a config file: commands multiplexed over a few shared
     /// connections, with the defaults of a `redis` listener.
@@ -382,7 +390,7 @@ struct PostgresArgs {
     )]
     pool_mode: PoolModeArg,
     /// Server connections per (database, user).
-    #[arg(long, default_value_t = model::DEFAULT_POSTGRES_POOL_SIZE, help_heading = "Postgres")]
+    #[arg(long, default_value_t = model::DEFAULT_POOL_SIZE, help_heading = "Postgres")]
     pool_size: u32,
     /// Cancel a query that runs longer than this (off by default).
     #[arg(long, value_name = "DURATION", help_heading = "Postgres")]
@@ -398,6 +406,66 @@ struct PostgresArgs {
         help_heading = "Postgres"
     )]
     server_password: Option<String>,
+}
+
+/// `attache mysql`: the `tcp` flags plus a `mysql` listener's settings.
+#[derive(Debug, Args)]
+struct MysqlArgs {
+    #[command(flatten)]
+    common: TcpArgs,
+    /// When a server connection returns to its pool: at the end of each
+    /// transaction (the default with --user), or when the client
+    /// disconnects (the only mode without).
+    #[arg(long, value_enum, help_heading = "MySQL")]
+    pool_mode: Option<PoolModeArg>,
+    /// Server connections per (schema, user).
+    #[arg(long, default_value_t = model::DEFAULT_POOL_SIZE, help_heading = "MySQL")]
+    pool_size: u32,
+    /// Interrupt a query (KILL QUERY) that runs longer than this (off by default).
+    #[arg(long, value_name = "DURATION", help_heading = "MySQL")]
+    query_timeout: Option<String>,
+    /// The user clients log in as, and attache logs into the server as
+    /// (`auth: local`); without it, each client's own login is relayed.
+    #[arg(long, env = "ATTACHE_MYSQL_USER", help_heading = "MySQL")]
+    user: Option<String>,
+    /// That user's password.
+    #[arg(
+        long,
+        env = "ATTACHE_MYSQL_PASSWORD",
+        hide_env_values = true,
+        requires = "user",
+        help_heading = "MySQL"
+    )]
+    password: Option<String>,
+}
+
+impl MysqlArgs {
+    fn document(self) -> serde_json::Value {
+        let mut document = self.common.document(model::Protocol::Mysql);
+        let (auth, default_mode) = match self.user {
+            Some(_) => (model::DatabaseAuth::Local, PoolModeArg::Transaction),
+            None => (model::DatabaseAuth::Passthrough, PoolModeArg::Session),
+        };
+        let auth = match auth {
+            model::DatabaseAuth::Local => "local",
+            model::DatabaseAuth::Passthrough => "passthrough",
+        };
+        let pool_mode = match self.pool_mode.unwrap_or(default_mode) {
+            PoolModeArg::Session => model::PoolMode::Session,
+            PoolModeArg::Transaction => model::PoolMode::Transaction,
+        };
+        let users = self
+            .user
+            .map(|user| json!({ user: self.password.unwrap_or_default() }));
+        document["listeners"][0]["mysql"] = json!({
+            "auth": auth,
+            "pool_mode": pool_mode.as_str(),
+            "pool_size": self.pool_size,
+            "query_timeout": self.query_timeout,
+            "users": users,
+        });
+        document
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -729,6 +797,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Http(arguments) => one_liner(arguments.document(model::Protocol::Http)),
         Command::Redis(arguments) => one_liner(arguments.document()),
         Command::Postgres(arguments) => one_liner(arguments.document()),
+        Command::Mysql(arguments) => one_liner(arguments.document()),
         Command::Wait {
             targets,
             timeout,
@@ -957,6 +1026,7 @@ mod tests {
             Command::Http(arguments) => arguments.document(model::Protocol::Http),
             Command::Redis(arguments) => arguments.document(),
             Command::Postgres(arguments) => arguments.document(),
+            Command::Mysql(arguments) => arguments.document(),
             other => panic!("not a one-liner: {other:?}"),
         }
     }
@@ -1074,13 +1144,13 @@ mod tests {
         let attache_config::ListenerKind::Postgres(settings) = &postgres.listeners[0].kind else {
             panic!("not a postgres listener: {:?}", postgres.listeners[0].kind);
         };
-        assert_eq!(settings.pool_mode, attache_config::PoolMode::Session);
-        assert_eq!(settings.pool_size, 5);
+        assert_eq!(settings.pool.pool_mode, attache_config::PoolMode::Session);
+        assert_eq!(settings.pool.pool_size, 5);
         assert_eq!(
-            settings.query_timeout,
+            settings.pool.query_timeout,
             Some(std::time::Duration::from_secs(2))
         );
-        assert_eq!(settings.server_password, None);
+        assert_eq!(settings.pool.server_password, None);
         assert_eq!(postgres.listeners[0].name, "postgres");
         // Postgres' own ALPN (direct TLS), not HTTP's.
         assert_eq!(

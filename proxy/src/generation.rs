@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::http::{HttpProxy, HttpUpstream};
 use crate::listener::{Protocol, Settings};
+use crate::mysql::MysqlFront;
 use crate::postgres::PostgresFront;
 use crate::redis::{RedisProxy, SentinelMaster, Target};
 use crate::reload::TlsMaterial;
@@ -47,6 +48,8 @@ pub(crate) struct Generation {
     redis_proxies: Vec<Arc<RedisProxy>>,
     /// The postgres listeners' handlers, for their pools' states.
     postgres_fronts: Vec<Arc<PostgresFront>>,
+    /// The mysql listeners' handlers, for their pools' states.
+    mysql_fronts: Vec<Arc<MysqlFront>>,
     /// Upstreams built for this generation (not shared with the previous
     /// one): their health checks and warm pools start with it.
     fresh: Vec<Arc<Upstream>>,
@@ -123,6 +126,7 @@ impl Generation {
             handlers: Vec::new(),
             redis_proxies: Vec::new(),
             postgres_fronts: Vec::new(),
+            mysql_fronts: Vec::new(),
             fresh,
             config,
         };
@@ -227,6 +231,15 @@ impl Generation {
                     .with_context(|| format!("listener {:?}", listener.name))?,
                 );
                 self.postgres_fronts.push(front.clone());
+                front
+            }
+            ListenerKind::Mysql(settings) => {
+                let front = Arc::new(MysqlFront::new(
+                    tcp_route(self.upstream(upstream_name()?)?),
+                    settings,
+                    metrics.mysql(&listener.name),
+                ));
+                self.mysql_fronts.push(front.clone());
                 front
             }
             ListenerKind::Http(settings) => {
@@ -359,6 +372,14 @@ impl Generation {
     /// Each Postgres pool's state, for `/upstreams`.
     pub(crate) fn postgres_pools(&self) -> Vec<serde_json::Value> {
         self.postgres_fronts
+            .iter()
+            .flat_map(|front| front.pool_states())
+            .collect()
+    }
+
+    /// Each MySQL pool's state, for `/upstreams`.
+    pub(crate) fn mysql_pools(&self) -> Vec<serde_json::Value> {
+        self.mysql_fronts
             .iter()
             .flat_map(|front| front.pool_states())
             .collect()

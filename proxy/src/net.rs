@@ -2,7 +2,8 @@
 //! streams (plain TCP, or TLS terminated or originated over it), the socket
 //! options both legs get (TCP_NODELAY, keepalive), and which I/O errors are
 //! our own resource limits. [`Stream::poll_read_ready`] lets a relay wait
-//! for data without holding a buffer.
+//! for data without holding a buffer; [`read_into_room`] lets a session
+//! read without keeping one while it waits.
 
 use std::io;
 use std::task::{Context, Poll};
@@ -319,4 +320,28 @@ impl Stream for UpstreamStream {
             Self::Tls(stream) => stream.as_mut().poll_read_ready(cx),
         }
     }
+}
+
+/// Room on the stack for a read with nothing buffered (up to a whole
+/// pipeline of statements or a page of rows in one read).
+const IDLE_READ: usize = 16 << 10;
+
+/// One read into [`IDLE_READ`] bytes of room on the stack (uninitialized:
+/// this runs on every wake-up of the session), appended to `buffer`.
+pub(crate) async fn read_into_room<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut bytes::BytesMut,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut room = [std::mem::MaybeUninit::uninit(); IDLE_READ];
+        let mut read = tokio::io::ReadBuf::uninit(&mut room);
+        std::task::ready!(AsyncRead::poll_read(
+            std::pin::Pin::new(&mut *stream),
+            cx,
+            &mut read
+        ))?;
+        buffer.extend_from_slice(read.filled());
+        Poll::Ready(Ok(read.filled().len()))
+    })
+    .await
 }

@@ -157,6 +157,7 @@ fn upstreams(state: &AdminState) -> Response<Full<Bytes>> {
     json(&serde_json::json!({
         "upstreams": statuses,
         "postgres_pools": active.postgres_pools(),
+        "mysql_pools": active.mysql_pools(),
     }))
 }
 

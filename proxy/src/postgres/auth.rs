@@ -178,7 +178,7 @@ pub(super) async fn authenticate(
             .map(|(proof, signature)| proof ^ signature)
             .collect();
         let stored_key = ring::digest::digest(&ring::digest::SHA256, &client_key);
-        same(stored_key.as_ref(), &verifier.stored_key)
+        crate::pooling::same(stored_key.as_ref(), &verifier.stored_key)
     };
     if !(binding_ok && nonce_ok && proven && credentials.is_some()) {
         return Err(AuthError::Failed(user.to_owned()));
@@ -208,16 +208,6 @@ fn unmatchable() -> ScramVerifier {
 fn hmac(key: &[u8], message: &[u8]) -> Vec<u8> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
     ring::hmac::sign(&key, message).as_ref().to_vec()
-}
-
-/// Compares without stopping at the first difference.
-fn same(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0, |difference, (left, right)| difference | (left ^ right))
-            == 0
 }
 
 /// The value of SCRAM attribute `name` (`r=...`) in a comma-separated message.
@@ -284,8 +274,8 @@ mod tests {
         assert_eq!(attribute("n=,r=abc", 'r'), Some("abc"));
         assert_eq!(attribute("c=biws,r=xyz", 'c'), Some("biws"));
         assert_eq!(attribute("rr=no", 'r'), None);
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"ab"));
+        assert!(crate::pooling::same(b"abc", b"abc"));
+        assert!(!crate::pooling::same(b"abc", b"abd"));
+        assert!(!crate::pooling::same(b"abc", b"ab"));
     }
 }

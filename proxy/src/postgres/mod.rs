@@ -98,8 +98,8 @@ impl PostgresFront {
                 users.insert(name, user);
             }
         }
-        let pooler = (settings.auth == attache_config::PostgresAuth::Local).then(|| Pooler {
-            mode: settings.pool_mode,
+        let pooler = (settings.pool.auth == attache_config::DatabaseAuth::Local).then(|| Pooler {
+            mode: settings.pool.pool_mode,
             settings: settings.clone(),
             pools: pool::Pools::new(route.upstream.clone(), settings, metrics.clone()),
             metrics,
@@ -127,7 +127,7 @@ impl PostgresFront {
                     "listener": self.route.listener,
                     "pool": pool,
                     "mode": pooler.mode.as_str(),
-                    "pool_size": pooler.settings.pool_size,
+                    "pool_size": pooler.settings.pool.pool_size,
                     "active": active,
                     "idle": idle,
                     "waiting": waiting,
@@ -367,10 +367,10 @@ async fn pooled<'a>(
     let user_password = credentials.and_then(|credentials| credentials.password.as_deref());
     let query_timeout = credentials
         .and_then(|credentials| credentials.query_timeout)
-        .or(pooler.settings.query_timeout);
+        .or(pooler.settings.pool.query_timeout);
     let pool = pooler.pools.pool(&database, &user, user_password);
     drop(user);
-    let reported = match pool.reported() {
+    let reported = match pool.connector().reported() {
         Some(reported) => reported,
         // The pool's first client: the server's login answers it.
         None => match Box::pin(pool.get()).await {

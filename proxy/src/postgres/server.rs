@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::wire::{self, WireError};
 use crate::net::UpstreamStream;
+use crate::pooling::{Connector, Pooled};
 use crate::upstream::{Upstream, UpstreamConnection, UpstreamUnavailable};
 
 /// Server messages attache reads whole while logging in.
@@ -26,6 +27,36 @@ pub(super) struct Login {
     pub(super) database: String,
     pub(super) password: Option<String>,
     pub(super) max_prepared_statements: NonZeroUsize,
+    /// The settings the server reports at login, from the pool's first
+    /// connection: what clients are told at their startup.
+    pub(super) reported: std::sync::Mutex<Option<Arc<BTreeMap<String, String>>>>,
+}
+
+impl Login {
+    /// The settings the server reported to the pool's first connection.
+    pub(super) fn reported(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        self.reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Connector for Login {
+    type Connection = ServerConnection;
+    type Error = ServerError;
+
+    async fn open(&self) -> Result<ServerConnection, ServerError> {
+        let connection = ServerConnection::open(self).await?;
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if reported.is_none() {
+            *reported = Some(Arc::new(connection.reported.clone()));
+        }
+        Ok(connection)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +97,16 @@ pub(super) struct ServerConnection {
     pub(super) created: tokio::time::Instant,
 }
 
+impl Pooled for ServerConnection {
+    fn reusable(&self) -> bool {
+        !self.broken
+    }
+
+    fn created(&self) -> tokio::time::Instant {
+        self.created
+    }
+}
+
 impl ServerConnection {
     pub(super) fn stream(&mut self) -> &mut UpstreamStream {
         self.connection.stream()
@@ -82,7 +123,7 @@ impl ServerConnection {
     }
 
     /// Connects and logs in; the connection is idle (`ReadyForQuery`) after.
-    pub(super) async fn open(login: &Login) -> Result<Self, ServerError> {
+    async fn open(login: &Login) -> Result<Self, ServerError> {
         let mut connection = login.upstream.connect().await?;
         let address = match connection.stream() {
             UpstreamStream::Plain(stream) => stream.peer_addr().ok(),

@@ -289,10 +289,6 @@ impl<'a> Session<'a> {
 const SERVER_READ: usize = 16 << 10;
 /// Room read into at once from the client.
 const CLIENT_READ: usize = 2 << 10;
-/// Room on the stack for a read with nothing buffered (up to a whole
-/// pipeline of statements or a page of rows, or a piece of COPY data, in
-/// one read).
-const IDLE_READ: usize = 16 << 10;
 
 async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::io::Result<usize> {
     let Some(lease) = lease else {
@@ -302,32 +298,12 @@ async fn read_server(lease: &mut Option<Lease>, buffer: &mut BytesMut) -> std::i
     if buffer.is_empty() {
         // Most answers are small and whole: read on the stack and keep
         // only what came, instead of reserving a large buffer each time.
-        return read_into_room(server, buffer).await;
+        return crate::net::read_into_room(server, buffer).await;
     }
     if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
         buffer.reserve(SERVER_READ);
     }
     server.read_buf(buffer).await
-}
-
-/// One read into [`IDLE_READ`] bytes of room on the stack (uninitialized:
-/// this runs on every wake-up of the session), appended to `buffer`.
-async fn read_into_room<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    buffer: &mut BytesMut,
-) -> std::io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        let mut room = [std::mem::MaybeUninit::uninit(); IDLE_READ];
-        let mut read = tokio::io::ReadBuf::uninit(&mut room);
-        std::task::ready!(tokio::io::AsyncRead::poll_read(
-            std::pin::Pin::new(&mut *stream),
-            cx,
-            &mut read
-        ))?;
-        buffer.extend_from_slice(read.filled());
-        std::task::Poll::Ready(Ok(read.filled().len()))
-    })
-    .await
 }
 
 /// Reads what the client sent; an idle client holds no buffer. With
@@ -343,7 +319,7 @@ async fn read_client(client: &mut ClientStream, buffer: &mut BytesMut) -> std::i
         }
         return client.read_buf(buffer).await;
     }
-    read_into_room(client, buffer).await
+    crate::net::read_into_room(client, buffer).await
 }
 
 /// Gives back an empty buffer's memory: between transactions a client
@@ -474,7 +450,10 @@ impl Session<'_> {
                 Err(error) => return Err(self.no_server(error).await),
             },
         };
-        metrics.wait_duration.observe(asked.elapsed().as_secs_f64());
+        metrics
+            .pool
+            .wait_duration
+            .observe(asked.elapsed().as_secs_f64());
         let mut lease = lease;
         let server = lease.connection();
         if let Some(destination) = server.cancel_destination() {
@@ -1046,7 +1025,7 @@ impl Session<'_> {
         if let Some(lease) = self.lease.as_mut() {
             lease.connection().broken = true;
         }
-        self.pooler.metrics.server_failures.inc();
+        self.pooler.metrics.pool.server_failures.inc();
         limited!(
             self.route.metrics.log_limit,
             "postgres_server_failed",
@@ -1078,7 +1057,7 @@ impl Session<'_> {
                 response.clone()
             }
             PoolError::Timeout(_) => {
-                self.pooler.metrics.pool_timeouts.inc();
+                self.pooler.metrics.pool.timeouts.inc();
                 wire::fatal("53300", &format!("attache: {error}"))
             }
             PoolError::Server(_) => wire::fatal("08006", &format!("attache: {error}")),

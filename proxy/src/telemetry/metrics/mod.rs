@@ -100,6 +100,13 @@
 //!   `postgres_pool_wait_duration_seconds{listener}`,
 //!   `postgres_pool_timeouts_total{listener}`,
 //!   `postgres_server_failures_total{listener}`
+//! - `mysql_queries_total{listener,command}`: commands by kind;
+//!   `mysql_query_duration_seconds{listener}`;
+//!   `mysql_transactions_total{listener}`,
+//!   `mysql_transaction_duration_seconds{listener}`;
+//!   `mysql_errors_total{listener,code}`; `mysql_pinned_total{listener,reason}`;
+//!   `mysql_query_timeouts_total{listener}`; the same pool families as
+//!   Postgres under `mysql_`
 //! - `log_lines_dropped_total{stream}`: log and access-log lines dropped
 //!   because the reader of `stdout` or `stderr` was not keeping up
 //! - `build_info{version}`: always 1
@@ -110,6 +117,8 @@
 
 mod connections;
 mod http;
+mod mysql;
+mod pool;
 mod postgres;
 mod process;
 mod redis;
@@ -129,7 +138,9 @@ use prometheus_client::registry::Registry;
 
 pub(crate) use connections::{CloseResult, ListenerMetrics};
 pub(crate) use http::RouteMetrics;
-pub(crate) use postgres::{CancelReason, PinReason, PoolGauges, PostgresMetrics};
+pub(crate) use mysql::{MysqlMetrics, MysqlPin};
+pub(crate) use pool::PoolGauges;
+pub(crate) use postgres::{CancelReason, PinReason, PostgresMetrics};
 pub(crate) use redis::{RedisMetrics, RedisResult};
 pub(crate) use redis_cache::{CacheDisabled, CacheInvalidation, CacheMetrics};
 pub(crate) use reloads::ReloadMetrics;
@@ -183,6 +194,7 @@ pub(crate) struct Metrics {
     redis: redis::Families,
     redis_cache: redis_cache::Families,
     postgres: postgres::Families,
+    mysql: mysql::Families,
     reloads: reloads::Families,
 }
 
@@ -202,6 +214,7 @@ impl Metrics {
             redis: redis::Families::new(),
             redis_cache: redis_cache::Families::new(),
             postgres: postgres::Families::new(),
+            mysql: mysql::Families::new(),
             reloads: reloads::Families::default(),
         };
         metrics.connections.register(registry);
@@ -210,6 +223,7 @@ impl Metrics {
         metrics.redis.register(registry);
         metrics.redis_cache.register(registry);
         metrics.postgres.register(registry);
+        metrics.mysql.register(registry);
         metrics.reloads.register(registry);
         registry.register_collector(Box::new(DroppedLogLines));
         registry.register_collector(Box::new(metrics.scraped.clone()));
@@ -280,6 +294,11 @@ impl Metrics {
     /// Handles for a Postgres listener's queries and pools.
     pub(crate) fn postgres(&self, listener: &str) -> PostgresMetrics {
         self.postgres.postgres(listener)
+    }
+
+    /// Handles for a MySQL listener's commands and pools.
+    pub(crate) fn mysql(&self, listener: &str) -> MysqlMetrics {
+        self.mysql.mysql(listener)
     }
 
     /// Certificate reload result counters.

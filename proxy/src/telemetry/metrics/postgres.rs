@@ -6,11 +6,11 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::ListenerLabels;
+use super::pool::{PoolFamilies, PoolMetrics, duration_histogram};
 
 /// The command tags counted under their own name; the rest are `OTHER`.
 pub(crate) const QUERY_COMMANDS: [&str; 9] = [
@@ -91,24 +91,6 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolLabels {
-    listener: String,
-    pool: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PoolStateLabels {
-    listener: String,
-    pool: String,
-    state: &'static str,
-}
-
-fn duration_histogram() -> Histogram {
-    // 100 µs to about 105 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
-}
-
 pub(super) struct Families {
     queries: Family<CommandLabels, Counter>,
     query_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
@@ -117,11 +99,7 @@ pub(super) struct Families {
     errors: Family<ClassLabels, Counter>,
     pinned: Family<ReasonLabels, Counter>,
     cancels: Family<ReasonLabels, Counter>,
-    server_connections: Family<PoolStateLabels, Gauge>,
-    waiting: Family<PoolLabels, Gauge>,
-    wait_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
-    pool_timeouts: Family<ListenerLabels, Counter>,
-    server_failures: Family<ListenerLabels, Counter>,
+    pool: PoolFamilies,
 }
 
 impl Families {
@@ -134,11 +112,7 @@ impl Families {
             errors: Family::default(),
             pinned: Family::default(),
             cancels: Family::default(),
-            server_connections: Family::default(),
-            waiting: Family::default(),
-            wait_duration: Family::new_with_constructor(duration_histogram),
-            pool_timeouts: Family::default(),
-            server_failures: Family::default(),
+            pool: PoolFamilies::new(),
         }
     }
 
@@ -180,32 +154,7 @@ impl Families {
             "Queries attache asked the server to cancel: client (its CancelRequest), timeout (query_timeout)",
             self.cancels.clone(),
         );
-        registry.register(
-            "postgres_pool_server_connections",
-            "Server connections per pool (database/user): active (lent to a client) or idle",
-            self.server_connections.clone(),
-        );
-        registry.register(
-            "postgres_pool_clients_waiting",
-            "Clients waiting for a server connection, per pool",
-            self.waiting.clone(),
-        );
-        registry.register_with_unit(
-            "postgres_pool_wait_duration",
-            "How long a client waited for a server connection",
-            Unit::Seconds,
-            self.wait_duration.clone(),
-        );
-        registry.register(
-            "postgres_pool_timeouts",
-            "Clients that got no server connection within queue_timeout",
-            self.pool_timeouts.clone(),
-        );
-        registry.register(
-            "postgres_server_failures",
-            "Server connections that failed while lent (the client got an error)",
-            self.server_failures.clone(),
-        );
+        self.pool.register(registry, "postgres");
     }
 
     pub(super) fn postgres(&self, listener: &str) -> PostgresMetrics {
@@ -239,11 +188,7 @@ impl Families {
                 reason(&self.cancels, "client"),
                 reason(&self.cancels, "timeout"),
             ],
-            server_connections: self.server_connections.clone(),
-            waiting: self.waiting.clone(),
-            wait_duration: self.wait_duration.get_or_create(&labels).clone(),
-            pool_timeouts: self.pool_timeouts.get_or_create(&labels).clone(),
-            server_failures: self.server_failures.get_or_create(&labels).clone(),
+            pool: self.pool.listener(listener),
         }
     }
 }
@@ -262,19 +207,8 @@ pub(crate) struct PostgresMetrics {
     pinned: [Counter; 8],
     /// By [`CancelReason`].
     cancels: [Counter; 2],
-    server_connections: Family<PoolStateLabels, Gauge>,
-    waiting: Family<PoolLabels, Gauge>,
-    pub(crate) wait_duration: Histogram,
-    pub(crate) pool_timeouts: Counter,
-    pub(crate) server_failures: Counter,
-}
-
-/// A pool's gauges.
-#[derive(Clone)]
-pub(crate) struct PoolGauges {
-    pub(crate) active: Gauge,
-    pub(crate) idle: Gauge,
-    pub(crate) waiting: Gauge,
+    /// The listener's pools.
+    pub(crate) pool: PoolMetrics,
 }
 
 impl PostgresMetrics {
@@ -317,29 +251,5 @@ impl PostgresMetrics {
 
     pub(crate) fn cancelled(&self, reason: CancelReason) {
         self.cancels[reason as usize].inc();
-    }
-
-    /// The gauges of the pool named `pool` (`database/user`).
-    pub(crate) fn pool(&self, pool: &str) -> PoolGauges {
-        let state = |state| {
-            self.server_connections
-                .get_or_create(&PoolStateLabels {
-                    listener: self.listener.clone(),
-                    pool: pool.to_owned(),
-                    state,
-                })
-                .clone()
-        };
-        PoolGauges {
-            active: state("active"),
-            idle: state("idle"),
-            waiting: self
-                .waiting
-                .get_or_create(&PoolLabels {
-                    listener: self.listener.clone(),
-                    pool: pool.to_owned(),
-                })
-                .clone(),
-        }
     }
 }

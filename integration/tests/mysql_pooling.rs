@@ -1,0 +1,427 @@
+//! The MySQL ambassador against the real MariaDB, with real clients
+//! (mysql_async, the mariadb CLI): many clients' transactions over a
+//! small pool, session state that pins instead of leaking, schemas that
+//! follow their client, query timeouts that interrupt only their own
+//! query, logins checked against `users`, the relayed login of the
+//! one-liner, large results streamed whole, and clients that lie.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use attache_integration::Attache;
+use attache_integration::mysql::{MARIADB, Schema, connect, mariadb, options};
+use mysql_async::prelude::Queryable as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn config(settings: &str) -> String {
+    format!(
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: mysql\n    upstream: mariadb\n    mysql:\n{settings}\
+         upstreams:\n  mariadb:\n    endpoints: [\"{MARIADB}\"]\n"
+    )
+}
+
+fn direct() -> SocketAddr {
+    MARIADB.parse().unwrap()
+}
+
+/// The server error code of a failed query.
+fn server_code(error: &mysql_async::Error) -> Option<u16> {
+    match error {
+        mysql_async::Error::Server(error) => Some(error.code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn twenty_clients_share_two_server_connections_through_transaction_pooling() {
+    let schema = Schema::create("mysql_pooling").await;
+    let mut setup = connect(direct(), &schema.name).await;
+    setup
+        .query_drop(
+            "CREATE TABLE counters (id INT PRIMARY KEY, total BIGINT NOT NULL);
+             INSERT INTO counters VALUES (1, 0);
+             CREATE TABLE events (id INT AUTO_INCREMENT PRIMARY KEY, client INT, n INT)",
+        )
+        .await
+        .unwrap();
+    setup.disconnect().await.unwrap();
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+
+    // Watch the server side while the clients run (from another schema,
+    // so that the watcher is not counted).
+    let mut observer = connect(direct(), "test").await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watched = Schema {
+        name: schema.name.clone(),
+    };
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(watched.connections(&mut observer).await);
+            if stopped.try_recv().is_ok() {
+                std::mem::forget(watched);
+                return most;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+
+    let mut clients = Vec::new();
+    for client in 0..20 {
+        let name = schema.name.clone();
+        clients.push(tokio::spawn(async move {
+            let mut connection = connect(front, &name).await;
+            for n in 0..25 {
+                connection
+                    .query_drop(format!(
+                        "INSERT INTO events (client, n) VALUES ({client}, {n})"
+                    ))
+                    .await
+                    .unwrap();
+                connection.query_drop("BEGIN").await.unwrap();
+                connection
+                    .query_drop("UPDATE counters SET total = total + 1 WHERE id = 1")
+                    .await
+                    .unwrap();
+                let total: i64 = connection
+                    .query_first("SELECT total FROM counters WHERE id = 1")
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(total >= 1);
+                connection.query_drop("COMMIT").await.unwrap();
+            }
+            connection.disconnect().await.unwrap();
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    stop.send(()).unwrap();
+    let most = watcher.await.unwrap();
+
+    let mut check = connect(direct(), &schema.name).await;
+    let total: i64 = check
+        .query_first("SELECT total FROM counters WHERE id = 1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, 20 * 25, "every transaction's update landed once");
+    let events: i64 = check
+        .query_first("SELECT COUNT(*) FROM events")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(events, 20 * 25);
+    assert!(
+        most <= 2,
+        "at most pool_size server connections in the schema, saw {most}"
+    );
+    attache
+        .wait_for_metric("attache_mysql_transactions_total{listener=\"db\"}", 500.0)
+        .await
+        .unwrap();
+    assert_eq!(
+        attache
+            .metric("attache_mysql_queries_total{listener=\"db\",command=\"UPDATE\"}")
+            .await
+            .unwrap(),
+        500.0
+    );
+    for reason in [
+        "set",
+        "user_variable",
+        "session_state",
+        "prepared_statement",
+    ] {
+        assert_eq!(
+            attache
+                .metric(&format!(
+                    "attache_mysql_pinned_total{{listener=\"db\",reason=\"{reason}\"}}"
+                ))
+                .await
+                .unwrap(),
+            0.0,
+            "nothing these clients did pins ({reason})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn session_state_pins_its_connection_and_never_reaches_another_client() {
+    let schema = Schema::create("mysql_pins").await;
+    let attache = Attache::run(&config("      pool_size: 1\n      queue_timeout: 1s\n"))
+        .await
+        .unwrap();
+    let front = attache.listener("db");
+
+    // Both log in first (mysql_async reads the server's settings as it
+    // connects, which takes a server connection).
+    let mut first = connect(front, &schema.name).await;
+    let mut second = connect(front, &schema.name).await;
+    first.query_drop("SET @secret = 42").await.unwrap();
+    first.query_drop("SET time_zone = '+05:00'").await.unwrap();
+    let secret: Option<i64> = first.query_first("SELECT @secret").await.unwrap().unwrap();
+    assert_eq!(secret, Some(42), "the pinned session keeps its own state");
+    attache
+        .wait_for_metric(
+            "attache_mysql_pinned_total{listener=\"db\",reason=\"user_variable\"}",
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // The only server connection is pinned: another client waits, then
+    // gets the pool's error, not the pinned connection.
+    let error = second.query_drop("SELECT 1").await.unwrap_err();
+    assert_eq!(server_code(&error), Some(1040), "{error}");
+    assert_eq!(
+        attache
+            .metric("attache_mysql_pool_timeouts_total{listener=\"db\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+
+    // Once the first client leaves, its connection is reset before the
+    // next one gets it.
+    first.disconnect().await.unwrap();
+    let leaked: Option<i64> = second.query_first("SELECT @secret").await.unwrap().unwrap();
+    assert_eq!(leaked, None, "a user variable never reaches another client");
+    let zone: String = second
+        .query_first("SELECT @@session.time_zone")
+        .await
+        .unwrap()
+        .unwrap();
+    let global: String = second
+        .query_first("SELECT @@global.time_zone")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        zone, global,
+        "a session setting never reaches another client"
+    );
+}
+
+#[tokio::test]
+async fn use_switches_the_clients_schema_without_pinning() {
+    let home = Schema::create("mysql_home").await;
+    let other = Schema::create("mysql_other").await;
+    let mut setup = connect(direct(), &other.name).await;
+    setup
+        .query_drop("CREATE TABLE marker (v VARCHAR(10)); INSERT INTO marker VALUES ('other')")
+        .await
+        .unwrap();
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+
+    let mut mover = connect(front, &home.name).await;
+    mover
+        .query_drop(format!("USE {}", other.name))
+        .await
+        .unwrap();
+    // Another client of the home schema gets the same server connection
+    // back in its own schema...
+    let mut stayer = connect(front, &home.name).await;
+    let schema: String = stayer
+        .query_first("SELECT DATABASE()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(schema, home.name);
+    // ...and the one that moved reads its new schema's tables.
+    let marker: String = mover
+        .query_first("SELECT v FROM marker")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(marker, "other");
+    let schema: String = mover
+        .query_first("SELECT DATABASE()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(schema, other.name);
+    assert_eq!(
+        attache
+            .metric("attache_mysql_pinned_total{listener=\"db\",reason=\"session_state\"}")
+            .await
+            .unwrap(),
+        0.0,
+        "USE does not pin"
+    );
+}
+
+#[tokio::test]
+async fn query_timeout_interrupts_only_the_slow_query_and_the_session_goes_on() {
+    let schema = Schema::create("mysql_timeout").await;
+    let attache = Attache::run(&config("      pool_size: 2\n      query_timeout: 1s\n"))
+        .await
+        .unwrap();
+    let front = attache.listener("db");
+    let mut connection = connect(front, &schema.name).await;
+    let error = connection.query_drop("SELECT SLEEP(30)").await.unwrap_err();
+    assert_eq!(
+        server_code(&error),
+        Some(1317),
+        "the server's own interruption error: {error}"
+    );
+    let one: i64 = connection.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1, "the session goes on");
+    assert_eq!(
+        attache
+            .metric("attache_mysql_query_timeouts_total{listener=\"db\"}")
+            .await
+            .unwrap(),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn users_log_in_with_their_passwords_and_attache_logs_into_the_server_as_itself() {
+    let schema = Schema::create("mysql_users").await;
+    let attache = Attache::run(&config(
+        "      server_user: root\n      server_password: \"\"\n      users:\n        app: s3cret\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+
+    let mut app = mysql_async::Conn::new(options(front, "app", "s3cret", Some(&schema.name)))
+        .await
+        .unwrap();
+    let user: String = app
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        user.starts_with("root@"),
+        "the server sees attache's login: {user}"
+    );
+
+    let wrong = mysql_async::Conn::new(options(front, "app", "wrong", Some(&schema.name)))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&wrong), Some(1045), "{wrong}");
+    let unknown = mysql_async::Conn::new(options(front, "nobody", "s3cret", Some(&schema.name)))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&unknown), Some(1045), "{unknown}");
+
+    let (_, config) = attache.admin_get("/config").await.unwrap();
+    assert!(!config.contains("s3cret"), "passwords never show: {config}");
+}
+
+#[tokio::test]
+async fn the_one_liner_without_a_user_relays_each_clients_own_login() {
+    let schema = Schema::create("mysql_relay").await;
+    let attache = Attache::spawn(
+        &["mysql", "--listen", "127.0.0.1:0", "--upstream", MARIADB],
+        None,
+    )
+    .await
+    .unwrap();
+    let front = attache.listener("mysql");
+    let (ok, stdout, stderr) = mariadb(front, &schema.name, "SELECT DATABASE(), 6 * 7").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("{}\t42", schema.name));
+}
+
+#[tokio::test]
+async fn prepared_statements_pin_their_session_and_work() {
+    let schema = Schema::create("mysql_prepared").await;
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let mut connection = connect(front, &schema.name).await;
+    for n in 0..5_i64 {
+        let doubled: i64 = connection
+            .exec_first("SELECT ? * 2", (n,))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(doubled, n * 2);
+    }
+    attache
+        .wait_for_metric(
+            "attache_mysql_pinned_total{listener=\"db\",reason=\"prepared_statement\"}",
+            1.0,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_large_result_streams_through_whole() {
+    let schema = Schema::create("mysql_large").await;
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+    let mut connection = connect(front, &schema.name).await;
+    // 64 rows of 1 MiB and 100,000 small rows, summed on both ends.
+    let query = "SELECT REPEAT(CHAR(65 + seq % 26), 1048576) FROM seq_1_to_64";
+    let rows: Vec<String> = connection.query(query).await.unwrap();
+    assert_eq!(rows.len(), 64);
+    let through: usize = rows.iter().map(String::len).sum();
+    assert_eq!(through, 64 << 20);
+    assert!(rows.iter().enumerate().all(|(index, row)| {
+        let letter = b'A' + ((index + 1) % 26) as u8;
+        row.bytes().all(|byte| byte == letter)
+    }));
+    let small: Vec<(i64, String)> = connection
+        .query("SELECT seq, MD5(seq) FROM seq_1_to_100000")
+        .await
+        .unwrap();
+    let mut direct_connection = connect(direct(), &schema.name).await;
+    let expected: Vec<(i64, String)> = direct_connection
+        .query("SELECT seq, MD5(seq) FROM seq_1_to_100000")
+        .await
+        .unwrap();
+    assert_eq!(small, expected);
+}
+
+#[tokio::test]
+async fn clients_that_lie_lose_only_their_own_connections() {
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+
+    // A login packet that claims 16 MiB: refused at its header.
+    let mut liar = tokio::net::TcpStream::connect(front).await.unwrap();
+    read_packet(&mut liar).await;
+    liar.write_all(&[0xff, 0xff, 0xff, 0x01]).await.unwrap();
+    assert_closed(&mut liar).await;
+
+    // Garbage instead of a handshake response.
+    let mut garbage = tokio::net::TcpStream::connect(front).await.unwrap();
+    read_packet(&mut garbage).await;
+    garbage.write_all(b"\x05\x00\x00\x01hello").await.unwrap();
+    let reply = read_packet(&mut garbage).await;
+    assert_eq!(reply[4], 0xff, "an ERR packet: {reply:?}");
+    assert_closed(&mut garbage).await;
+
+    // Meanwhile an honest client is served.
+    let mut honest = connect(front, "test").await;
+    let one: i64 = honest.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+}
+
+/// Reads one whole packet (header included).
+async fn read_packet(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut header = [0; 4];
+    stream.read_exact(&mut header).await.unwrap();
+    let length =
+        usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    let mut packet = header.to_vec();
+    packet.resize(4 + length, 0);
+    stream.read_exact(&mut packet[4..]).await.unwrap();
+    packet
+}
+
+async fn assert_closed(stream: &mut tokio::net::TcpStream) {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+        .await
+        .expect("attache closes the connection")
+        .ok();
+}

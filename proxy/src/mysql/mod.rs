@@ -1,0 +1,434 @@
+//! MySQL and MariaDB clients (`protocol: mysql`): with `auth: local` (the
+//! default) attache greets the client itself, logs it in, and pools its
+//! session over server connections of (schema, user) pools
+//! ([`session`]); with `auth: passthrough` the server greets the client
+//! and the session is relayed as it is (the TCP route's relay).
+//!
+//! The greeting offers what attache follows: protocol 4.1, plugin
+//! authentication, multi-statements and results, session tracking, connect
+//! attributes and local files; not `CLIENT_DEPRECATE_EOF`, not MariaDB's
+//! extended capabilities (their reply formats differ), not compression and
+//! not TLS (yet). Clients log in with `mysql_native_password` or
+//! `caching_sha2_password` (its fast path: attache holds the password)
+//! against `users`; without users, loopback clients are trusted as whom
+//! they name and attache logs into the server as them.
+
+mod server;
+mod session;
+mod statement;
+
+/// The protocol's packets (the `mysqlwire/` crate, fuzzed on its own).
+use attache_mysql_wire as wire;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use attache_config::{DatabaseAuth, MysqlListener, PoolMode};
+use bytes::BytesMut;
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::{MyDeserialize as _, MySerialize as _};
+use mysql_common::scramble::{scramble_native, scramble_sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::listener::{ConnectionContext, protocol};
+use crate::net::ClientStream;
+use crate::pooling;
+use crate::tcp::TcpRoute;
+use crate::telemetry::log_limit::limited;
+use crate::telemetry::metrics::{CloseResult, ListenerMetrics, MysqlMetrics};
+use server::{Login, ServerError, ServerInfo};
+use wire::capability;
+
+/// A client must have logged in within this.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest login packet a client may send.
+const LOGIN_PACKET_LIMIT: usize = 64 * 1024;
+
+/// What attache's greeting offers clients.
+const CLIENT_CAPABILITIES: u32 = capability::LONG_PASSWORD
+    | capability::LONG_FLAG
+    | capability::CONNECT_WITH_DB
+    | capability::LOCAL_FILES
+    | capability::PROTOCOL_41
+    | capability::INTERACTIVE
+    | capability::TRANSACTIONS
+    | capability::SECURE_CONNECTION
+    | capability::MULTI_STATEMENTS
+    | capability::MULTI_RESULTS
+    | capability::PS_MULTI_RESULTS
+    | capability::PLUGIN_AUTH
+    | capability::CONNECT_ATTRS
+    | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | capability::SESSION_TRACK;
+
+/// `ER_ACCESS_DENIED_ERROR`.
+const ACCESS_DENIED: u16 = 1045;
+/// `ER_NOT_SUPPORTED_YET`.
+const NOT_SUPPORTED: u16 = 1235;
+/// `ER_CON_COUNT_ERROR`: what a client gets when no server connection
+/// came within `queue_timeout`.
+const NO_CONNECTION: u16 = 1040;
+/// `CR_SERVER_LOST`: the server connection failed under a client.
+const SERVER_LOST: u16 = 2013;
+
+/// One `mysql` listener: where its sessions go.
+pub(crate) struct MysqlFront {
+    listener: String,
+    metrics: ListenerMetrics,
+    route: TcpRoute,
+    /// `None` with `auth: passthrough` (each session relayed as it is).
+    pooler: Option<Pooler>,
+}
+
+protocol!(MysqlFront, serve);
+
+/// What pooled sessions share.
+struct Pooler {
+    settings: MysqlListener,
+    pools: pooling::Pools<Login>,
+    metrics: MysqlMetrics,
+    /// The server's greeting, once a connection has seen it.
+    info: Arc<Mutex<Option<ServerInfo>>>,
+    /// The ids attache's greetings give clients.
+    next_connection_id: AtomicU32,
+}
+
+impl MysqlFront {
+    pub(crate) fn new(route: TcpRoute, settings: &MysqlListener, metrics: MysqlMetrics) -> Self {
+        let pool = &settings.pool;
+        let pooler = (pool.auth == DatabaseAuth::Local).then(|| Pooler {
+            settings: settings.clone(),
+            pools: pooling::Pools::new(pooling::Limits {
+                size: pool.pool_size,
+                min_idle: pool.min_idle,
+                queue_timeout: pool.queue_timeout,
+                lifetime: pool.server_lifetime,
+                idle_timeout: pool.server_idle_timeout,
+            }),
+            metrics,
+            info: Arc::new(Mutex::new(None)),
+            next_connection_id: AtomicU32::new(1),
+        });
+        Self {
+            listener: route.listener.clone(),
+            metrics: route.metrics.clone(),
+            route,
+            pooler,
+        }
+    }
+
+    /// Each pool's state for `/upstreams`: listener, pool (`schema/user`),
+    /// server connections lent and idle, clients waiting.
+    pub(crate) fn pool_states(&self) -> Vec<serde_json::Value> {
+        let Some(pooler) = &self.pooler else {
+            return Vec::new();
+        };
+        pooler
+            .pools
+            .states()
+            .into_iter()
+            .map(|(pool, (active, idle, waiting))| {
+                serde_json::json!({
+                    "listener": self.listener,
+                    "pool": pool,
+                    "mode": pooler.settings.pool.pool_mode.as_str(),
+                    "pool_size": pooler.settings.pool.pool_size,
+                    "active": active,
+                    "idle": idle,
+                    "waiting": waiting,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Pooler {
+    /// The pool of `schema` for a client logged in as `user`.
+    fn pool(&self, route: &TcpRoute, schema: &str, user: &str) -> Arc<pooling::Pool<Login>> {
+        let settings = &self.settings.pool;
+        let server_user = settings.server_user.as_deref().unwrap_or(user);
+        self.pools.pool(schema, server_user, |name| {
+            let login = Login {
+                upstream: route.upstream.clone(),
+                user: server_user.to_owned(),
+                schema: (!schema.is_empty()).then(|| schema.to_owned()),
+                // The client's own password serves a login as the client.
+                password: settings.server_password.clone().or_else(|| {
+                    settings
+                        .server_user
+                        .is_none()
+                        .then(|| self.settings.users.get(user).cloned())
+                        .flatten()
+                }),
+                info: self.info.clone(),
+                logged_in: std::sync::atomic::AtomicBool::new(false),
+            };
+            (login, self.metrics.pool.pool(name))
+        })
+    }
+
+    fn info(&self) -> Option<ServerInfo> {
+        self.info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+async fn serve(client: ClientStream, context: ConnectionContext, front: Arc<MysqlFront>) {
+    let route = &front.route;
+    let Some(pooler) = &front.pooler else {
+        return Box::pin(crate::tcp::forward(client, context, route, &[])).await;
+    };
+    let login = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        Box::pin(log_in(client, &context, route, pooler)),
+    )
+    .await;
+    let mut session = match login {
+        Ok(Ok(session)) => session,
+        Ok(Err(result)) => return route.metrics.closed(result),
+        Err(_) => {
+            tracing::debug!(listener = %route.listener, client = %context.client_address, "closing: no MySQL login within {LOGIN_TIMEOUT:?}");
+            return route.metrics.closed(CloseResult::IdleTimeout);
+        }
+    };
+    let result = session.run().await;
+    route.metrics.closed(result);
+}
+
+/// A client's login: attache's greeting, the client's answer, the password
+/// check and the pool its session uses.
+async fn log_in<'a>(
+    mut client: ClientStream,
+    context: &ConnectionContext,
+    route: &'a TcpRoute,
+    pooler: &'a Pooler,
+) -> Result<session::Session<'a>, CloseResult> {
+    let address = context.client_address;
+    let refuse = async |client: &mut ClientStream, sequence: u8, code: u16, message: String| {
+        limited!(
+            route.metrics.log_limit,
+            "mysql_login",
+            info!(listener = %route.listener, client = %address, %message, "refused a MySQL client at login")
+        );
+        let mut out = BytesMut::new();
+        wire::err_packet(&mut out, sequence, code, "28000", &message);
+        let _ = client.write_all(&out).await;
+        CloseResult::Error
+    };
+    let info = match pooler.info() {
+        Some(info) => info,
+        None => match learn_server(route, pooler).await {
+            Ok(info) => info,
+            Err(error) => {
+                let message = format!("attache: no MySQL server: {error}");
+                let mut out = BytesMut::new();
+                wire::err_packet(&mut out, 0, 2003, "HY000", &message);
+                let _ = client.write_all(&out).await;
+                limited!(
+                    route.metrics.log_limit,
+                    "mysql_no_server",
+                    warn!(listener = %route.listener, client = %address, %error, "no MySQL server for a client's greeting")
+                );
+                return Err(CloseResult::UpstreamUnavailable);
+            }
+        },
+    };
+    let nonce: [u8; 20] = std::array::from_fn(|_| fastrand::u8(1..=127));
+    let connection_id = pooler.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let mut scramble_2 = nonce[8..].to_vec();
+    scramble_2.push(0);
+    let greeting = HandshakePacket::new(
+        10,
+        &info.version[..],
+        connection_id,
+        nonce[..8].try_into().unwrap_or_default(),
+        Some(scramble_2),
+        CapabilityFlags::from_bits_truncate(CLIENT_CAPABILITIES),
+        info.collation,
+        StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+        Some(&b"mysql_native_password"[..]),
+    );
+    let mut payload = Vec::new();
+    greeting.serialize(&mut payload);
+    let mut out = BytesMut::new();
+    wire::write_packets(&mut out, 0, &payload);
+    if client.write_all(&out).await.is_err() {
+        return Err(CloseResult::Error);
+    }
+    let mut buffer = BytesMut::new();
+    let Ok(response) = read_client_packet(&mut client, &mut buffer).await else {
+        return Err(CloseResult::Error);
+    };
+    let mut sequence = wire::sequence(&response).wrapping_add(1);
+    let Ok(handshake) = HandshakeResponse::deserialize((), &mut ParseBuf(wire::payload(&response)))
+    else {
+        let message = "attache: malformed handshake response".to_owned();
+        return Err(refuse(&mut client, sequence, ACCESS_DENIED, message).await);
+    };
+    let capabilities = handshake.capabilities().bits();
+    if capabilities & capability::SSL != 0 {
+        let message = "attache: this listener does not offer TLS".to_owned();
+        return Err(refuse(&mut client, sequence, NOT_SUPPORTED, message).await);
+    }
+    if capabilities & capability::PROTOCOL_41 == 0 {
+        let message = "attache: clients must speak protocol 4.1".to_owned();
+        return Err(refuse(&mut client, sequence, NOT_SUPPORTED, message).await);
+    }
+    let user = String::from_utf8_lossy(handshake.user()).into_owned();
+    let schema = handshake
+        .db_name()
+        .map(|schema| String::from_utf8_lossy(schema).into_owned())
+        .unwrap_or_default();
+    if pooler.settings.users.is_empty() {
+        if !address.ip().is_loopback() {
+            let message = "attache: no users are configured (mysql.users); only loopback clients \
+                           are let in without one"
+                .to_owned();
+            return Err(refuse(&mut client, sequence, ACCESS_DENIED, message).await);
+        }
+    } else {
+        let password = pooler.settings.users.get(&user).map(String::as_str);
+        let plugin = handshake
+            .auth_plugin()
+            .cloned()
+            .unwrap_or(AuthPlugin::MysqlNativePassword);
+        let mut answer = handshake.scramble_buf().to_vec();
+        let mut plugin_used = plugin;
+        if !matches!(
+            plugin_used,
+            AuthPlugin::MysqlNativePassword | AuthPlugin::CachingSha2Password
+        ) {
+            // Ask for the plugin attache checks, with the same nonce.
+            let mut switch = vec![0xfe];
+            switch.extend_from_slice(b"mysql_native_password\0");
+            switch.extend_from_slice(&nonce);
+            switch.push(0);
+            let mut out = BytesMut::new();
+            wire::write_packets(&mut out, sequence, &switch);
+            if client.write_all(&out).await.is_err() {
+                return Err(CloseResult::Error);
+            }
+            let Ok(packet) = read_client_packet(&mut client, &mut buffer).await else {
+                return Err(CloseResult::Error);
+            };
+            sequence = wire::sequence(&packet).wrapping_add(1);
+            answer = wire::payload(&packet).to_vec();
+            plugin_used = AuthPlugin::MysqlNativePassword;
+        }
+        if !password_matches(&plugin_used, password, &nonce, &answer) {
+            let message = format!("Access denied for user '{user}' (attache)");
+            return Err(refuse(&mut client, sequence, ACCESS_DENIED, message).await);
+        }
+        if plugin_used == AuthPlugin::CachingSha2Password {
+            // The fast path succeeded; the OK follows.
+            let mut out = BytesMut::new();
+            sequence = wire::write_packets(&mut out, sequence, &[0x01, 0x03]);
+            if client.write_all(&out).await.is_err() {
+                return Err(CloseResult::Error);
+            }
+        }
+    }
+    let pool = pooler.pool(route, &schema, &user);
+    let mut session = session::Session::new(
+        client,
+        route,
+        pooler,
+        pool,
+        session::Client {
+            address,
+            schema: (!schema.is_empty()).then_some(schema),
+            session_track: capabilities & capability::SESSION_TRACK != 0,
+        },
+    );
+    // The server's own answer to this login (unknown schema, user refused)
+    // reaches the client now, not at its first statement.
+    if let Err(payload) = session.check_login().await {
+        let mut out = BytesMut::new();
+        wire::write_packets(&mut out, sequence, &payload);
+        let _ = session.client().write_all(&out).await;
+        return Err(CloseResult::UpstreamUnavailable);
+    }
+    let mut out = BytesMut::new();
+    wire::ok_packet(&mut out, sequence, wire::status::AUTOCOMMIT);
+    if session.client().write_all(&out).await.is_err() {
+        return Err(CloseResult::Error);
+    }
+    Ok(session)
+}
+
+/// Whether `answer` is what `plugin` makes of the user's password and
+/// `nonce`. An unknown user is checked against a random password, so the
+/// answer takes the same work and fails.
+fn password_matches(
+    plugin: &AuthPlugin<'_>,
+    password: Option<&str>,
+    nonce: &[u8],
+    answer: &[u8],
+) -> bool {
+    let unknown: String;
+    let password = match password {
+        Some(password) => password,
+        None => {
+            unknown = (0..24).map(|_| fastrand::alphanumeric()).collect();
+            &unknown
+        }
+    };
+    let expected = match plugin {
+        AuthPlugin::CachingSha2Password => {
+            scramble_sha256(nonce, password.as_bytes()).map(|scramble| scramble.to_vec())
+        }
+        _ => scramble_native(nonce, password.as_bytes()).map(|scramble| scramble.to_vec()),
+    }
+    .unwrap_or_default();
+    pooling::same(&expected, answer)
+}
+
+/// Connects once to learn the server's version and collation (what the
+/// greeting tells clients), reading only its greeting.
+async fn learn_server(route: &TcpRoute, pooler: &Pooler) -> Result<ServerInfo, ServerError> {
+    let mut connection = route.upstream.connect().await?;
+    let mut buffer = BytesMut::new();
+    let greeting = server::read_packet(connection.stream(), &mut buffer).await?;
+    let payload = wire::payload(&greeting);
+    let handshake = HandshakePacket::deserialize((), &mut ParseBuf(payload))
+        .map_err(|_| wire::WireError::Malformed("initial handshake"))?;
+    let info = ServerInfo {
+        version: handshake.server_version_ref().to_vec(),
+        collation: handshake.default_collation(),
+    };
+    *pooler
+        .info
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(info.clone());
+    Ok(info)
+}
+
+/// Reads one login packet from the client (bounded).
+async fn read_client_packet(
+    client: &mut ClientStream,
+    buffer: &mut BytesMut,
+) -> Result<BytesMut, ()> {
+    loop {
+        match wire::split_packet(buffer, LOGIN_PACKET_LIMIT) {
+            Ok(Some(packet)) => return Ok(packet),
+            Ok(None) => {}
+            Err(_) => return Err(()),
+        }
+        match client.read_buf(buffer).await {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The pool mode's effect on a session: whether a server connection goes
+/// back after each transaction.
+fn pools_transactions(settings: &MysqlListener) -> bool {
+    settings.pool.pool_mode == PoolMode::Transaction
+}

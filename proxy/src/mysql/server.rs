@@ -1,0 +1,327 @@
+//! One server connection: attache's own login (`mysql_native_password`,
+//! or `caching_sha2_password`'s fast path, following auth switches), the
+//! server's thread id (for `KILL QUERY`), the schema and transaction state
+//! it is in, and session-state tracking switched on so that attache learns
+//! what a client's statements left behind.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{AuthPlugin, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::proto::{MyDeserialize as _, MySerialize as _};
+use mysql_common::scramble::{scramble_native, scramble_sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::wire::{self, WireError, capability, command};
+use crate::pooling::{Connector, Pooled};
+use crate::upstream::{Upstream, UpstreamConnection, UpstreamUnavailable};
+
+/// Packets attache reads whole while logging in.
+const LOGIN_PACKET_LIMIT: usize = 1 << 20;
+
+/// What attache asks of a server connection. No `CLIENT_DEPRECATE_EOF`
+/// (replies keep their EOF packets, as attache's clients are told) and no
+/// MariaDB extended capabilities (they change the reply formats).
+pub(super) const SERVER_CAPABILITIES: u32 = capability::LONG_PASSWORD
+    | capability::LONG_FLAG
+    | capability::LOCAL_FILES
+    | capability::PROTOCOL_41
+    | capability::TRANSACTIONS
+    | capability::SECURE_CONNECTION
+    | capability::MULTI_STATEMENTS
+    | capability::MULTI_RESULTS
+    | capability::PS_MULTI_RESULTS
+    | capability::PLUGIN_AUTH
+    | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
+    | capability::SESSION_TRACK;
+
+/// What the server says of itself in its greeting, for attache's greeting
+/// to clients.
+#[derive(Debug, Clone)]
+pub(super) struct ServerInfo {
+    pub(super) version: Vec<u8>,
+    pub(super) collation: u8,
+}
+
+/// Where and as whom a pool's connections log in.
+pub(super) struct Login {
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) user: String,
+    pub(super) schema: Option<String>,
+    pub(super) password: Option<String>,
+    /// The listener's record of the server's greeting.
+    pub(super) info: Arc<Mutex<Option<ServerInfo>>>,
+    /// Set once a connection of this pool logged in.
+    pub(super) logged_in: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ServerError {
+    #[error(transparent)]
+    Unavailable(#[from] UpstreamUnavailable),
+    #[error("the server connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the server answered outside the protocol: {0}")]
+    Wire(#[from] WireError),
+    /// The server refused the login; its ERR packet's payload goes to the
+    /// client.
+    #[error("the server refused the login: {message}")]
+    Refused { message: String, payload: Vec<u8> },
+    #[error("the server asks for the authentication plugin {0:?}, which attache does not speak")]
+    Plugin(String),
+    #[error(
+        "the server asks for caching_sha2_password's full authentication, which needs TLS to \
+         the server (not built yet) or a cached login"
+    )]
+    FullAuthentication,
+}
+
+/// A logged-in server connection.
+pub(super) struct ServerConnection {
+    connection: UpstreamConnection,
+    /// The server's id of this connection (`KILL QUERY <id>`).
+    pub(super) thread_id: u32,
+    /// The default schema the connection is in.
+    pub(super) schema: Option<String>,
+    /// Set when the connection must not go back to its pool.
+    pub(super) broken: bool,
+    /// Whether the server reports session state changes on it.
+    pub(super) tracks_state: bool,
+    created: tokio::time::Instant,
+}
+
+impl Connector for Login {
+    type Connection = ServerConnection;
+    type Error = ServerError;
+
+    async fn open(&self) -> Result<ServerConnection, ServerError> {
+        let connection = ServerConnection::open(self).await?;
+        self.logged_in
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(connection)
+    }
+}
+
+impl Pooled for ServerConnection {
+    fn reusable(&self) -> bool {
+        !self.broken
+    }
+
+    fn created(&self) -> tokio::time::Instant {
+        self.created
+    }
+}
+
+impl ServerConnection {
+    pub(super) fn stream(&mut self) -> &mut crate::net::UpstreamStream {
+        self.connection.stream()
+    }
+
+    /// Connects, logs in, and switches session-state tracking on.
+    async fn open(login: &Login) -> Result<Self, ServerError> {
+        let mut connection = login.upstream.connect().await?;
+        let mut buffer = BytesMut::with_capacity(1024);
+        let greeting = read_packet(connection.stream(), &mut buffer).await?;
+        let payload = wire::payload(&greeting);
+        if payload.first() == Some(&0xff) {
+            return Err(refused(payload));
+        }
+        let handshake = HandshakePacket::deserialize((), &mut ParseBuf(payload))
+            .map_err(|_| WireError::Malformed("initial handshake"))?;
+        let capabilities = handshake.capabilities().bits();
+        if capabilities & capability::PROTOCOL_41 == 0 {
+            return Err(WireError::Unexpected("pre-4.1 server").into());
+        }
+        {
+            let mut info = login
+                .info
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            *info = Some(ServerInfo {
+                version: handshake.server_version_ref().to_vec(),
+                collation: handshake.default_collation(),
+            });
+        }
+        let nonce = handshake.nonce();
+        let plugin = handshake
+            .auth_plugin()
+            .map(|plugin| plugin.into_owned())
+            .unwrap_or(AuthPlugin::MysqlNativePassword);
+        let scramble = scramble_for(&plugin, login.password.as_deref(), &nonce)?;
+        let wanted = CapabilityFlags::from_bits_truncate(
+            SERVER_CAPABILITIES & (capabilities | capability::CONNECT_WITH_DB),
+        );
+        let response = HandshakeResponse::new(
+            Some(scramble),
+            handshake.server_version_parsed().unwrap_or((5, 7, 0)),
+            Some(login.user.as_bytes()),
+            login.schema.as_deref().map(str::as_bytes),
+            Some(plugin.clone()),
+            wanted,
+            None,
+            wire::MAX_PAYLOAD as u32,
+        );
+        let mut payload = Vec::new();
+        response.serialize(&mut payload);
+        let mut out = BytesMut::new();
+        wire::write_packets(
+            &mut out,
+            wire::sequence(&greeting).wrapping_add(1),
+            &payload,
+        );
+        connection.stream().write_all(&out).await?;
+        let mut plugin = plugin;
+        loop {
+            let packet = read_packet(connection.stream(), &mut buffer).await?;
+            let sequence = wire::sequence(&packet).wrapping_add(1);
+            let payload = wire::payload(&packet);
+            match payload.first() {
+                Some(0x00) => break,
+                Some(0xff) => return Err(refused(payload)),
+                Some(0xfe) => {
+                    let switch = AuthSwitchRequest::deserialize((), &mut ParseBuf(payload))
+                        .map_err(|_| WireError::Malformed("auth switch"))?;
+                    plugin = switch.auth_plugin().into_owned();
+                    let nonce = switch.plugin_data();
+                    let nonce = nonce.strip_suffix(&[0]).unwrap_or(nonce);
+                    let scramble = scramble_for(&plugin, login.password.as_deref(), nonce)?;
+                    let mut out = BytesMut::new();
+                    wire::write_packets(&mut out, sequence, &scramble);
+                    connection.stream().write_all(&out).await?;
+                }
+                // caching_sha2_password: 3 is "the fast path worked" (an
+                // OK follows), 4 asks for the password itself.
+                Some(0x01) if plugin == AuthPlugin::CachingSha2Password => match payload.get(1) {
+                    Some(3) => {}
+                    _ => return Err(ServerError::FullAuthentication),
+                },
+                _ => return Err(WireError::Unexpected("login").into()),
+            }
+        }
+        let mut server = Self {
+            connection,
+            thread_id: handshake.connection_id(),
+            schema: login.schema.clone(),
+            broken: false,
+            tracks_state: false,
+            created: tokio::time::Instant::now(),
+        };
+        server.track_state(&mut buffer).await?;
+        Ok(server)
+    }
+
+    /// Asks the server to report session state changes in OK packets; a
+    /// server that cannot leaves attache to its own statement scan.
+    async fn track_state(&mut self, buffer: &mut BytesMut) -> Result<(), ServerError> {
+        let mut request = vec![command::QUERY];
+        request.extend_from_slice(b"SET SESSION session_track_state_change = 1");
+        let accepted = self.hidden_command(&request, buffer).await?;
+        self.tracks_state = accepted.is_ok();
+        Ok(())
+    }
+
+    /// Sends a command of attache's own and reads its whole reply: `Ok`
+    /// when it ended in an OK or EOF, else the ERR packet's payload.
+    pub(super) async fn hidden_command(
+        &mut self,
+        request: &[u8],
+        buffer: &mut BytesMut,
+    ) -> Result<Result<(), Vec<u8>>, ServerError> {
+        let mut out = BytesMut::new();
+        wire::write_packets(&mut out, 0, request);
+        self.stream().write_all(&out).await?;
+        let Some(mut reply) = wire::Reply::to(request[0], true) else {
+            return Ok(Ok(()));
+        };
+        let mut outcome = Ok(());
+        while !reply.done() {
+            let packet = read_packet(self.stream(), buffer).await?;
+            if let wire::Packet::Err(_) = reply.packet(&packet)? {
+                outcome = Err(wire::payload(&packet).to_vec());
+            }
+            if reply.awaiting_file() {
+                // attache never asks for a file; an empty one declines.
+                let mut out = BytesMut::new();
+                wire::write_packets(&mut out, wire::sequence(&packet).wrapping_add(1), &[]);
+                self.stream().write_all(&out).await?;
+                reply.file_sent();
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Makes the connection clean for its next client: the server resets
+    /// the session (`COM_RESET_CONNECTION`), then tracking is switched on
+    /// again and the schema set back. `false`: it could not be, close it.
+    pub(super) async fn reset(&mut self, schema: Option<&str>, buffer: &mut BytesMut) -> bool {
+        let reset = async {
+            if self
+                .hidden_command(&[command::RESET_CONNECTION], buffer)
+                .await?
+                .is_err()
+            {
+                return Ok::<_, ServerError>(false);
+            }
+            self.track_state(buffer).await?;
+            if let Some(schema) = schema
+                && self.schema.as_deref() != Some(schema)
+            {
+                let mut request = vec![command::INIT_DB];
+                request.extend_from_slice(schema.as_bytes());
+                if self.hidden_command(&request, buffer).await?.is_err() {
+                    return Ok(false);
+                }
+                self.schema = Some(schema.to_owned());
+            }
+            Ok(true)
+        };
+        matches!(reset.await, Ok(true))
+    }
+}
+
+/// The scramble `plugin` wants for `password` and `nonce`; an empty
+/// password is an empty scramble.
+fn scramble_for(
+    plugin: &AuthPlugin<'_>,
+    password: Option<&str>,
+    nonce: &[u8],
+) -> Result<Vec<u8>, ServerError> {
+    let password = password.unwrap_or_default().as_bytes();
+    let scramble = match plugin {
+        AuthPlugin::MysqlNativePassword => scramble_native(nonce, password).map(|s| s.to_vec()),
+        AuthPlugin::CachingSha2Password => scramble_sha256(nonce, password).map(|s| s.to_vec()),
+        other => {
+            return Err(ServerError::Plugin(
+                String::from_utf8_lossy(other.as_bytes()).into_owned(),
+            ));
+        }
+    };
+    Ok(scramble.unwrap_or_default())
+}
+
+fn refused(payload: &[u8]) -> ServerError {
+    let message = wire::parse_err(payload)
+        .map(|err| String::from_utf8_lossy(err.message).into_owned())
+        .unwrap_or_else(|_| "no message".to_owned());
+    ServerError::Refused {
+        message,
+        payload: payload.to_vec(),
+    }
+}
+
+/// Reads one whole packet during a login or a command of attache's own.
+pub(super) async fn read_packet(
+    stream: &mut crate::net::UpstreamStream,
+    buffer: &mut BytesMut,
+) -> Result<BytesMut, ServerError> {
+    loop {
+        if let Some(packet) = wire::split_packet(buffer, LOGIN_PACKET_LIMIT)? {
+            return Ok(packet);
+        }
+        if stream.read_buf(buffer).await? == 0 {
+            return Err(ServerError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}

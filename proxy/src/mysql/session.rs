@@ -1,0 +1,690 @@
+//! One pooled MySQL client session. The protocol is a conversation: a
+//! command, then the server's whole reply ([`wire::Reply`] says where it
+//! ends). Each command gets a server connection (the one the session
+//! holds, or one lent from its pool); after the reply, in transaction
+//! mode, the connection goes back unless a transaction is open (the
+//! server's `SERVER_STATUS_IN_TRANS`), the session is pinned, or the
+//! reply gave an insert id the next statement may ask for
+//! (`LAST_INSERT_ID()`).
+//!
+//! A session's schema follows it: `USE` and `COM_INIT_DB` change it (the
+//! server's session tracking reports the change) and a lent connection
+//! in another schema is switched first. Session state a statement leaves
+//! on its connection (see [`super::statement`], and the server's state
+//! tracking for the rest) pins the session to that connection until it
+//! ends; a connection that held state, or an open transaction, is reset
+//! (`COM_RESET_CONNECTION`) before it serves anyone else.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::time::Instant;
+
+use super::server::{Login, ServerError};
+use super::statement;
+use super::wire::{self, Packet, Reply, StateChange, command, status};
+use super::{NO_CONNECTION, NOT_SUPPORTED, Pooler, SERVER_LOST, pools_transactions};
+use crate::net::ClientStream;
+use crate::pooling::{Lease, Pool, PoolError};
+use crate::tcp::TcpRoute;
+use crate::telemetry::log_limit::limited;
+use crate::telemetry::metrics::{CloseResult, MysqlPin};
+
+/// The largest command a client may send (MySQL's own
+/// `max_allowed_packet` is 16 MiB by default, 1 GiB at most).
+const MAX_COMMAND: usize = 64 << 20;
+/// Replies are written to the client in pieces of about this size.
+const WRITE_BATCH: usize = 64 << 10;
+/// Room read into at once from the server.
+const SERVER_READ: usize = 16 << 10;
+/// `ER_NET_PACKET_TOO_LARGE`.
+const PACKET_TOO_LARGE: u16 = 1153;
+/// `ER_UNKNOWN_COM_ERROR`.
+const UNKNOWN_COMMAND: u16 = 1047;
+
+/// Who the client is, as its login said.
+pub(super) struct Client {
+    pub(super) address: SocketAddr,
+    /// The schema the client is in (its login's, then its `USE`s).
+    pub(super) schema: Option<String>,
+    /// Whether the client reads OK packets with session-state fields.
+    pub(super) session_track: bool,
+}
+
+pub(super) struct Session<'a> {
+    client: ClientStream,
+    who: Client,
+    route: &'a TcpRoute,
+    pooler: &'a Pooler,
+    pool: Arc<Pool<Login>>,
+    lease: Option<Lease<Login>>,
+    from_client: BytesMut,
+    from_server: BytesMut,
+    to_client: BytesMut,
+    /// What keeps the session on its server connection for good.
+    pin: Option<MysqlPin>,
+    /// Keep the connection for the next command too (it may read
+    /// `LAST_INSERT_ID()`).
+    hold_next: bool,
+    /// The server status after the last reply.
+    status: u16,
+    /// When the open transaction began.
+    transaction_started: Option<Instant>,
+}
+
+enum End {
+    /// The client closed (or quit).
+    Client,
+    Failed(CloseResult),
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(
+        client: ClientStream,
+        route: &'a TcpRoute,
+        pooler: &'a Pooler,
+        pool: Arc<Pool<Login>>,
+        who: Client,
+    ) -> Self {
+        Self {
+            client,
+            who,
+            route,
+            pooler,
+            pool,
+            lease: None,
+            from_client: BytesMut::new(),
+            from_server: BytesMut::new(),
+            to_client: BytesMut::new(),
+            pin: None,
+            hold_next: false,
+            status: status::AUTOCOMMIT,
+            transaction_started: None,
+        }
+    }
+
+    pub(super) fn client(&mut self) -> &mut ClientStream {
+        &mut self.client
+    }
+
+    /// Makes sure the pool can log in for this client: until one of its
+    /// connections has, one is opened (and kept, idle). `Err`: the
+    /// server's ERR packet payload.
+    pub(super) async fn check_login(&mut self) -> Result<(), Vec<u8>> {
+        if self
+            .pool
+            .connector()
+            .logged_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        match Box::pin(self.pool.get()).await {
+            Ok(lease) => {
+                drop(lease);
+                Ok(())
+            }
+            Err(error) => Err(self.pool_error_payload(&error)),
+        }
+    }
+
+    /// Serves the session to its end, then gives its server connection
+    /// back clean.
+    pub(super) async fn run(&mut self) -> CloseResult {
+        let end = self.serve().await;
+        self.give_back().await;
+        match end {
+            End::Client => CloseResult::Ok,
+            End::Failed(result) => result,
+        }
+    }
+
+    async fn serve(&mut self) -> End {
+        loop {
+            let message = match self.read_command().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return End::Client,
+                Err(end) => return end,
+            };
+            let Some(&command) = message.get(wire::HEADER) else {
+                return self
+                    .refuse(UNKNOWN_COMMAND, "attache: an empty command")
+                    .await;
+            };
+            let handled = match command {
+                command::QUIT => return End::Client,
+                // Answered without a server connection: attache is there.
+                command::PING if self.lease.is_none() => self.answer_ok().await,
+                command::RESET_CONNECTION => self.reset_connection().await,
+                command::CHANGE_USER => {
+                    let message = "attache: COM_CHANGE_USER is not supported by a pooling \
+                                   listener; connect as the other user";
+                    self.answer_err(NOT_SUPPORTED, message).await
+                }
+                // Replication, shutdown and the long-gone commands.
+                0x00 | 0x08 | 0x0b | 0x0f | 0x10 | 0x12 | 0x13 | 0x14 | 0x15 | 0x1d | 0x1e => {
+                    let message = "attache: this command is not supported by a pooling listener";
+                    self.answer_err(NOT_SUPPORTED, message).await
+                }
+                _ => self.forward(message, command).await,
+            };
+            if let Err(end) = handled {
+                return end;
+            }
+        }
+    }
+
+    /// Reads the client's next whole command; `None` when it closed.
+    async fn read_command(&mut self) -> Result<Option<BytesMut>, End> {
+        loop {
+            match wire::split_message(&mut self.from_client, MAX_COMMAND) {
+                Ok(Some(message)) => {
+                    if self.from_client.is_empty() {
+                        self.from_client = BytesMut::new();
+                    }
+                    return Ok(Some(message));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    let message = format!("attache: {error}");
+                    return Err(self.refuse(PACKET_TOO_LARGE, &message).await);
+                }
+            }
+            let read = read_client(&mut self.client, &mut self.from_client);
+            match tokio::time::timeout(self.route.idle_timeout, read).await {
+                Ok(Ok(0) | Err(_)) => return Ok(None),
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::debug!(listener = %self.route.listener, client = %self.who.address, "closing an idle MySQL client (idle_timeout)");
+                    return Err(End::Failed(CloseResult::IdleTimeout));
+                }
+            }
+        }
+    }
+
+    /// Sends a command to a server connection and its reply to the client.
+    async fn forward(&mut self, message: BytesMut, command: u8) -> Result<(), End> {
+        self.hold_next = false;
+        if !self.lend().await? {
+            return Ok(());
+        }
+        if !self.switch_schema().await? {
+            return Ok(());
+        }
+        let statement = match command {
+            command::QUERY => statement::scan(&wire::message_payload(&message)[1..]),
+            command::STMT_PREPARE => statement::Statement {
+                kind: "PREPARE",
+                pin: Some(MysqlPin::PreparedStatement),
+            },
+            command::STMT_EXECUTE => statement::Statement {
+                kind: "EXECUTE",
+                pin: None,
+            },
+            command::SET_OPTION => statement::Statement {
+                kind: "OTHER",
+                pin: Some(MysqlPin::SetOption),
+            },
+            _ => statement::Statement {
+                kind: "OTHER",
+                pin: None,
+            },
+        };
+        if let Some(reason) = statement.pin {
+            self.pin_for(reason);
+        }
+        let started = Instant::now();
+        let written = self.server()?.stream().write_all(&message).await;
+        if let Err(error) = written {
+            return Err(self.server_failed(&error.to_string()).await);
+        }
+        drop(message);
+        let Some(reply) = Reply::to(command, true) else {
+            // No reply (closing or feeding a prepared statement).
+            return Ok(());
+        };
+        self.relay(reply, statement).await?;
+        let metrics = &self.pooler.metrics;
+        metrics.query(statement.kind);
+        metrics
+            .query_duration
+            .observe(started.elapsed().as_secs_f64());
+        let in_transaction = self.status & status::IN_TRANS != 0;
+        match (self.transaction_started, in_transaction) {
+            (None, true) => self.transaction_started = Some(started),
+            (Some(began), false) => {
+                metrics.transactions.inc();
+                metrics
+                    .transaction_duration
+                    .observe(began.elapsed().as_secs_f64());
+                self.transaction_started = None;
+            }
+            _ => {}
+        }
+        if pools_transactions(&self.pooler.settings)
+            && self.pin.is_none()
+            && !self.hold_next
+            && !in_transaction
+        {
+            self.lease = None;
+            if self.from_server.is_empty() {
+                self.from_server = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// The server's reply, packet by packet, to the client: batched
+    /// writes, OK packets told the client's way, session state read.
+    async fn relay(
+        &mut self,
+        mut reply: Reply,
+        statement: statement::Statement,
+    ) -> Result<(), End> {
+        let deadline = self
+            .pooler
+            .settings
+            .pool
+            .query_timeout
+            .map(|timeout| Instant::now() + timeout);
+        let mut killed = false;
+        loop {
+            loop {
+                let packet = match wire::split_packet(&mut self.from_server, wire::MAX_PAYLOAD) {
+                    Ok(Some(packet)) => packet,
+                    Ok(None) => break,
+                    Err(error) => return Err(self.server_failed(&error.to_string()).await),
+                };
+                let outcome = match reply.packet(&packet) {
+                    Ok(outcome) => outcome,
+                    Err(error) => return Err(self.server_failed(&error.to_string()).await),
+                };
+                match outcome {
+                    Packet::Ok(ok) => {
+                        self.status = ok.status;
+                        if ok.last_insert_id != 0 {
+                            self.hold_next = true;
+                        }
+                        if ok.status & status::SESSION_STATE_CHANGED != 0 {
+                            self.session_state(ok.state_changes, statement);
+                        }
+                        if !self.who.session_track
+                            && (!ok.info.is_empty() || !ok.state_changes.is_empty())
+                        {
+                            let told = wire::ok_without_session_track(&ok, wire::sequence(&packet));
+                            self.to_client.extend_from_slice(&told);
+                        } else {
+                            self.to_client.extend_from_slice(&packet);
+                        }
+                    }
+                    Packet::Eof(status) => {
+                        self.status = status;
+                        if status & status::CURSOR_EXISTS != 0 {
+                            self.pin_for(MysqlPin::Cursor);
+                        }
+                        self.to_client.extend_from_slice(&packet);
+                    }
+                    Packet::Err(err) => {
+                        self.pooler.metrics.error(err.code);
+                        self.to_client.extend_from_slice(&packet);
+                    }
+                    Packet::LocalInfile => {
+                        self.to_client.extend_from_slice(&packet);
+                        self.flush().await?;
+                        self.send_file().await?;
+                        reply.file_sent();
+                    }
+                    Packet::Data | Packet::Prepared { .. } => {
+                        self.to_client.extend_from_slice(&packet);
+                    }
+                }
+                if reply.done() {
+                    if !self.from_server.is_empty() {
+                        return Err(self
+                            .server_failed("the server sent more than its reply")
+                            .await);
+                    }
+                    return self.flush().await;
+                }
+                if self.to_client.len() >= WRITE_BATCH {
+                    self.flush().await?;
+                }
+            }
+            self.flush().await?;
+            let read = {
+                let Some(lease) = self.lease.as_mut() else {
+                    return Err(End::Failed(CloseResult::Error));
+                };
+                let stream = lease.connection().stream();
+                let buffer = &mut self.from_server;
+                if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
+                    buffer.reserve(SERVER_READ);
+                }
+                tokio::select! {
+                    read = stream.read_buf(buffer) => Some(read),
+                    () = sleep_until(deadline), if !killed => None,
+                }
+            };
+            match read {
+                Some(Ok(0)) => {
+                    return Err(self.server_failed("the server closed the connection").await);
+                }
+                Some(Err(error)) => return Err(self.server_failed(&error.to_string()).await),
+                Some(Ok(_)) => {}
+                None => {
+                    killed = true;
+                    self.kill_query();
+                }
+            }
+        }
+    }
+
+    /// What an OK packet's session-state changes mean: a new schema is the
+    /// client's; anything else, unless the statement already pinned, pins.
+    fn session_state(&mut self, changes: &[u8], statement: statement::Statement) {
+        let Ok(changes) = wire::state_changes(changes) else {
+            self.pin_for(MysqlPin::SessionState);
+            return;
+        };
+        let mut schema_changed = false;
+        let mut state_changed = false;
+        for change in changes {
+            match change {
+                StateChange::Schema(schema) => {
+                    let schema = String::from_utf8_lossy(schema).into_owned();
+                    if let Some(lease) = self.lease.as_mut() {
+                        lease.connection().schema = Some(schema.clone());
+                    }
+                    self.who.schema = Some(schema);
+                    schema_changed = true;
+                }
+                StateChange::SystemVariable(..) | StateChange::State => state_changed = true,
+                StateChange::Other(_) => {}
+            }
+        }
+        // A schema change is reported as a state change too.
+        if state_changed && !schema_changed && statement.pin.is_none() {
+            self.pin_for(MysqlPin::SessionState);
+        }
+    }
+
+    /// The client's `LOAD DATA LOCAL INFILE` file, packet by packet, to
+    /// the server, up to its closing empty packet.
+    async fn send_file(&mut self) -> Result<(), End> {
+        loop {
+            let packet = match wire::split_packet(&mut self.from_client, wire::MAX_PAYLOAD) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => {
+                    match read_client(&mut self.client, &mut self.from_client).await {
+                        Ok(0) | Err(_) => {
+                            // The server waits for the rest of the file.
+                            self.mark_broken();
+                            return Err(End::Client);
+                        }
+                        Ok(_) => continue,
+                    }
+                }
+                Err(error) => {
+                    self.mark_broken();
+                    let message = format!("attache: {error}");
+                    return Err(self.refuse(PACKET_TOO_LARGE, &message).await);
+                }
+            };
+            let last = wire::payload(&packet).is_empty();
+            let written = self.server()?.stream().write_all(&packet).await;
+            if let Err(error) = written {
+                return Err(self.server_failed(&error.to_string()).await);
+            }
+            if last {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes what is batched for the client.
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.to_client.is_empty() {
+            return Ok(());
+        }
+        let written = self.client.write_all(&self.to_client).await;
+        self.to_client.clear();
+        if self.to_client.capacity() > WRITE_BATCH * 2 {
+            self.to_client = BytesMut::new();
+        }
+        if written.is_err() {
+            // The reply was not read to its end: the connection is unusable.
+            self.mark_broken();
+            return Err(End::Client);
+        }
+        Ok(())
+    }
+
+    /// A server connection for the client's next command. `false`: none
+    /// came, and the client has its error.
+    async fn lend(&mut self) -> Result<bool, End> {
+        if self.lease.is_some() {
+            return Ok(true);
+        }
+        let asked = Instant::now();
+        let lease = match self.pool.try_idle() {
+            Some(lease) => lease,
+            // Boxed: the connect and login state is not part of every session.
+            None => match Box::pin(self.pool.get()).await {
+                Ok(lease) => lease,
+                Err(error) => {
+                    if let PoolError::Timeout(_) = error {
+                        self.pooler.metrics.pool.timeouts.inc();
+                    }
+                    limited!(
+                        self.route.metrics.log_limit,
+                        "mysql_no_server",
+                        warn!(listener = %self.route.listener, client = %self.who.address, %error, "no MySQL server connection for a client")
+                    );
+                    let payload = self.pool_error_payload(&error);
+                    self.to_client.clear();
+                    wire::write_packets(&mut self.to_client, 1, &payload);
+                    self.flush().await?;
+                    return Ok(false);
+                }
+            },
+        };
+        self.pooler
+            .metrics
+            .pool
+            .wait_duration
+            .observe(asked.elapsed().as_secs_f64());
+        self.lease = Some(lease);
+        Ok(true)
+    }
+
+    /// Puts the lent connection in the client's schema. `false`: the
+    /// server refused (the schema is gone) and the client has its error.
+    async fn switch_schema(&mut self) -> Result<bool, End> {
+        let Some(schema) = self.who.schema.clone() else {
+            return Ok(true);
+        };
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let server = lease.connection();
+        if server.schema.as_deref() == Some(schema.as_str()) {
+            return Ok(true);
+        }
+        let mut request = vec![command::INIT_DB];
+        request.extend_from_slice(schema.as_bytes());
+        let switched = server.hidden_command(&request, &mut self.from_server).await;
+        if let Ok(Ok(())) = switched {
+            server.schema = Some(schema);
+        }
+        match switched {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(payload)) => {
+                wire::write_packets(&mut self.to_client, 1, &payload);
+                self.flush().await?;
+                Ok(false)
+            }
+            Err(error) => Err(self.server_failed(&error.to_string()).await),
+        }
+    }
+
+    /// `COM_RESET_CONNECTION`: the session starts over. A connection the
+    /// session holds is reset on the server and goes back; without one
+    /// there is nothing to reset.
+    async fn reset_connection(&mut self) -> Result<(), End> {
+        self.give_back().await;
+        self.pin = None;
+        self.hold_next = false;
+        self.status = status::AUTOCOMMIT;
+        self.transaction_started = None;
+        if !pools_transactions(&self.pooler.settings) && !self.lend().await? {
+            return Ok(());
+        }
+        self.answer_ok().await
+    }
+
+    async fn answer_ok(&mut self) -> Result<(), End> {
+        wire::ok_packet(&mut self.to_client, 1, self.status);
+        self.flush().await
+    }
+
+    async fn answer_err(&mut self, code: u16, message: &str) -> Result<(), End> {
+        wire::err_packet(&mut self.to_client, 1, code, "HY000", message);
+        self.flush().await
+    }
+
+    /// Tells the client why it is closed.
+    async fn refuse(&mut self, code: u16, message: &str) -> End {
+        self.to_client.clear();
+        wire::err_packet(&mut self.to_client, 1, code, "08S01", message);
+        let _ = self.flush().await;
+        End::Failed(CloseResult::Error)
+    }
+
+    /// Pins the session (the first reason is the one counted).
+    fn pin_for(&mut self, reason: MysqlPin) {
+        if !pools_transactions(&self.pooler.settings) || self.pin.is_some() {
+            return;
+        }
+        self.pin = Some(reason);
+        self.pooler.metrics.pinned(reason);
+        tracing::debug!(listener = %self.route.listener, client = %self.who.address, reason = reason.label(), "MySQL session pinned to its server connection");
+    }
+
+    fn server(&mut self) -> Result<&mut super::server::ServerConnection, End> {
+        match self.lease.as_mut() {
+            Some(lease) => Ok(lease.connection()),
+            None => Err(End::Failed(CloseResult::Error)),
+        }
+    }
+
+    fn mark_broken(&mut self) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.connection().broken = true;
+        }
+    }
+
+    /// The lent connection failed: only this client loses its session,
+    /// with an error packet that says so.
+    async fn server_failed(&mut self, reason: &str) -> End {
+        self.mark_broken();
+        self.lease = None;
+        self.pooler.metrics.pool.server_failures.inc();
+        limited!(
+            self.route.metrics.log_limit,
+            "mysql_server_failed",
+            warn!(listener = %self.route.listener, client = %self.who.address, %reason, "a MySQL server connection failed while lent")
+        );
+        self.to_client.clear();
+        let message = format!("attache: lost the server connection: {reason}");
+        wire::err_packet(&mut self.to_client, 1, SERVER_LOST, "08S01", &message);
+        let _ = self.flush().await;
+        End::Failed(CloseResult::UpstreamUnavailable)
+    }
+
+    /// `query_timeout` ran out: `KILL QUERY` on a connection of its own
+    /// (the server then ends the statement with an error, or `SLEEP()`
+    /// with 1, and the connection goes on).
+    fn kill_query(&mut self) {
+        let Some(lease) = self.lease.as_mut() else {
+            return;
+        };
+        let thread = lease.connection().thread_id;
+        self.pooler.metrics.query_timeouts.inc();
+        let pool = self.pool.clone();
+        let listener = self.route.listener.clone();
+        tokio::spawn(async move {
+            let kill = async {
+                let mut side = crate::pooling::Connector::open(pool.connector()).await?;
+                let request = format!("\x03KILL QUERY {thread}");
+                let mut buffer = BytesMut::new();
+                let refused = side.hidden_command(request.as_bytes(), &mut buffer).await?;
+                Ok::<_, ServerError>(refused.err().map(|payload| {
+                    let err = wire::parse_err(&payload).map(|err| err.message.to_vec());
+                    String::from_utf8_lossy(&err.unwrap_or_default()).into_owned()
+                }))
+            };
+            match kill.await {
+                Ok(None) => {}
+                Ok(Some(message)) => {
+                    tracing::warn!(%listener, %message, "the server refused to interrupt a MySQL query past query_timeout");
+                }
+                Err(error) => {
+                    tracing::warn!(%listener, %error, "could not interrupt a MySQL query past query_timeout");
+                }
+            }
+        });
+    }
+
+    /// The connection the session holds goes back to its pool; reset first
+    /// when it may hold the session's state or a transaction.
+    async fn give_back(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        let clean = pools_transactions(&self.pooler.settings)
+            && self.pin.is_none()
+            && self.status & status::IN_TRANS == 0;
+        if clean {
+            return;
+        }
+        let schema = self.pool.connector().schema.clone();
+        let mut buffer = BytesMut::new();
+        let server = lease.connection();
+        if !server.reset(schema.as_deref(), &mut buffer).await {
+            server.broken = true;
+        }
+    }
+
+    /// The ERR payload a client gets for a pool's error: the server's own
+    /// refusal as it is, else attache's.
+    fn pool_error_payload(&self, error: &PoolError<ServerError>) -> Vec<u8> {
+        let (code, message) = match error {
+            PoolError::Server(ServerError::Refused { payload, .. }) => return payload.clone(),
+            PoolError::Timeout(_) => (NO_CONNECTION, format!("attache: {error}")),
+            PoolError::Server(_) => (2003, format!("attache: {error}")),
+        };
+        let mut out = BytesMut::new();
+        wire::err_packet(&mut out, 0, code, "HY000", &message);
+        wire::payload(&out).to_vec()
+    }
+}
+
+/// Reads what the client sent; an idle client holds no buffer.
+async fn read_client(client: &mut ClientStream, buffer: &mut BytesMut) -> std::io::Result<usize> {
+    if buffer.is_empty() {
+        return crate::net::read_into_room(client, buffer).await;
+    }
+    if buffer.capacity() - buffer.len() < SERVER_READ / 2 {
+        buffer.reserve(SERVER_READ);
+    }
+    client.read_buf(buffer).await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
