@@ -10,6 +10,7 @@ use std::process::Command;
 use attache_integration::pki::Pki;
 use attache_integration::redis_server::RedisServer;
 use attache_integration::{Attache, redis_ping};
+use mysql_async::prelude::Queryable as _;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -97,6 +98,7 @@ listeners:
   - {{name: tcp, listen: 127.0.0.1:0, protocol: tcp, upstream: redis}}
   - {{name: resp, listen: 127.0.0.1:0, protocol: redis, upstream: redis, redis: {{cache: {{max_memory: 1MiB, keys: [\"k:\"]}}}}}}
   - {{name: pg, listen: 127.0.0.1:0, protocol: postgres, upstream: postgres}}
+  - {{name: my, listen: 127.0.0.1:0, protocol: mysql, upstream: mariadb}}
   - name: door
     listen: 127.0.0.1:0
     protocol: http
@@ -109,6 +111,8 @@ upstreams:
     health_check: {{probe: redis}}
   postgres:
     endpoints: [\"127.0.0.1:5432\"]
+  mariadb:
+    endpoints: [\"127.0.0.1:3306\"]
 ",
         cert = pki.cert("server"),
         key = pki.key("server"),
@@ -128,6 +132,10 @@ upstreams:
             .await
             .is_err()
     );
+    // The same through the MySQL pooler.
+    let mut mysql = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    mysql.query_drop("SELECT 1").await.unwrap();
+    assert!(mysql.query_drop("SELECT no_such_column").await.is_err());
     // OpenMetrics, as Prometheus asks for it: counters by family name.
     let metrics = attache.openmetrics().await.unwrap();
 

@@ -1122,6 +1122,59 @@ mod tests {
     }
 
     #[test]
+    fn the_mysql_one_liner_pools_with_a_user_and_relays_each_login_without() {
+        let pooled = one_liner_config(&[
+            "attache",
+            "mysql",
+            "--listen",
+            "127.0.0.1:3307",
+            "--upstream",
+            "127.0.0.1:3306",
+            "--user",
+            "app",
+            "--password",
+            "s3cret",
+            "--pool-size",
+            "5",
+            "--query-timeout",
+            "2s",
+        ]);
+        let attache_config::ListenerKind::Mysql(settings) = &pooled.listeners[0].kind else {
+            panic!("not a mysql listener: {:?}", pooled.listeners[0].kind);
+        };
+        assert_eq!(settings.pool.auth, attache_config::DatabaseAuth::Local);
+        assert_eq!(
+            settings.pool.pool_mode,
+            attache_config::PoolMode::Transaction
+        );
+        assert_eq!(settings.pool.pool_size, 5);
+        assert_eq!(
+            settings.pool.query_timeout,
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(settings.users["app"], "s3cret");
+        assert_eq!(pooled.listeners[0].name, "mysql");
+
+        let relayed = one_liner_config(&[
+            "attache",
+            "mysql",
+            "--listen",
+            "127.0.0.1:3307",
+            "--upstream",
+            "127.0.0.1:3306",
+        ]);
+        let attache_config::ListenerKind::Mysql(settings) = &relayed.listeners[0].kind else {
+            panic!("not a mysql listener: {:?}", relayed.listeners[0].kind);
+        };
+        assert_eq!(
+            settings.pool.auth,
+            attache_config::DatabaseAuth::Passthrough
+        );
+        assert_eq!(settings.pool.pool_mode, attache_config::PoolMode::Session);
+        assert!(settings.users.is_empty());
+    }
+
+    #[test]
     fn the_postgres_one_liner_is_a_pooling_listener_that_starts_upstream_tls_in_band() {
         let postgres = one_liner_config(&[
             "attache",
