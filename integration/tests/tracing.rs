@@ -386,6 +386,70 @@ upstreams:
 }
 
 #[tokio::test]
+async fn each_mysql_command_is_a_span_with_its_schema_and_error_code() {
+    use mysql_async::prelude::Queryable as _;
+    let collector = Collector::start().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - {{ name: my, listen: \"127.0.0.1:0\", protocol: mysql, upstream: mariadb }}
+upstreams:
+  mariadb: {{ endpoints: [\"127.0.0.1:3306\"] }}
+",
+        collector.endpoint()
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let mut client = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    client
+        .query_drop("SELECT 'span-secret' AS literal")
+        .await
+        .unwrap();
+    assert!(
+        client
+            .query_drop("SELECT span_secret_column")
+            .await
+            .is_err()
+    );
+    let spans = collector
+        .wait_until(|spans| {
+            spans.iter().any(|span| {
+                span.attributes
+                    .get("db.response.status_code")
+                    .map(String::as_str)
+                    == Some("1054")
+            })
+        })
+        .await;
+    let selected = spans
+        .iter()
+        .find(|span| {
+            span.name == "SELECT test" && !span.attributes.contains_key("db.response.status_code")
+        })
+        .unwrap();
+    assert_eq!(selected.kind, CLIENT);
+    assert_eq!(attribute(selected, "db.system.name"), "mariadb");
+    assert_eq!(attribute(selected, "db.namespace"), "test");
+    assert_eq!(attribute(selected, "db.operation.name"), "SELECT");
+    assert_eq!(selected.status_code, 0);
+    let failed = spans
+        .iter()
+        .find(|span| span.attributes.contains_key("db.response.status_code"))
+        .unwrap();
+    assert_eq!(failed.status_code, 2, "{failed:#?}");
+    for span in spans
+        .iter()
+        .filter(|span| span.attributes.contains_key("db.system.name"))
+    {
+        assert!(
+            span.attributes
+                .values()
+                .all(|value| !value.contains("span-secret") && !value.contains("span_secret")),
+            "SQL text never reaches a span: {span:#?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn with_trace_query_text_each_span_carries_its_own_statement_without_literals() {
     let collector = Collector::start().await;
     let config = format!(

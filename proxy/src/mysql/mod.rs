@@ -171,6 +171,18 @@ impl Pooler {
         })
     }
 
+    /// `db.system.name` for spans: `mariadb` when the server says it is.
+    fn system(&self) -> &'static str {
+        let info = self
+            .info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match info.as_ref() {
+            Some(info) if info.version.windows(7).any(|part| part == b"MariaDB") => "mariadb",
+            _ => "mysql",
+        }
+    }
+
     fn info(&self) -> Option<ServerInfo> {
         self.info
             .lock()

@@ -72,6 +72,8 @@ pub(super) struct Session<'a> {
     status: u16,
     /// When the open transaction began.
     transaction_started: Option<Instant>,
+    /// The error code the last reply ended with, if any.
+    last_error: Option<u16>,
 }
 
 enum End {
@@ -102,6 +104,7 @@ impl<'a> Session<'a> {
             hold_next: false,
             status: status::AUTOCOMMIT,
             transaction_started: None,
+            last_error: None,
         }
     }
 
@@ -245,12 +248,27 @@ impl<'a> Session<'a> {
             // No reply (closing or feeding a prepared statement).
             return Ok(());
         };
+        self.last_error = None;
         self.relay(reply, statement).await?;
         let metrics = &self.pooler.metrics;
+        let took = started.elapsed();
         metrics.query(statement.kind);
-        metrics
-            .query_duration
-            .observe(started.elapsed().as_secs_f64());
+        metrics.query_duration.observe(took.as_secs_f64());
+        if let Some(tracer) = &self.route.tracer {
+            let error = self.last_error.map(|code| code.to_string());
+            crate::telemetry::traces::record_database_span(
+                tracer,
+                &self.route.listener,
+                self.who.schema.as_deref().unwrap_or_default(),
+                std::time::SystemTime::now() - took,
+                crate::telemetry::traces::DatabaseStatement {
+                    system: self.pooler.system(),
+                    operation: (statement.kind != "OTHER").then_some(statement.kind),
+                    error: error.as_deref(),
+                    text: None,
+                },
+            );
+        }
         let in_transaction = self.status & status::IN_TRANS != 0;
         match (self.transaction_started, in_transaction) {
             (None, true) => self.transaction_started = Some(started),
@@ -328,6 +346,7 @@ impl<'a> Session<'a> {
                     }
                     Packet::Err(err) => {
                         self.pooler.metrics.error(err.code);
+                        self.last_error = Some(err.code);
                         self.to_client.extend_from_slice(&packet);
                     }
                     Packet::LocalInfile => {

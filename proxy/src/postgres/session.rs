@@ -722,14 +722,15 @@ impl Session<'_> {
                     .as_ref()
                     .and_then(|texts| texts.pending.front())
                     .map(String::as_str);
-                crate::telemetry::traces::record_postgres_span(
+                crate::telemetry::traces::record_database_span(
                     tracer,
                     &self.route.listener,
                     &self.database,
                     std::time::SystemTime::now() - took,
-                    crate::telemetry::traces::PostgresStatement {
+                    crate::telemetry::traces::DatabaseStatement {
+                        system: "postgresql",
                         operation,
-                        sqlstate,
+                        error: sqlstate,
                         text,
                     },
                 );

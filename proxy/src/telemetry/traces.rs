@@ -455,31 +455,35 @@ pub(crate) fn start_redis_span(
         .start_with_context(tracer, &Context::new())
 }
 
-/// What a Postgres statement's span says of it.
-pub(crate) struct PostgresStatement<'a> {
-    /// The command tag's first word; none for an error before any.
+/// What a database statement's span says of it (Postgres, MySQL).
+pub(crate) struct DatabaseStatement<'a> {
+    /// `postgresql`, `mariadb` or `mysql`.
+    pub(crate) system: &'static str,
+    /// The statement's kind (the command tag's or the text's first word);
+    /// none when unknown.
     pub(crate) operation: Option<&'a str>,
-    /// The SQLSTATE of its error.
-    pub(crate) sqlstate: Option<&'a str>,
+    /// The error the server answered with (a SQLSTATE, a MySQL error code).
+    pub(crate) error: Option<&'a str>,
     /// Its text with literals replaced (only with `trace_query_text`).
     pub(crate) text: Option<&'a str>,
 }
 
-/// One Postgres statement as it ran on the server, from `started` to now:
-/// `db.system.name` = `postgresql`, the database as `db.namespace`, the
-/// operation as `db.operation.name`, the SQLSTATE of an error as
+/// One database statement as it ran on the server, from `started` to
+/// now: `db.system.name`, the database or schema as `db.namespace`, the
+/// operation as `db.operation.name`, the error as
 /// `db.response.status_code`; the SQL text (`db.query.text`) only when
 /// given, with its literals already replaced.
-pub(crate) fn record_postgres_span(
+pub(crate) fn record_database_span(
     tracer: &Tracer,
     listener: &str,
     database: &str,
     started: std::time::SystemTime,
-    statement: PostgresStatement<'_>,
+    statement: DatabaseStatement<'_>,
 ) {
-    let PostgresStatement {
+    let DatabaseStatement {
+        system,
         operation,
-        sqlstate,
+        error: sqlstate,
         text,
     } = statement;
     use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
@@ -488,7 +492,7 @@ pub(crate) fn record_postgres_span(
         None => database.to_owned(),
     };
     let mut attributes = vec![
-        KeyValue::new("db.system.name", "postgresql"),
+        KeyValue::new("db.system.name", system),
         KeyValue::new("db.namespace", database.to_owned()),
         KeyValue::new("attache.listener", listener.to_owned()),
     ];
