@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The MySQL pooling benchmark: sysbench oltp_point_select with 50 threads
+# straight to the local MariaDB, through HAProxy (mode tcp), attache's tcp
+# listener and attache's mysql listener (transaction pooling, pool of 10).
+# Installs sysbench and HAProxy from Debian's packages, builds attache in
+# release.
+#
+#   integration/bench/mysql.sh [SECONDS]      (default 10 s per run; about a minute)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+source integration/bench/install.sh
+install sysbench=sysbench haproxy=haproxy
+cargo build --release --locked -q -p attache
+exec python3 integration/bench/mysql_bench.py --attache target/release/attache --seconds "${1:-10}"
