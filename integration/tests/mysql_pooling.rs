@@ -382,6 +382,48 @@ async fn a_large_result_streams_through_whole() {
 }
 
 #[tokio::test]
+async fn load_data_local_infile_streams_a_file_through_transaction_pooling() {
+    let schema = Schema::create("mysql_infile").await;
+    let mut setup = connect(direct(), &schema.name).await;
+    setup
+        .query_drop("CREATE TABLE loaded (id INT PRIMARY KEY, label VARCHAR(40))")
+        .await
+        .unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let mut expected_sum = 0_i64;
+    {
+        use std::io::Write as _;
+        for id in 1..=50_000_i64 {
+            writeln!(file, "{id}\tlabel-{id:032}").unwrap();
+            expected_sum += id;
+        }
+        file.flush().unwrap();
+    }
+    let path = file.path().to_str().unwrap().to_owned();
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+    let options =
+        mysql_async::OptsBuilder::from_opts(options(front, "root", "", Some(&schema.name)))
+            .local_infile_handler(Some(mysql_async::WhiteListFsHandler::new(
+                &[path.as_str()][..],
+            )));
+    let mut connection = mysql_async::Conn::new(options).await.unwrap();
+    connection
+        .query_drop(format!("LOAD DATA LOCAL INFILE '{path}' INTO TABLE loaded"))
+        .await
+        .unwrap();
+    // The session goes on, and its one server connection is back.
+    let one: i64 = connection.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    let (count, sum): (i64, i64) = setup
+        .query_first("SELECT COUNT(*), SUM(id) FROM loaded")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((count, sum), (50_000, expected_sum));
+}
+
+#[tokio::test]
 async fn clients_that_lie_lose_only_their_own_connections() {
     let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
     let front = attache.listener("db");

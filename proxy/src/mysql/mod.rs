@@ -251,7 +251,13 @@ async fn log_in<'a>(
             }
         },
     };
-    let nonce: [u8; 20] = std::array::from_fn(|_| fastrand::u8(1..=127));
+    // The login's challenge: from the system's CSPRNG, in 1..=127 as
+    // servers send it (no NUL: clients read it as a C string).
+    let mut nonce = [0u8; 20];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        return Err(CloseResult::Error);
+    }
+    let nonce = nonce.map(|byte| byte % 127 + 1);
     let connection_id = pooler.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let mut scramble_2 = nonce[8..].to_vec();
     scramble_2.push(0);

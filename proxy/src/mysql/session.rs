@@ -633,6 +633,7 @@ impl<'a> Session<'a> {
         self.pooler.metrics.query_timeouts.inc();
         let pool = self.pool.clone();
         let listener = self.route.listener.clone();
+        let log_limit = self.route.metrics.log_limit.clone();
         tokio::spawn(async move {
             let kill = async {
                 let mut side = crate::pooling::Connector::open(pool.connector()).await?;
@@ -644,15 +645,16 @@ impl<'a> Session<'a> {
                     String::from_utf8_lossy(&err.unwrap_or_default()).into_owned()
                 }))
             };
-            match kill.await {
-                Ok(None) => {}
-                Ok(Some(message)) => {
-                    tracing::warn!(%listener, %message, "the server refused to interrupt a MySQL query past query_timeout");
-                }
-                Err(error) => {
-                    tracing::warn!(%listener, %error, "could not interrupt a MySQL query past query_timeout");
-                }
-            }
+            let failure = match kill.await {
+                Ok(None) => return,
+                Ok(Some(message)) => format!("the server refused: {message}"),
+                Err(error) => error.to_string(),
+            };
+            limited!(
+                log_limit,
+                "mysql_kill_query",
+                warn!(%listener, error = %failure, "could not interrupt a MySQL query past query_timeout")
+            );
         });
     }
 
