@@ -424,6 +424,169 @@ async fn load_data_local_infile_streams_a_file_through_transaction_pooling() {
 }
 
 #[tokio::test]
+async fn sysbench_read_write_runs_fifty_threads_over_five_server_connections() {
+    let schema = Schema::create("mysql_sysbench").await;
+    let attache = Attache::run(&config("      pool_size: 5\n")).await.unwrap();
+    let front = attache.listener("db");
+    let sysbench = |port: u16, command: &'static str, extra: &'static [&'static str]| {
+        let schema = schema.name.clone();
+        async move {
+            tokio::process::Command::new("sysbench")
+                .args([
+                    "oltp_read_write",
+                    "--db-driver=mysql",
+                    "--mysql-host=127.0.0.1",
+                    &format!("--mysql-port={port}"),
+                    "--mysql-user=root",
+                    &format!("--mysql-db={schema}"),
+                    "--tables=2",
+                    "--table-size=1000",
+                    // Binary-protocol prepared statements pin (docs/mariadb.md).
+                    "--db-ps-mode=disable",
+                ])
+                .args(extra)
+                .arg(command)
+                .output()
+                .await
+                .expect("sysbench runs")
+        }
+    };
+    let prepared = sysbench(3306, "prepare", &[]).await;
+    assert!(prepared.status.success(), "{prepared:?}");
+
+    let mut observer = connect(direct(), "test").await;
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watched = Schema {
+        name: schema.name.clone(),
+    };
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            most = most.max(watched.connections(&mut observer).await);
+            if stopped.try_recv().is_ok() {
+                std::mem::forget(watched);
+                return most;
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let run = sysbench(
+        front.port(),
+        "run",
+        &[
+            "--threads=50",
+            "--events=2000",
+            "--time=0",
+            "--report-interval=0",
+        ],
+    )
+    .await;
+    stop.send(()).unwrap();
+    let most = watcher.await.unwrap();
+    let output = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{output}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        output.contains("total number of events:              2000"),
+        "{output}"
+    );
+    assert!(
+        most <= 5,
+        "at most pool_size server connections, saw {most}"
+    );
+    // Every transaction (18 statements in BEGIN ... COMMIT) went through.
+    attache
+        .wait_for_metric_at_least("attache_mysql_transactions_total{listener=\"db\"}", 2000.0)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_server_connection_killed_mid_query_fails_only_its_client() {
+    let schema = Schema::create("mysql_killed").await;
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let mut victim = connect(front, &schema.name).await;
+    let mut bystander = connect(front, &schema.name).await;
+    let sleeping = tokio::spawn(async move {
+        let result = victim.query_drop("SELECT SLEEP(60) AS kill_me").await;
+        (victim, result)
+    });
+    // The server kills the connection the sleep runs on.
+    let mut admin = connect(direct(), "test").await;
+    let thread: u64 = loop {
+        let found: Option<u64> = admin
+            .query_first(
+                "SELECT id FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP(60) AS kill_me%'",
+            )
+            .await
+            .unwrap();
+        if let Some(thread) = found {
+            break thread;
+        }
+        tokio::task::yield_now().await;
+    };
+    admin
+        .query_drop(format!("KILL CONNECTION {thread}"))
+        .await
+        .unwrap();
+    let (mut victim, result) = sleeping.await.unwrap();
+    let error = result.unwrap_err();
+    assert!(
+        matches!(server_code(&error), Some(1927 | 2013)),
+        "the victim gets the server's or attache's error: {error}"
+    );
+    // The dead connection is not reused: the victim (no transaction, no
+    // pinned state) goes on on another one, and so does everyone else.
+    let one: i64 = victim.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    let two: i64 = bystander.query_first("SELECT 2").await.unwrap().unwrap();
+    assert_eq!(two, 2);
+    attache
+        .wait_for_metric("attache_mysql_server_failures_total{listener=\"db\"}", 1.0)
+        .await
+        .unwrap();
+
+    // A pinned session loses its state with the connection: it is closed.
+    let mut pinned = connect(front, &schema.name).await;
+    pinned.query_drop("SET @kept = 1").await.unwrap();
+    let thread: u64 = pinned
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    let sleeping = tokio::spawn(async move { pinned.query_drop("SELECT SLEEP(60)").await });
+    loop {
+        let running: Option<u64> = admin
+            .exec_first(
+                "SELECT id FROM information_schema.processlist WHERE id = ? AND info LIKE 'SELECT SLEEP%'",
+                (thread,),
+            )
+            .await
+            .unwrap();
+        if running.is_some() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    admin
+        .query_drop(format!("KILL CONNECTION {thread}"))
+        .await
+        .unwrap();
+    assert!(sleeping.await.unwrap().is_err());
+    attache
+        .wait_for_metric(
+            "attache_connections_closed_total{listener=\"db\",result=\"upstream_unavailable\"}",
+            1.0,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn clients_that_lie_lose_only_their_own_connections() {
     let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
     let front = attache.listener("db");

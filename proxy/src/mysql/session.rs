@@ -43,6 +43,9 @@ const SERVER_READ: usize = 16 << 10;
 const PACKET_TOO_LARGE: u16 = 1153;
 /// `ER_UNKNOWN_COM_ERROR`.
 const UNKNOWN_COMMAND: u16 = 1047;
+/// Errors after which the server closes the connection: `ER_SERVER_SHUTDOWN`,
+/// `ER_CONNECTION_KILLED`, MySQL's `ER_CLIENT_INTERACTION_TIMEOUT`.
+const CONNECTION_ENDED: [u16; 3] = [1053, 1927, 4031];
 
 /// Who the client is, as its login said.
 pub(super) struct Client {
@@ -74,12 +77,18 @@ pub(super) struct Session<'a> {
     transaction_started: Option<Instant>,
     /// The error code the last reply ended with, if any.
     last_error: Option<u16>,
+    /// The sequence id of attache's own packet in the current reply (one
+    /// past the last one relayed).
+    reply_sequence: u8,
 }
 
 enum End {
     /// The client closed (or quit).
     Client,
     Failed(CloseResult),
+    /// The lent server connection failed; the client has its error.
+    /// [`Session::forward`] decides whether the session goes on.
+    ServerLost,
 }
 
 impl<'a> Session<'a> {
@@ -105,6 +114,7 @@ impl<'a> Session<'a> {
             status: status::AUTOCOMMIT,
             transaction_started: None,
             last_error: None,
+            reply_sequence: 1,
         }
     }
 
@@ -141,6 +151,7 @@ impl<'a> Session<'a> {
         match end {
             End::Client => CloseResult::Ok,
             End::Failed(result) => result,
+            End::ServerLost => CloseResult::UpstreamUnavailable,
         }
     }
 
@@ -208,8 +219,18 @@ impl<'a> Session<'a> {
     }
 
     /// Sends a command to a server connection and its reply to the client.
+    /// When the connection fails, the session goes on only if nothing of
+    /// it lived there.
     async fn forward(&mut self, message: BytesMut, command: u8) -> Result<(), End> {
+        match self.exchange(message, command).await {
+            Err(End::ServerLost) => self.after_server_lost(),
+            other => other,
+        }
+    }
+
+    async fn exchange(&mut self, message: BytesMut, command: u8) -> Result<(), End> {
         self.hold_next = false;
+        self.reply_sequence = 1;
         if !self.lend().await? {
             return Ok(());
         }
@@ -269,6 +290,14 @@ impl<'a> Session<'a> {
                 },
             );
         }
+        if self
+            .last_error
+            .is_some_and(|code| CONNECTION_ENDED.contains(&code))
+        {
+            // The server said why in its error, which the client has.
+            self.drop_failed_server("the server ended the connection");
+            return Err(End::ServerLost);
+        }
         let in_transaction = self.status & status::IN_TRANS != 0;
         match (self.transaction_started, in_transaction) {
             (None, true) => self.transaction_started = Some(started),
@@ -319,6 +348,7 @@ impl<'a> Session<'a> {
                     Ok(outcome) => outcome,
                     Err(error) => return Err(self.server_failed(&error.to_string()).await),
                 };
+                self.reply_sequence = wire::sequence(&packet).wrapping_add(1);
                 match outcome {
                     Packet::Ok(ok) => {
                         self.status = ok.status;
@@ -604,9 +634,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The lent connection failed: only this client loses its session,
-    /// with an error packet that says so.
+    /// The lent connection failed: it is closed, not reused, and the
+    /// client gets an error packet that says so (after what of the reply
+    /// it already has).
     async fn server_failed(&mut self, reason: &str) -> End {
+        self.drop_failed_server(reason);
+        let message = format!("attache: lost the server connection: {reason}");
+        wire::err_packet(
+            &mut self.to_client,
+            self.reply_sequence,
+            SERVER_LOST,
+            "08S01",
+            &message,
+        );
+        let _ = self.flush().await;
+        End::ServerLost
+    }
+
+    fn drop_failed_server(&mut self, reason: &str) {
         self.mark_broken();
         self.lease = None;
         self.pooler.metrics.pool.server_failures.inc();
@@ -615,11 +660,23 @@ impl<'a> Session<'a> {
             "mysql_server_failed",
             warn!(listener = %self.route.listener, client = %self.who.address, %reason, "a MySQL server connection failed while lent")
         );
-        self.to_client.clear();
-        let message = format!("attache: lost the server connection: {reason}");
-        wire::err_packet(&mut self.to_client, 1, SERVER_LOST, "08S01", &message);
-        let _ = self.flush().await;
-        End::Failed(CloseResult::UpstreamUnavailable)
+    }
+
+    /// After a lent connection failed: a session whose state or
+    /// transaction lived on it ends; any other goes on, on another
+    /// connection at its next command.
+    fn after_server_lost(&mut self) -> Result<(), End> {
+        let lost_state = !pools_transactions(&self.pooler.settings)
+            || self.pin.is_some()
+            || self.status & status::IN_TRANS != 0;
+        if lost_state {
+            tracing::debug!(listener = %self.route.listener, client = %self.who.address, "closing a MySQL client whose session lived on a failed server connection");
+            return Err(End::Failed(CloseResult::UpstreamUnavailable));
+        }
+        self.status = status::AUTOCOMMIT;
+        self.hold_next = false;
+        self.transaction_started = None;
+        Ok(())
     }
 
     /// `query_timeout` ran out: `KILL QUERY` on a connection of its own
