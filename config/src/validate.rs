@@ -212,11 +212,11 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
         }
         if let ListenerKind::Mysql(mysql) = &listener.kind {
             validate_mysql(mysql, &format!("{path}.mysql"), &mut report);
-            if listener.tls.is_some() {
+            if listener.tls.is_some() && mysql.pool.auth == DatabaseAuth::Passthrough {
                 report(
                     format!("{path}.tls"),
-                    "a mysql listener does not take `tls` yet: MySQL clients start TLS inside \
-                     the protocol, which attache does not offer them yet"
+                    "with `auth: passthrough` the server greets the client and negotiates its TLS; \
+                     use `auth: local` for TLS from attache's listener, or a tcp listener"
                         .into(),
                 );
             }

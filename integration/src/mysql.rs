@@ -38,7 +38,18 @@ pub async fn connect(address: SocketAddr, schema: &str) -> mysql_async::Conn {
 
 /// The `mariadb` CLI as root on `schema`: (exit success, stdout, stderr).
 pub async fn mariadb(address: SocketAddr, schema: &str, sql: &str) -> (bool, String, String) {
+    mariadb_with(address, schema, &[], sql).await
+}
+
+/// The `mariadb` CLI with extra options (`--ssl-ca=...`).
+pub async fn mariadb_with(
+    address: SocketAddr,
+    schema: &str,
+    options: &[&str],
+    sql: &str,
+) -> (bool, String, String) {
     let output = tokio::process::Command::new("mariadb")
+        .args(options)
         .args([
             "--protocol=tcp",
             "-h",

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use attache_integration::Attache;
-use attache_integration::mysql::{MARIADB, Schema, connect, mariadb, options};
+use attache_integration::mysql::{MARIADB, Schema, connect, mariadb, mariadb_with, options};
+use attache_integration::pki::{ALLOWED_ID, Pki};
 use mysql_async::prelude::Queryable as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -584,6 +585,68 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
         )
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
+    let pki = Pki::new();
+    let schema = Schema::create("mysql_tls").await;
+    let attache = Attache::run(&format!(
+        "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: mysql\n    upstream: mariadb\n\
+         \x20   tls:\n      cert: {}\n      key: {}\n      client_ca: {}\n      allow: {{uris: [\"{ALLOWED_ID}\"]}}\n\
+         upstreams:\n  mariadb:\n    endpoints: [\"{MARIADB}\"]\n",
+        pki.cert("server"),
+        pki.key("server"),
+        pki.ca()
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let tls = |name: &str| {
+        vec![
+            "--ssl".to_owned(),
+            format!("--ssl-ca={}", pki.ca()),
+            format!("--ssl-cert={}", pki.cert(name)),
+            format!("--ssl-key={}", pki.key(name)),
+            "--ssl-verify-server-cert".to_owned(),
+        ]
+    };
+    let app = tls("app");
+    let app: Vec<&str> = app.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = mariadb_with(
+        front,
+        &schema.name,
+        &app,
+        "SELECT 'through TLS', DATABASE()",
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, format!("through TLS\t{}", schema.name));
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="ok"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // A certificate from the right CA with an identity not on the list.
+    let intruder = tls("intruder");
+    let intruder: Vec<&str> = intruder.iter().map(String::as_str).collect();
+    let (ok, _, _) = mariadb_with(front, &schema.name, &intruder, "SELECT 1").await;
+    assert!(!ok);
+    attache
+        .wait_for_metric(
+            r#"attache_tls_handshakes_total{listener="db",result="identity_refused"}"#,
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // No TLS at all: refused at login.
+    let (ok, _, stderr) = mariadb_with(front, &schema.name, &["--skip-ssl"], "SELECT 1").await;
+    assert!(!ok);
+    assert!(stderr.contains("accepts TLS connections only"), "{stderr}");
 }
 
 #[tokio::test]

@@ -78,7 +78,8 @@ enum Command {
     /// A MySQL/MariaDB ambassador, without a config file. With --user and
     /// --password, attache logs clients in as that user and multiplexes
     /// their transactions over a pool of server connections; without, each
-    /// client's own login goes to a server connection of its own.
+    /// client's own login goes to a server connection of its own. With
+    /// --tls-cert/--tls-key (and --user), clients' TLS starts in-band.
     ///
     /// Example: attache mysql --listen 127.0.0.1:3307 --upstream mariadb.prod:3306
     ///   --user app --password "$APP_PASSWORD"

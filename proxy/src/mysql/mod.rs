@@ -6,12 +6,16 @@
 //!
 //! The greeting offers what attache follows: protocol 4.1, plugin
 //! authentication, multi-statements and results, session tracking, connect
-//! attributes and local files; not `CLIENT_DEPRECATE_EOF`, not MariaDB's
-//! extended capabilities (their reply formats differ), not compression and
-//! not TLS (yet). Clients log in with `mysql_native_password` or
-//! `caching_sha2_password` (its fast path: attache holds the password)
-//! against `users`; without users, loopback clients are trusted as whom
-//! they name and attache logs into the server as them.
+//! attributes and local files, and on a listener with `tls:` TLS (the
+//! client's SSLRequest, then the listener's own handshake through
+//! [`crate::listener::TlsAcceptor`]: certificates, client-certificate checks,
+//! identity allow-lists and metrics as TLS up front; a TLS listener takes
+//! TLS sessions only); not `CLIENT_DEPRECATE_EOF`, not MariaDB's extended
+//! capabilities (their reply formats differ), not compression. Clients log
+//! in with `mysql_native_password` or `caching_sha2_password` (its fast
+//! path: attache holds the password) against `users`; without users,
+//! loopback clients and clients with a certificate the listener verified
+//! are trusted as whom they name and attache logs into the server as them.
 
 mod server;
 mod session;
@@ -33,7 +37,7 @@ use mysql_common::proto::{MyDeserialize as _, MySerialize as _};
 use mysql_common::scramble::{scramble_native, scramble_sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::listener::{ConnectionContext, protocol};
+use crate::listener::{ConnectionContext, Protocol};
 use crate::net::ClientStream;
 use crate::pooling;
 use crate::tcp::TcpRoute;
@@ -65,6 +69,12 @@ const CLIENT_CAPABILITIES: u32 = capability::LONG_PASSWORD
     | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
     | capability::SESSION_TRACK;
 
+/// The length of an SSLRequest packet's payload.
+const SSL_REQUEST_LENGTH: usize = 32;
+
+/// `ER_SECURE_TRANSPORT_REQUIRED`.
+const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
+
 /// `ER_ACCESS_DENIED_ERROR`.
 const ACCESS_DENIED: u16 = 1045;
 /// `ER_NOT_SUPPORTED_YET`.
@@ -84,7 +94,33 @@ pub(crate) struct MysqlFront {
     pooler: Option<Pooler>,
 }
 
-protocol!(MysqlFront, serve);
+impl Protocol for MysqlFront {
+    fn listener_name(&self) -> &str {
+        &self.listener
+    }
+
+    fn metrics(&self) -> &ListenerMetrics {
+        &self.metrics
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        client: ClientStream,
+        context: ConnectionContext,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(serve(client, context, self))
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
+    /// TLS starts after attache's greeting, when the client asks for it
+    /// (its SSLRequest packet).
+    fn starts_tls_in_band(&self) -> bool {
+        true
+    }
+}
 
 /// What pooled sessions share.
 struct Pooler {
@@ -191,14 +227,14 @@ impl Pooler {
     }
 }
 
-async fn serve(client: ClientStream, context: ConnectionContext, front: Arc<MysqlFront>) {
+async fn serve(client: ClientStream, mut context: ConnectionContext, front: Arc<MysqlFront>) {
     let route = &front.route;
     let Some(pooler) = &front.pooler else {
         return Box::pin(crate::tcp::forward(client, context, route, &[])).await;
     };
     let login = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        Box::pin(log_in(client, &context, route, pooler)),
+        Box::pin(log_in(client, &mut context, route, pooler)),
     )
     .await;
     let mut session = match login {
@@ -217,7 +253,7 @@ async fn serve(client: ClientStream, context: ConnectionContext, front: Arc<Mysq
 /// check and the pool its session uses.
 async fn log_in<'a>(
     mut client: ClientStream,
-    context: &ConnectionContext,
+    context: &mut ConnectionContext,
     route: &'a TcpRoute,
     pooler: &'a Pooler,
 ) -> Result<session::Session<'a>, CloseResult> {
@@ -261,13 +297,17 @@ async fn log_in<'a>(
     let connection_id = pooler.next_connection_id.fetch_add(1, Ordering::Relaxed);
     let mut scramble_2 = nonce[8..].to_vec();
     scramble_2.push(0);
+    let offered = match context.tls {
+        Some(_) => CLIENT_CAPABILITIES | capability::SSL,
+        None => CLIENT_CAPABILITIES,
+    };
     let greeting = HandshakePacket::new(
         10,
         &info.version[..],
         connection_id,
         nonce[..8].try_into().unwrap_or_default(),
         Some(scramble_2),
-        CapabilityFlags::from_bits_truncate(CLIENT_CAPABILITIES),
+        CapabilityFlags::from_bits_truncate(offered),
         info.collation,
         StatusFlags::SERVER_STATUS_AUTOCOMMIT,
         Some(&b"mysql_native_password"[..]),
@@ -280,20 +320,46 @@ async fn log_in<'a>(
         return Err(CloseResult::Error);
     }
     let mut buffer = BytesMut::new();
-    let Ok(response) = read_client_packet(&mut client, &mut buffer).await else {
+    let Ok(mut response) = read_client_packet(&mut client, &mut buffer).await else {
         return Err(CloseResult::Error);
     };
+    // An SSLRequest: the client's capabilities with SSL, and no more.
+    if wire::payload(&response).len() == SSL_REQUEST_LENGTH
+        && client_capabilities(&response) & capability::SSL != 0
+    {
+        let sequence = wire::sequence(&response).wrapping_add(1);
+        client = match (context.tls.take(), client) {
+            // Bytes sent after the SSLRequest, before the handshake, are
+            // refused: they would be plaintext taken as if from TLS.
+            (Some(tls), ClientStream::Plain(stream)) if buffer.is_empty() => {
+                match tls.accept(stream, address).await {
+                    Some(upgraded) => upgraded,
+                    // Counted and logged as a failed handshake.
+                    None => return Err(CloseResult::TlsHandshakeFailed),
+                }
+            }
+            (_, mut plain) => {
+                let message = "attache: TLS is not offered here".to_owned();
+                return Err(refuse(&mut plain, sequence, NOT_SUPPORTED, message).await);
+            }
+        };
+        response = match read_client_packet(&mut client, &mut buffer).await {
+            Ok(response) => response,
+            Err(()) => return Err(CloseResult::Error),
+        };
+    }
     let mut sequence = wire::sequence(&response).wrapping_add(1);
+    if context.tls.is_some() {
+        // A TLS listener takes TLS sessions only.
+        let message = "attache: this listener accepts TLS connections only".to_owned();
+        return Err(refuse(&mut client, sequence, SECURE_TRANSPORT_REQUIRED, message).await);
+    }
     let Ok(handshake) = HandshakeResponse::deserialize((), &mut ParseBuf(wire::payload(&response)))
     else {
         let message = "attache: malformed handshake response".to_owned();
         return Err(refuse(&mut client, sequence, ACCESS_DENIED, message).await);
     };
     let capabilities = handshake.capabilities().bits();
-    if capabilities & capability::SSL != 0 {
-        let message = "attache: this listener does not offer TLS".to_owned();
-        return Err(refuse(&mut client, sequence, NOT_SUPPORTED, message).await);
-    }
     if capabilities & capability::PROTOCOL_41 == 0 {
         let message = "attache: clients must speak protocol 4.1".to_owned();
         return Err(refuse(&mut client, sequence, NOT_SUPPORTED, message).await);
@@ -304,9 +370,11 @@ async fn log_in<'a>(
         .map(|schema| String::from_utf8_lossy(schema).into_owned())
         .unwrap_or_default();
     if pooler.settings.users.is_empty() {
-        if !address.ip().is_loopback() {
+        // Without users: loopback clients, and clients whose certificate
+        // the listener verified (a front door with `client_ca`).
+        if !address.ip().is_loopback() && client.peer_identity().is_none() {
             let message = "attache: no users are configured (mysql.users); only loopback clients \
-                           are let in without one"
+                           and clients with a verified certificate are let in without one"
                 .to_owned();
             return Err(refuse(&mut client, sequence, ACCESS_DENIED, message).await);
         }
@@ -425,6 +493,14 @@ async fn learn_server(route: &TcpRoute, pooler: &Pooler) -> Result<ServerInfo, S
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(info.clone());
     Ok(info)
+}
+
+/// The capability flags a client's first login packet names.
+fn client_capabilities(packet: &[u8]) -> u32 {
+    match wire::payload(packet).get(..4) {
+        Some(flags) => u32::from_le_bytes([flags[0], flags[1], flags[2], flags[3]]),
+        None => 0,
+    }
 }
 
 /// Reads one login packet from the client (bounded).
