@@ -45,6 +45,18 @@ impl Config {
         self.upstreams.iter().find(|upstream| upstream.name == name)
     }
 
+    /// Whether TLS to upstream `name` starts inside the MySQL protocol (the
+    /// server's greeting, then an SSLRequest packet): a mysql listener
+    /// uses it and it has `tls`.
+    pub fn mysql_start_tls(&self, name: &str) -> bool {
+        self.upstream(name)
+            .is_some_and(|upstream| upstream.tls.is_some())
+            && self.listeners.iter().any(|listener| {
+                matches!(listener.kind, ListenerKind::Mysql(_))
+                    && listener.upstream.as_deref() == Some(name)
+            })
+    }
+
     /// How TLS to upstream `name` starts: inside the Postgres protocol
     /// (`SSLRequest` first) when a postgres listener uses it and it has
     /// `tls`, with that listener's `server_sslmode`; `None` for TLS from

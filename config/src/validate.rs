@@ -235,21 +235,35 @@ pub fn validate(config: &Config, source_map: &SourceMap) -> Vec<Problem> {
                     ),
                 );
             }
-            if let Some(upstream) = listener.upstream.as_deref()
-                && config
-                    .upstream(upstream)
-                    .is_some_and(|upstream| upstream.tls.is_some())
+            if mysql.pool.auth == DatabaseAuth::Passthrough
+                && let Some(upstream) = listener.upstream.as_deref()
+                && config.mysql_start_tls(upstream)
             {
                 report(
                     format!("upstreams.{upstream}.tls"),
                     format!(
-                        "listener {:?} speaks MySQL to upstream {upstream:?}; MySQL servers \
-                         start TLS inside the protocol, which attache does not do yet. Use \
-                         a tcp listener to relay TLS clients to it",
+                        "listener {:?} relays its clients' own logins (`auth: passthrough`), and \
+                         the server negotiates TLS with each client itself; use `auth: local` for \
+                         in-band TLS from attache to the server",
                         listener.name
                     ),
                 );
             }
+        }
+        if listener.protocol() != Protocol::Mysql
+            && let Some(upstream) = listener.upstream.as_deref()
+            && config.mysql_start_tls(upstream)
+        {
+            report(
+                format!("listeners[{index}].upstream"),
+                format!(
+                    "upstream {upstream:?} has `tls` and a mysql listener starts that TLS \
+                     inside the MySQL protocol; listener {:?} ({}) would need it from the \
+                     first byte. Give it an upstream of its own",
+                    listener.name,
+                    listener.protocol().as_str()
+                ),
+            );
         }
         if listener.protocol() != Protocol::Postgres
             && let Some(upstream) = listener.upstream.as_deref()

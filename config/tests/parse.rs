@@ -607,6 +607,7 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
             "listeners[0].mysql.pool_mode (line 7)",
             "listeners[0].mysql.users (line 8)",
             "listeners[0].mysql.queue_timeout (line 9)",
+            "listeners[1].upstream (line 13)",
             "listeners[1].mysql (line 14)",
             "upstreams.db.tls (line 18)",
             "upstreams.db.warm_pool (line 19)",

@@ -130,3 +130,106 @@ impl Drop for Schema {
             .output();
     }
 }
+
+/// A MariaDB of the test's own (`mariadb-install-db` into a temporary
+/// directory, a free port): TLS with the given certificates and
+/// `require_secure_transport`, stopped when dropped.
+pub struct PrivateMariadb {
+    pub address: SocketAddr,
+    directory: tempfile::TempDir,
+    server: std::process::Child,
+}
+
+impl PrivateMariadb {
+    /// `server`: the certificate and key it presents, `ca`: the CA its
+    /// clients' certificates must come from.
+    ///
+    /// # Panics
+    /// When MariaDB cannot be set up or does not start.
+    pub async fn start_tls(server: (&str, &str), ca: &str) -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        let data = root.join("data");
+        let install = std::process::Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                &format!("--datadir={}", data.display()),
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .output()
+            .expect("mariadb-install-db (the mariadb-server package) runs");
+        assert!(
+            install.status.success(),
+            "{}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        let address = crate::servers::closed_port();
+        let server = std::process::Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                &format!("--datadir={}", data.display()),
+                &format!("--port={}", address.port()),
+                "--bind-address=127.0.0.1",
+                &format!("--socket={}", root.join("socket").display()),
+                &format!("--pid-file={}", root.join("pid").display()),
+                &format!("--ssl-cert={}", server.0),
+                &format!("--ssl-key={}", server.1),
+                &format!("--ssl-ca={ca}"),
+                "--require-secure-transport=ON",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=16M",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mariadbd runs");
+        let private = Self {
+            address,
+            directory,
+            server,
+        };
+        let started = std::time::Instant::now();
+        while !private.admin("SELECT 1").await.0 {
+            assert!(
+                started.elapsed() < crate::START_TIMEOUT,
+                "the private MariaDB did not start"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        private
+    }
+
+    /// SQL as root over the server's socket: (success, stdout, stderr).
+    pub async fn admin(&self, sql: &str) -> (bool, String, String) {
+        let output = tokio::process::Command::new("mariadb")
+            .args([
+                "--no-defaults",
+                "-S",
+                self.directory.path().join("socket").to_str().unwrap(),
+                "-u",
+                "root",
+                "-N",
+                "-B",
+                "-e",
+                sql,
+            ])
+            .output()
+            .await
+            .expect("the mariadb client runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for PrivateMariadb {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use attache_integration::Attache;
-use attache_integration::mysql::{MARIADB, Schema, connect, mariadb, mariadb_with, options};
+use attache_integration::mysql::{
+    MARIADB, PrivateMariadb, Schema, connect, mariadb, mariadb_with, options,
+};
 use attache_integration::pki::{ALLOWED_ID, Pki};
 use mysql_async::prelude::Queryable as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -647,6 +649,67 @@ async fn a_tls_listener_upgrades_in_band_and_checks_client_certificates() {
     let (ok, _, stderr) = mariadb_with(front, &schema.name, &["--skip-ssl"], "SELECT 1").await;
     assert!(!ok);
     assert!(stderr.contains("accepts TLS connections only"), "{stderr}");
+}
+
+#[tokio::test]
+async fn tls_to_the_server_starts_in_band_and_presents_attaches_certificate() {
+    let pki = Pki::new();
+    let server =
+        PrivateMariadb::start_tls((&pki.cert("server"), &pki.key("server")), &pki.ca()).await;
+    let (ok, _, stderr) = server
+        .admin(
+            "CREATE USER 'app'@'%' IDENTIFIED BY 's3cret' REQUIRE X509; \
+             GRANT ALL ON *.* TO 'app'@'%'; CREATE DATABASE shop",
+        )
+        .await;
+    assert!(ok, "{stderr}");
+    let config = |tls: &str| {
+        format!(
+            "listeners:\n  - name: db\n    listen: 127.0.0.1:0\n    protocol: mysql\n    upstream: private\n\
+             \x20   mysql:\n      server_user: app\n      server_password: s3cret\n\
+             upstreams:\n  private:\n    endpoints: [\"{}\"]\n{tls}",
+            server.address
+        )
+    };
+    let attache = Attache::run(&config(&format!(
+        "    tls:\n      ca: {}\n      server_name: localhost\n      cert: {}\n      key: {}\n",
+        pki.ca(),
+        pki.cert("app"),
+        pki.key("app")
+    )))
+    .await
+    .unwrap();
+    // The app speaks plaintext to attache on loopback; the server requires
+    // TLS and a client certificate, and gets both.
+    let mut connection = connect(attache.listener("db"), "shop").await;
+    let (user, cipher): (String, String) = connection
+        .query_first("SELECT CURRENT_USER(), (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME = 'Ssl_cipher')")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(user.starts_with("app@"), "{user}");
+    assert!(!cipher.is_empty(), "the server connection is TLS");
+    attache
+        .wait_for_metric_at_least(
+            &format!(
+                "attache_upstream_tls_handshakes_total{{upstream=\"private\",endpoint=\"{}\",result=\"ok\"}}",
+                server.address
+            ),
+            1.0,
+        )
+        .await
+        .unwrap();
+
+    // Without TLS to it, the same server refuses attache's login, and the
+    // client gets the server's own refusal.
+    let plain = Attache::run(&config("")).await.unwrap();
+    let refused = mysql_async::Conn::new(options(plain.listener("db"), "root", "", Some("shop")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(server_code(&refused), Some(3159 | 1045)),
+        "{refused}"
+    );
 }
 
 #[tokio::test]

@@ -1173,6 +1173,22 @@ mod tests {
         );
         assert_eq!(settings.pool.pool_mode, attache_config::PoolMode::Session);
         assert!(settings.users.is_empty());
+        assert!(!relayed.mysql_start_tls("mysql"));
+
+        // TLS to the server starts inside the protocol.
+        let in_band = one_liner_config(&[
+            "attache",
+            "mysql",
+            "--listen",
+            "127.0.0.1:3307",
+            "--upstream",
+            "127.0.0.1:3306",
+            "--user",
+            "app",
+            "--upstream-tls-ca",
+            "ca.crt",
+        ]);
+        assert!(in_band.mysql_start_tls("mysql"));
     }
 
     #[test]

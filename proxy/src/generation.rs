@@ -92,12 +92,16 @@ impl Generation {
             let upstream = match kept {
                 Some(kept) => kept,
                 None => {
-                    let start_tls =
-                        config
-                            .postgres_start_tls(&settings.name)
-                            .map(|mode| StartTls::Postgres {
-                                required: mode == attache_config::ServerSslMode::Require,
-                            });
+                    let start_tls = config
+                        .postgres_start_tls(&settings.name)
+                        .map(|mode| StartTls::Postgres {
+                            required: mode == attache_config::ServerSslMode::Require,
+                        })
+                        .or_else(|| {
+                            config
+                                .mysql_start_tls(&settings.name)
+                                .then_some(crate::mysql::START_TLS)
+                        });
                     let built = Arc::new(
                         Upstream::new(
                             settings,
@@ -168,9 +172,11 @@ impl Generation {
             .upstreams
             .iter()
             .position(|old| old == settings)?;
-        // TLS that a postgres listener starts in-band is part of how it connects.
+        // TLS that a postgres or mysql listener starts in-band is part of
+        // how it connects.
         if self.config.postgres_start_tls(&settings.name)
             != config.postgres_start_tls(&settings.name)
+            || self.config.mysql_start_tls(&settings.name) != config.mysql_start_tls(&settings.name)
         {
             return None;
         }

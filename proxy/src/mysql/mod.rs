@@ -46,6 +46,13 @@ use crate::telemetry::metrics::{CloseResult, ListenerMetrics, MysqlMetrics};
 use server::{Login, ServerError, ServerInfo};
 use wire::capability;
 
+/// How TLS to a mysql listener's upstream starts: in-band, with the
+/// capabilities attache's server logins ask for.
+pub(crate) const START_TLS: crate::upstream::connector::StartTls =
+    crate::upstream::connector::StartTls::Mysql {
+        capabilities: server::SERVER_CAPABILITIES | capability::CONNECT_WITH_DB,
+    };
+
 /// A client must have logged in within this.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -480,7 +487,10 @@ fn password_matches(
 async fn learn_server(route: &TcpRoute, pooler: &Pooler) -> Result<ServerInfo, ServerError> {
     let mut connection = route.upstream.connect().await?;
     let mut buffer = BytesMut::new();
-    let greeting = server::read_packet(connection.stream(), &mut buffer).await?;
+    let greeting = match connection.take_greeting() {
+        Some(greeting) => BytesMut::from(&greeting[..]),
+        None => server::read_packet(connection.stream(), &mut buffer).await?,
+    };
     let payload = wire::payload(&greeting);
     let handshake = HandshakePacket::deserialize((), &mut ParseBuf(payload))
         .map_err(|_| wire::WireError::Malformed("initial handshake"))?;

@@ -1,5 +1,8 @@
 //! One server connection: attache's own login (`mysql_native_password`,
-//! or `caching_sha2_password`'s fast path, following auth switches), the
+//! or `caching_sha2_password`: its fast path, and its full authentication
+//! over TLS; auth switches followed), in-band TLS when the upstream has
+//! `tls` (the connect reads the greeting and starts TLS; see
+//! [`crate::upstream::connector::StartTls::Mysql`]), the
 //! server's thread id (for `KILL QUERY`), the schema and transaction state
 //! it is in, and session-state tracking switched on so that attache learns
 //! what a client's statements left behind.
@@ -73,7 +76,7 @@ pub(super) enum ServerError {
     Plugin(String),
     #[error(
         "the server asks for caching_sha2_password's full authentication, which needs TLS to \
-         the server (not built yet) or a cached login"
+         the server (`tls` on the upstream) or a login it has cached"
     )]
     FullAuthentication,
 }
@@ -133,7 +136,12 @@ impl ServerConnection {
     async fn open(login: &Login) -> Result<Self, ServerError> {
         let mut connection = login.upstream.connect().await?;
         let mut buffer = BytesMut::with_capacity(1024);
-        let greeting = read_packet(connection.stream(), &mut buffer).await?;
+        // With TLS in-band, the connect read the greeting and sent the
+        // SSLRequest (the next sequence id) before the handshake.
+        let (greeting, tls) = match connection.take_greeting() {
+            Some(greeting) => (BytesMut::from(&greeting[..]), true),
+            None => (read_packet(connection.stream(), &mut buffer).await?, false),
+        };
         let payload = wire::payload(&greeting);
         if payload.first() == Some(&0xff) {
             return Err(refused(payload));
@@ -160,9 +168,11 @@ impl ServerConnection {
             .map(|plugin| plugin.into_owned())
             .unwrap_or(AuthPlugin::MysqlNativePassword);
         let scramble = scramble_for(&plugin, login.password.as_deref(), &nonce)?;
-        let wanted = CapabilityFlags::from_bits_truncate(
-            SERVER_CAPABILITIES & (capabilities | capability::CONNECT_WITH_DB),
-        );
+        let mut wanted = SERVER_CAPABILITIES & (capabilities | capability::CONNECT_WITH_DB);
+        if tls {
+            wanted |= capability::SSL;
+        }
+        let wanted = CapabilityFlags::from_bits_truncate(wanted);
         let response = HandshakeResponse::new(
             Some(scramble),
             handshake.server_version_parsed().unwrap_or((5, 7, 0)),
@@ -176,11 +186,8 @@ impl ServerConnection {
         let mut payload = Vec::new();
         response.serialize(&mut payload);
         let mut out = BytesMut::new();
-        wire::write_packets(
-            &mut out,
-            wire::sequence(&greeting).wrapping_add(1),
-            &payload,
-        );
+        let sequence = wire::sequence(&greeting).wrapping_add(if tls { 2 } else { 1 });
+        wire::write_packets(&mut out, sequence, &payload);
         connection.stream().write_all(&out).await?;
         let mut plugin = plugin;
         loop {
@@ -205,6 +212,14 @@ impl ServerConnection {
                 // OK follows), 4 asks for the password itself.
                 Some(0x01) if plugin == AuthPlugin::CachingSha2Password => match payload.get(1) {
                     Some(3) => {}
+                    // The password itself, which only TLS may carry.
+                    Some(4) if tls => {
+                        let mut password = login.password.clone().unwrap_or_default().into_bytes();
+                        password.push(0);
+                        let mut out = BytesMut::new();
+                        wire::write_packets(&mut out, sequence, &password);
+                        connection.stream().write_all(&out).await?;
+                    }
                     _ => return Err(ServerError::FullAuthentication),
                 },
                 _ => return Err(WireError::Unexpected("login").into()),

@@ -30,7 +30,17 @@ pub(crate) enum StartTls {
     /// Postgres' `SSLRequest`, answered `S` (TLS follows) or `N`;
     /// `required`: `N` fails the connect, else the connection stays plaintext.
     Postgres { required: bool },
+    /// MySQL: the server's greeting (kept for the login), then an
+    /// SSLRequest packet with `capabilities` (which include SSL), then TLS.
+    /// A server that does not offer TLS fails the connect.
+    Mysql { capabilities: u32 },
 }
+
+/// MySQL's `CLIENT_SSL` capability.
+const MYSQL_SSL: u32 = 0x0800;
+
+/// The largest MySQL greeting read before TLS.
+const MYSQL_GREETING_LIMIT: usize = 64 << 10;
 
 /// Postgres' `SSLRequest`: length 8, code 80877103.
 const POSTGRES_SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
@@ -50,6 +60,8 @@ pub(crate) enum ConnectError {
     LocalResources { endpoint: String, source: io::Error },
     #[error("{endpoint} does not accept TLS (it answered {answer:?} to SSLRequest)")]
     TlsDeclined { endpoint: String, answer: char },
+    #[error("{endpoint} does not offer TLS in its MySQL greeting: {reason}")]
+    MysqlGreeting { endpoint: String, reason: String },
     #[error("{endpoint}: {source}")]
     Tls {
         endpoint: String,
@@ -67,7 +79,9 @@ impl ConnectError {
             }
             Self::Io { .. } => ConnectFailure::Error,
             Self::LocalResources { .. } => ConnectFailure::LocalResources,
-            Self::Tls { .. } | Self::TlsDeclined { .. } => ConnectFailure::Tls,
+            Self::Tls { .. } | Self::TlsDeclined { .. } | Self::MysqlGreeting { .. } => {
+                ConnectFailure::Tls
+            }
         }
     }
 
@@ -85,7 +99,8 @@ impl ConnectError {
 }
 
 /// A connection to `endpoint` (or to `exact`, one of its addresses) within
-/// `timeout`: the PROXY header first when given, then TLS when originated.
+/// `timeout`: the PROXY header first when given, then TLS when originated;
+/// with a MySQL greeting read before TLS, that greeting (a whole packet).
 pub(super) async fn connect(
     endpoint: &Endpoint,
     exact: Option<std::net::SocketAddr>,
@@ -93,7 +108,7 @@ pub(super) async fn connect(
     metrics: Option<&EndpointMetrics>,
     origination: Option<Origination<'_>>,
     preface: Option<&[u8]>,
-) -> Result<UpstreamStream, ConnectError> {
+) -> Result<(UpstreamStream, Option<Vec<u8>>), ConnectError> {
     if let Some(metrics) = metrics {
         metrics.attempts.inc();
     }
@@ -121,8 +136,12 @@ pub(super) async fn connect(
                 })?;
         }
         let Some(origination) = origination else {
-            return Ok(UpstreamStream::Plain(stream));
+            return Ok((UpstreamStream::Plain(stream), None));
         };
+        let mut greeting = None;
+        if let Some(StartTls::Mysql { capabilities }) = origination.start {
+            greeting = Some(mysql_ssl_request(&mut stream, endpoint, capabilities).await?);
+        }
         if let Some(StartTls::Postgres { required }) = origination.start {
             let io = |source| ConnectError::Io {
                 endpoint: endpoint.to_string(),
@@ -138,7 +157,7 @@ pub(super) async fn connect(
                 .map_err(io)?;
             match answer[0] {
                 b'S' => {}
-                b'N' if !required => return Ok(UpstreamStream::Plain(stream)),
+                b'N' if !required => return Ok((UpstreamStream::Plain(stream), None)),
                 other => {
                     return Err(ConnectError::TlsDeclined {
                         endpoint: endpoint.to_string(),
@@ -161,7 +180,7 @@ pub(super) async fn connect(
                         metrics.resumptions.inc();
                     }
                 }
-                Ok(UpstreamStream::Tls(Box::new(stream)))
+                Ok((UpstreamStream::Tls(Box::new(stream)), greeting))
             }
             Err(source) => {
                 if let Some(metrics) = metrics {
@@ -187,6 +206,66 @@ pub(super) async fn connect(
         (_, None) => {}
     }
     result
+}
+
+/// Reads a MySQL server's greeting exactly (what follows is TLS), checks
+/// that it offers TLS and sends the SSLRequest packet; the greeting,
+/// header included, is the login's.
+async fn mysql_ssl_request(
+    stream: &mut TcpStream,
+    endpoint: &Endpoint,
+    capabilities: u32,
+) -> Result<Vec<u8>, ConnectError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let io = |source| ConnectError::Io {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let refused = |reason: &str| ConnectError::MysqlGreeting {
+        endpoint: endpoint.to_string(),
+        reason: reason.to_owned(),
+    };
+    let mut packet = vec![0; 4];
+    stream.read_exact(&mut packet).await.map_err(io)?;
+    let length =
+        usize::from(packet[0]) | usize::from(packet[1]) << 8 | usize::from(packet[2]) << 16;
+    if length > MYSQL_GREETING_LIMIT {
+        return Err(refused("a greeting over 64 KiB"));
+    }
+    packet.resize(4 + length, 0);
+    stream.read_exact(&mut packet[4..]).await.map_err(io)?;
+    let payload = &packet[4..];
+    match payload.first() {
+        Some(10) => {}
+        Some(0xff) => {
+            let message = String::from_utf8_lossy(payload.get(9..).unwrap_or_default());
+            return Err(refused(&format!("the server refused: {message}")));
+        }
+        _ => return Err(refused("not a protocol 10 greeting")),
+    }
+    // Version (NUL-terminated), thread id, 8 scramble bytes, a filler, then
+    // the capabilities' lower half.
+    let version_end = payload[1..]
+        .iter()
+        .position(|byte| *byte == 0)
+        .ok_or_else(|| refused("a malformed greeting"))?;
+    let at = 1 + version_end + 1 + 4 + 8 + 1;
+    let offered = payload
+        .get(at..at + 2)
+        .map(|flags| u32::from(u16::from_le_bytes([flags[0], flags[1]])))
+        .ok_or_else(|| refused("a malformed greeting"))?;
+    if offered & MYSQL_SSL == 0 {
+        return Err(refused("the server has no TLS configured"));
+    }
+    let mut request = Vec::with_capacity(36);
+    request.extend_from_slice(&[32, 0, 0, packet[3].wrapping_add(1)]);
+    request.extend_from_slice(&(capabilities | MYSQL_SSL).to_le_bytes());
+    request.extend_from_slice(&(16_u32 << 20).to_le_bytes());
+    // utf8mb4_general_ci, then 23 reserved bytes.
+    request.push(45);
+    request.extend_from_slice(&[0; 23]);
+    stream.write_all(&request).await.map_err(io)?;
+    Ok(packet)
 }
 
 async fn resolve_and_connect(endpoint: &Endpoint) -> Result<TcpStream, ConnectError> {

@@ -231,13 +231,17 @@ impl EndpointState {
                     server_name,
                     start: self.start_tls,
                 });
-        let stream =
+        let (stream, greeting) =
             connector::connect(&self.address, exact, self.connect_timeout, metrics, origination, preface)
                 .await
             .inspect_err(|error| {
                 tracing::debug!(upstream = %self.upstream, endpoint = %self.address, %error, "upstream connect failed");
             })?;
-        Ok(Connected { stream, tls_config })
+        Ok(Connected {
+            stream,
+            tls_config,
+            greeting,
+        })
     }
 
     fn breaker_changed(&self, state: breaker::State) {
@@ -269,4 +273,7 @@ impl EndpointState {
 pub(crate) struct Connected {
     pub(crate) stream: UpstreamStream,
     pub(super) tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// A MySQL server's greeting, read before the TLS that started
+    /// in-band ([`StartTls::Mysql`]).
+    pub(super) greeting: Option<Vec<u8>>,
 }

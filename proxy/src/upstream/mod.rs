@@ -145,7 +145,9 @@ impl UpstreamUnavailable {
 
 /// How the upstream leg was obtained.
 enum Leg {
-    Fresh(UpstreamStream),
+    /// A new connection, with the MySQL greeting read before its in-band
+    /// TLS, if any.
+    Fresh(UpstreamStream, Option<Vec<u8>>),
     Warm(Box<WarmCheckout>),
 }
 
@@ -160,8 +162,17 @@ pub(crate) struct UpstreamConnection {
 impl UpstreamConnection {
     pub(crate) fn stream(&mut self) -> &mut UpstreamStream {
         match &mut self.leg {
-            Leg::Fresh(stream) => stream,
+            Leg::Fresh(stream, _) => stream,
             Leg::Warm(checkout) => &mut checkout.stream,
+        }
+    }
+
+    /// The MySQL greeting the connect read before starting TLS in-band
+    /// (whole, header included), once.
+    pub(crate) fn take_greeting(&mut self) -> Option<Vec<u8>> {
+        match &mut self.leg {
+            Leg::Fresh(_, greeting) => greeting.take(),
+            Leg::Warm(_) => None,
         }
     }
 
@@ -546,6 +557,6 @@ impl Endpoint {
             return Ok(Leg::Warm(Box::new(checkout)));
         }
         let connected = self.state.connect(permit, preface).await?;
-        Ok(Leg::Fresh(connected.stream))
+        Ok(Leg::Fresh(connected.stream, connected.greeting))
     }
 }
