@@ -98,21 +98,6 @@ impl Schema {
         admin.disconnect().await.unwrap();
         Self { name }
     }
-
-    /// Server connections whose default schema is this one now.
-    ///
-    /// # Panics
-    /// When MariaDB does not answer.
-    pub async fn connections(&self, observer: &mut mysql_async::Conn) -> i64 {
-        observer
-            .exec_first(
-                "SELECT COUNT(*) FROM information_schema.processlist WHERE db = ?",
-                (&self.name,),
-            )
-            .await
-            .unwrap()
-            .unwrap_or_default()
-    }
 }
 
 impl Drop for Schema {

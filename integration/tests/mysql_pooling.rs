@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use attache_integration::Attache;
 use attache_integration::mysql::{
     MARIADB, PrivateMariadb, Schema, connect, mariadb, mariadb_with, options,
 };
 use attache_integration::pki::{ALLOWED_ID, Pki};
+use attache_integration::{Attache, established_to};
 use mysql_async::prelude::Queryable as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -25,6 +25,32 @@ fn config(settings: &str) -> String {
 
 fn direct() -> SocketAddr {
     MARIADB.parse().unwrap()
+}
+
+/// Polls attache's established connections to MariaDB (`ss`, not the
+/// server's processlist) until told to stop; the watcher answers the most
+/// it saw.
+fn watch_server_connections(
+    pid: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<usize>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let watcher = tokio::spawn(async move {
+        let mut most = 0;
+        loop {
+            let now = tokio::task::spawn_blocking(move || established_to(pid, 3306))
+                .await
+                .unwrap();
+            most = most.max(now);
+            if stopped.try_recv().is_ok() {
+                return most;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (stop, watcher)
 }
 
 /// The server error code of a failed query.
@@ -51,24 +77,8 @@ async fn twenty_clients_share_two_server_connections_through_transaction_pooling
     let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
     let front = attache.listener("db");
 
-    // Watch the server side while the clients run (from another schema,
-    // so that the watcher is not counted).
-    let mut observer = connect(direct(), "test").await;
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let watched = Schema {
-        name: schema.name.clone(),
-    };
-    let watcher = tokio::spawn(async move {
-        let mut most = 0;
-        loop {
-            most = most.max(watched.connections(&mut observer).await);
-            if stopped.try_recv().is_ok() {
-                std::mem::forget(watched);
-                return most;
-            }
-            tokio::task::yield_now().await;
-        }
-    });
+    // Watch attache's server connections while the clients run.
+    let (stop, watcher) = watch_server_connections(attache.pid());
 
     let mut clients = Vec::new();
     for client in 0..20 {
@@ -119,7 +129,7 @@ async fn twenty_clients_share_two_server_connections_through_transaction_pooling
     assert_eq!(events, 20 * 25);
     assert!(
         most <= 2,
-        "at most pool_size server connections in the schema, saw {most}"
+        "at most pool_size server connections, saw {most}"
     );
     attache
         .wait_for_metric("attache_mysql_transactions_total{listener=\"db\"}", 500.0)
@@ -457,22 +467,7 @@ async fn sysbench_read_write_runs_fifty_threads_over_five_server_connections() {
     let prepared = sysbench(3306, "prepare", &[]).await;
     assert!(prepared.status.success(), "{prepared:?}");
 
-    let mut observer = connect(direct(), "test").await;
-    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let watched = Schema {
-        name: schema.name.clone(),
-    };
-    let watcher = tokio::spawn(async move {
-        let mut most = 0;
-        loop {
-            most = most.max(watched.connections(&mut observer).await);
-            if stopped.try_recv().is_ok() {
-                std::mem::forget(watched);
-                return most;
-            }
-            tokio::task::yield_now().await;
-        }
-    });
+    let (stop, watcher) = watch_server_connections(attache.pid());
     let run = sysbench(
         front.port(),
         "run",
@@ -510,28 +505,25 @@ async fn sysbench_read_write_runs_fifty_threads_over_five_server_connections() {
 #[tokio::test]
 async fn a_server_connection_killed_mid_query_fails_only_its_client() {
     let schema = Schema::create("mysql_killed").await;
-    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let other = Schema::create("mysql_killed_other").await;
+    // A pool of one per schema: the victim's statements all run on the
+    // one connection of its schema's pool, so CONNECTION_ID() names it.
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
     let front = attache.listener("db");
     let mut victim = connect(front, &schema.name).await;
-    let mut bystander = connect(front, &schema.name).await;
+    let mut bystander = connect(front, &other.name).await;
+    let thread: u64 = victim
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
     let sleeping = tokio::spawn(async move {
-        let result = victim.query_drop("SELECT SLEEP(60) AS kill_me").await;
+        let result = victim.query_drop("SELECT SLEEP(60)").await;
         (victim, result)
     });
-    // The server kills the connection the sleep runs on.
+    // The server kills that connection: while the sleep runs (the server's
+    // error) or before it reaches it (attache's). Either way...
     let mut admin = connect(direct(), "test").await;
-    let thread: u64 = loop {
-        let found: Option<u64> = admin
-            .query_first(
-                "SELECT id FROM information_schema.processlist WHERE info LIKE 'SELECT SLEEP(60) AS kill_me%'",
-            )
-            .await
-            .unwrap();
-        if let Some(thread) = found {
-            break thread;
-        }
-        tokio::task::yield_now().await;
-    };
     admin
         .query_drop(format!("KILL CONNECTION {thread}"))
         .await
@@ -542,8 +534,8 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
         matches!(server_code(&error), Some(1927 | 2013)),
         "the victim gets the server's or attache's error: {error}"
     );
-    // The dead connection is not reused: the victim (no transaction, no
-    // pinned state) goes on on another one, and so does everyone else.
+    // ...the dead connection is not reused: the victim (no transaction, no
+    // pinned state) goes on on another one, and the bystander is untouched.
     let one: i64 = victim.query_first("SELECT 1").await.unwrap().unwrap();
     assert_eq!(one, 1);
     let two: i64 = bystander.query_first("SELECT 2").await.unwrap().unwrap();
@@ -554,7 +546,7 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
         .unwrap();
 
     // A pinned session loses its state with the connection: it is closed.
-    let mut pinned = connect(front, &schema.name).await;
+    let mut pinned = connect(front, &other.name).await;
     pinned.query_drop("SET @kept = 1").await.unwrap();
     let thread: u64 = pinned
         .query_first("SELECT CONNECTION_ID()")
@@ -562,19 +554,6 @@ async fn a_server_connection_killed_mid_query_fails_only_its_client() {
         .unwrap()
         .unwrap();
     let sleeping = tokio::spawn(async move { pinned.query_drop("SELECT SLEEP(60)").await });
-    loop {
-        let running: Option<u64> = admin
-            .exec_first(
-                "SELECT id FROM information_schema.processlist WHERE id = ? AND info LIKE 'SELECT SLEEP%'",
-                (thread,),
-            )
-            .await
-            .unwrap();
-        if running.is_some() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
     admin
         .query_drop(format!("KILL CONNECTION {thread}"))
         .await

@@ -138,6 +138,8 @@ struct Pooler {
     info: Arc<Mutex<Option<ServerInfo>>>,
     /// The ids attache's greetings give clients.
     next_connection_id: AtomicU32,
+    /// Held while a connection learns the server's greeting.
+    learning: tokio::sync::Mutex<()>,
 }
 
 impl MysqlFront {
@@ -155,6 +157,7 @@ impl MysqlFront {
             metrics,
             info: Arc::new(Mutex::new(None)),
             next_connection_id: AtomicU32::new(1),
+            learning: tokio::sync::Mutex::new(()),
         });
         Self {
             listener: route.listener.clone(),
@@ -326,8 +329,7 @@ async fn log_in<'a>(
     if client.write_all(&out).await.is_err() {
         return Err(CloseResult::Error);
     }
-    let mut buffer = BytesMut::new();
-    let Ok(mut response) = read_client_packet(&mut client, &mut buffer).await else {
+    let Ok(mut response) = read_client_packet(&mut client).await else {
         return Err(CloseResult::Error);
     };
     // An SSLRequest: the client's capabilities with SSL, and no more.
@@ -336,9 +338,9 @@ async fn log_in<'a>(
     {
         let sequence = wire::sequence(&response).wrapping_add(1);
         client = match (context.tls.take(), client) {
-            // Bytes sent after the SSLRequest, before the handshake, are
-            // refused: they would be plaintext taken as if from TLS.
-            (Some(tls), ClientStream::Plain(stream)) if buffer.is_empty() => {
+            // The SSLRequest was read exactly: what follows on the socket
+            // (the client sends its ClientHello at once) is the handshake's.
+            (Some(tls), ClientStream::Plain(stream)) => {
                 match tls.accept(stream, address).await {
                     Some(upgraded) => upgraded,
                     // Counted and logged as a failed handshake.
@@ -350,7 +352,7 @@ async fn log_in<'a>(
                 return Err(refuse(&mut plain, sequence, NOT_SUPPORTED, message).await);
             }
         };
-        response = match read_client_packet(&mut client, &mut buffer).await {
+        response = match read_client_packet(&mut client).await {
             Ok(response) => response,
             Err(()) => return Err(CloseResult::Error),
         };
@@ -407,7 +409,7 @@ async fn log_in<'a>(
             if client.write_all(&out).await.is_err() {
                 return Err(CloseResult::Error);
             }
-            let Ok(packet) = read_client_packet(&mut client, &mut buffer).await else {
+            let Ok(packet) = read_client_packet(&mut client).await else {
                 return Err(CloseResult::Error);
             };
             sequence = wire::sequence(&packet).wrapping_add(1);
@@ -483,8 +485,15 @@ fn password_matches(
 }
 
 /// Connects once to learn the server's version and collation (what the
-/// greeting tells clients), reading only its greeting.
+/// greeting tells clients), reading only its greeting. Any later login
+/// keeps the record current.
 async fn learn_server(route: &TcpRoute, pooler: &Pooler) -> Result<ServerInfo, ServerError> {
+    // One probe at a time: the first clients of a new listener arrive
+    // together, and each would otherwise connect.
+    let _learning = pooler.learning.lock().await;
+    if let Some(info) = pooler.info() {
+        return Ok(info);
+    }
     let mut connection = route.upstream.connect().await?;
     let mut buffer = BytesMut::new();
     let greeting = match connection.take_greeting() {
@@ -513,22 +522,22 @@ fn client_capabilities(packet: &[u8]) -> u32 {
     }
 }
 
-/// Reads one login packet from the client (bounded).
-async fn read_client_packet(
-    client: &mut ClientStream,
-    buffer: &mut BytesMut,
-) -> Result<BytesMut, ()> {
-    loop {
-        match wire::split_packet(buffer, LOGIN_PACKET_LIMIT) {
-            Ok(Some(packet)) => return Ok(packet),
-            Ok(None) => {}
-            Err(_) => return Err(()),
-        }
-        match client.read_buf(buffer).await {
-            Ok(0) | Err(_) => return Err(()),
-            Ok(_) => {}
-        }
+/// Reads one login packet from the client, exactly (bounded, nothing read
+/// past it): after an SSLRequest the socket's next bytes are TLS, and a
+/// client that sends a command right after its login keeps it.
+async fn read_client_packet(client: &mut ClientStream) -> Result<BytesMut, ()> {
+    let mut packet = BytesMut::zeroed(wire::HEADER);
+    client.read_exact(&mut packet).await.map_err(drop)?;
+    let (length, _) = wire::header(&packet).ok_or(())?;
+    if length > LOGIN_PACKET_LIMIT {
+        return Err(());
     }
+    packet.resize(wire::HEADER + length, 0);
+    client
+        .read_exact(&mut packet[wire::HEADER..])
+        .await
+        .map_err(drop)?;
+    Ok(packet)
 }
 
 /// The pool mode's effect on a session: whether a server connection goes
