@@ -48,22 +48,24 @@ pub async fn mariadb_with(
     options: &[&str],
     sql: &str,
 ) -> (bool, String, String) {
+    let (host, port) = (address.ip().to_string(), address.port().to_string());
+    let mut arguments = options.to_vec();
+    arguments.extend(["--protocol=tcp", "-h", &host, "-P", &port]);
+    run_mariadb(&arguments, sql, Some(schema)).await
+}
+
+/// The `mariadb` CLI as root with `arguments`, running `sql` (on
+/// `schema`), rows tab-separated without headers: (exit success, stdout,
+/// stderr).
+async fn run_mariadb(
+    arguments: &[&str],
+    sql: &str,
+    schema: Option<&str>,
+) -> (bool, String, String) {
     let output = tokio::process::Command::new("mariadb")
-        .args(options)
-        .args([
-            "--protocol=tcp",
-            "-h",
-            &address.ip().to_string(),
-            "-P",
-            &address.port().to_string(),
-            "-u",
-            "root",
-            "-N",
-            "-B",
-            schema,
-            "-e",
-            sql,
-        ])
+        .args(arguments)
+        .args(["-u", "root", "-N", "-B", "-e", sql])
+        .args(schema)
         .output()
         .await
         .expect("the mariadb client runs");
@@ -189,26 +191,13 @@ impl PrivateMariadb {
 
     /// SQL as root over the server's socket: (success, stdout, stderr).
     pub async fn admin(&self, sql: &str) -> (bool, String, String) {
-        let output = tokio::process::Command::new("mariadb")
-            .args([
-                "--no-defaults",
-                "-S",
-                self.directory.path().join("socket").to_str().unwrap(),
-                "-u",
-                "root",
-                "-N",
-                "-B",
-                "-e",
-                sql,
-            ])
-            .output()
-            .await
-            .expect("the mariadb client runs");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
+        let socket = self.directory.path().join("socket");
+        run_mariadb(
+            &["--no-defaults", "-S", socket.to_str().unwrap()],
+            sql,
+            None,
         )
+        .await
     }
 }
 

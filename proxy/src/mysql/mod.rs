@@ -59,22 +59,13 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest login packet a client may send.
 const LOGIN_PACKET_LIMIT: usize = 64 * 1024;
 
-/// What attache's greeting offers clients.
-const CLIENT_CAPABILITIES: u32 = capability::LONG_PASSWORD
-    | capability::LONG_FLAG
+/// What attache's greeting offers clients: what it asks of the server,
+/// plus what concerns only the client's side (connect attributes,
+/// `interactive` timeouts, a schema at login).
+const CLIENT_CAPABILITIES: u32 = server::SERVER_CAPABILITIES
     | capability::CONNECT_WITH_DB
-    | capability::LOCAL_FILES
-    | capability::PROTOCOL_41
     | capability::INTERACTIVE
-    | capability::TRANSACTIONS
-    | capability::SECURE_CONNECTION
-    | capability::MULTI_STATEMENTS
-    | capability::MULTI_RESULTS
-    | capability::PS_MULTI_RESULTS
-    | capability::PLUGIN_AUTH
-    | capability::CONNECT_ATTRS
-    | capability::PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | capability::SESSION_TRACK;
+    | capability::CONNECT_ATTRS;
 
 /// The length of an SSLRequest packet's payload.
 const SSL_REQUEST_LENGTH: usize = 32;

@@ -273,8 +273,11 @@ impl<'a> Session<'a> {
         self.relay(reply, statement).await?;
         let metrics = &self.pooler.metrics;
         let took = started.elapsed();
-        metrics.query(statement.kind);
-        metrics.query_duration.observe(took.as_secs_f64());
+        metrics.statements.count(statement.kind);
+        metrics
+            .statements
+            .query_duration
+            .observe(took.as_secs_f64());
         if let Some(tracer) = &self.route.tracer {
             let error = self.last_error.map(|code| code.to_string());
             crate::telemetry::traces::record_database_span(
@@ -302,8 +305,9 @@ impl<'a> Session<'a> {
         match (self.transaction_started, in_transaction) {
             (None, true) => self.transaction_started = Some(started),
             (Some(began), false) => {
-                metrics.transactions.inc();
+                metrics.statements.transactions.inc();
                 metrics
+                    .statements
                     .transaction_duration
                     .observe(began.elapsed().as_secs_f64());
                 self.transaction_started = None;

@@ -714,6 +714,7 @@ impl Session<'_> {
             let took = now.duration_since(started);
             self.pooler
                 .metrics
+                .statements
                 .query_duration
                 .observe(took.as_secs_f64());
             if let Some(tracer) = &self.route.tracer {
@@ -949,8 +950,9 @@ impl Session<'_> {
             }
             (b'T' | b'E', b'I') => {
                 if let Some(started) = self.transaction_started.take() {
-                    metrics.transactions.inc();
+                    metrics.statements.transactions.inc();
                     metrics
+                        .statements
                         .transaction_duration
                         .observe(started.elapsed().as_secs_f64());
                 }

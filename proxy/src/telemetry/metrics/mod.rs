@@ -116,9 +116,9 @@
 //! `process_start_time_seconds`, `process_threads`.
 
 mod connections;
+mod database;
 mod http;
 mod mysql;
-mod pool;
 mod postgres;
 mod process;
 mod redis;
@@ -137,9 +137,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub(crate) use connections::{CloseResult, ListenerMetrics};
+pub(crate) use database::PoolGauges;
 pub(crate) use http::RouteMetrics;
 pub(crate) use mysql::{MysqlMetrics, MysqlPin};
-pub(crate) use pool::PoolGauges;
 pub(crate) use postgres::{CancelReason, PinReason, PostgresMetrics};
 pub(crate) use redis::{RedisMetrics, RedisResult};
 pub(crate) use redis_cache::{CacheDisabled, CacheInvalidation, CacheMetrics};

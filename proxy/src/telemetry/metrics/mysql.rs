@@ -6,11 +6,12 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::ListenerLabels;
-use super::pool::{PoolFamilies, PoolMetrics, duration_histogram};
+use super::database::{
+    PoolFamilies, PoolMetrics, StatementFamilies, StatementHelp, StatementMetrics,
+};
 
 /// The kinds commands are counted under.
 pub(crate) const MYSQL_COMMANDS: [&str; 10] = [
@@ -99,12 +100,6 @@ impl MysqlPin {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommandLabels {
-    listener: String,
-    command: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     listener: String,
     code: String,
@@ -117,10 +112,7 @@ struct ReasonLabels {
 }
 
 pub(super) struct Families {
-    queries: Family<CommandLabels, Counter>,
-    query_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
-    transactions: Family<ListenerLabels, Counter>,
-    transaction_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    statements: StatementFamilies,
     errors: Family<CodeLabels, Counter>,
     pinned: Family<ReasonLabels, Counter>,
     query_timeouts: Family<ListenerLabels, Counter>,
@@ -130,10 +122,7 @@ pub(super) struct Families {
 impl Families {
     pub(super) fn new() -> Self {
         Self {
-            queries: Family::default(),
-            query_duration: Family::new_with_constructor(duration_histogram),
-            transactions: Family::default(),
-            transaction_duration: Family::new_with_constructor(duration_histogram),
+            statements: StatementFamilies::new(),
             errors: Family::default(),
             pinned: Family::default(),
             query_timeouts: Family::default(),
@@ -142,27 +131,15 @@ impl Families {
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "mysql_queries",
-            "Commands answered by the server, by kind (SELECT, INSERT, UPDATE, DELETE, BEGIN, COMMIT, ROLLBACK, PREPARE, EXECUTE, OTHER)",
-            self.queries.clone(),
-        );
-        registry.register_with_unit(
-            "mysql_query_duration",
-            "From a command sent to the server to the end of its reply",
-            Unit::Seconds,
-            self.query_duration.clone(),
-        );
-        registry.register(
-            "mysql_transactions",
-            "Transactions ended (the server's in-transaction status cleared)",
-            self.transactions.clone(),
-        );
-        registry.register_with_unit(
-            "mysql_transaction_duration",
-            "From the command that opened a transaction to the one that ended it",
-            Unit::Seconds,
-            self.transaction_duration.clone(),
+        self.statements.register(
+            registry,
+            "mysql",
+            &StatementHelp {
+                queries: "Commands answered by the server, by kind (SELECT, INSERT, UPDATE, DELETE, BEGIN, COMMIT, ROLLBACK, PREPARE, EXECUTE, OTHER)",
+                query_duration: "From a command sent to the server to the end of its reply",
+                transactions: "Transactions ended (the server's in-transaction status cleared)",
+                transaction_duration: "From the command that opened a transaction to the one that ended it",
+            },
         );
         registry.register(
             "mysql_errors",
@@ -188,17 +165,7 @@ impl Families {
         };
         MysqlMetrics {
             listener: listener.to_owned(),
-            queries: MYSQL_COMMANDS.map(|command| {
-                self.queries
-                    .get_or_create(&CommandLabels {
-                        listener: listener.to_owned(),
-                        command,
-                    })
-                    .clone()
-            }),
-            query_duration: self.query_duration.get_or_create(&labels).clone(),
-            transactions: self.transactions.get_or_create(&labels).clone(),
-            transaction_duration: self.transaction_duration.get_or_create(&labels).clone(),
+            statements: self.statements.listener(listener, &MYSQL_COMMANDS),
             errors: self.errors.clone(),
             pinned: MysqlPin::ALL.map(|pin| {
                 self.pinned
@@ -218,11 +185,8 @@ impl Families {
 #[derive(Clone)]
 pub(crate) struct MysqlMetrics {
     listener: String,
-    /// By [`MYSQL_COMMANDS`] index.
-    queries: [Counter; 10],
-    pub(crate) query_duration: Histogram,
-    pub(crate) transactions: Counter,
-    pub(crate) transaction_duration: Histogram,
+    /// Commands by [`MYSQL_COMMANDS`], transactions, their durations.
+    pub(crate) statements: StatementMetrics,
     errors: Family<CodeLabels, Counter>,
     /// By [`MysqlPin::ALL`] index.
     pinned: [Counter; 11],
@@ -232,15 +196,6 @@ pub(crate) struct MysqlMetrics {
 }
 
 impl MysqlMetrics {
-    /// Counts a command of `kind` (one of [`MYSQL_COMMANDS`]).
-    pub(crate) fn query(&self, kind: &str) {
-        let index = MYSQL_COMMANDS
-            .iter()
-            .position(|command| *command == kind)
-            .unwrap_or(MYSQL_COMMANDS.len() - 1);
-        self.queries[index].inc();
-    }
-
     /// Counts an error by its code.
     pub(crate) fn error(&self, code: u16) {
         let code = if ERROR_CODES.contains(&code) {

@@ -6,11 +6,11 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
-use super::ListenerLabels;
-use super::pool::{PoolFamilies, PoolMetrics, duration_histogram};
+use super::database::{
+    PoolFamilies, PoolMetrics, StatementFamilies, StatementHelp, StatementMetrics,
+};
 
 /// The command tags counted under their own name; the rest are `OTHER`.
 pub(crate) const QUERY_COMMANDS: [&str; 9] = [
@@ -74,12 +74,6 @@ pub(crate) enum CancelReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CommandLabels {
-    listener: String,
-    command: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
     listener: String,
     sqlstate_class: String,
@@ -92,10 +86,7 @@ struct ReasonLabels {
 }
 
 pub(super) struct Families {
-    queries: Family<CommandLabels, Counter>,
-    query_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
-    transactions: Family<ListenerLabels, Counter>,
-    transaction_duration: Family<ListenerLabels, Histogram, fn() -> Histogram>,
+    statements: StatementFamilies,
     errors: Family<ClassLabels, Counter>,
     pinned: Family<ReasonLabels, Counter>,
     cancels: Family<ReasonLabels, Counter>,
@@ -105,10 +96,7 @@ pub(super) struct Families {
 impl Families {
     pub(super) fn new() -> Self {
         Self {
-            queries: Family::default(),
-            query_duration: Family::new_with_constructor(duration_histogram),
-            transactions: Family::default(),
-            transaction_duration: Family::new_with_constructor(duration_histogram),
+            statements: StatementFamilies::new(),
             errors: Family::default(),
             pinned: Family::default(),
             cancels: Family::default(),
@@ -117,27 +105,15 @@ impl Families {
     }
 
     pub(super) fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "postgres_queries",
-            "Statements completed by the server, by command tag (SELECT, INSERT, UPDATE, DELETE, COPY, BEGIN, COMMIT, ROLLBACK, OTHER)",
-            self.queries.clone(),
-        );
-        registry.register_with_unit(
-            "postgres_query_duration",
-            "From a statement sent to the server to its completion",
-            Unit::Seconds,
-            self.query_duration.clone(),
-        );
-        registry.register(
-            "postgres_transactions",
-            "Transaction blocks ended (COMMIT, ROLLBACK, or failed)",
-            self.transactions.clone(),
-        );
-        registry.register_with_unit(
-            "postgres_transaction_duration",
-            "From BEGIN to the end of its transaction block",
-            Unit::Seconds,
-            self.transaction_duration.clone(),
+        self.statements.register(
+            registry,
+            "postgres",
+            &StatementHelp {
+                queries: "Statements completed by the server, by command tag (SELECT, INSERT, UPDATE, DELETE, COPY, BEGIN, COMMIT, ROLLBACK, OTHER)",
+                query_duration: "From a statement sent to the server to its completion",
+                transactions: "Transaction blocks ended (COMMIT, ROLLBACK, or failed)",
+                transaction_duration: "From BEGIN to the end of its transaction block",
+            },
         );
         registry.register(
             "postgres_errors",
@@ -158,9 +134,6 @@ impl Families {
     }
 
     pub(super) fn postgres(&self, listener: &str) -> PostgresMetrics {
-        let labels = ListenerLabels {
-            listener: listener.to_owned(),
-        };
         let reason = |family: &Family<ReasonLabels, Counter>, reason| {
             family
                 .get_or_create(&ReasonLabels {
@@ -171,17 +144,7 @@ impl Families {
         };
         PostgresMetrics {
             listener: listener.to_owned(),
-            queries: QUERY_COMMANDS.map(|command| {
-                self.queries
-                    .get_or_create(&CommandLabels {
-                        listener: listener.to_owned(),
-                        command,
-                    })
-                    .clone()
-            }),
-            query_duration: self.query_duration.get_or_create(&labels).clone(),
-            transactions: self.transactions.get_or_create(&labels).clone(),
-            transaction_duration: self.transaction_duration.get_or_create(&labels).clone(),
+            statements: self.statements.listener(listener, &QUERY_COMMANDS),
             errors: self.errors.clone(),
             pinned: PinReason::ALL.map(|pin| reason(&self.pinned, pin.label())),
             cancels: [
@@ -197,11 +160,8 @@ impl Families {
 #[derive(Clone)]
 pub(crate) struct PostgresMetrics {
     listener: String,
-    /// By [`QUERY_COMMANDS`] index.
-    queries: [Counter; 9],
-    pub(crate) query_duration: Histogram,
-    pub(crate) transactions: Counter,
-    pub(crate) transaction_duration: Histogram,
+    /// Statements by [`QUERY_COMMANDS`], transactions, their durations.
+    pub(crate) statements: StatementMetrics,
     errors: Family<ClassLabels, Counter>,
     /// By [`PinReason::ALL`] index.
     pinned: [Counter; 8],
@@ -220,11 +180,7 @@ impl PostgresMetrics {
             "END" => "COMMIT",
             _ => word,
         };
-        let index = QUERY_COMMANDS[..8]
-            .iter()
-            .position(|command| *command == word)
-            .unwrap_or(8);
-        self.queries[index].inc();
+        self.statements.count(word);
     }
 
     /// Counts an error by its SQLSTATE's class.
