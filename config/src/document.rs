@@ -118,6 +118,7 @@ struct MysqlDocument {
     server_user: Option<Spanned<String>>,
     server_password: Option<Spanned<String>>,
     users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    users_file: Option<Spanned<String>>,
 }
 
 /// The keys both database sections take, as each document has them.
@@ -920,6 +921,10 @@ impl MysqlDocument {
         model::MysqlListener {
             pool: pool.convert(path, converter),
             users,
+            users_file: self
+                .users_file
+                .as_ref()
+                .map(|file| converter.path(&format!("{path}.users_file"), file)),
         }
     }
 }

@@ -824,6 +824,9 @@ pub struct MysqlListener {
     /// passwords. Without any, loopback clients log in as whom they name.
     #[serde(serialize_with = "serialized::redacted_values")]
     pub users: std::collections::BTreeMap<String, String>,
+    /// A file of more users, one `"name" "password"` per line (PgBouncer's
+    /// `auth_file` format), read when the listener starts.
+    pub users_file: Option<PathBuf>,
 }
 
 /// A user clients may log in as.

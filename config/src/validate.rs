@@ -756,7 +756,9 @@ fn validate_mysql(
     if mysql.users.keys().any(String::is_empty) {
         report(format!("{path}.users"), "a user name is empty".into());
     }
-    if mysql.pool.auth == DatabaseAuth::Passthrough && !mysql.users.is_empty() {
+    if mysql.pool.auth == DatabaseAuth::Passthrough
+        && (!mysql.users.is_empty() || mysql.users_file.is_some())
+    {
         report(
             format!("{path}.users"),
             "`auth: passthrough` relays the client's own login to MySQL; users are for \

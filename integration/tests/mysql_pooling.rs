@@ -329,6 +329,44 @@ async fn users_log_in_with_their_passwords_and_attache_logs_into_the_server_as_i
 }
 
 #[tokio::test]
+async fn users_from_a_file_log_in_and_a_bad_file_keeps_attache_from_starting() {
+    let schema = Schema::create("mysql_users_file").await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "; attache's users\n\"reporting\" \"fr0m-file\"\n\"o\"\"brien\" \"quoted\"\n",
+    )
+    .unwrap();
+    let settings = format!(
+        "      server_user: root\n      server_password: \"\"\n      users_file: {}\n",
+        file.path().display()
+    );
+    let attache = Attache::run(&config(&settings)).await.unwrap();
+    let front = attache.listener("db");
+    let mut reporting =
+        mysql_async::Conn::new(options(front, "reporting", "fr0m-file", Some(&schema.name)))
+            .await
+            .unwrap();
+    let one: i64 = reporting.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    mysql_async::Conn::new(options(front, "o\"brien", "quoted", Some(&schema.name)))
+        .await
+        .unwrap();
+    let wrong = mysql_async::Conn::new(options(front, "reporting", "guess", Some(&schema.name)))
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&wrong), Some(1045), "{wrong}");
+
+    std::fs::write(file.path(), "\"reporting\" \"fine\"\nreporting unquoted\n").unwrap();
+    let error = Attache::run(&config(&settings))
+        .await
+        .err()
+        .expect("attache refuses to start")
+        .to_string();
+    assert!(error.contains("mysql.users_file: line 2 of"), "{error}");
+}
+
+#[tokio::test]
 async fn the_one_liner_without_a_user_relays_each_clients_own_login() {
     let schema = Schema::create("mysql_relay").await;
     let attache = Attache::spawn(

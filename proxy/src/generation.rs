@@ -240,11 +240,14 @@ impl Generation {
                 front
             }
             ListenerKind::Mysql(settings) => {
-                let front = Arc::new(MysqlFront::new(
-                    tcp_route(self.upstream(upstream_name()?)?),
-                    settings,
-                    metrics.mysql(&listener.name),
-                ));
+                let front = Arc::new(
+                    MysqlFront::new(
+                        tcp_route(self.upstream(upstream_name()?)?),
+                        settings,
+                        metrics.mysql(&listener.name),
+                    )
+                    .with_context(|| format!("listener {:?}", listener.name))?,
+                );
                 self.mysql_fronts.push(front.clone());
                 front
             }

@@ -45,6 +45,7 @@ mod tcp;
 mod telemetry;
 mod tls;
 mod upstream;
+mod userlist;
 mod wait;
 
 fn main() -> std::process::ExitCode {

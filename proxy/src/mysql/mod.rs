@@ -134,7 +134,38 @@ struct Pooler {
 }
 
 impl MysqlFront {
-    pub(crate) fn new(route: TcpRoute, settings: &MysqlListener, metrics: MysqlMetrics) -> Self {
+    /// The listener's front; its `users_file` is read now.
+    ///
+    /// # Errors
+    /// When the users file cannot be read, has a bad line or a SCRAM
+    /// verifier, or names a user that `users` names too.
+    pub(crate) fn new(
+        route: TcpRoute,
+        settings: &MysqlListener,
+        metrics: MysqlMetrics,
+    ) -> anyhow::Result<Self> {
+        let mut settings = settings.clone();
+        if let Some(file) = &settings.users_file {
+            for (name, password) in crate::userlist::read(file)
+                .map_err(|message| anyhow::anyhow!("mysql.users_file: {message}"))?
+            {
+                if password.starts_with("SCRAM-SHA-256$") {
+                    anyhow::bail!(
+                        "mysql.users_file: user {name:?} in {} has a SCRAM verifier; a MySQL \
+                         login is checked against the password itself",
+                        file.display()
+                    );
+                }
+                if settings.users.contains_key(&name) {
+                    anyhow::bail!(
+                        "mysql.users_file: user {name:?} is both in mysql.users and in {}",
+                        file.display()
+                    );
+                }
+                settings.users.insert(name, password);
+            }
+        }
+        let settings = &settings;
         let pool = &settings.pool;
         let pooler = (pool.auth == DatabaseAuth::Local).then(|| Pooler {
             settings: settings.clone(),
@@ -150,12 +181,12 @@ impl MysqlFront {
             next_connection_id: AtomicU32::new(1),
             learning: tokio::sync::Mutex::new(()),
         });
-        Self {
+        Ok(Self {
             listener: route.listener.clone(),
             metrics: route.metrics.clone(),
             route,
             pooler,
-        }
+        })
     }
 
     /// Each pool's state for `/upstreams`: listener, pool (`schema/user`),

@@ -34,7 +34,6 @@ mod sanitize;
 mod server;
 mod session;
 mod startup;
-mod userlist;
 
 /// The protocol's messages (the `pgwire/` crate, fuzzed on its own).
 use attache_pg_wire as wire;
@@ -82,7 +81,7 @@ impl PostgresFront {
     ) -> anyhow::Result<Self> {
         let mut users = settings.users.clone();
         if let Some(file) = &settings.users_file {
-            for (name, secret) in userlist::read(file)
+            for (name, secret) in crate::userlist::read(file)
                 .map_err(|message| anyhow::anyhow!("postgres.users_file: {message}"))?
             {
                 if users.contains_key(&name) {

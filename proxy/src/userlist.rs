@@ -1,8 +1,9 @@
-//! A file of Postgres users in PgBouncer's `auth_file` format, so a
-//! userlist an operator already has (or a Kubernetes Secret with one)
-//! serves as it is: one user per line, `"name" "password or verifier"`,
-//! a `"` inside a field written twice; blank lines and lines starting with
-//! `;` or `#` are skipped, and so is anything after the second field.
+//! A file of database users in PgBouncer's `auth_file` format (the
+//! `users_file` of both database ambassadors), so a userlist an operator
+//! already has (or a Kubernetes Secret with one) serves as it is: one user
+//! per line, `"name" "password or verifier"`, a `"` inside a field written
+//! twice; blank lines and lines starting with `;` or `#` are skipped, and
+//! so is anything after the second field.
 
 use std::path::Path;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 /// # Errors
 /// A message naming the file (and the line) when it cannot be read or a
 /// line is not two quoted fields.
-pub(super) fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     parse(&text).map_err(|(line, message)| format!("line {line} of {}: {message}", path.display()))
