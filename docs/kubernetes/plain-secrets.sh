@@ -2,8 +2,8 @@
 # The plain-Secret variant of the TLS manifests, for clusters without
 # cert-manager: issues the same identities as http-front-door-certificate.yaml
 # and mtls-pair-certificates.yaml with `attache certs`, and prints the Secrets
-# (tls.crt, tls.key, ca.crt) that http-front-door.yaml, mtls-pair.yaml and
-# postgres-pooler.yaml mount:
+# (tls.crt, tls.key, ca.crt) that http-front-door.yaml, mtls-pair.yaml,
+# postgres-pooler.yaml and mariadb-pooler.yaml mount:
 #
 #   docs/kubernetes/plain-secrets.sh [CA_DIR] | kubectl apply -f -
 #
@@ -35,10 +35,12 @@ issue payments-identity --dns payments.default.svc.cluster.local \
   --uri spiffe://cluster.local/ns/default/sa/payments
 # postgres-pooler.yaml's client certificate: common name = the Postgres user.
 issue billing-db
+# mariadb-pooler.yaml's client certificate, for a user created REQUIRE X509.
+issue shop-db
 
 encode() { base64 <"$1" | tr -d '\n'; }
 separator=""
-for name in web-tls orders-identity payments-identity billing-db; do
+for name in web-tls orders-identity payments-identity billing-db shop-db; do
   printf '%sapiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\ntype: kubernetes.io/tls\ndata:\n' "$separator" "$name"
   printf '  tls.crt: %s\n  tls.key: %s\n  ca.crt: %s\n' \
     "$(encode "$leaves/$name.crt")" "$(encode "$leaves/$name.key")" "$(encode "$ca_dir/ca.crt")"
