@@ -119,6 +119,7 @@ struct MysqlDocument {
     server_password: Option<Spanned<String>>,
     users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     users_file: Option<Spanned<String>>,
+    replayed_variables: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// The keys both database sections take, as each document has them.
@@ -925,6 +926,22 @@ impl MysqlDocument {
                 .users_file
                 .as_ref()
                 .map(|file| converter.path(&format!("{path}.users_file"), file)),
+            replayed_variables: match &self.replayed_variables {
+                Some(list) => {
+                    converter.note(&format!("{path}.replayed_variables"), list);
+                    list.value
+                        .iter()
+                        .enumerate()
+                        .map(|(index, name)| {
+                            converter
+                                .note(&format!("{path}.replayed_variables[{index}]"), name)
+                                .trim()
+                                .to_ascii_lowercase()
+                        })
+                        .collect()
+                }
+                None => model::MysqlListener::default().replayed_variables,
+            },
         }
     }
 }

@@ -815,7 +815,7 @@ pub struct PostgresListener {
 
 /// A `mysql` listener's settings: how client sessions share server
 /// connections.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MysqlListener {
     /// Pooling and the server login (the keys both database ambassadors take).
     #[serde(flatten)]
@@ -827,6 +827,25 @@ pub struct MysqlListener {
     /// A file of more users, one `"name" "password"` per line (PgBouncer's
     /// `auth_file` format), read when the listener starts.
     pub users_file: Option<PathBuf>,
+    /// Session variables a client's `SET` may change without pinning its
+    /// session: attache sets them on each connection it lends the client
+    /// (`names`: the character set and collation variables `SET NAMES`
+    /// changes).
+    pub replayed_variables: Vec<String>,
+}
+
+/// Default of [`MysqlListener::replayed_variables`].
+pub const DEFAULT_REPLAYED_VARIABLES: [&str; 4] = ["names", "time_zone", "sql_mode", "autocommit"];
+
+impl Default for MysqlListener {
+    fn default() -> Self {
+        Self {
+            pool: PoolSettings::default(),
+            users: std::collections::BTreeMap::new(),
+            users_file: None,
+            replayed_variables: DEFAULT_REPLAYED_VARIABLES.map(str::to_owned).to_vec(),
+        }
+    }
 }
 
 /// A user clients may log in as.

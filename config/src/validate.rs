@@ -753,6 +753,18 @@ fn validate_mysql(
     report: &mut impl FnMut(String, String),
 ) {
     validate_pool(&mysql.pool, path, "MySQL", report);
+    for (index, name) in mysql.replayed_variables.iter().enumerate() {
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+        {
+            report(
+                format!("{path}.replayed_variables[{index}]"),
+                format!("{name:?} is not a session variable's name (letters, digits and _)"),
+            );
+        }
+    }
     if mysql.users.keys().any(String::is_empty) {
         report(format!("{path}.users"), "a user name is empty".into());
     }

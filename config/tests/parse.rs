@@ -613,6 +613,27 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
             "upstreams.db.warm_pool (line 19)",
         ]
     );
+
+    // The replayed variables: `names` and variable names, lowercased.
+    let replayed = text.replace(
+        "      users:\n",
+        "      replayed_variables: [names, Time_Zone, \"sql mode\"]\n      users:\n",
+    );
+    let found = located(&replayed);
+    assert_eq!(
+        found,
+        ["listeners[0].mysql.replayed_variables[2] (line 11)"]
+    );
+    let config = parse(
+        &replayed.replace(", \"sql mode\"", ""),
+        "test.yaml",
+        &|_| None,
+    )
+    .unwrap();
+    let attache_config::ListenerKind::Mysql(mysql) = &config.listeners[0].kind else {
+        panic!("not mysql");
+    };
+    assert_eq!(mysql.replayed_variables, ["names", "time_zone"]);
 }
 
 /// Each problem of `text` as `path (line N)`.

@@ -219,6 +219,92 @@ async fn session_state_pins_its_connection_and_never_reaches_another_client() {
 }
 
 #[tokio::test]
+async fn replayed_variables_follow_their_client_across_one_server_connection() {
+    let schema = Schema::create("mysql_replay").await;
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+    let mut first = connect(front, &schema.name).await;
+    let mut second = connect(front, &schema.name).await;
+    let session = |variable: &'static str| format!("SELECT @@session.{variable}");
+
+    first.query_drop("SET time_zone = '+05:00'").await.unwrap();
+    first.query_drop("SET NAMES latin1").await.unwrap();
+    first
+        .query_drop("SET SESSION sql_mode = 'ANSI_QUOTES', autocommit = 0")
+        .await
+        .unwrap();
+    first.query_drop("COMMIT").await.unwrap();
+    // The other client, on the same (only) server connection, sees the
+    // server's own settings...
+    let zone: String = second
+        .query_first(session("time_zone"))
+        .await
+        .unwrap()
+        .unwrap();
+    let global: String = second
+        .query_first("SELECT @@global.time_zone")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(zone, global);
+    let charset: String = second
+        .query_first(session("character_set_client"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(charset, "utf8mb4");
+    let autocommit: i64 = second
+        .query_first(session("autocommit"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(autocommit, 1);
+    let mode: String = second
+        .query_first(session("sql_mode"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!mode.contains("ANSI_QUOTES"), "{mode}");
+    // ...and the first gets its own back on it.
+    let (zone, charset, mode): (String, String, String) = first
+        .query_first(
+            "SELECT @@session.time_zone, @@session.character_set_client, @@session.sql_mode",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (zone.as_str(), charset.as_str(), mode.as_str()),
+        ("+05:00", "latin1", "ANSI_QUOTES")
+    );
+    first.query_drop("COMMIT").await.unwrap();
+    for reason in ["set", "session_state"] {
+        assert_eq!(
+            attache
+                .metric(&format!(
+                    "attache_mysql_pinned_total{{listener=\"db\",reason=\"{reason}\"}}"
+                ))
+                .await
+                .unwrap(),
+            0.0,
+            "replayed variables do not pin ({reason})"
+        );
+    }
+    // A variable off the list pins.
+    second
+        .query_drop("SET SESSION wait_timeout = 100")
+        .await
+        .unwrap();
+    attache
+        .wait_for_metric(
+            "attache_mysql_pinned_total{listener=\"db\",reason=\"set\"}",
+            1.0,
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
 async fn use_switches_the_clients_schema_without_pinning() {
     let home = Schema::create("mysql_home").await;
     let other = Schema::create("mysql_other").await;

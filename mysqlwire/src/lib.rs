@@ -341,6 +341,21 @@ pub fn ok_without_session_track(ok: &OkPacket<'_>, sequence: u8) -> BytesMut {
     out
 }
 
+/// The columns of a text-protocol row: each a length-encoded string, or
+/// `None` for SQL NULL (`0xfb`); `None` for a malformed row.
+pub fn text_row(mut payload: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut columns = Vec::new();
+    while let Some(&first) = payload.first() {
+        if first == 0xfb {
+            payload = &payload[1..];
+            columns.push(None);
+        } else {
+            columns.push(Some(read_lenenc_bytes(&mut payload)?));
+        }
+    }
+    Some(columns)
+}
+
 /// The status flags of an EOF packet (`0xfe`, payload under 9 bytes).
 pub fn parse_eof(payload: &[u8]) -> Result<u16, WireError> {
     let mut rest = payload.get(3..).ok_or(WireError::Malformed("EOF"))?;

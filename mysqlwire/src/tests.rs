@@ -260,3 +260,12 @@ fn a_long_row_continues_without_being_read_as_a_packet_of_its_own() {
         ]
     );
 }
+
+#[test]
+fn a_text_row_reads_strings_and_nulls() {
+    assert_eq!(
+        text_row(b"\x06+05:00\xfb\x00"),
+        Some(vec![Some(&b"+05:00"[..]), None, Some(&b""[..])])
+    );
+    assert_eq!(text_row(b"\x09short"), None);
+}

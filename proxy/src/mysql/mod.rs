@@ -131,6 +131,35 @@ struct Pooler {
     next_connection_id: AtomicU32,
     /// Held while a connection learns the server's greeting.
     learning: tokio::sync::Mutex<()>,
+    /// The session variables replayed on lent connections, `names`
+    /// expanded.
+    replayed: Arc<[String]>,
+}
+
+/// The variables `SET NAMES` changes.
+const NAMES: [&str; 4] = [
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+];
+
+/// `replayed_variables` as variable names: `names` is the four `SET NAMES`
+/// changes; each name once.
+fn replayed_variables(settings: &MysqlListener) -> Arc<[String]> {
+    let mut names: Vec<String> = Vec::new();
+    for name in &settings.replayed_variables {
+        let expanded = match name.as_str() {
+            "names" => NAMES.map(str::to_owned).to_vec(),
+            other => vec![other.to_owned()],
+        };
+        for name in expanded {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names.into()
 }
 
 impl MysqlFront {
@@ -180,6 +209,7 @@ impl MysqlFront {
             info: Arc::new(Mutex::new(None)),
             next_connection_id: AtomicU32::new(1),
             learning: tokio::sync::Mutex::new(()),
+            replayed: replayed_variables(settings),
         });
         Ok(Self {
             listener: route.listener.clone(),
@@ -234,6 +264,7 @@ impl Pooler {
                 }),
                 info: self.info.clone(),
                 logged_in: std::sync::atomic::AtomicBool::new(false),
+                replayed: self.replayed.clone(),
             };
             (login, self.metrics.pool.pool(name))
         })
@@ -461,6 +492,7 @@ async fn log_in<'a>(
             address,
             schema: (!schema.is_empty()).then_some(schema),
             session_track: capabilities & capability::SESSION_TRACK != 0,
+            variables: login_character_set(&pooler.replayed, handshake.collation()),
         },
     );
     // The server's own answer to this login (unknown schema, user refused)
@@ -477,6 +509,33 @@ async fn log_in<'a>(
         return Err(CloseResult::Error);
     }
     Ok(session)
+}
+
+/// The character set variables a client's login asks for (its handshake's
+/// collation), when those variables are replayed: what `SET NAMES` with
+/// that collation would make them.
+fn login_character_set(replayed: &[String], collation: u8) -> server::Variables {
+    if !NAMES
+        .iter()
+        .all(|name| replayed.iter().any(|replayed| replayed == name))
+    {
+        return Vec::new();
+    }
+    let id = mysql_common::collations::CollationId::from(u16::from(collation));
+    if id == mysql_common::collations::CollationId::UNKNOWN_COLLATION_ID {
+        return Vec::new();
+    }
+    let collation = mysql_common::collations::Collation::resolve(id);
+    let charset = Some(collation.charset().to_owned());
+    vec![
+        ("character_set_client".to_owned(), charset.clone()),
+        ("character_set_connection".to_owned(), charset.clone()),
+        ("character_set_results".to_owned(), charset),
+        (
+            "collation_connection".to_owned(),
+            Some(collation.collation().to_owned()),
+        ),
+    ]
 }
 
 /// Whether `answer` is what `plugin` makes of the user's password and

@@ -58,6 +58,9 @@ pub(super) struct Login {
     pub(super) info: Arc<Mutex<Option<ServerInfo>>>,
     /// Set once a connection of this pool logged in.
     pub(super) logged_in: std::sync::atomic::AtomicBool,
+    /// The session variables replayed on lent connections (`names`
+    /// already expanded), tracked on each connection.
+    pub(super) replayed: Arc<[String]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +95,24 @@ pub(super) struct ServerConnection {
     pub(super) broken: bool,
     /// Whether the server reports session state changes on it.
     pub(super) tracks_state: bool,
+    /// The replayed variables' values as they are on this connection, and
+    /// as they were after its login; empty when the server does not
+    /// report their changes (their `SET`s pin then).
+    pub(super) variables: Variables,
+    pub(super) baseline: Variables,
     created: tokio::time::Instant,
+}
+
+/// Session variables by name (`None`: SQL NULL), in the order they are
+/// replayed.
+pub(super) type Variables = Vec<(String, Option<String>)>;
+
+/// Sets `name` to `value` in `variables`.
+pub(super) fn set_variable(variables: &mut Variables, name: &str, value: Option<String>) {
+    match variables.iter_mut().find(|(known, _)| known == name) {
+        Some((_, current)) => *current = value,
+        None => variables.push((name.to_owned(), value)),
+    }
 }
 
 impl Connector for Login {
@@ -231,20 +251,90 @@ impl ServerConnection {
             schema: login.schema.clone(),
             broken: false,
             tracks_state: false,
+            variables: Vec::new(),
+            baseline: Vec::new(),
             created: tokio::time::Instant::now(),
         };
-        server.track_state(&mut buffer).await?;
+        server.track_state(&login.replayed, &mut buffer).await?;
         Ok(server)
     }
 
-    /// Asks the server to report session state changes in OK packets; a
-    /// server that cannot leaves attache to its own statement scan.
-    async fn track_state(&mut self, buffer: &mut BytesMut) -> Result<(), ServerError> {
-        let mut request = vec![command::QUERY];
-        request.extend_from_slice(b"SET SESSION session_track_state_change = 1");
-        let accepted = self.hidden_command(&request, buffer).await?;
-        self.tracks_state = accepted.is_ok();
+    /// Asks the server to report session state changes in OK packets, and
+    /// the replayed variables' new values, and reads their values now (the
+    /// connection's baseline). A server that cannot leaves attache to its
+    /// own statement scan, and the replayed variables' `SET`s pin.
+    async fn track_state(
+        &mut self,
+        replayed: &[String],
+        buffer: &mut BytesMut,
+    ) -> Result<(), ServerError> {
+        self.variables.clear();
+        self.baseline.clear();
+        if !replayed.is_empty() {
+            let request = format!(
+                "\x03SET SESSION session_track_state_change = 1, session_track_system_variables = '{}'",
+                replayed.join(",")
+            );
+            if self
+                .hidden_command(request.as_bytes(), buffer)
+                .await?
+                .is_ok()
+            {
+                self.tracks_state = true;
+                let columns: Vec<String> = replayed
+                    .iter()
+                    .map(|name| format!("@@session.{name}"))
+                    .collect();
+                let request = format!("\x03SELECT {}", columns.join(", "));
+                if let Ok(values) = self.hidden_row(request.as_bytes(), buffer).await?
+                    && values.len() == replayed.len()
+                {
+                    self.baseline = replayed
+                        .iter()
+                        .zip(values)
+                        .map(|(name, value)| (name.clone(), normalized(name, value)))
+                        .collect();
+                    self.variables = self.baseline.clone();
+                }
+                return Ok(());
+            }
+        }
+        let request = b"\x03SET SESSION session_track_state_change = 1";
+        self.tracks_state = self.hidden_command(request, buffer).await?.is_ok();
         Ok(())
+    }
+
+    /// Runs a query of attache's own and reads its first row.
+    async fn hidden_row(
+        &mut self,
+        request: &[u8],
+        buffer: &mut BytesMut,
+    ) -> Result<Result<Vec<Option<String>>, Vec<u8>>, ServerError> {
+        let mut out = BytesMut::new();
+        wire::write_packets(&mut out, 0, request);
+        self.stream().write_all(&out).await?;
+        let mut reply =
+            wire::Reply::to(command::QUERY, true).ok_or(WireError::Malformed("query"))?;
+        let mut outcome = Err(Vec::new());
+        let mut eofs = 0;
+        while !reply.done() {
+            let packet = read_packet(self.stream(), buffer).await?;
+            match reply.packet(&packet)? {
+                wire::Packet::Eof(_) => eofs += 1,
+                wire::Packet::Err(_) => outcome = Err(wire::payload(&packet).to_vec()),
+                // The first row: after the column definitions' EOF.
+                wire::Packet::Data if eofs == 1 && outcome.is_err() => {
+                    let row = wire::text_row(wire::payload(&packet))
+                        .ok_or(WireError::Malformed("row"))?;
+                    outcome = Ok(row
+                        .into_iter()
+                        .map(|value| value.map(|value| String::from_utf8_lossy(value).into_owned()))
+                        .collect());
+                }
+                _ => {}
+            }
+        }
+        Ok(outcome)
     }
 
     /// Sends a command of attache's own and reads its whole reply: `Ok`
@@ -280,7 +370,12 @@ impl ServerConnection {
     /// Makes the connection clean for its next client: the server resets
     /// the session (`COM_RESET_CONNECTION`), then tracking is switched on
     /// again and the schema set back. `false`: it could not be, close it.
-    pub(super) async fn reset(&mut self, schema: Option<&str>, buffer: &mut BytesMut) -> bool {
+    pub(super) async fn reset(
+        &mut self,
+        schema: Option<&str>,
+        replayed: &[String],
+        buffer: &mut BytesMut,
+    ) -> bool {
         let reset = async {
             if self
                 .hidden_command(&[command::RESET_CONNECTION], buffer)
@@ -289,7 +384,7 @@ impl ServerConnection {
             {
                 return Ok::<_, ServerError>(false);
             }
-            self.track_state(buffer).await?;
+            self.track_state(replayed, buffer).await?;
             if let Some(schema) = schema
                 && self.schema.as_deref() != Some(schema)
             {
@@ -303,6 +398,16 @@ impl ServerConnection {
             Ok(true)
         };
         matches!(reset.await, Ok(true))
+    }
+}
+
+/// A variable's value as session tracking reports it: `autocommit` as
+/// `ON`/`OFF` where `SELECT` says 1/0.
+fn normalized(name: &str, value: Option<String>) -> Option<String> {
+    match (name, value.as_deref()) {
+        ("autocommit", Some("1")) => Some("ON".to_owned()),
+        ("autocommit", Some("0")) => Some("OFF".to_owned()),
+        _ => value,
     }
 }
 

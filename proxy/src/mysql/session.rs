@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use super::server::{Login, ServerError};
+use super::server::{self, Login, ServerError};
 use super::statement;
 use super::wire::{self, Packet, Reply, StateChange, command, status};
 use super::{NO_CONNECTION, NOT_SUPPORTED, Pooler, SERVER_LOST, pools_transactions};
@@ -54,6 +54,9 @@ pub(super) struct Client {
     pub(super) schema: Option<String>,
     /// Whether the client reads OK packets with session-state fields.
     pub(super) session_track: bool,
+    /// The replayed variables the client set (its login's character set
+    /// among them), by name.
+    pub(super) variables: server::Variables,
 }
 
 pub(super) struct Session<'a> {
@@ -234,30 +237,29 @@ impl<'a> Session<'a> {
         if !self.lend().await? {
             return Ok(());
         }
-        if !self.switch_schema().await? {
+        if !self.switch_schema().await? || !self.replay_variables().await? {
             return Ok(());
         }
         let statement = match command {
-            command::QUERY => statement::scan(&wire::message_payload(&message)[1..]),
-            command::STMT_PREPARE => statement::Statement {
-                kind: "PREPARE",
-                pin: Some(MysqlPin::PreparedStatement),
-            },
-            command::STMT_EXECUTE => statement::Statement {
-                kind: "EXECUTE",
-                pin: None,
-            },
-            command::SET_OPTION => statement::Statement {
-                kind: "OTHER",
-                pin: Some(MysqlPin::SetOption),
-            },
-            _ => statement::Statement {
-                kind: "OTHER",
-                pin: None,
-            },
+            command::QUERY => {
+                statement::scan(&wire::message_payload(&message)[1..], &self.pooler.replayed)
+            }
+            command::STMT_PREPARE => {
+                statement::Statement::command("PREPARE", Some(MysqlPin::PreparedStatement))
+            }
+            command::STMT_EXECUTE => statement::Statement::command("EXECUTE", None),
+            command::SET_OPTION => {
+                statement::Statement::command("OTHER", Some(MysqlPin::SetOption))
+            }
+            _ => statement::Statement::command("OTHER", None),
         };
         if let Some(reason) = statement.pin {
             self.pin_for(reason);
+        }
+        // A replayable SET on a connection whose server does not report
+        // the variables' values: they cannot follow the client.
+        if statement.replay && self.server()?.baseline.is_empty() {
+            self.pin_for(MysqlPin::Set);
         }
         let started = Instant::now();
         let written = self.server()?.stream().write_all(&message).await;
@@ -443,6 +445,7 @@ impl<'a> Session<'a> {
         };
         let mut schema_changed = false;
         let mut state_changed = false;
+        let mut replayed_changed = false;
         for change in changes {
             match change {
                 StateChange::Schema(schema) => {
@@ -453,12 +456,32 @@ impl<'a> Session<'a> {
                     self.who.schema = Some(schema);
                     schema_changed = true;
                 }
-                StateChange::SystemVariable(..) | StateChange::State => state_changed = true,
+                StateChange::SystemVariable(name, value) => {
+                    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+                    let value = variable_value(&name, value);
+                    let tracked = self.pooler.replayed.contains(&name) && value.is_some();
+                    match (tracked, self.lease.as_mut()) {
+                        (true, Some(lease)) => {
+                            let value = value.unwrap_or_default();
+                            server::set_variable(
+                                &mut lease.connection().variables,
+                                &name,
+                                value.clone(),
+                            );
+                            server::set_variable(&mut self.who.variables, &name, value);
+                            replayed_changed = true;
+                        }
+                        _ => state_changed = true,
+                    }
+                }
+                StateChange::State => state_changed = true,
                 StateChange::Other(_) => {}
             }
         }
-        // A schema change is reported as a state change too.
-        if state_changed && !schema_changed && statement.pin.is_none() {
+        // A schema change is reported as a state change too, and so is a
+        // replayed variable's.
+        let explained = schema_changed || (replayed_changed && statement.replay);
+        if state_changed && !explained && statement.pin.is_none() {
             self.pin_for(MysqlPin::SessionState);
         }
     }
@@ -573,6 +596,59 @@ impl<'a> Session<'a> {
         }
         match switched {
             Ok(Ok(())) => Ok(true),
+            Ok(Err(payload)) => {
+                wire::write_packets(&mut self.to_client, 1, &payload);
+                self.flush().await?;
+                Ok(false)
+            }
+            Err(error) => Err(self.server_failed(&error.to_string()).await),
+        }
+    }
+
+    /// Puts the lent connection's replayed variables at the client's values
+    /// (its own `SET`s, else the connection's baseline) with one hidden
+    /// `SET SESSION`. `false`: the server refused, and the client has its
+    /// error.
+    async fn replay_variables(&mut self) -> Result<bool, End> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let server = lease.connection();
+        let mut assignments = Vec::new();
+        for (name, baseline) in &server.baseline {
+            let wanted = self
+                .who
+                .variables
+                .iter()
+                .find(|(wanted, _)| wanted == name)
+                .map_or(baseline, |(_, value)| value);
+            let current = server.variables.iter().find(|(known, _)| known == name);
+            if current.map(|(_, value)| value) != Some(wanted) {
+                assignments.push((name.clone(), wanted.clone()));
+            }
+        }
+        if assignments.is_empty() {
+            return Ok(true);
+        }
+        let sql = assignments
+            .iter()
+            .map(|(name, value)| match value {
+                Some(value) => format!("{name} = '{}'", value.replace('\'', "''")),
+                None => format!("{name} = NULL"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let request = format!("\x03SET SESSION {sql}");
+        let replayed = server
+            .hidden_command(request.as_bytes(), &mut self.from_server)
+            .await;
+        match replayed {
+            Ok(Ok(())) => {
+                for (name, value) in assignments {
+                    server::set_variable(&mut server.variables, &name, value);
+                }
+                Ok(true)
+            }
             Ok(Err(payload)) => {
                 wire::write_packets(&mut self.to_client, 1, &payload);
                 self.flush().await?;
@@ -734,7 +810,10 @@ impl<'a> Session<'a> {
         let schema = self.pool.connector().schema.clone();
         let mut buffer = BytesMut::new();
         let server = lease.connection();
-        if !server.reset(schema.as_deref(), &mut buffer).await {
+        if !server
+            .reset(schema.as_deref(), &self.pooler.replayed, &mut buffer)
+            .await
+        {
             server.broken = true;
         }
     }
@@ -751,6 +830,21 @@ impl<'a> Session<'a> {
         wire::err_packet(&mut out, 0, code, "HY000", &message);
         wire::payload(&out).to_vec()
     }
+}
+
+/// A replayed variable's value as session tracking reports it; `None`
+/// when it cannot be replayed as a quoted string (a backslash, which
+/// `NO_BACKSLASH_ESCAPES` reads otherwise). An empty character set is
+/// SQL NULL (`character_set_results = NULL`).
+fn variable_value(name: &str, value: &[u8]) -> Option<Option<String>> {
+    let value = std::str::from_utf8(value).ok()?;
+    if value.contains(['\\', '\0']) {
+        return None;
+    }
+    if value.is_empty() && name.starts_with("character_set") {
+        return Some(None);
+    }
+    Some(Some(value.to_owned()))
 }
 
 /// Reads what the client sent; an idle client holds no buffer.

@@ -15,6 +15,20 @@ use crate::telemetry::metrics::MysqlPin;
 pub(super) struct Statement {
     pub(super) kind: &'static str,
     pub(super) pin: Option<MysqlPin>,
+    /// A `SET` of replayed session variables only: it pins nothing, and
+    /// the values the server reports follow the client to each connection.
+    pub(super) replay: bool,
+}
+
+impl Statement {
+    /// A command other than a query: its kind, and what it pins.
+    pub(super) fn command(kind: &'static str, pin: Option<MysqlPin>) -> Self {
+        Self {
+            kind,
+            pin,
+            replay: false,
+        }
+    }
 }
 
 /// A word or symbol of the statement text.
@@ -26,7 +40,10 @@ enum Token<'a> {
     Symbol(u8),
 }
 
-pub(super) fn scan(text: &[u8]) -> Statement {
+/// What `text` is; `replayed`: the session variables a `SET` may change
+/// without pinning (`SET NAMES` changes the four `character_set_*` and
+/// `collation_connection` ones).
+pub(super) fn scan(text: &[u8], replayed: &[String]) -> Statement {
     let tokens = tokens(text);
     let word = |index: usize| match tokens.get(index) {
         Some(Token::Word(word)) => Some(*word),
@@ -52,13 +69,26 @@ pub(super) fn scan(text: &[u8]) -> Statement {
         Some(b"EXECUTE") => "EXECUTE",
         _ => "OTHER",
     };
-    let pin = if is(first, "SET") {
-        Some(if tokens.get(first + 1) == Some(&Token::UserVariable) {
-            MysqlPin::UserVariable
-        } else {
-            MysqlPin::Set
-        })
-    } else if is(first, "PREPARE") {
+    if is(first, "SET") {
+        if tokens.contains(&Token::UserVariable) {
+            return Statement {
+                kind,
+                pin: Some(MysqlPin::UserVariable),
+                replay: false,
+            };
+        }
+        let replay = set_variables(&tokens[first + 1..]).is_some_and(|names| {
+            names
+                .iter()
+                .all(|name| replayed.iter().any(|replayed| replayed == name))
+        });
+        return Statement {
+            kind,
+            pin: (!replay).then_some(MysqlPin::Set),
+            replay,
+        };
+    }
+    let pin = if is(first, "PREPARE") {
         Some(MysqlPin::Prepare)
     } else if (is(first, "LOCK") && (is(first + 1, "TABLES") || is(first + 1, "TABLE")))
         || (is(first, "FLUSH") && (first..tokens.len()).any(|index| is(index, "LOCK")))
@@ -82,7 +112,84 @@ pub(super) fn scan(text: &[u8]) -> Statement {
                 _ => None,
             })
     };
-    Statement { kind, pin }
+    Statement {
+        kind,
+        pin,
+        replay: false,
+    }
+}
+
+/// The session variables a `SET`'s assignments (the tokens after `SET`)
+/// change, lowercased: `None` for anything else than session variables
+/// (`GLOBAL`, `TRANSACTION`, `PASSWORD`, `ROLE`, `STATEMENT ... FOR`...).
+fn set_variables(tokens: &[Token<'_>]) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut depth = 0_usize;
+    let mut assignment_start = true;
+    let mut index = 0;
+    while index < tokens.len() {
+        let token = tokens[index];
+        if assignment_start {
+            assignment_start = false;
+            let word = |at: usize| match tokens.get(at) {
+                Some(Token::Word(word)) => {
+                    std::str::from_utf8(word).ok().map(str::to_ascii_lowercase)
+                }
+                _ => None,
+            };
+            let mut name = word(index)?;
+            if name == "names"
+                || (name == "character" && word(index + 1)? == "set")
+                || name == "charset"
+            {
+                names.extend(super::NAMES.map(str::to_owned));
+                // `SET NAMES x [COLLATE y]`: the rest of the assignment is
+                // its value.
+                index += 1;
+                continue;
+            }
+            if name == "session" || name == "local" {
+                index += 1;
+                name = word(index)?;
+            }
+            let name = name
+                .strip_prefix("session.")
+                .or_else(|| name.strip_prefix("local."))
+                .unwrap_or(&name)
+                .to_owned();
+            if name.contains('.')
+                || [
+                    "global",
+                    "transaction",
+                    "password",
+                    "role",
+                    "default",
+                    "statement",
+                    "persist",
+                    "persist_only",
+                ]
+                .contains(&name.as_str())
+            {
+                return None;
+            }
+            // `=` or `:=` must follow the name.
+            match (tokens.get(index + 1), tokens.get(index + 2)) {
+                (Some(Token::Symbol(b'=')), _) => index += 2,
+                (Some(Token::Symbol(b':')), Some(Token::Symbol(b'='))) => index += 3,
+                _ => return None,
+            }
+            names.push(name);
+            continue;
+        }
+        match token {
+            Token::Symbol(b'(') => depth += 1,
+            Token::Symbol(b')') => depth = depth.saturating_sub(1),
+            Token::Symbol(b',') if depth == 0 => assignment_start = true,
+            _ => {}
+        }
+        index += 1;
+    }
+    (!names.is_empty() && !assignment_start).then_some(names)
 }
 
 fn tokens(text: &[u8]) -> Vec<Token<'_>> {
@@ -190,8 +297,56 @@ fn past_quoted(text: &[u8], at: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn replayed() -> Vec<String> {
+        [
+            "character_set_client",
+            "character_set_connection",
+            "character_set_results",
+            "collation_connection",
+            "time_zone",
+            "sql_mode",
+            "autocommit",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     fn pin(text: &str) -> Option<MysqlPin> {
-        scan(text.as_bytes()).pin
+        scan(text.as_bytes(), &[]).pin
+    }
+
+    #[test]
+    fn a_set_of_replayed_variables_only_pins_nothing() {
+        for text in [
+            "SET time_zone = '+05:00'",
+            "set names utf8mb4 collate utf8mb4_unicode_ci",
+            "SET CHARACTER SET latin1",
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',STRICT_ALL_TABLES'), autocommit = 0",
+            "SET @@session.time_zone = 'UTC', @@autocommit := 1",
+            "SET LOCAL time_zone = DEFAULT",
+        ] {
+            let statement = scan(text.as_bytes(), &replayed());
+            assert_eq!((statement.pin, statement.replay), (None, true), "{text}");
+        }
+        for (text, expected) in [
+            ("SET time_zone = '+05:00', wait_timeout = 10", MysqlPin::Set),
+            ("SET GLOBAL time_zone = '+05:00'", MysqlPin::Set),
+            ("SET @@global.sql_mode = ''", MysqlPin::Set),
+            (
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                MysqlPin::Set,
+            ),
+            ("SET time_zone = '+05:00', @x = 1", MysqlPin::UserVariable),
+            ("SET PASSWORD = 'x'", MysqlPin::Set),
+            ("SET time_zone", MysqlPin::Set),
+        ] {
+            let statement = scan(text.as_bytes(), &replayed());
+            assert_eq!(
+                (statement.pin, statement.replay),
+                (Some(expected), false),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -213,7 +368,7 @@ mod tests {
             ("SHOW TABLES", "OTHER"),
             ("-- a comment\nSELECT 1", "SELECT"),
         ] {
-            assert_eq!(scan(text.as_bytes()).kind, kind, "{text}");
+            assert_eq!(scan(text.as_bytes(), &[]).kind, kind, "{text}");
         }
     }
 
