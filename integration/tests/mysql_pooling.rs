@@ -278,6 +278,14 @@ async fn replayed_variables_follow_their_client_across_one_server_connection() {
         ("+05:00", "latin1", "ANSI_QUOTES")
     );
     first.query_drop("COMMIT").await.unwrap();
+    // COM_RESET_CONNECTION takes the client back to its login's settings.
+    first.reset().await.unwrap();
+    let zone: String = first
+        .query_first(session("time_zone"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(zone, global);
     for reason in ["set", "session_state"] {
         assert_eq!(
             attache

@@ -483,6 +483,7 @@ async fn log_in<'a>(
         }
     }
     let pool = pooler.pool(route, &schema, &user);
+    let login_variables = login_character_set(&pooler.replayed, handshake.collation());
     let mut session = session::Session::new(
         client,
         route,
@@ -492,7 +493,8 @@ async fn log_in<'a>(
             address,
             schema: (!schema.is_empty()).then_some(schema),
             session_track: capabilities & capability::SESSION_TRACK != 0,
-            variables: login_character_set(&pooler.replayed, handshake.collation()),
+            variables: login_variables.clone(),
+            login_variables,
         },
     );
     // The server's own answer to this login (unknown schema, user refused)

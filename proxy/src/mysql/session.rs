@@ -57,6 +57,8 @@ pub(super) struct Client {
     /// The replayed variables the client set (its login's character set
     /// among them), by name.
     pub(super) variables: server::Variables,
+    /// Those its login set: what `COM_RESET_CONNECTION` goes back to.
+    pub(super) login_variables: server::Variables,
 }
 
 pub(super) struct Session<'a> {
@@ -667,6 +669,7 @@ impl<'a> Session<'a> {
         self.hold_next = false;
         self.status = status::AUTOCOMMIT;
         self.transaction_started = None;
+        self.who.variables = self.who.login_variables.clone();
         if !pools_transactions(&self.pooler.settings) && !self.lend().await? {
             return Ok(());
         }
