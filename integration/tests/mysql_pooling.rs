@@ -53,6 +53,18 @@ fn watch_server_connections(
     (stop, watcher)
 }
 
+/// No session of listener `db` pinned for any of `reasons`.
+async fn assert_nothing_pinned(attache: &Attache, reasons: &[&str]) {
+    for reason in reasons {
+        let sample = format!("attache_mysql_pinned_total{{listener=\"db\",reason=\"{reason}\"}}");
+        assert_eq!(
+            attache.metric(&sample).await.unwrap(),
+            0.0,
+            "pinned: {reason}"
+        );
+    }
+}
+
 /// The server error code of a failed query.
 fn server_code(error: &mysql_async::Error) -> Option<u16> {
     match error {
@@ -142,23 +154,16 @@ async fn twenty_clients_share_two_server_connections_through_transaction_pooling
             .unwrap(),
         500.0
     );
-    for reason in [
-        "set",
-        "user_variable",
-        "session_state",
-        "prepared_statement",
-    ] {
-        assert_eq!(
-            attache
-                .metric(&format!(
-                    "attache_mysql_pinned_total{{listener=\"db\",reason=\"{reason}\"}}"
-                ))
-                .await
-                .unwrap(),
-            0.0,
-            "nothing these clients did pins ({reason})"
-        );
-    }
+    assert_nothing_pinned(
+        &attache,
+        &[
+            "set",
+            "user_variable",
+            "session_state",
+            "prepared_statement",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -286,18 +291,7 @@ async fn replayed_variables_follow_their_client_across_one_server_connection() {
         .unwrap()
         .unwrap();
     assert_eq!(zone, global);
-    for reason in ["set", "session_state"] {
-        assert_eq!(
-            attache
-                .metric(&format!(
-                    "attache_mysql_pinned_total{{listener=\"db\",reason=\"{reason}\"}}"
-                ))
-                .await
-                .unwrap(),
-            0.0,
-            "replayed variables do not pin ({reason})"
-        );
-    }
+    assert_nothing_pinned(&attache, &["set", "session_state"]).await;
     // A variable off the list pins.
     second
         .query_drop("SET SESSION wait_timeout = 100")
