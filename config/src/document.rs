@@ -120,6 +120,8 @@ struct MysqlDocument {
     users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     users_file: Option<Spanned<String>>,
     replayed_variables: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    trace_query_text: bool,
 }
 
 /// The keys both database sections take, as each document has them.
@@ -942,6 +944,7 @@ impl MysqlDocument {
                 }
                 None => model::MysqlListener::default().replayed_variables,
             },
+            trace_query_text: self.trace_query_text,
         }
     }
 }

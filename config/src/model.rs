@@ -832,6 +832,8 @@ pub struct MysqlListener {
     /// (`names`: the character set and collation variables `SET NAMES`
     /// changes).
     pub replayed_variables: Vec<String>,
+    /// Command spans carry `db.query.text`, literals replaced by `?`.
+    pub trace_query_text: bool,
 }
 
 /// Default of [`MysqlListener::replayed_variables`].
@@ -844,6 +846,7 @@ impl Default for MysqlListener {
             users: std::collections::BTreeMap::new(),
             users_file: None,
             replayed_variables: DEFAULT_REPLAYED_VARIABLES.map(str::to_owned).to_vec(),
+            trace_query_text: false,
         }
     }
 }

@@ -450,6 +450,53 @@ upstreams:
 }
 
 #[tokio::test]
+async fn with_trace_query_text_a_mysql_span_carries_its_command_without_literals() {
+    use mysql_async::prelude::Queryable as _;
+    let collector = Collector::start().await;
+    let config = format!(
+        "tracing: {{ otlp_endpoint: \"{}\" }}
+listeners:
+  - {{ name: my, listen: \"127.0.0.1:0\", protocol: mysql, upstream: mariadb, mysql: {{ trace_query_text: true }} }}
+upstreams:
+  mariadb: {{ endpoints: [\"127.0.0.1:3306\"] }}
+",
+        collector.endpoint()
+    );
+    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
+    let mut client = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    client
+        .query_drop("SELECT 'span-secret' AS a, \"other-secret\", 42 /* note-secret */")
+        .await
+        .unwrap();
+    let spans = collector
+        .wait_until(|spans| {
+            spans.iter().any(|span| {
+                span.attributes
+                    .get("db.query.text")
+                    .is_some_and(|text| text.contains("AS a"))
+            })
+        })
+        .await;
+    let selected = spans
+        .iter()
+        .find(|span| {
+            span.attributes
+                .get("db.query.text")
+                .is_some_and(|text| text.contains("AS a"))
+        })
+        .unwrap();
+    assert_eq!(attribute(selected, "db.query.text"), "SELECT ? AS a, ?, ?");
+    for span in &spans {
+        assert!(
+            span.attributes
+                .values()
+                .all(|value| !value.contains("secret")),
+            "no literal reaches a span: {span:#?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn with_trace_query_text_each_span_carries_its_own_statement_without_literals() {
     let collector = Collector::start().await;
     let config = format!(

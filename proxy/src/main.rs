@@ -41,6 +41,7 @@ mod redis;
 mod reload;
 mod resilience;
 mod runtime;
+mod sql_text;
 mod tcp;
 mod telemetry;
 mod tls;

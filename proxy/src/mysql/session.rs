@@ -263,6 +263,16 @@ impl<'a> Session<'a> {
         if statement.replay && self.server()?.baseline.is_empty() {
             self.pin_for(MysqlPin::Set);
         }
+        // The statement's text for its span, only when asked for and traced.
+        let text = (command == command::QUERY
+            && self.pooler.settings.trace_query_text
+            && self.route.tracer.is_some())
+        .then(|| {
+            crate::sql_text::sanitize(
+                &wire::message_payload(&message)[1..],
+                crate::sql_text::Dialect::Mysql,
+            )
+        });
         let started = Instant::now();
         let written = self.server()?.stream().write_all(&message).await;
         if let Err(error) = written {
@@ -293,7 +303,7 @@ impl<'a> Session<'a> {
                     system: self.pooler.system(),
                     operation: (statement.kind != "OTHER").then_some(statement.kind),
                     error: error.as_deref(),
-                    text: None,
+                    text: text.as_deref(),
                 },
             );
         }

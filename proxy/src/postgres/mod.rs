@@ -30,7 +30,6 @@ mod auth;
 mod cancel;
 mod pins;
 mod pool;
-mod sanitize;
 mod server;
 mod session;
 mod startup;

@@ -34,9 +34,9 @@ use super::Pooler;
 use super::cancel::CancelKey;
 use super::pins::{self, SessionEffect};
 use super::pool::{Lease, Pool, PoolError};
-use super::sanitize::sanitize;
 use super::wire::{self, WireError};
 use crate::net::ClientStream;
+use crate::sql_text::{Dialect, sanitize};
 use crate::tcp::TcpRoute;
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{CancelReason, CloseResult};
@@ -103,7 +103,8 @@ struct QueryTexts {
 impl QueryTexts {
     fn parsed(&mut self, name: &[u8], text: &[u8]) {
         if self.statements.len() < MAX_CLIENT_STATEMENTS || self.statements.contains_key(name) {
-            self.statements.insert(name.to_vec(), sanitize(text));
+            self.statements
+                .insert(name.to_vec(), sanitize(text, Dialect::Postgres));
         }
     }
 }
@@ -489,7 +490,7 @@ impl Session<'_> {
                 let text = wire::cstr(&mut body, "Query")?;
                 self.session_effects(text);
                 if let Some(texts) = &mut self.query_texts {
-                    texts.pending.push_back(sanitize(text));
+                    texts.pending.push_back(sanitize(text, Dialect::Postgres));
                 }
                 self.to_server.extend_from_slice(&message);
                 self.expect.push_back(Expect::Ready {

@@ -1,21 +1,32 @@
-//! SQL text for spans (`db.query.text`, opt-in with `trace_query_text`):
-//! every literal a query carries replaced by `?`, so values (a password in
-//! an `ALTER ROLE`, a customer's e-mail in a `WHERE`) never leave attache.
+//! SQL text for spans (`db.query.text`, opt-in with `trace_query_text`,
+//! for Postgres and MySQL statements): every literal a query carries
+//! replaced by `?`, so values (a password in an `ALTER ROLE`, a customer's
+//! e-mail in a `WHERE`) never leave attache.
 //!
-//! Replaced: string constants (`'...'` with `''` inside, `E'...'` with
-//! backslash escapes, `B'...'`, `X'...'`, `U&'...'`), dollar-quoted strings
-//! (`$$...$$`, `$tag$...$tag$`) and numbers (`42`, `3.5e-3`, `0x1F`,
-//! `.5`). Comments are dropped (they can hold anything), and trailing
-//! blanks. Identifiers,
-//! `"quoted identifiers"`, keywords, operators and parameters (`$1`) stay.
-//! The result is cut at [`MAX_TEXT`] bytes. A lexer, not a parser: text it
-//! does not understand is kept only where it cannot be a literal.
+//! Replaced: string constants (`'...'` with `''` inside; Postgres'
+//! `E'...'` with backslash escapes, `B'...'`, `X'...'`, `U&'...'` and
+//! dollar-quoted strings (`$$...$$`, `$tag$...$tag$`); MySQL's `'...'` and
+//! `"..."` with backslash escapes, `X'...'`, `B'...'`, `N'...'`) and
+//! numbers (`42`, `3.5e-3`, `0x1F`, `.5`). Comments are dropped (they can
+//! hold anything: `--`, `/* */`, and MySQL's `#`), and trailing blanks.
+//! Identifiers (Postgres' `"quoted"`, MySQL's `` `quoted` ``), keywords,
+//! operators and parameters (`$1`, `?`) stay. The result is cut at
+//! [`MAX_TEXT`] bytes. A lexer, not a parser: text it does not understand
+//! is kept only where it cannot be a literal.
+
+/// Whose SQL it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Postgres,
+    Mysql,
+}
 
 /// The longest text a span carries.
-pub(super) const MAX_TEXT: usize = 2048;
+pub(crate) const MAX_TEXT: usize = 2048;
 
 /// `sql` with its literals replaced by `?` and comments removed.
-pub(super) fn sanitize(sql: &[u8]) -> String {
+pub(crate) fn sanitize(sql: &[u8], dialect: Dialect) -> String {
+    let mysql = dialect == Dialect::Mysql;
     let sql = String::from_utf8_lossy(sql);
     let bytes = sql.as_bytes();
     let mut out = String::with_capacity(bytes.len().min(MAX_TEXT));
@@ -24,31 +35,35 @@ pub(super) fn sanitize(sql: &[u8]) -> String {
         let byte = bytes[at];
         let previous_is_word = at > 0 && is_word(bytes[at - 1]);
         match byte {
-            b'\'' => {
-                // A prefix letter (E, B, X; U& before it) belongs to the literal.
+            b'\'' | b'"' if byte == b'\'' || mysql => {
+                // A prefix letter (E, B, X, N; U& before it) belongs to the literal.
                 let prefix = literal_prefix(&out);
-                let escapes = prefix.eq_ignore_ascii_case("e");
+                let escapes = mysql || prefix.eq_ignore_ascii_case("e");
                 out.truncate(out.len() - prefix.len());
-                at = string_end(bytes, at + 1, escapes);
+                at = string_end(bytes, at + 1, byte, escapes);
                 out.push('?');
             }
-            b'"' => {
-                let end = identifier_end(bytes, at + 1);
+            b'"' | b'`' if (byte == b'"') != mysql => {
+                let end = identifier_end(bytes, at + 1, byte);
                 out.push_str(&sql[at..end]);
                 at = end;
             }
-            b'-' if bytes.get(at + 1) == Some(&b'-') => {
-                at = bytes[at..]
-                    .iter()
-                    .position(|&byte| byte == b'\n')
-                    .map_or(bytes.len(), |offset| at + offset);
+            b'#' if mysql => {
+                at = line_end(bytes, at);
+                out.push(' ');
+            }
+            // MySQL's `--` comment needs a blank after it (`a--1` is a minus).
+            b'-' if bytes.get(at + 1) == Some(&b'-')
+                && (!mysql || bytes.get(at + 2).is_none_or(u8::is_ascii_whitespace)) =>
+            {
+                at = line_end(bytes, at);
                 out.push(' ');
             }
             b'/' if bytes.get(at + 1) == Some(&b'*') => {
                 at = block_comment_end(bytes, at + 2);
                 out.push(' ');
             }
-            b'$' if !previous_is_word => match dollar_tag(bytes, at) {
+            b'$' if !mysql && !previous_is_word => match dollar_tag(bytes, at) {
                 Some(tag) => {
                     let body = at + tag.len();
                     at = find(bytes, body, tag).map_or(bytes.len(), |end| end + tag.len());
@@ -115,25 +130,34 @@ fn literal_prefix(out: &str) -> &str {
     }
 }
 
-/// Just past the string constant whose body starts at `at`.
-fn string_end(bytes: &[u8], mut at: usize, escapes: bool) -> usize {
+/// Where the line comment starting at `at` ends (its newline stays).
+fn line_end(bytes: &[u8], at: usize) -> usize {
+    bytes[at..]
+        .iter()
+        .position(|&byte| byte == b'\n')
+        .map_or(bytes.len(), |offset| at + offset)
+}
+
+/// Just past the string constant quoted with `quote` whose body starts at
+/// `at`.
+fn string_end(bytes: &[u8], mut at: usize, quote: u8, escapes: bool) -> usize {
     while at < bytes.len() {
         match bytes[at] {
             b'\\' if escapes => at += 2,
-            b'\'' if bytes.get(at + 1) == Some(&b'\'') => at += 2,
-            b'\'' => return at + 1,
+            byte if byte == quote && bytes.get(at + 1) == Some(&quote) => at += 2,
+            byte if byte == quote => return at + 1,
             _ => at += 1,
         }
     }
     bytes.len()
 }
 
-/// Just past the quoted identifier whose body starts at `at`.
-fn identifier_end(bytes: &[u8], mut at: usize) -> usize {
+/// Just past the identifier quoted with `quote` whose body starts at `at`.
+fn identifier_end(bytes: &[u8], mut at: usize, quote: u8) -> usize {
     while at < bytes.len() {
         match bytes[at] {
-            b'"' if bytes.get(at + 1) == Some(&b'"') => at += 2,
-            b'"' => return at + 1,
+            byte if byte == quote && bytes.get(at + 1) == Some(&quote) => at += 2,
+            byte if byte == quote => return at + 1,
             _ => at += 1,
         }
     }
@@ -205,10 +229,30 @@ fn utf8_length(first: u8) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::{Dialect, sanitize};
 
     fn clean(sql: &str) -> String {
-        sanitize(sql.as_bytes())
+        sanitize(sql.as_bytes(), Dialect::Postgres)
+    }
+
+    fn clean_mysql(sql: &str) -> String {
+        sanitize(sql.as_bytes(), Dialect::Mysql)
+    }
+
+    #[test]
+    fn mysql_strings_comments_and_identifiers() {
+        assert_eq!(
+            clean_mysql(r#"SELECT `weird 'col'`, "double", 'it\'s', X'ff', 0x1F, 42 FROM t"#),
+            "SELECT `weird 'col'`, ?, ?, ?, ?, ? FROM t"
+        );
+        assert_eq!(
+            clean_mysql("SELECT a--1 # secret 'x'\n, 2 -- gone 'y'\n"),
+            "SELECT a--?  \n, ?"
+        );
+        assert_eq!(
+            clean_mysql("SELECT $1, a$b FROM t WHERE c = ?"),
+            "SELECT $?, a$b FROM t WHERE c = ?"
+        );
     }
 
     #[test]
