@@ -385,21 +385,29 @@ upstreams:
     }
 }
 
-#[tokio::test]
-async fn each_mysql_command_is_a_span_with_its_schema_and_error_code() {
-    use mysql_async::prelude::Queryable as _;
-    let collector = Collector::start().await;
+/// attache with a mysql listener to the local MariaDB (its listener
+/// settings after `upstream: mariadb`), exporting to `collector`, and a
+/// client connected through it.
+async fn traced_mysql(collector: &Collector, settings: &str) -> (Attache, mysql_async::Conn) {
     let config = format!(
         "tracing: {{ otlp_endpoint: \"{}\" }}
 listeners:
-  - {{ name: my, listen: \"127.0.0.1:0\", protocol: mysql, upstream: mariadb }}
+  - {{ name: my, listen: \"127.0.0.1:0\", protocol: mysql, upstream: mariadb{settings} }}
 upstreams:
   mariadb: {{ endpoints: [\"127.0.0.1:3306\"] }}
 ",
         collector.endpoint()
     );
     let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
-    let mut client = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    let client = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    (attache, client)
+}
+
+#[tokio::test]
+async fn each_mysql_command_is_a_span_with_its_schema_and_error_code() {
+    use mysql_async::prelude::Queryable as _;
+    let collector = Collector::start().await;
+    let (_attache, mut client) = traced_mysql(&collector, "").await;
     client
         .query_drop("SELECT 'span-secret' AS literal")
         .await
@@ -453,17 +461,8 @@ upstreams:
 async fn with_trace_query_text_a_mysql_span_carries_its_command_without_literals() {
     use mysql_async::prelude::Queryable as _;
     let collector = Collector::start().await;
-    let config = format!(
-        "tracing: {{ otlp_endpoint: \"{}\" }}
-listeners:
-  - {{ name: my, listen: \"127.0.0.1:0\", protocol: mysql, upstream: mariadb, mysql: {{ trace_query_text: true }} }}
-upstreams:
-  mariadb: {{ endpoints: [\"127.0.0.1:3306\"] }}
-",
-        collector.endpoint()
-    );
-    let attache = Attache::run_with_env(&config, &FAST_EXPORT).await.unwrap();
-    let mut client = attache_integration::mysql::connect(attache.listener("my"), "test").await;
+    let (_attache, mut client) =
+        traced_mysql(&collector, ", mysql: { trace_query_text: true }").await;
     client
         .query_drop("SELECT 'span-secret' AS a, \"other-secret\", 42 /* note-secret */")
         .await

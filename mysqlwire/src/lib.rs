@@ -145,16 +145,24 @@ pub fn split_message(buffer: &mut BytesMut, limit: usize) -> Result<Option<Bytes
     }
 }
 
-/// A whole message's payload: its packets' payloads joined.
-pub fn message_payload(message: &[u8]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(message.len());
-    let mut rest = message;
-    while let Some((length, _)) = header(rest) {
-        let end = (HEADER + length).min(rest.len());
-        payload.extend_from_slice(&rest[HEADER..end]);
-        rest = &rest[end..];
+/// A whole message's payload: its packets' payloads joined (borrowed when
+/// the message is one packet, as nearly all are).
+pub fn message_payload(message: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match header(message) {
+        Some((length, _)) if HEADER + length >= message.len() => {
+            std::borrow::Cow::Borrowed(payload(message))
+        }
+        _ => {
+            let mut joined = Vec::with_capacity(message.len());
+            let mut rest = message;
+            while let Some((length, _)) = header(rest) {
+                let end = (HEADER + length).min(rest.len());
+                joined.extend_from_slice(&rest[HEADER..end]);
+                rest = &rest[end..];
+            }
+            std::borrow::Cow::Owned(joined)
+        }
     }
-    payload
 }
 
 /// The payload of a single packet.

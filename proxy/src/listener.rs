@@ -159,9 +159,16 @@ impl TlsAcceptor {
 
 /// Implements [`Protocol`] for a handler whose `listener` and `metrics`
 /// fields hold the listener's name and metric handles, with
-/// `$serve(client, context, Arc<handler>)` serving a connection.
+/// `$serve(client, context, Arc<handler>)` serving a connection; with
+/// `in_band_tls`, for a protocol that starts TLS inside itself.
 macro_rules! protocol {
+    ($handler:ty, $serve:path, in_band_tls) => {
+        crate::listener::protocol!($handler, $serve, true);
+    };
     ($handler:ty, $serve:path) => {
+        crate::listener::protocol!($handler, $serve, false);
+    };
+    ($handler:ty, $serve:path, $in_band:literal) => {
         impl crate::listener::Protocol for $handler {
             fn listener_name(&self) -> &str {
                 &self.listener
@@ -183,6 +190,10 @@ macro_rules! protocol {
                 self: std::sync::Arc<Self>,
             ) -> std::sync::Arc<dyn std::any::Any + Send + Sync> {
                 self
+            }
+
+            fn starts_tls_in_band(&self) -> bool {
+                $in_band
             }
         }
     };

@@ -37,7 +37,7 @@ use mysql_common::proto::{MyDeserialize as _, MySerialize as _};
 use mysql_common::scramble::{scramble_native, scramble_sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::listener::{ConnectionContext, Protocol};
+use crate::listener::{ConnectionContext, protocol};
 use crate::net::ClientStream;
 use crate::pooling;
 use crate::tcp::TcpRoute;
@@ -92,33 +92,9 @@ pub(crate) struct MysqlFront {
     pooler: Option<Pooler>,
 }
 
-impl Protocol for MysqlFront {
-    fn listener_name(&self) -> &str {
-        &self.listener
-    }
-
-    fn metrics(&self) -> &ListenerMetrics {
-        &self.metrics
-    }
-
-    fn serve(
-        self: Arc<Self>,
-        client: ClientStream,
-        context: ConnectionContext,
-    ) -> futures_util::future::BoxFuture<'static, ()> {
-        Box::pin(serve(client, context, self))
-    }
-
-    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
-        self
-    }
-
-    /// TLS starts after attache's greeting, when the client asks for it
-    /// (its SSLRequest packet).
-    fn starts_tls_in_band(&self) -> bool {
-        true
-    }
-}
+// TLS starts after attache's greeting, when the client asks for it (its
+// SSLRequest packet).
+protocol!(MysqlFront, serve, in_band_tls);
 
 /// What pooled sessions share.
 struct Pooler {

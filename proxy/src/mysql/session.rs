@@ -242,9 +242,13 @@ impl<'a> Session<'a> {
         if !self.switch_schema().await? || !self.replay_variables().await? {
             return Ok(());
         }
+        // A query's text, read where it lies (copied only when the client
+        // split it over packets).
+        let query = (command == command::QUERY).then(|| wire::message_payload(&message));
+        let query_text = query.as_deref().map(|payload| &payload[1..]);
         let statement = match command {
             command::QUERY => {
-                statement::scan(&wire::message_payload(&message)[1..], &self.pooler.replayed)
+                statement::scan(query_text.unwrap_or_default(), &self.pooler.replayed)
             }
             command::STMT_PREPARE => {
                 statement::Statement::command("PREPARE", Some(MysqlPin::PreparedStatement))
@@ -264,15 +268,10 @@ impl<'a> Session<'a> {
             self.pin_for(MysqlPin::Set);
         }
         // The statement's text for its span, only when asked for and traced.
-        let text = (command == command::QUERY
-            && self.pooler.settings.trace_query_text
-            && self.route.tracer.is_some())
-        .then(|| {
-            crate::sql_text::sanitize(
-                &wire::message_payload(&message)[1..],
-                crate::sql_text::Dialect::Mysql,
-            )
-        });
+        let text = query_text
+            .filter(|_| self.pooler.settings.trace_query_text && self.route.tracer.is_some())
+            .map(|text| crate::sql_text::sanitize(text, crate::sql_text::Dialect::Mysql));
+        drop(query);
         let started = Instant::now();
         let written = self.server()?.stream().write_all(&message).await;
         if let Err(error) = written {
