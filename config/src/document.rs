@@ -117,6 +117,7 @@ struct MysqlDocument {
     query_timeout: Option<Spanned<String>>,
     server_user: Option<Spanned<String>>,
     server_password: Option<Spanned<String>>,
+    max_prepared_statements: Option<Spanned<usize>>,
     users: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     users_file: Option<Spanned<String>>,
     replayed_variables: Option<Spanned<Vec<Spanned<String>>>>,
@@ -136,6 +137,7 @@ struct PoolKeys<'a> {
     query_timeout: Option<&'a Spanned<String>>,
     server_user: Option<&'a Spanned<String>>,
     server_password: Option<&'a Spanned<String>>,
+    max_prepared_statements: Option<&'a Spanned<usize>>,
 }
 
 impl PoolKeys<'_> {
@@ -183,6 +185,11 @@ impl PoolKeys<'_> {
             server_user: converter.optional_text(&format!("{path}.server_user"), self.server_user),
             server_password: converter
                 .optional_text(&format!("{path}.server_password"), self.server_password),
+            max_prepared_statements: converter.value(
+                &format!("{path}.max_prepared_statements"),
+                self.max_prepared_statements,
+                defaults.max_prepared_statements,
+            ),
         }
     }
 }
@@ -840,6 +847,7 @@ impl PostgresDocument {
             query_timeout: self.query_timeout.as_ref(),
             server_user: self.server_user.as_ref(),
             server_password: self.server_password.as_ref(),
+            max_prepared_statements: self.max_prepared_statements.as_ref(),
         };
         model::PostgresListener {
             pool: pool.convert(path, converter),
@@ -850,11 +858,6 @@ impl PostgresDocument {
                     Duration::ZERO,
                 )
             }),
-            max_prepared_statements: converter.value(
-                &format!("{path}.max_prepared_statements"),
-                self.max_prepared_statements.as_ref(),
-                defaults.max_prepared_statements,
-            ),
             server_sslmode: converter.value(
                 &format!("{path}.server_sslmode"),
                 self.server_sslmode.as_ref(),
@@ -912,6 +915,7 @@ impl MysqlDocument {
             query_timeout: self.query_timeout.as_ref(),
             server_user: self.server_user.as_ref(),
             server_password: self.server_password.as_ref(),
+            max_prepared_statements: self.max_prepared_statements.as_ref(),
         };
         let mut users = BTreeMap::new();
         if let Some(listed) = &self.users {

@@ -767,6 +767,9 @@ pub struct PoolSettings {
     /// The password for the server login, when the server asks for one.
     #[serde(serialize_with = "serialized::secret")]
     pub server_password: Option<String>,
+    /// Prepared statements kept per server connection (least recently used
+    /// closed beyond it), in transaction mode.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for PoolSettings {
@@ -782,13 +785,14 @@ impl Default for PoolSettings {
             query_timeout: None,
             server_user: None,
             server_password: None,
+            max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
         }
     }
 }
 
 /// A `postgres` listener's settings: how client sessions share server
 /// connections.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct PostgresListener {
     /// Pooling and the server login (the keys both database ambassadors take).
     #[serde(flatten)]
@@ -797,9 +801,6 @@ pub struct PostgresListener {
     /// connection dropped; off when absent.
     #[serde(serialize_with = "serialized::optional_duration")]
     pub idle_in_transaction_timeout: Option<Duration>,
-    /// Named prepared statements kept per server connection (least recently
-    /// used closed beyond it), in transaction mode.
-    pub max_prepared_statements: usize,
     /// With upstream `tls`: whether the server must accept TLS (`require`)
     /// or may decline it (`prefer`, then plaintext).
     pub server_sslmode: ServerSslMode,
@@ -948,22 +949,8 @@ pub const DEFAULT_POOL_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
 /// Default of [`PoolSettings::server_idle_timeout`] (PgBouncer's).
 pub const DEFAULT_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Default of [`PostgresListener::max_prepared_statements`] (PgBouncer's).
+/// Default of [`PoolSettings::max_prepared_statements`] (PgBouncer's).
 pub const DEFAULT_MAX_PREPARED_STATEMENTS: usize = 200;
-
-impl Default for PostgresListener {
-    fn default() -> Self {
-        Self {
-            pool: PoolSettings::default(),
-            idle_in_transaction_timeout: None,
-            max_prepared_statements: DEFAULT_MAX_PREPARED_STATEMENTS,
-            server_sslmode: ServerSslMode::default(),
-            users: std::collections::BTreeMap::new(),
-            users_file: None,
-            trace_query_text: false,
-        }
-    }
-}
 
 /// The HTTP version attache speaks to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]

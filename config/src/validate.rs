@@ -647,6 +647,12 @@ fn validate_pool(
     if pool.pool_size == 0 {
         report(format!("{path}.pool_size"), "must be at least 1".into());
     }
+    if pool.max_prepared_statements == 0 {
+        report(
+            format!("{path}.max_prepared_statements"),
+            "must be at least 1".into(),
+        );
+    }
     if pool.min_idle > pool.pool_size {
         report(
             format!("{path}.min_idle"),
@@ -691,12 +697,6 @@ fn validate_postgres(
     report: &mut impl FnMut(String, String),
 ) {
     validate_pool(&postgres.pool, path, "Postgres", report);
-    if postgres.max_prepared_statements == 0 {
-        report(
-            format!("{path}.max_prepared_statements"),
-            "must be at least 1".into(),
-        );
-    }
     if postgres
         .idle_in_transaction_timeout
         .is_some_and(|value| value.is_zero())

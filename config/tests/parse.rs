@@ -579,7 +579,7 @@ fn a_postgres_section_is_read_and_checked_with_its_lines() {
 
 #[test]
 fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
-    let text = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    mysql:\n      pool_size: 5\n      min_idle: 1\n      query_timeout: 2s\n      server_user: app\n      server_password: s3cret\n      users:\n        web: hunter2\nupstreams:\n  db: {endpoints: [\"127.0.0.1:3306\"]}\n";
+    let text = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    mysql:\n      pool_size: 5\n      min_idle: 1\n      query_timeout: 2s\n      max_prepared_statements: 50\n      server_user: app\n      server_password: s3cret\n      users:\n        web: hunter2\nupstreams:\n  db: {endpoints: [\"127.0.0.1:3306\"]}\n";
     let config = parse(text, "test.yaml", &|_| None).unwrap();
     let attache_config::ListenerKind::Mysql(mysql) = &config.listeners[0].kind else {
         panic!("not mysql");
@@ -588,6 +588,7 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
     assert_eq!(mysql.pool.pool_size, 5);
     assert_eq!(mysql.pool.min_idle, 1);
     assert_eq!(mysql.pool.query_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(mysql.pool.max_prepared_statements, 50);
     assert_eq!(mysql.users["web"], "hunter2");
     // Neither the server's password nor a user's shows in the config
     // attache reports; the user's name does.
@@ -598,7 +599,7 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
     );
     assert!(shown.contains("\"web\":\"<redacted>\""), "{shown}");
 
-    let bad = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    tls: {cert: c.pem, key: k.pem, client_auth: none}\n    mysql:\n      auth: passthrough\n      users: {web: x}\n      queue_timeout: 0s\n  - name: plain\n    listen: 127.0.0.1:3308\n    protocol: tcp\n    upstream: db\n    mysql: {pool_size: 3}\nupstreams:\n  db:\n    endpoints: [\"127.0.0.1:3306\"]\n    tls: {ca: ca.crt}\n    warm_pool: {size: 2}\n";
+    let bad = "listeners:\n  - listen: 127.0.0.1:3307\n    protocol: mysql\n    upstream: db\n    tls: {cert: c.pem, key: k.pem, client_auth: none}\n    mysql:\n      auth: passthrough\n      users: {web: x}\n      queue_timeout: 0s\n      max_prepared_statements: 0\n  - name: plain\n    listen: 127.0.0.1:3308\n    protocol: tcp\n    upstream: db\n    mysql: {pool_size: 3}\nupstreams:\n  db:\n    endpoints: [\"127.0.0.1:3306\"]\n    tls: {ca: ca.crt}\n    warm_pool: {size: 2}\n";
     let found = located(bad);
     assert_eq!(
         found,
@@ -607,10 +608,11 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
             "listeners[0].mysql.pool_mode (line 7)",
             "listeners[0].mysql.users (line 8)",
             "listeners[0].mysql.queue_timeout (line 9)",
-            "listeners[1].upstream (line 13)",
-            "listeners[1].mysql (line 14)",
-            "upstreams.db.tls (line 18)",
-            "upstreams.db.warm_pool (line 19)",
+            "listeners[0].mysql.max_prepared_statements (line 10)",
+            "listeners[1].upstream (line 14)",
+            "listeners[1].mysql (line 15)",
+            "upstreams.db.tls (line 19)",
+            "upstreams.db.warm_pool (line 20)",
         ]
     );
 
@@ -622,7 +624,7 @@ fn a_mysql_section_shares_the_pool_keys_and_is_checked_with_its_lines() {
     let found = located(&replayed);
     assert_eq!(
         found,
-        ["listeners[0].mysql.replayed_variables[2] (line 11)"]
+        ["listeners[0].mysql.replayed_variables[2] (line 12)"]
     );
     let config = parse(
         &replayed.replace(", \"sql mode\"", ""),

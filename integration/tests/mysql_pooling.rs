@@ -65,6 +65,18 @@ async fn assert_nothing_pinned(attache: &Attache, reasons: &[&str]) {
     }
 }
 
+/// No session of listener `db` pinned, for any reason.
+async fn assert_never_pinned(attache: &Attache) {
+    let metrics = attache.metrics().await.unwrap();
+    let pinned: Vec<_> = metrics
+        .iter()
+        .filter(|(sample, value)| {
+            sample.starts_with("attache_mysql_pinned_total{listener=\"db\"") && **value > 0.0
+        })
+        .collect();
+    assert!(pinned.is_empty(), "pinned: {pinned:?}");
+}
+
 /// The server error code of a failed query.
 fn server_code(error: &mysql_async::Error) -> Option<u16> {
     match error {
@@ -154,16 +166,7 @@ async fn twenty_clients_share_two_server_connections_through_transaction_pooling
             .unwrap(),
         500.0
     );
-    assert_nothing_pinned(
-        &attache,
-        &[
-            "set",
-            "user_variable",
-            "session_state",
-            "prepared_statement",
-        ],
-    )
-    .await;
+    assert_never_pinned(&attache).await;
 }
 
 #[tokio::test]
@@ -470,26 +473,97 @@ async fn the_one_liner_without_a_user_relays_each_clients_own_login() {
 }
 
 #[tokio::test]
-async fn prepared_statements_pin_their_session_and_work() {
-    let schema = Schema::create("mysql_prepared").await;
-    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+async fn prepared_statements_follow_their_client_across_server_connections() {
+    let first_schema = Schema::create("mysql_prepared_a").await;
+    let second_schema = Schema::create("mysql_prepared_b").await;
+    for (schema, value) in [(&first_schema, "a"), (&second_schema, "b")] {
+        let mut setup = connect(direct(), &schema.name).await;
+        setup
+            .query_drop(format!(
+                "CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('{value}')"
+            ))
+            .await
+            .unwrap();
+        setup.disconnect().await.unwrap();
+    }
+    let (a, b) = (&first_schema.name, &second_schema.name);
+    let attache = Attache::run(&config(
+        "      pool_size: 2
+      max_prepared_statements: 2
+",
+    ))
+    .await
+    .unwrap();
     let front = attache.listener("db");
-    let mut connection = connect(front, &schema.name).await;
-    for n in 0..5_i64 {
-        let doubled: i64 = connection
-            .exec_first("SELECT ? * 2", (n,))
+    let mut first = connect(front, a).await;
+    let mut second = connect(front, a).await;
+    let sql = "SELECT v, CONNECTION_ID(), ? + 1 FROM t";
+
+    // Prepared and executed by the only active client: on one connection,
+    // which then goes back to the pool.
+    let statement = first.prep(sql).await.unwrap();
+    let row: (String, u64, i64) = first.exec_first(&statement, (1,)).await.unwrap().unwrap();
+    assert_eq!((row.0.as_str(), row.2), ("a", 2));
+    first.query_drop(format!("USE {b}")).await.unwrap();
+
+    // Another client holds that connection in a transaction: the statement
+    // runs on the other one, prepared there in the schema it was prepared
+    // in (the client has moved to another since).
+    second.query_drop("BEGIN").await.unwrap();
+    let held: u64 = second
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    let row: (String, u64, i64) = first.exec_first(&statement, (2,)).await.unwrap().unwrap();
+    assert_eq!((row.0.as_str(), row.2), ("a", 3));
+    assert_ne!(
+        row.1, held,
+        "the statement ran on another server connection"
+    );
+    let here: String = first.query_first("SELECT v FROM t").await.unwrap().unwrap();
+    assert_eq!(here, "b", "the client is back in its own schema");
+    second.query_drop("COMMIT").await.unwrap();
+
+    // The same text prepared in another schema is another statement.
+    second.query_drop(format!("USE {b}")).await.unwrap();
+    let row: (String, u64, i64) = second.exec_first(sql, (3,)).await.unwrap().unwrap();
+    assert_eq!((row.0.as_str(), row.2), ("b", 4));
+
+    // Three statements over connections that keep two: each is closed
+    // and prepared again as the others push it out.
+    let more = [
+        first.prep("SELECT ? + 10").await.unwrap(),
+        first.prep("SELECT ? + 20").await.unwrap(),
+    ];
+    for round in 0..3_i64 {
+        let row: (String, u64, i64) = first
+            .exec_first(&statement, (round,))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(doubled, n * 2);
+        assert_eq!((row.0.as_str(), row.2), ("a", round + 1));
+        for (statement, add) in more.iter().zip([10, 20]) {
+            let sum: i64 = first
+                .exec_first(statement, (round,))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(sum, round + add);
+        }
     }
+    first.close(statement).await.unwrap();
+    first.disconnect().await.unwrap();
+    second.disconnect().await.unwrap();
+
     attache
-        .wait_for_metric(
-            "attache_mysql_pinned_total{listener=\"db\",reason=\"prepared_statement\"}",
-            1.0,
+        .wait_for_metric_at_least(
+            "attache_mysql_queries_total{listener=\"db\",command=\"EXECUTE\"}",
+            12.0,
         )
         .await
         .unwrap();
+    assert_never_pinned(&attache).await;
 }
 
 #[tokio::test]
@@ -580,8 +654,9 @@ async fn sysbench_read_write_runs_fifty_threads_over_five_server_connections() {
                     &format!("--mysql-db={schema}"),
                     "--tables=2",
                     "--table-size=1000",
-                    // Binary-protocol prepared statements pin (docs/mariadb.md).
-                    "--db-ps-mode=disable",
+                    // Binary-protocol prepared statements (sysbench's
+                    // default), moved between server connections.
+                    "--db-ps-mode=auto",
                 ])
                 .args(extra)
                 .arg(command)
@@ -626,6 +701,7 @@ async fn sysbench_read_write_runs_fifty_threads_over_five_server_connections() {
         .wait_for_metric_at_least("attache_mysql_transactions_total{listener=\"db\"}", 2000.0)
         .await
         .unwrap();
+    assert_never_pinned(&attache).await;
 }
 
 #[tokio::test]

@@ -193,6 +193,49 @@ pub fn write_packets(out: &mut BytesMut, mut sequence: u8, payload: &[u8]) -> u8
     }
 }
 
+/// Where a `COM_STMT_EXECUTE` payload keeps its parameters' types: after
+/// the command byte, the statement id, the flags, the iteration count and
+/// the null bitmap comes `new_params_bound_flag`, and when it is 1 the
+/// types (two bytes a parameter), then the values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteLayout {
+    /// The offset of `new_params_bound_flag`.
+    pub bound_flag: usize,
+    /// The types' bytes, when the flag is set.
+    pub types: Option<std::ops::Range<usize>>,
+}
+
+/// The statement id a `COM_STMT_*` payload names (bytes 1 to 4).
+pub fn statement_id(payload: &[u8]) -> Option<u32> {
+    let id = payload.get(1..5)?;
+    Some(u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+/// The layout of a `COM_STMT_EXECUTE` payload for a statement of
+/// `parameters` parameters; `None` when it has none (nothing follows the
+/// iteration count).
+pub fn execute_layout(payload: &[u8], parameters: u16) -> Result<Option<ExecuteLayout>, WireError> {
+    if parameters == 0 {
+        return Ok(None);
+    }
+    let bound_flag = 10 + usize::from(parameters).div_ceil(8);
+    let flag = *payload
+        .get(bound_flag)
+        .ok_or(WireError::Malformed("execute"))?;
+    let types = match flag {
+        0 => None,
+        1 => {
+            let types = bound_flag + 1..bound_flag + 1 + 2 * usize::from(parameters);
+            if payload.len() < types.end {
+                return Err(WireError::Malformed("execute types"));
+            }
+            Some(types)
+        }
+        _ => return Err(WireError::Malformed("execute bound flag")),
+    };
+    Ok(Some(ExecuteLayout { bound_flag, types }))
+}
+
 /// Reads a length-encoded integer off the front of `bytes`.
 pub fn read_lenenc(bytes: &mut &[u8]) -> Option<u64> {
     let (&first, rest) = bytes.split_first()?;

@@ -269,3 +269,35 @@ fn a_text_row_reads_strings_and_nulls() {
     );
     assert_eq!(text_row(b"\x09short"), None);
 }
+
+#[test]
+fn execute_layout_finds_the_types_after_the_null_bitmap() {
+    // id 7, no cursor, one iteration; 9 parameters: a 2-byte bitmap.
+    let mut payload = vec![command::STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1];
+    payload.extend_from_slice(&[3, 0].repeat(9));
+    payload.extend_from_slice(&[1, 0, 0, 0]);
+    assert_eq!(statement_id(&payload), Some(7));
+    assert_eq!(
+        execute_layout(&payload, 9),
+        Ok(Some(ExecuteLayout {
+            bound_flag: 12,
+            types: Some(13..31),
+        }))
+    );
+    // Types bound before: the flag is 0 and the values follow it.
+    let unbound = [command::STMT_EXECUTE, 7, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1];
+    assert_eq!(
+        execute_layout(&unbound, 9),
+        Ok(Some(ExecuteLayout {
+            bound_flag: 12,
+            types: None,
+        }))
+    );
+    assert_eq!(execute_layout(&unbound, 0), Ok(None));
+    // Cut short, or a flag that is neither.
+    assert!(execute_layout(&payload[..20], 9).is_err());
+    assert!(execute_layout(&unbound[..11], 9).is_err());
+    let mut odd = unbound;
+    odd[12] = 2;
+    assert!(execute_layout(&odd, 9).is_err());
+}

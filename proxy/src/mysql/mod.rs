@@ -17,6 +17,7 @@
 //! loopback clients and clients with a certificate the listener verified
 //! are trusted as whom they name and attache logs into the server as them.
 
+mod prepared;
 mod server;
 mod session;
 mod statement;
@@ -239,6 +240,10 @@ impl Pooler {
                         .flatten()
                 }),
                 info: self.info.clone(),
+                max_prepared_statements: std::num::NonZeroUsize::new(
+                    settings.max_prepared_statements,
+                )
+                .unwrap_or(std::num::NonZeroUsize::MIN),
                 logged_in: std::sync::atomic::AtomicBool::new(false),
                 replayed: self.replayed.clone(),
             };

@@ -56,6 +56,8 @@ pub(super) struct Login {
     pub(super) password: Option<String>,
     /// The listener's record of the server's greeting.
     pub(super) info: Arc<Mutex<Option<ServerInfo>>>,
+    /// Prepared statements each connection keeps (transaction mode).
+    pub(super) max_prepared_statements: std::num::NonZeroUsize,
     /// Set once a connection of this pool logged in.
     pub(super) logged_in: std::sync::atomic::AtomicBool,
     /// The session variables replayed on lent connections (`names`
@@ -100,7 +102,23 @@ pub(super) struct ServerConnection {
     /// report their changes (their `SET`s pin then).
     pub(super) variables: Variables,
     pub(super) baseline: Variables,
+    /// The statements prepared here for clients (transaction mode), by
+    /// [`super::prepared::key`], least recently used first out.
+    pub(super) prepared: lru::LruCache<Arc<[u8]>, ServerStatement>,
     created: tokio::time::Instant,
+}
+
+/// A statement prepared on a server connection.
+pub(super) struct ServerStatement {
+    /// The server's id of it.
+    pub(super) id: u32,
+    pub(super) parameters: u16,
+    /// The server's prepare reply (from sequence id 1): what a client that
+    /// prepares the same text on this connection is told.
+    pub(super) reply: bytes::Bytes,
+    /// The parameter types last bound to it (`COM_STMT_EXECUTE` with
+    /// `new_params_bound_flag`), which later executions reuse.
+    pub(super) types: Option<Box<[u8]>>,
 }
 
 /// Session variables by name (`None`: SQL NULL), in the order they are
@@ -253,6 +271,7 @@ impl ServerConnection {
             tracks_state: false,
             variables: Vec::new(),
             baseline: Vec::new(),
+            prepared: lru::LruCache::new(login.max_prepared_statements),
             created: tokio::time::Instant::now(),
         };
         server.track_state(&login.replayed, &mut buffer).await?;
@@ -367,6 +386,84 @@ impl ServerConnection {
         Ok(outcome)
     }
 
+    /// Prepares `text` for attache's clients: `Ok(Ok(statement))`, or the
+    /// server's ERR payload.
+    pub(super) async fn prepare(
+        &mut self,
+        text: &[u8],
+        buffer: &mut BytesMut,
+    ) -> Result<Result<ServerStatement, Vec<u8>>, ServerError> {
+        let mut out = BytesMut::with_capacity(wire::HEADER + 1 + text.len());
+        let mut request = Vec::with_capacity(1 + text.len());
+        request.push(command::STMT_PREPARE);
+        request.extend_from_slice(text);
+        wire::write_packets(&mut out, 0, &request);
+        self.stream().write_all(&out).await?;
+        let mut reply =
+            wire::Reply::to(command::STMT_PREPARE, true).ok_or(WireError::Malformed("prepare"))?;
+        let mut packets = BytesMut::new();
+        let mut prepared = None;
+        while !reply.done() {
+            let packet = read_packet(self.stream(), buffer).await?;
+            match reply.packet(&packet)? {
+                wire::Packet::Prepared {
+                    statement,
+                    parameters,
+                    ..
+                } => prepared = Some((statement, parameters)),
+                wire::Packet::Err(_) => return Ok(Err(wire::payload(&packet).to_vec())),
+                _ => {}
+            }
+            packets.extend_from_slice(&packet);
+        }
+        let (id, parameters) = prepared.ok_or(WireError::Unexpected("prepare"))?;
+        Ok(Ok(ServerStatement {
+            id,
+            parameters,
+            reply: packets.freeze(),
+            types: None,
+        }))
+    }
+
+    /// Keeps a statement prepared here under `key`; beyond the connection's
+    /// maximum the least recently used one not in `keep` is closed
+    /// (`COM_STMT_CLOSE`, which has no reply).
+    pub(super) async fn remember(
+        &mut self,
+        key: Arc<[u8]>,
+        statement: ServerStatement,
+        keep: &[u32],
+    ) -> Result<(), ServerError> {
+        let room = self.prepared.cap().get() - 1;
+        let mut kept = Vec::new();
+        let mut closing = Vec::new();
+        while self.prepared.len() > room
+            && let Some((old_key, old)) = self.prepared.pop_lru()
+        {
+            if keep.contains(&old.id) && kept.len() < room {
+                kept.push((old_key, old));
+            } else {
+                closing.push(old.id);
+            }
+        }
+        for (old_key, old) in kept {
+            self.prepared.push(old_key, old);
+        }
+        if let Some((_, replaced)) = self.prepared.push(key, statement) {
+            closing.push(replaced.id);
+        }
+        if closing.is_empty() {
+            return Ok(());
+        }
+        let mut out = BytesMut::new();
+        for id in closing {
+            let [a, b, c, d] = id.to_le_bytes();
+            wire::write_packets(&mut out, 0, &[command::STMT_CLOSE, a, b, c, d]);
+        }
+        self.stream().write_all(&out).await?;
+        Ok(())
+    }
+
     /// Makes the connection clean for its next client: the server resets
     /// the session (`COM_RESET_CONNECTION`), then tracking is switched on
     /// again and the schema set back. `false`: it could not be, close it.
@@ -377,6 +474,8 @@ impl ServerConnection {
         buffer: &mut BytesMut,
     ) -> bool {
         let reset = async {
+            // The reset closes the statements prepared here too.
+            self.prepared.clear();
             if self
                 .hidden_command(&[command::RESET_CONNECTION], buffer)
                 .await?

@@ -22,7 +22,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use super::server::{self, Login, ServerError};
+use super::prepared::{self, ClientStatement, ClientStatements};
+use super::server::{self, Login, ServerError, ServerStatement};
 use super::statement;
 use super::wire::{self, Packet, Reply, StateChange, command, status};
 use super::{NO_CONNECTION, NOT_SUPPORTED, Pooler, SERVER_LOST, pools_transactions};
@@ -85,6 +86,23 @@ pub(super) struct Session<'a> {
     /// The sequence id of attache's own packet in the current reply (one
     /// past the last one relayed).
     reply_sequence: u8,
+    /// The client's binary-protocol prepared statements (transaction mode).
+    statements: ClientStatements,
+    /// The `COM_STMT_PREPARE` being answered by the server.
+    preparing: Option<Preparing>,
+    /// The lent connection's statements holding `COM_STMT_SEND_LONG_DATA`
+    /// not yet executed: the connection stays lent until they are.
+    long_data: Vec<u32>,
+}
+
+/// A client's `COM_STMT_PREPARE` on its way through the server.
+struct Preparing {
+    key: std::sync::Arc<[u8]>,
+    /// The server's statement id and parameter count, once it answered.
+    prepared: Option<(u32, u16)>,
+    /// The server's reply, kept for clients that prepare the same text on
+    /// the same connection.
+    reply: BytesMut,
 }
 
 enum End {
@@ -120,6 +138,9 @@ impl<'a> Session<'a> {
             transaction_started: None,
             last_error: None,
             reply_sequence: 1,
+            statements: ClientStatements::default(),
+            preparing: None,
+            long_data: Vec::new(),
         }
     }
 
@@ -182,8 +203,28 @@ impl<'a> Session<'a> {
                                    listener; connect as the other user";
                     self.answer_err(NOT_SUPPORTED, message).await
                 }
-                // Replication, shutdown and the long-gone commands.
-                0x00 | 0x08 | 0x0b | 0x0f | 0x10 | 0x12 | 0x13 | 0x14 | 0x15 | 0x1d | 0x1e => {
+                command::STMT_CLOSE if pools_transactions(&self.pooler.settings) => {
+                    // The server keeps the statement for whoever prepares it
+                    // next; a close has no reply.
+                    if let Some(id) = wire::statement_id(wire::payload(&message)) {
+                        self.statements.remove(id);
+                    }
+                    Ok(())
+                }
+                // Replication, shutdown, the long-gone commands, and MariaDB's
+                // bulk execution (attache does not offer it).
+                0x00
+                | 0x08
+                | 0x0b
+                | 0x0f
+                | 0x10
+                | 0x12
+                | 0x13
+                | 0x14
+                | 0x15
+                | 0x1d
+                | 0x1e
+                | command::STMT_BULK_EXECUTE => {
                     let message = "attache: this command is not supported by a pooling listener";
                     self.answer_err(NOT_SUPPORTED, message).await
                 }
@@ -236,6 +277,7 @@ impl<'a> Session<'a> {
     async fn exchange(&mut self, message: BytesMut, command: u8) -> Result<(), End> {
         self.hold_next = false;
         self.reply_sequence = 1;
+        self.preparing = None;
         if !self.lend().await? {
             return Ok(());
         }
@@ -250,9 +292,7 @@ impl<'a> Session<'a> {
             command::QUERY => {
                 statement::scan(query_text.unwrap_or_default(), &self.pooler.replayed)
             }
-            command::STMT_PREPARE => {
-                statement::Statement::command("PREPARE", Some(MysqlPin::PreparedStatement))
-            }
+            command::STMT_PREPARE => statement::Statement::command("PREPARE", None),
             command::STMT_EXECUTE => statement::Statement::command("EXECUTE", None),
             command::SET_OPTION => {
                 statement::Statement::command("OTHER", Some(MysqlPin::SetOption))
@@ -273,6 +313,28 @@ impl<'a> Session<'a> {
             .map(|text| crate::sql_text::sanitize(text, crate::sql_text::Dialect::Mysql));
         drop(query);
         let started = Instant::now();
+        let translated = pools_transactions(&self.pooler.settings)
+            && matches!(
+                command,
+                command::STMT_PREPARE
+                    | command::STMT_EXECUTE
+                    | command::STMT_SEND_LONG_DATA
+                    | command::STMT_RESET
+                    | command::STMT_FETCH
+            );
+        let message = if translated {
+            match self.statement_message(message, command).await? {
+                Some(message) => message,
+                None => {
+                    // Answered by attache.
+                    self.pooler.metrics.statements.count(statement.kind);
+                    self.release_when_free();
+                    return Ok(());
+                }
+            }
+        } else {
+            message
+        };
         let written = self.server()?.stream().write_all(&message).await;
         if let Err(error) = written {
             return Err(self.server_failed(&error.to_string()).await);
@@ -284,6 +346,9 @@ impl<'a> Session<'a> {
         };
         self.last_error = None;
         self.relay(reply, statement).await?;
+        if let Some(preparing) = self.preparing.take() {
+            self.prepared(preparing).await?;
+        }
         let metrics = &self.pooler.metrics;
         let took = started.elapsed();
         metrics.statements.count(statement.kind);
@@ -327,17 +392,218 @@ impl<'a> Session<'a> {
             }
             _ => {}
         }
+        self.release_when_free();
+        Ok(())
+    }
+
+    /// In transaction mode, gives the lent connection back when nothing
+    /// keeps the session on it: no transaction, pin, insert id the next
+    /// statement may read, or long data waiting for its execution.
+    fn release_when_free(&mut self) {
         if pools_transactions(&self.pooler.settings)
             && self.pin.is_none()
             && !self.hold_next
-            && !in_transaction
+            && self.status & status::IN_TRANS == 0
+            && self.long_data.is_empty()
         {
             self.lease = None;
             if self.from_server.is_empty() {
                 self.from_server = BytesMut::new();
             }
         }
+    }
+
+    /// A command naming a prepared statement, made ready for the lent
+    /// connection (see [`prepared`]); `None` when attache answered it
+    /// itself (a statement this connection already prepared, an unknown
+    /// statement, or one the server would not prepare again).
+    async fn statement_message(
+        &mut self,
+        message: BytesMut,
+        command: u8,
+    ) -> Result<Option<BytesMut>, End> {
+        if command == command::STMT_PREPARE {
+            let key = prepared::key(
+                self.who.schema.as_deref(),
+                &wire::message_payload(&message)[1..],
+            );
+            return self.prepare_statement(message, key).await;
+        }
+        let named = wire::statement_id(&wire::message_payload(&message));
+        let Some(client_id) = named.filter(|&id| self.statements.get_mut(id).is_some()) else {
+            if command != command::STMT_SEND_LONG_DATA {
+                // (Long data for an unknown statement: the server would
+                // report it at the execution, which attache refuses.)
+                let message = format!(
+                    "Unknown prepared statement handler ({}) given to {}",
+                    named.unwrap_or_default(),
+                    statement_command_name(command)
+                );
+                self.answer_err(prepared::UNKNOWN_STATEMENT, &message)
+                    .await?;
+            }
+            return Ok(None);
+        };
+        let server_id = match self.server_statement(client_id).await? {
+            Ok(id) => id,
+            Err(payload) => {
+                // The statement cannot be prepared here (its tables changed,
+                // say): the server's error answers the command.
+                if command != command::STMT_SEND_LONG_DATA {
+                    wire::write_packets(&mut self.to_client, 1, &payload);
+                    self.flush().await?;
+                }
+                return Ok(None);
+            }
+        };
+        let (Some(lease), Some(client)) = (self.lease.as_mut(), self.statements.get_mut(client_id))
+        else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let Some(server) = lease.connection().prepared.get_mut(&client.key) else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let message = prepared::for_server(message, command, client, server);
+        match command {
+            command::STMT_SEND_LONG_DATA if !self.long_data.contains(&server_id) => {
+                self.long_data.push(server_id);
+            }
+            // The server uses up long data when it executes (or resets).
+            command::STMT_EXECUTE | command::STMT_RESET => {
+                self.long_data.retain(|&id| id != server_id);
+            }
+            _ => {}
+        }
+        Ok(Some(message))
+    }
+
+    /// A client's `COM_STMT_PREPARE`: answered from the lent connection's
+    /// statement when it has prepared the same text in the same schema,
+    /// else sent on (and the reply followed, [`Self::prepared`]).
+    async fn prepare_statement(
+        &mut self,
+        message: BytesMut,
+        key: std::sync::Arc<[u8]>,
+    ) -> Result<Option<BytesMut>, End> {
+        if self.statements.full(key.len()) {
+            let message = format!(
+                "attache: Can't create more than {} prepared statements, or {} MiB of their \
+                 text, in one session",
+                prepared::MAX_CLIENT_STATEMENTS,
+                prepared::MAX_CLIENT_TEXT >> 20
+            );
+            self.answer_err(prepared::TOO_MANY_STATEMENTS, &message)
+                .await?;
+            return Ok(None);
+        }
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let Some(kept) = lease.connection().prepared.get(&key) else {
+            self.preparing = Some(Preparing {
+                key,
+                prepared: None,
+                reply: BytesMut::new(),
+            });
+            return Ok(Some(message));
+        };
+        let parameters = kept.parameters;
+        prepared::retell_prepared(
+            &kept.reply,
+            self.statements.next_id(),
+            self.status,
+            &mut self.to_client,
+        );
+        self.statements.add(ClientStatement {
+            key,
+            schema: self.who.schema.clone(),
+            parameters,
+            types: None,
+        });
+        self.flush().await?;
+        Ok(None)
+    }
+
+    /// The server answered a client's prepare: the statement is the
+    /// client's (under the id its reply said) and the connection's.
+    async fn prepared(&mut self, preparing: Preparing) -> Result<(), End> {
+        let Some((id, parameters)) = preparing.prepared else {
+            return Ok(());
+        };
+        let statement = ServerStatement {
+            id,
+            parameters,
+            reply: preparing.reply.freeze(),
+            types: None,
+        };
+        let keep = self.long_data.clone();
+        let remembered = self
+            .server()?
+            .remember(preparing.key.clone(), statement, &keep)
+            .await;
+        if let Err(error) = remembered {
+            return Err(self.server_failed(&error.to_string()).await);
+        }
+        self.statements.add(ClientStatement {
+            key: preparing.key,
+            schema: self.who.schema.clone(),
+            parameters,
+            types: None,
+        });
         Ok(())
+    }
+
+    /// The lent connection's id for the client's statement `client_id`,
+    /// prepared there first when it is not (in the schema the client
+    /// prepared it in). `Err`: the server's refusal.
+    async fn server_statement(&mut self, client_id: u32) -> Result<Result<u32, Vec<u8>>, End> {
+        let Some(client) = self.statements.get_mut(client_id) else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(End::Failed(CloseResult::Error));
+        };
+        let server = lease.connection();
+        if let Some(kept) = server.prepared.get(&client.key) {
+            return Ok(Ok(kept.id));
+        }
+        let key = client.key.clone();
+        let schema = client.schema.clone();
+        let text = client.text().to_vec();
+        let buffer = &mut self.from_server;
+        let elsewhere = schema.is_some() && server.schema != schema;
+        let previous = server.schema.clone();
+        let outcome = async {
+            if elsewhere && let Some(schema) = &schema {
+                let mut request = vec![command::INIT_DB];
+                request.extend_from_slice(schema.as_bytes());
+                if let Err(payload) = server.hidden_command(&request, buffer).await? {
+                    return Ok(Err(payload));
+                }
+                server.schema = Some(schema.clone());
+            }
+            let prepared = server.prepare(&text, buffer).await?;
+            if elsewhere && let Some(previous) = previous {
+                // Back to the client's schema (when it is gone, the next
+                // command's switch reports it).
+                let mut request = vec![command::INIT_DB];
+                request.extend_from_slice(previous.as_bytes());
+                if server.hidden_command(&request, buffer).await?.is_ok() {
+                    server.schema = Some(previous);
+                }
+            }
+            let statement = match prepared {
+                Ok(statement) => statement,
+                Err(payload) => return Ok(Err(payload)),
+            };
+            let id = statement.id;
+            server.remember(key, statement, &self.long_data).await?;
+            Ok::<_, ServerError>(Ok(id))
+        };
+        match outcome.await {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => Err(self.server_failed(&error.to_string()).await),
+        }
     }
 
     /// The server's reply, packet by packet, to the client: batched
@@ -366,6 +632,9 @@ impl<'a> Session<'a> {
                     Err(error) => return Err(self.server_failed(&error.to_string()).await),
                 };
                 self.reply_sequence = wire::sequence(&packet).wrapping_add(1);
+                if let Some(preparing) = self.preparing.as_mut() {
+                    preparing.reply.extend_from_slice(&packet);
+                }
                 match outcome {
                     Packet::Ok(ok) => {
                         self.status = ok.status;
@@ -402,9 +671,20 @@ impl<'a> Session<'a> {
                         self.send_file().await?;
                         reply.file_sent();
                     }
-                    Packet::Data | Packet::Prepared { .. } => {
+                    Packet::Prepared {
+                        statement,
+                        parameters,
+                        ..
+                    } => {
+                        let at = self.to_client.len();
                         self.to_client.extend_from_slice(&packet);
+                        if let Some(preparing) = self.preparing.as_mut() {
+                            preparing.prepared = Some((statement, parameters));
+                            let id = self.statements.next_id();
+                            prepared::set_statement_id(&mut self.to_client[at..], id);
+                        }
                     }
+                    Packet::Data => self.to_client.extend_from_slice(&packet),
                 }
                 if reply.done() {
                     if !self.from_server.is_empty() {
@@ -679,6 +959,7 @@ impl<'a> Session<'a> {
         self.status = status::AUTOCOMMIT;
         self.transaction_started = None;
         self.who.variables = self.who.login_variables.clone();
+        self.statements.clear();
         if !pools_transactions(&self.pooler.settings) && !self.lend().await? {
             return Ok(());
         }
@@ -760,7 +1041,8 @@ impl<'a> Session<'a> {
     fn after_server_lost(&mut self) -> Result<(), End> {
         let lost_state = !pools_transactions(&self.pooler.settings)
             || self.pin.is_some()
-            || self.status & status::IN_TRANS != 0;
+            || self.status & status::IN_TRANS != 0
+            || !self.long_data.is_empty();
         if lost_state {
             tracing::debug!(listener = %self.route.listener, client = %self.who.address, "closing a MySQL client whose session lived on a failed server connection");
             return Err(End::Failed(CloseResult::UpstreamUnavailable));
@@ -815,7 +1097,9 @@ impl<'a> Session<'a> {
         };
         let clean = pools_transactions(&self.pooler.settings)
             && self.pin.is_none()
-            && self.status & status::IN_TRANS == 0;
+            && self.status & status::IN_TRANS == 0
+            && self.long_data.is_empty();
+        self.long_data.clear();
         if clean {
             return;
         }
@@ -857,6 +1141,15 @@ fn variable_value(name: &str, value: &[u8]) -> Option<Option<String>> {
         return Some(None);
     }
     Some(Some(value.to_owned()))
+}
+
+/// The server's name for a statement command, in its errors.
+fn statement_command_name(command: u8) -> &'static str {
+    match command {
+        command::STMT_RESET => "mysqld_stmt_reset",
+        command::STMT_FETCH => "mysqld_stmt_fetch",
+        _ => "mysqld_stmt_execute",
+    }
 }
 
 /// Reads what the client sent; an idle client holds no buffer.

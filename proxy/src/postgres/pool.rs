@@ -32,7 +32,7 @@ impl Pools {
             upstream,
             server_user: settings.pool.server_user.clone(),
             server_password: settings.pool.server_password.clone(),
-            max_prepared_statements: NonZeroUsize::new(settings.max_prepared_statements)
+            max_prepared_statements: NonZeroUsize::new(settings.pool.max_prepared_statements)
                 .unwrap_or(NonZeroUsize::MIN),
             metrics,
             pools: pooling::Pools::new(pooling::Limits {

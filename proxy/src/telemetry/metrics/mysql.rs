@@ -54,8 +54,6 @@ pub(crate) enum MysqlPin {
     GetLock,
     /// SQL-level `PREPARE`.
     Prepare,
-    /// A binary-protocol prepared statement (`COM_STMT_PREPARE`).
-    PreparedStatement,
     /// `SQL_CALC_FOUND_ROWS`.
     FoundRows,
     /// A cursor opened by `COM_STMT_EXECUTE`.
@@ -68,14 +66,13 @@ pub(crate) enum MysqlPin {
 }
 
 impl MysqlPin {
-    pub(crate) const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 10] = [
         Self::Set,
         Self::UserVariable,
         Self::TempTable,
         Self::LockTables,
         Self::GetLock,
         Self::Prepare,
-        Self::PreparedStatement,
         Self::FoundRows,
         Self::Cursor,
         Self::SetOption,
@@ -90,7 +87,6 @@ impl MysqlPin {
             Self::LockTables => "lock_tables",
             Self::GetLock => "get_lock",
             Self::Prepare => "prepare",
-            Self::PreparedStatement => "prepared_statement",
             Self::FoundRows => "found_rows",
             Self::Cursor => "cursor",
             Self::SetOption => "set_option",
@@ -189,7 +185,7 @@ pub(crate) struct MysqlMetrics {
     pub(crate) statements: StatementMetrics,
     errors: Family<CodeLabels, Counter>,
     /// By [`MysqlPin::ALL`] index.
-    pinned: [Counter; 11],
+    pinned: [Counter; 10],
     pub(crate) query_timeouts: Counter,
     /// The listener's pools.
     pub(crate) pool: PoolMetrics,
