@@ -567,6 +567,52 @@ async fn prepared_statements_follow_their_client_across_server_connections() {
 }
 
 #[tokio::test]
+async fn a_prepared_statement_is_read_with_its_clients_sql_mode_wherever_it_runs() {
+    let schema = Schema::create("mysql_prepared_mode").await;
+    let mut setup = connect(direct(), &schema.name).await;
+    setup
+        .query_drop("CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('column')")
+        .await
+        .unwrap();
+    setup.disconnect().await.unwrap();
+    // One server connection that keeps one statement: the two clients'
+    // statements push each other out.
+    let attache = Attache::run(&config(
+        "      pool_size: 1\n      max_prepared_statements: 1\n",
+    ))
+    .await
+    .unwrap();
+    let front = attache.listener("db");
+    let mut ansi = connect(front, &schema.name).await;
+    let mut plain = connect(front, &schema.name).await;
+    let sql = "SELECT \"v\" FROM t";
+
+    // With ANSI_QUOTES "v" names the column; without, it is a string.
+    ansi.query_drop("SET sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    let quoted = ansi.prep(sql).await.unwrap();
+    ansi.query_drop("SET sql_mode = ''").await.unwrap();
+    let read: String = ansi.exec_first(&quoted, ()).await.unwrap().unwrap();
+    assert_eq!(read, "column");
+
+    // The same text from a client without ANSI_QUOTES is its own statement.
+    let string = plain.prep(sql).await.unwrap();
+    let read: String = plain.exec_first(&string, ()).await.unwrap().unwrap();
+    assert_eq!(read, "v");
+
+    // The first statement, pushed out, is prepared again as its client
+    // prepared it, and the client's session is as it left it.
+    let read: String = ansi.exec_first(&quoted, ()).await.unwrap().unwrap();
+    assert_eq!(read, "column");
+    let read: String = ansi.query_first(sql).await.unwrap().unwrap();
+    assert_eq!(read, "v", "the client's own sql_mode is back");
+    let read: String = plain.exec_first(&string, ()).await.unwrap().unwrap();
+    assert_eq!(read, "v");
+    assert_never_pinned(&attache).await;
+}
+
+#[tokio::test]
 async fn a_large_result_streams_through_whole() {
     let schema = Schema::create("mysql_large").await;
     let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();

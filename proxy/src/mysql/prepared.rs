@@ -1,10 +1,11 @@
 //! Binary-protocol prepared statements when sessions share server
 //! connections (transaction mode). A client's statements are its own:
-//! attache numbers them, keeps each one's text, the schema it was prepared
-//! in and the parameter types last bound to it, and prepares it on
-//! whichever connection the client is lent, once per connection. A
-//! connection's statements ([`super::server::ServerStatement`]) serve every
-//! client that prepares the same text in the same schema; beyond
+//! attache numbers them, keeps each one's text, what the server read it
+//! with ([`StatementKey`]) and the parameter types last bound to it, and
+//! prepares it on whichever connection the client is lent, once per
+//! connection. A connection's statements
+//! ([`super::server::ServerStatement`]) serve every client that prepares
+//! the same text the same way; beyond
 //! `max_prepared_statements` the least recently used is closed. Commands
 //! that name a statement reach the server with the connection's id for
 //! it, and an execution that leaves out its types (they were bound before,
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::server::ServerStatement;
+use super::server::{ServerStatement, Variables};
 use super::wire;
 
 /// Statements one client may hold at once (MySQL's default
@@ -31,34 +32,74 @@ pub(super) const TOO_MANY_STATEMENTS: u16 = 1461;
 /// The id MariaDB clients use for the statement they prepared last.
 const LAST_PREPARED: u32 = u32::MAX;
 
-/// The key of a statement on server connections: the schema it was
-/// prepared in (schema names hold no NUL), a NUL, its text.
-pub(super) fn key(schema: Option<&str>, text: &[u8]) -> Arc<[u8]> {
-    let schema = schema.unwrap_or_default().as_bytes();
-    let mut key = Vec::with_capacity(schema.len() + 1 + text.len());
-    key.extend_from_slice(schema);
-    key.push(0);
-    key.extend_from_slice(text);
-    key.into()
+/// What a statement is on server connections: its text, and what the
+/// server read that text with, the schema and the replayed variables
+/// (`sql_mode`'s `ANSI_QUOTES` makes `"x"` a name, the character set
+/// reads the literals): one server statement serves only clients that
+/// agree on all of it.
+#[derive(Clone)]
+pub(super) struct StatementKey {
+    /// The schema, a NUL, each variable as `name=value` and a NUL (`\x01`
+    /// for SQL NULL), then the text.
+    pub(super) bytes: Arc<[u8]>,
+    text_at: usize,
+    /// The schema it is prepared in (where it is prepared again).
+    pub(super) schema: Option<String>,
+}
+
+impl StatementKey {
+    pub(super) fn new(schema: Option<&str>, variables: &Variables, text: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(text.len() + 128);
+        bytes.extend_from_slice(schema.unwrap_or_default().as_bytes());
+        bytes.push(0);
+        for (name, value) in variables {
+            bytes.extend_from_slice(name.as_bytes());
+            bytes.push(b'=');
+            match value {
+                Some(value) => bytes.extend_from_slice(value.as_bytes()),
+                None => bytes.push(1),
+            }
+            bytes.push(0);
+        }
+        let text_at = bytes.len();
+        bytes.extend_from_slice(text);
+        Self {
+            bytes: bytes.into(),
+            text_at,
+            schema: schema.map(str::to_owned),
+        }
+    }
+
+    /// The statement's text.
+    pub(super) fn text(&self) -> &[u8] {
+        &self.bytes[self.text_at..]
+    }
+
+    /// The replayed variables it was prepared with (read back from the
+    /// key, for the rare prepare on another connection).
+    pub(super) fn variables(&self) -> Variables {
+        let schema = self.schema.as_deref().unwrap_or_default().len();
+        self.bytes[schema + 1..self.text_at]
+            .split(|&byte| byte == 0)
+            .filter_map(|entry| {
+                let at = entry.iter().position(|&byte| byte == b'=')?;
+                let name = String::from_utf8_lossy(&entry[..at]).into_owned();
+                let value = match &entry[at + 1..] {
+                    [1] => None,
+                    value => Some(String::from_utf8_lossy(value).into_owned()),
+                };
+                Some((name, value))
+            })
+            .collect()
+    }
 }
 
 /// A client's prepared statement.
 pub(super) struct ClientStatement {
-    /// Its [`key`] on server connections.
-    pub(super) key: Arc<[u8]>,
-    /// The schema it was prepared in (where it is prepared again).
-    pub(super) schema: Option<String>,
+    pub(super) key: StatementKey,
     pub(super) parameters: u16,
     /// The parameter types the client bound last.
     pub(super) types: Option<Box<[u8]>>,
-}
-
-impl ClientStatement {
-    /// The statement's text.
-    pub(super) fn text(&self) -> &[u8] {
-        let schema = self.schema.as_deref().unwrap_or_default().len();
-        &self.key[schema + 1..]
-    }
 }
 
 /// A client's prepared statements, by the ids attache gave them.
@@ -78,19 +119,19 @@ impl ClientStatements {
         }
     }
 
-    /// Whether a statement of `text_length` bytes would go beyond what one
-    /// client may hold.
-    pub(super) fn full(&self, text_length: usize) -> bool {
-        self.by_id.len() >= MAX_CLIENT_STATEMENTS || self.text_bytes + text_length > MAX_CLIENT_TEXT
+    /// Whether one more statement would go beyond what one client may hold.
+    pub(super) fn full(&self, key: &StatementKey) -> bool {
+        self.by_id.len() >= MAX_CLIENT_STATEMENTS
+            || self.text_bytes + key.bytes.len() > MAX_CLIENT_TEXT
     }
 
     /// Adds a statement under [`Self::next_id`].
     pub(super) fn add(&mut self, statement: ClientStatement) -> u32 {
         let id = self.next_id();
         self.last_id = id;
-        self.text_bytes += statement.key.len();
+        self.text_bytes += statement.key.bytes.len();
         if let Some(replaced) = self.by_id.insert(id, statement) {
-            self.text_bytes -= replaced.key.len();
+            self.text_bytes -= replaced.key.bytes.len();
         }
         id
     }
@@ -112,7 +153,7 @@ impl ClientStatements {
             id
         };
         if let Some(removed) = self.by_id.remove(&id) {
-            self.text_bytes -= removed.key.len();
+            self.text_bytes -= removed.key.bytes.len();
         }
     }
 
@@ -207,8 +248,7 @@ mod tests {
 
     fn statement(parameters: u16, types: Option<&[u8]>) -> ClientStatement {
         ClientStatement {
-            key: key(Some("shop"), b"SELECT ?"),
-            schema: Some("shop".to_owned()),
+            key: StatementKey::new(Some("shop"), &Vec::new(), b"SELECT ?"),
             parameters,
             types: types.map(Into::into),
         }
@@ -244,11 +284,24 @@ mod tests {
     }
 
     #[test]
-    fn a_statement_key_holds_its_schema_and_text() {
-        let statement = statement(1, None);
-        assert_eq!(&statement.key[..], b"shop\0SELECT ?");
-        assert_eq!(statement.text(), b"SELECT ?");
-        assert_ne!(key(None, b"SELECT ?"), key(Some("shop"), b"SELECT ?"));
+    fn a_statement_key_holds_what_the_server_reads_its_text_with() {
+        let variables = vec![
+            ("sql_mode".to_owned(), Some("ANSI_QUOTES".to_owned())),
+            ("character_set_results".to_owned(), None),
+        ];
+        let key = StatementKey::new(Some("shop"), &variables, b"SELECT \"x\"");
+        assert_eq!(
+            &key.bytes[..],
+            b"shop\0sql_mode=ANSI_QUOTES\0character_set_results=\x01\0SELECT \"x\""
+        );
+        assert_eq!(key.text(), b"SELECT \"x\"");
+        assert_eq!(key.variables(), variables);
+        let plain = StatementKey::new(Some("shop"), &Vec::new(), b"SELECT \"x\"");
+        assert_ne!(key.bytes, plain.bytes);
+        assert_ne!(
+            StatementKey::new(None, &Vec::new(), b"SELECT 1").bytes,
+            StatementKey::new(Some("shop"), &Vec::new(), b"SELECT 1").bytes
+        );
     }
 
     #[test]
@@ -319,11 +372,12 @@ mod tests {
         let first = statements.add(statement(1, None));
         assert_eq!(first, 1);
         assert!(statements.get_mut(LAST_PREPARED).is_some());
-        assert!(statements.full(MAX_CLIENT_TEXT));
-        assert!(!statements.full(100));
+        let huge = StatementKey::new(None, &Vec::new(), &vec![b' '; MAX_CLIENT_TEXT - 1]);
+        assert!(statements.full(&huge));
+        assert!(!statements.full(&statement(1, None).key));
         statements.remove(first);
         assert!(statements.get_mut(first).is_none());
-        assert!(!statements.full(MAX_CLIENT_TEXT - 1));
+        assert!(!statements.full(&huge));
         assert_eq!(statements.next_id(), 2);
     }
 }

@@ -386,6 +386,42 @@ impl ServerConnection {
         Ok(outcome)
     }
 
+    /// Puts replayed variables at the values `wanted` names, with one hidden
+    /// `SET SESSION` of those that differ. `Err` inside: the server's
+    /// refusal.
+    pub(super) async fn set_variables(
+        &mut self,
+        wanted: &Variables,
+        buffer: &mut BytesMut,
+    ) -> Result<Result<(), Vec<u8>>, ServerError> {
+        let assignments: Vec<_> = wanted
+            .iter()
+            .filter(|(name, value)| {
+                let current = self.variables.iter().find(|(known, _)| known == name);
+                current.map(|(_, current)| current) != Some(value)
+            })
+            .collect();
+        if assignments.is_empty() {
+            return Ok(Ok(()));
+        }
+        let sql = assignments
+            .iter()
+            .map(|(name, value)| match value {
+                Some(value) => format!("{name} = '{}'", value.replace('\'', "''")),
+                None => format!("{name} = NULL"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let request = format!("\x03SET SESSION {sql}");
+        let outcome = self.hidden_command(request.as_bytes(), buffer).await?;
+        if outcome.is_ok() {
+            for (name, value) in assignments {
+                set_variable(&mut self.variables, name, value.clone());
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Prepares `text` for attache's clients: `Ok(Ok(statement))`, or the
     /// server's ERR payload.
     pub(super) async fn prepare(

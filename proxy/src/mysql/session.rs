@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
-use super::prepared::{self, ClientStatement, ClientStatements};
+use super::prepared::{self, ClientStatement, ClientStatements, StatementKey};
 use super::server::{self, Login, ServerError, ServerStatement};
 use super::statement;
 use super::wire::{self, Packet, Reply, StateChange, command, status};
@@ -97,7 +97,7 @@ pub(super) struct Session<'a> {
 
 /// A client's `COM_STMT_PREPARE` on its way through the server.
 struct Preparing {
-    key: std::sync::Arc<[u8]>,
+    key: StatementKey,
     /// The server's statement id and parameter count, once it answered.
     prepared: Option<(u32, u16)>,
     /// The server's reply, kept for clients that prepare the same text on
@@ -423,8 +423,13 @@ impl<'a> Session<'a> {
         command: u8,
     ) -> Result<Option<BytesMut>, End> {
         if command == command::STMT_PREPARE {
-            let key = prepared::key(
+            // The lent connection's replayed variables are the client's now.
+            let Some(lease) = self.lease.as_mut() else {
+                return Err(End::Failed(CloseResult::Error));
+            };
+            let key = StatementKey::new(
                 self.who.schema.as_deref(),
+                &lease.connection().variables,
                 &wire::message_payload(&message)[1..],
             );
             return self.prepare_statement(message, key).await;
@@ -460,7 +465,7 @@ impl<'a> Session<'a> {
         else {
             return Err(End::Failed(CloseResult::Error));
         };
-        let Some(server) = lease.connection().prepared.get_mut(&client.key) else {
+        let Some(server) = lease.connection().prepared.get_mut(&client.key.bytes) else {
             return Err(End::Failed(CloseResult::Error));
         };
         let message = prepared::for_server(message, command, client, server);
@@ -483,9 +488,9 @@ impl<'a> Session<'a> {
     async fn prepare_statement(
         &mut self,
         message: BytesMut,
-        key: std::sync::Arc<[u8]>,
+        key: StatementKey,
     ) -> Result<Option<BytesMut>, End> {
-        if self.statements.full(key.len()) {
+        if self.statements.full(&key) {
             let message = format!(
                 "attache: Can't create more than {} prepared statements, or {} MiB of their \
                  text, in one session",
@@ -499,7 +504,7 @@ impl<'a> Session<'a> {
         let Some(lease) = self.lease.as_mut() else {
             return Err(End::Failed(CloseResult::Error));
         };
-        let Some(kept) = lease.connection().prepared.get(&key) else {
+        let Some(kept) = lease.connection().prepared.get(&key.bytes) else {
             self.preparing = Some(Preparing {
                 key,
                 prepared: None,
@@ -516,7 +521,6 @@ impl<'a> Session<'a> {
         );
         self.statements.add(ClientStatement {
             key,
-            schema: self.who.schema.clone(),
             parameters,
             types: None,
         });
@@ -539,14 +543,13 @@ impl<'a> Session<'a> {
         let keep = self.long_data.clone();
         let remembered = self
             .server()?
-            .remember(preparing.key.clone(), statement, &keep)
+            .remember(preparing.key.bytes.clone(), statement, &keep)
             .await;
         if let Err(error) = remembered {
             return Err(self.server_failed(&error.to_string()).await);
         }
         self.statements.add(ClientStatement {
             key: preparing.key,
-            schema: self.who.schema.clone(),
             parameters,
             types: None,
         });
@@ -554,8 +557,9 @@ impl<'a> Session<'a> {
     }
 
     /// The lent connection's id for the client's statement `client_id`,
-    /// prepared there first when it is not (in the schema the client
-    /// prepared it in). `Err`: the server's refusal.
+    /// prepared there first when it is not (in the schema and with the
+    /// replayed variables the client prepared it with). `Err`: the
+    /// server's refusal.
     async fn server_statement(&mut self, client_id: u32) -> Result<Result<u32, Vec<u8>>, End> {
         let Some(client) = self.statements.get_mut(client_id) else {
             return Err(End::Failed(CloseResult::Error));
@@ -564,28 +568,44 @@ impl<'a> Session<'a> {
             return Err(End::Failed(CloseResult::Error));
         };
         let server = lease.connection();
-        if let Some(kept) = server.prepared.get(&client.key) {
+        if let Some(kept) = server.prepared.get(&client.key.bytes) {
             return Ok(Ok(kept.id));
         }
-        let key = client.key.clone();
-        let schema = client.schema.clone();
-        let text = client.text().to_vec();
+        let key = client.key.bytes.clone();
+        let schema = client.key.schema.clone();
+        let variables = client.key.variables();
+        let text = client.key.text().to_vec();
         let buffer = &mut self.from_server;
         let elsewhere = schema.is_some() && server.schema != schema;
-        let previous = server.schema.clone();
+        let previous_schema = server.schema.clone();
+        let previous_variables = server.variables.clone();
         let outcome = async {
+            // Read as the client's prepare was: in its schema, with its
+            // replayed variables.
+            let mut refused = None;
             if elsewhere && let Some(schema) = &schema {
                 let mut request = vec![command::INIT_DB];
                 request.extend_from_slice(schema.as_bytes());
-                if let Err(payload) = server.hidden_command(&request, buffer).await? {
-                    return Ok(Err(payload));
+                match server.hidden_command(&request, buffer).await? {
+                    Ok(()) => server.schema = Some(schema.clone()),
+                    Err(payload) => refused = Some(payload),
                 }
-                server.schema = Some(schema.clone());
             }
-            let prepared = server.prepare(&text, buffer).await?;
-            if elsewhere && let Some(previous) = previous {
-                // Back to the client's schema (when it is gone, the next
-                // command's switch reports it).
+            if refused.is_none()
+                && let Err(payload) = server.set_variables(&variables, buffer).await?
+            {
+                refused = Some(payload);
+            }
+            let prepared = match refused {
+                Some(payload) => Err(payload),
+                None => server.prepare(&text, buffer).await?,
+            };
+            // Back to the client's own (a refusal here, the schema gone,
+            // say, is reported by the next command's switch).
+            let _ = server.set_variables(&previous_variables, buffer).await?;
+            if server.schema != previous_schema
+                && let Some(previous) = previous_schema
+            {
                 let mut request = vec![command::INIT_DB];
                 request.extend_from_slice(previous.as_bytes());
                 if server.hidden_command(&request, buffer).await?.is_ok() {
@@ -905,41 +925,21 @@ impl<'a> Session<'a> {
             return Err(End::Failed(CloseResult::Error));
         };
         let server = lease.connection();
-        let mut assignments = Vec::new();
-        for (name, baseline) in &server.baseline {
-            let wanted = self
-                .who
-                .variables
-                .iter()
-                .find(|(wanted, _)| wanted == name)
-                .map_or(baseline, |(_, value)| value);
-            let current = server.variables.iter().find(|(known, _)| known == name);
-            if current.map(|(_, value)| value) != Some(wanted) {
-                assignments.push((name.clone(), wanted.clone()));
-            }
-        }
-        if assignments.is_empty() {
-            return Ok(true);
-        }
-        let sql = assignments
+        let wanted: server::Variables = server
+            .baseline
             .iter()
-            .map(|(name, value)| match value {
-                Some(value) => format!("{name} = '{}'", value.replace('\'', "''")),
-                None => format!("{name} = NULL"),
+            .map(|(name, baseline)| {
+                let value = self
+                    .who
+                    .variables
+                    .iter()
+                    .find(|(wanted, _)| wanted == name)
+                    .map_or(baseline, |(_, value)| value);
+                (name.clone(), value.clone())
             })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let request = format!("\x03SET SESSION {sql}");
-        let replayed = server
-            .hidden_command(request.as_bytes(), &mut self.from_server)
-            .await;
-        match replayed {
-            Ok(Ok(())) => {
-                for (name, value) in assignments {
-                    server::set_variable(&mut server.variables, &name, value);
-                }
-                Ok(true)
-            }
+            .collect();
+        match server.set_variables(&wanted, &mut self.from_server).await {
+            Ok(Ok(())) => Ok(true),
             Ok(Err(payload)) => {
                 wire::write_packets(&mut self.to_client, 1, &payload);
                 self.flush().await?;
