@@ -613,6 +613,57 @@ async fn a_prepared_statement_is_read_with_its_clients_sql_mode_wherever_it_runs
 }
 
 #[tokio::test]
+async fn a_client_that_asks_for_found_rows_gets_matched_row_counts_from_a_pool_of_its_own() {
+    let schema = Schema::create("mysql_found_rows").await;
+    let mut setup = connect(direct(), &schema.name).await;
+    setup
+        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 7)")
+        .await
+        .unwrap();
+    setup.disconnect().await.unwrap();
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let front = attache.listener("db");
+    let found_rows_options = |address| {
+        let options = options(address, "root", "", Some(&schema.name));
+        mysql_async::OptsBuilder::from_opts(options).client_found_rows(true)
+    };
+    // An UPDATE that matches a row and changes nothing: JDBC and
+    // Hibernate (found rows on) count 1, other clients 0; one that changes
+    // it: 1 for everyone. Through attache as directly.
+    let unchanged = "UPDATE t SET v = v WHERE id = 1";
+    let changing = "UPDATE t SET v = v + 1 WHERE id = 1";
+    let mut expected = Vec::new();
+    let mut seen = Vec::new();
+    for address in [direct(), front] {
+        let mut matched = mysql_async::Conn::new(found_rows_options(address))
+            .await
+            .unwrap();
+        let mut changed = connect(address, &schema.name).await;
+        for _ in 0..2 {
+            matched.query_drop(unchanged).await.unwrap();
+            changed.query_drop(unchanged).await.unwrap();
+            let counts = (matched.affected_rows(), changed.affected_rows());
+            changed.query_drop(changing).await.unwrap();
+            let counts = (counts.0, counts.1, changed.affected_rows());
+            if address == direct() {
+                expected.push(counts);
+            } else {
+                seen.push(counts);
+            }
+        }
+        matched.disconnect().await.unwrap();
+        changed.disconnect().await.unwrap();
+    }
+    assert_eq!(expected, [(1, 0, 1), (1, 0, 1)]);
+    assert_eq!(seen, expected);
+    let pools = attache.admin_get("/upstreams").await.unwrap().1;
+    assert!(
+        pools.contains(&format!("{}/root+found_rows", schema.name)),
+        "{pools}"
+    );
+}
+
+#[tokio::test]
 async fn a_large_result_streams_through_whole() {
     let schema = Schema::create("mysql_large").await;
     let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();

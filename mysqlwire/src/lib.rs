@@ -328,8 +328,13 @@ pub fn parse_ok(payload: &[u8], session_track: bool) -> Result<OkPacket<'_>, Wir
             };
             (info, changes)
         }
+    } else if rest.is_empty() {
+        (&[][..], &[][..])
     } else {
-        (rest, &[][..])
+        // Length-encoded, though the protocol's documents say "the rest of
+        // the packet": servers write it so, and clients read it so.
+        let info = read_lenenc_bytes(&mut rest).ok_or(WireError::Malformed("OK"))?;
+        (info, &[][..])
     };
     Ok(OkPacket {
         affected_rows,
@@ -378,7 +383,8 @@ pub fn state_changes(mut changes: &[u8]) -> Result<Vec<StateChange<'_>>, WireErr
 }
 
 /// An OK packet as a client without `CLIENT_SESSION_TRACK` reads it: the
-/// info as the packet's rest, no state changes, the flag cleared.
+/// info (length-encoded, as servers write it), no state changes, the flag
+/// cleared.
 pub fn ok_without_session_track(ok: &OkPacket<'_>, sequence: u8) -> BytesMut {
     let mut payload = BytesMut::with_capacity(32 + ok.info.len());
     payload.put_u8(0x00);
@@ -386,7 +392,10 @@ pub fn ok_without_session_track(ok: &OkPacket<'_>, sequence: u8) -> BytesMut {
     put_lenenc(&mut payload, ok.last_insert_id);
     payload.put_u16_le(ok.status & !status::SESSION_STATE_CHANGED);
     payload.put_u16_le(ok.warnings);
-    payload.put_slice(ok.info);
+    if !ok.info.is_empty() {
+        put_lenenc(&mut payload, ok.info.len() as u64);
+        payload.put_slice(ok.info);
+    }
     let mut out = BytesMut::with_capacity(HEADER + payload.len());
     write_packets(&mut out, sequence, &payload);
     out

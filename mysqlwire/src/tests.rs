@@ -110,6 +110,9 @@ fn an_ok_packet_with_session_state_is_read_and_can_be_told_without_it() {
     );
     let plain = ok_without_session_track(&ok, 4);
     assert_eq!(sequence(&plain), 4);
+    // The info stays length-encoded (what clients read: mysql_async read a
+    // bare "Rows matched: ..." as a length and lost the affected rows).
+    assert_eq!(payload_of(&plain), b"\x00\x01\x00\x01\x00\x00\x00\x01x");
     let again = parse_ok(payload_of(&plain), false).unwrap();
     assert_eq!(again.status, status::IN_TRANS);
     assert_eq!(again.info, b"x");

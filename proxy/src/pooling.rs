@@ -359,10 +359,12 @@ async fn maintain<C: Connector>(pool: Weak<Pool<C>>) {
     }
 }
 
-/// A pool's key: (database, user).
-type PoolKey = (String, String);
+/// A pool's key: (database, user, variant).
+type PoolKey = (String, String, &'static str);
 
-/// A listener's pools by (database, user), made on first use.
+/// A listener's pools by (database, user) and, where one protocol's
+/// connections come in kinds (a MySQL login's `CLIENT_FOUND_ROWS`), by
+/// variant; made on first use.
 pub(crate) struct Pools<C: Connector> {
     limits: Limits,
     pools: Mutex<HashMap<PoolKey, Arc<Pool<C>>>>,
@@ -376,12 +378,14 @@ impl<C: Connector> Pools<C> {
         }
     }
 
-    /// The pool of `database` and `user`; `make` gives a new one its
-    /// connector and gauges, given the pool's name (`database/user`).
+    /// The pool of `database`, `user` and `variant` (`""` when the
+    /// protocol has none); `make` gives a new one its connector and gauges,
+    /// given the pool's name ([`pool_name`]).
     pub(crate) fn pool(
         &self,
         database: &str,
         user: &str,
+        variant: &'static str,
         make: impl FnOnce(&str) -> (C, PoolGauges),
     ) -> Arc<Pool<C>> {
         let mut pools = self
@@ -390,15 +394,15 @@ impl<C: Connector> Pools<C> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let limits = self.limits;
         pools
-            .entry((database.to_owned(), user.to_owned()))
+            .entry((database.to_owned(), user.to_owned(), variant))
             .or_insert_with(|| {
-                let (connector, gauges) = make(&format!("{database}/{user}"));
+                let (connector, gauges) = make(&pool_name(database, user, variant));
                 Pool::new(connector, limits, gauges)
             })
             .clone()
     }
 
-    /// Each pool's name (`database/user`) and its lent, idle and waiting
+    /// Each pool's name ([`pool_name`]) and its lent, idle and waiting
     /// counts.
     pub(crate) fn states(&self) -> Vec<(String, (u32, usize, usize))> {
         let pools = self
@@ -407,10 +411,22 @@ impl<C: Connector> Pools<C> {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut states: Vec<_> = pools
             .iter()
-            .map(|((database, user), pool)| (format!("{database}/{user}"), pool.counts()))
+            .map(|((database, user, variant), pool)| {
+                (pool_name(database, user, variant), pool.counts())
+            })
             .collect();
         states.sort();
         states
+    }
+}
+
+/// A pool's name in metrics and `/pools`: `database/user`, and
+/// `+variant` when it has one.
+fn pool_name(database: &str, user: &str, variant: &str) -> String {
+    if variant.is_empty() {
+        format!("{database}/{user}")
+    } else {
+        format!("{database}/{user}+{variant}")
     }
 }
 

@@ -62,8 +62,10 @@ const LOGIN_PACKET_LIMIT: usize = 64 * 1024;
 
 /// What attache's greeting offers clients: what it asks of the server,
 /// plus what concerns only the client's side (connect attributes,
-/// `interactive` timeouts, a schema at login).
+/// `interactive` timeouts, a schema at login) and `CLIENT_FOUND_ROWS`,
+/// which a client's pool asks of its server connections.
 const CLIENT_CAPABILITIES: u32 = server::SERVER_CAPABILITIES
+    | capability::FOUND_ROWS
     | capability::CONNECT_WITH_DB
     | capability::INTERACTIVE
     | capability::CONNECT_ATTRS;
@@ -222,12 +224,24 @@ impl MysqlFront {
 }
 
 impl Pooler {
-    /// The pool of `schema` for a client logged in as `user`.
-    fn pool(&self, route: &TcpRoute, schema: &str, user: &str) -> Arc<pooling::Pool<Login>> {
+    /// The pool of `schema` for a client logged in as `user`;
+    /// `found_rows`: the client asked for `CLIENT_FOUND_ROWS` (an UPDATE's
+    /// count is of the rows it matched, not changed), which a server
+    /// connection has for its whole life, so such clients have pools of
+    /// their own.
+    fn pool(
+        &self,
+        route: &TcpRoute,
+        schema: &str,
+        user: &str,
+        found_rows: bool,
+    ) -> Arc<pooling::Pool<Login>> {
         let settings = &self.settings.pool;
         let server_user = settings.server_user.as_deref().unwrap_or(user);
-        self.pools.pool(schema, server_user, |name| {
+        let variant = if found_rows { "found_rows" } else { "" };
+        self.pools.pool(schema, server_user, variant, |name| {
             let login = Login {
+                found_rows,
                 upstream: route.upstream.clone(),
                 user: server_user.to_owned(),
                 schema: (!schema.is_empty()).then(|| schema.to_owned()),
@@ -463,7 +477,8 @@ async fn log_in<'a>(
             }
         }
     }
-    let pool = pooler.pool(route, &schema, &user);
+    let found_rows = capabilities & capability::FOUND_ROWS != 0;
+    let pool = pooler.pool(route, &schema, &user, found_rows);
     let login_variables = login_character_set(&pooler.replayed, handshake.collation());
     let mut session = session::Session::new(
         client,

@@ -51,6 +51,8 @@ pub(super) struct ServerInfo {
 /// Where and as whom a pool's connections log in.
 pub(super) struct Login {
     pub(super) upstream: Arc<Upstream>,
+    /// Ask for `CLIENT_FOUND_ROWS` (matched rows in OK packets).
+    pub(super) found_rows: bool,
     pub(super) user: String,
     pub(super) schema: Option<String>,
     pub(super) password: Option<String>,
@@ -209,6 +211,9 @@ impl ServerConnection {
         let mut wanted = SERVER_CAPABILITIES & (capabilities | capability::CONNECT_WITH_DB);
         if tls {
             wanted |= capability::SSL;
+        }
+        if login.found_rows {
+            wanted |= capability::FOUND_ROWS;
         }
         let wanted = CapabilityFlags::from_bits_truncate(wanted);
         let response = HandshakeResponse::new(

@@ -54,7 +54,7 @@ impl Pools {
         user_password: Option<&str>,
     ) -> Arc<Pool> {
         let server_user = self.server_user.as_deref().unwrap_or(user);
-        self.pools.pool(database, server_user, |name| {
+        self.pools.pool(database, server_user, "", |name| {
             let login = Login {
                 upstream: self.upstream.clone(),
                 user: server_user.to_owned(),
