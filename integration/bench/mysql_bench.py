@@ -10,10 +10,11 @@ target: queries per second, errors, the proxy's CPU per query (utime +
 stime from /proc over the run) and the most server connections seen in
 the schema during the run.
 
-sysbench runs with --db-ps-mode=disable: binary-protocol prepared
-statements pin a session to its server connection in transaction mode
-(docs/mariadb.md), so with them 50 threads would need 50 server
-connections. Everything listens on 127.0.0.1 and stops by itself.
+Two workloads: sysbench at its defaults (binary-protocol prepared
+statements, --db-ps-mode=auto) and with --db-ps-mode=disable (text
+queries); then a connection per query: mariadb-slap, 50 clients, each
+closing and reopening its connection after every `SELECT 1` (--detach=1).
+Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, re, subprocess, sys, tempfile, threading
 
@@ -31,9 +32,33 @@ def mariadb(sql):
 def sysbench(port, seconds, command, *extra):
     argv = ["taskset", "-c", LOAD_CPU, "sysbench", "oltp_point_select", "--db-driver=mysql",
             "--mysql-host=127.0.0.1", f"--mysql-port={port}", "--mysql-user=root", f"--mysql-db={SCHEMA}",
-            "--tables=1", "--table-size=10000", "--db-ps-mode=disable", *extra, command]
+            "--tables=1", "--table-size=10000", *extra, command]
     run = subprocess.run(argv, capture_output=True, text=True)
     return run.returncode, run.stdout + run.stderr
+
+
+SLAP_QUERIES = 20000
+
+
+def slap(port):
+    """mariadb-slap, 50 clients, a new connection for every query: (code, output, seconds)."""
+    argv = ["taskset", "-c", LOAD_CPU, "mariadb-slap", "--protocol=tcp", "-h", "127.0.0.1", f"-P{port}",
+            "-uroot", f"--create-schema={SCHEMA}", "--no-drop", "--concurrency=50",
+            f"--number-of-queries={SLAP_QUERIES}", "--detach=1", "--query=SELECT 1", "--iterations=1"]
+    run = subprocess.run(argv, capture_output=True, text=True)
+    match = re.search(r"Average number of seconds to run all queries: ([0-9.]+)", run.stdout)
+    return run.returncode, run.stdout + run.stderr, float(match.group(1)) if match else 0.0
+
+
+def table(title, rows, unit):
+    """Prints one markdown table; rows: (name, rate, errors, cpu, most, code, output)."""
+    direct = rows[0][1] or 1
+    print(f"\n{title}\n")
+    print(f"| target | {unit} | vs direct | errors | proxy CPU per query | most server connections |")
+    print("|---|---|---|---|---|---|")
+    for name, rate, errors, cpu, most, code, output in rows:
+        shown = f"{rate:.0f}" if code == 0 else f"fails: `{output.strip().splitlines()[-1]}`"
+        print(f"| {name} | {shown} | {rate / direct:.2f}x | {errors} | {cpu} | {most} |")
 
 
 def connections_watcher(stop_event, most):
@@ -95,33 +120,46 @@ listen mariadb
 
         targets = [("direct", 3306, None), ("haproxy tcp", haproxy_port, haproxy.pid),
                    ("attache tcp", tcp_port, attache.pid), (f"attache mysql, pool {POOL_SIZE}", pool_port, attache.pid)]
+        for mode in ("auto", "disable"):
+            rows = []
+            for name, port, pid in targets:
+                most, stop_event = [0], threading.Event()
+                watcher = threading.Thread(target=connections_watcher, args=(stop_event, most))
+                watcher.start()
+                before = cpu_seconds(pid) if pid else 0
+                code, output = sysbench(port, args.seconds, "run", "--threads=50", f"--time={args.seconds}",
+                                        "--report-interval=0", f"--db-ps-mode={mode}")
+                used = cpu_seconds(pid) - before if pid else 0
+                stop_event.set()
+                watcher.join()
+                match = re.search(r"queries:\s+(\d+)\s+\(([0-9.]+) per sec", output)
+                errors = re.search(r"ignored errors:\s+(\d+)", output)
+                qps = float(match.group(2)) if match and code == 0 else 0.0
+                queries = int(match.group(1)) if match else 0
+                cpu = f"{used / queries * 1e6:.1f} µs" if pid and queries else "-"
+                print(f"ps-mode {mode}, {name}: {qps:.0f} q/s", file=sys.stderr)
+                rows.append((name, qps, errors.group(1) if errors else "?", cpu, most[0], code, output))
+            table(f"sysbench oltp_point_select, 50 threads, --db-ps-mode={mode}, {args.seconds} s per run; "
+                  f"sysbench on CPU {LOAD_CPU}, HAProxy and attache on CPU {SERVER_CPU}; MariaDB unpinned",
+                  rows, "queries/s")
+
         rows = []
         for name, port, pid in targets:
             most, stop_event = [0], threading.Event()
             watcher = threading.Thread(target=connections_watcher, args=(stop_event, most))
             watcher.start()
             before = cpu_seconds(pid) if pid else 0
-            code, output = sysbench(port, args.seconds, "run", "--threads=50", f"--time={args.seconds}",
-                                    "--report-interval=0")
+            code, output, seconds = slap(port)
             used = cpu_seconds(pid) - before if pid else 0
             stop_event.set()
             watcher.join()
-            match = re.search(r"queries:\s+(\d+)\s+\(([0-9.]+) per sec", output)
-            errors = re.search(r"ignored errors:\s+(\d+)", output)
-            qps = float(match.group(2)) if match and code == 0 else 0.0
-            queries = int(match.group(1)) if match else 0
-            cpu = f"{used / queries * 1e6:.1f} µs" if pid and queries else "-"
-            print(f"{name}: {qps:.0f} q/s", file=sys.stderr)
-            rows.append((name, qps, errors.group(1) if errors else "?", cpu, most[0], code, output))
-
-        direct = rows[0][1] or 1
-        print(f"\nsysbench oltp_point_select, 50 threads, --db-ps-mode=disable, {args.seconds} s per run; "
-              f"sysbench on CPU {LOAD_CPU}, HAProxy and attache on CPU {SERVER_CPU}; MariaDB unpinned\n")
-        print("| target | queries/s | vs direct | errors | proxy CPU per query | most server connections |")
-        print("|---|---|---|---|---|---|")
-        for name, qps, errors, cpu, most, code, output in rows:
-            shown = f"{qps:.0f}" if code == 0 else f"fails: `{output.strip().splitlines()[-1]}`"
-            print(f"| {name} | {shown} | {qps / direct:.2f}x | {errors} | {cpu} | {most} |")
+            rate = SLAP_QUERIES / seconds if code == 0 and seconds else 0.0
+            cpu = f"{used / SLAP_QUERIES * 1e6:.1f} µs" if pid else "-"
+            print(f"connection per query, {name}: {rate:.0f} q/s", file=sys.stderr)
+            rows.append((name, rate, "0" if code == 0 else "?", cpu, most[0], code, output))
+        table(f"A connection per query: mariadb-slap, 50 clients, --detach=1, {SLAP_QUERIES} x `SELECT 1`; "
+              f"mariadb-slap on CPU {LOAD_CPU}, HAProxy and attache on CPU {SERVER_CPU}; MariaDB unpinned",
+              rows, "queries (connections)/s")
     finally:
         stop(procs)
         subprocess.run(["mariadb", "--protocol=tcp", "-h", "127.0.0.1", "-u", "root", "-e",
