@@ -1009,10 +1009,56 @@ async fn clients_that_lie_lose_only_their_own_connections() {
     assert_eq!(reply[4], 0xff, "an ERR packet: {reply:?}");
     assert_closed(&mut garbage).await;
 
+    // Statement ids it never prepared: an error for an execution, nothing
+    // for a close, and the session goes on.
+    let mut guesser = raw_login(front, "test").await;
+    let execute = [0x17, 99, 0, 0, 0, 0, 1, 0, 0, 0];
+    write_command(&mut guesser, &execute).await;
+    let reply = read_packet(&mut guesser).await;
+    assert_eq!(reply[4], 0xff, "an ERR packet: {reply:?}");
+    assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1243);
+    write_command(&mut guesser, &[0x19, 7, 0, 0, 0]).await;
+    write_command(&mut guesser, b"\x03SELECT 1").await;
+    let reply = read_packet(&mut guesser).await;
+    assert_eq!(&reply[3..], [1, 1], "a result set with one column");
+
     // Meanwhile an honest client is served.
     let mut honest = connect(front, "test").await;
     let one: i64 = honest.query_first("SELECT 1").await.unwrap().unwrap();
     assert_eq!(one, 1);
+}
+
+/// Logs in by hand as root (a loopback client, trusted without a
+/// password) into `schema`.
+async fn raw_login(front: SocketAddr, schema: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+    read_packet(&mut stream).await;
+    // PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH | CONNECT_WITH_DB.
+    let capabilities: u32 = 0x0200 | 0x8000 | 0x0008_0000 | 0x0008;
+    let mut response = capabilities.to_le_bytes().to_vec();
+    response.extend_from_slice(&(1u32 << 24).to_le_bytes());
+    response.push(45);
+    response.extend_from_slice(&[0; 23]);
+    response.extend_from_slice(b"root\0");
+    response.push(0);
+    response.extend_from_slice(schema.as_bytes());
+    response.push(0);
+    response.extend_from_slice(b"mysql_native_password\0");
+    let mut packet = (response.len() as u32).to_le_bytes()[..3].to_vec();
+    packet.push(1);
+    packet.extend_from_slice(&response);
+    stream.write_all(&packet).await.unwrap();
+    let ok = read_packet(&mut stream).await;
+    assert_eq!(ok[4], 0, "an OK packet: {ok:?}");
+    stream
+}
+
+/// Sends one command (sequence id 0).
+async fn write_command(stream: &mut tokio::net::TcpStream, payload: &[u8]) {
+    let mut packet = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    packet.push(0);
+    packet.extend_from_slice(payload);
+    stream.write_all(&packet).await.unwrap();
 }
 
 /// Reads one whole packet (header included).

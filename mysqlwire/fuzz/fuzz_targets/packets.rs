@@ -3,12 +3,14 @@
 //! messages whose length fields match, leaves a cut-short one in the
 //! buffer; the reply state machine, fed the same packets after any
 //! command, never panics and stops taking packets once done (or on an
-//! error); the field readers never read past their input.
+//! error); the field readers never read past their input, and an
+//! execution's layout lies inside its payload.
 #![no_main]
 
 use attache_mysql_wire::{
-    HEADER, Packet, Reply, WireError, header, message_payload, ok_without_session_track,
-    parse_eof, parse_err, parse_ok, payload, split_message, split_packet, state_changes,
+    HEADER, Packet, Reply, WireError, execute_layout, header, message_payload,
+    ok_without_session_track, parse_eof, parse_err, parse_ok, payload, split_message,
+    split_packet, state_changes, statement_id,
 };
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
@@ -49,6 +51,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 let _ = parse_err(body);
                 let _ = parse_eof(body);
+                let _ = statement_id(body);
+                if let Ok(Some(layout)) = execute_layout(body, u16::from(command) * 3) {
+                    assert!(layout.bound_flag < body.len());
+                    if let Some(types) = layout.types {
+                        assert_eq!(types.start, layout.bound_flag + 1);
+                        assert!(types.end <= body.len());
+                    }
+                }
                 if let Some(following) = reply.as_mut() {
                     let was_done = following.done();
                     match following.packet(&packet) {
