@@ -467,15 +467,36 @@ async fn with_trace_query_text_a_mysql_span_carries_its_command_without_literals
         .query_drop("SELECT 'span-secret' AS a, \"other-secret\", 42 /* note-secret */")
         .await
         .unwrap();
+    // A prepared statement's execution carries the statement's text.
+    let sum: i64 = client
+        .exec_first("SELECT ? + 7 AS prepared_sum, 'prepared-secret'", (1,))
+        .await
+        .unwrap()
+        .map(|(sum, _): (i64, String)| sum)
+        .unwrap();
+    assert_eq!(sum, 8);
     let spans = collector
         .wait_until(|spans| {
-            spans.iter().any(|span| {
-                span.attributes
-                    .get("db.query.text")
-                    .is_some_and(|text| text.contains("AS a"))
-            })
+            let has = |wanted: &str| {
+                spans.iter().any(|span| {
+                    span.attributes
+                        .get("db.query.text")
+                        .is_some_and(|text| text.contains(wanted))
+                })
+            };
+            has("AS a") && has("prepared_sum")
         })
         .await;
+    let executed = spans
+        .iter()
+        .find(|span| {
+            span.attributes.get("db.operation.name").map(String::as_str) == Some("EXECUTE")
+        })
+        .unwrap();
+    assert_eq!(
+        attribute(executed, "db.query.text"),
+        "SELECT ? + ? AS prepared_sum, ?"
+    );
     let selected = spans
         .iter()
         .find(|span| {

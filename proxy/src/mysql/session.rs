@@ -307,10 +307,20 @@ impl<'a> Session<'a> {
         if statement.replay && self.server()?.baseline.is_empty() {
             self.pin_for(MysqlPin::Set);
         }
-        // The statement's text for its span, only when asked for and traced.
-        let text = query_text
-            .filter(|_| self.pooler.settings.trace_query_text && self.route.tracer.is_some())
-            .map(|text| crate::sql_text::sanitize(text, crate::sql_text::Dialect::Mysql));
+        // The statement's text for its span, only when asked for and traced:
+        // the query's, or the text of the prepared statement executed.
+        let traced = self.pooler.settings.trace_query_text && self.route.tracer.is_some();
+        let text = match (traced, query_text) {
+            (false, _) => None,
+            (true, Some(text)) => Some(text),
+            (true, None) if command == command::STMT_EXECUTE => {
+                wire::statement_id(wire::payload(&message))
+                    .and_then(|id| self.statements.get_mut(id))
+                    .map(|statement| statement.key.text())
+            }
+            (true, None) => None,
+        }
+        .map(|text| crate::sql_text::sanitize(text, crate::sql_text::Dialect::Mysql));
         drop(query);
         let started = Instant::now();
         let translated = pools_transactions(&self.pooler.settings)
