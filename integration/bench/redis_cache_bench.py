@@ -5,13 +5,15 @@ A private redis-server holds 1000 keys (key:000000000000 .. 999, 3-byte
 values). redis-benchmark -t get -r 1000 -n 1000000 -c 50 runs against:
 direct, attache without a cache (`protocol: redis`), and attache with
 `cache: {keys: ["key:"]}`, warmed by one pass first. Reported: GET/s as a
-ratio to direct, the hit ratio (attache's own counters), and Redis' CPU per
-GET (utime + stime of redis-server from /proc, over the run). Then a
+ratio to direct, the hit ratio (attache's own counters), Redis' CPU per
+GET (utime + stime of redis-server from /proc, over the run) and how busy
+the load generator kept CPU 0 (a run near 100% measures redis-benchmark,
+not what is behind it). Then a
 write-heavy mix, 25 clients of SET and 25 of GET at once on the same keys,
 with and without the cache. redis-benchmark runs on CPU 0; the server and
 attache on CPU 1. Everything listens on 127.0.0.1 and stops by itself.
 """
-import argparse, os, statistics, subprocess, sys, tempfile, threading, urllib.request
+import argparse, os, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
 from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, pinned, save_results, stop, wait_port
 
@@ -26,6 +28,16 @@ def benchmark(port, test, requests, clients):
         if fields and fields[0] == test.upper():
             return float(fields[1])
     raise RuntimeError(f"no {test} rate in {out!r}")
+
+
+def load_busy(run):
+    """Runs `run()` (a benchmark); its result and the share of CPU 0 the load
+    generator kept busy (its user + system time over the wall time)."""
+    before, started = os.times(), time.monotonic()
+    result = run()
+    after, wall = os.times(), time.monotonic() - started
+    used = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return result, used / wall
 
 
 def counters(admin_port):
@@ -87,13 +99,14 @@ upstreams:
             wait_port(port)
         benchmark(server_port, "set", 100000, 50)
         targets = {"direct": server_port, "attache, no cache": plain_port, "attache, cache": cached_port}
-        results = {name: {"get": [], "cpu": [], "hit": [], "mixed": []} for name in targets}
+        results = {name: {"get": [], "cpu": [], "hit": [], "mixed": [], "load": []} for name in targets}
         for round_number in range(args.rounds):
             for name, port in targets.items():
                 if port == cached_port:
                     benchmark(port, "get", 100000, 50)  # warm
                 before, cpu_before = counters(admin_port), cpu_seconds(server.pid)
-                rate = benchmark(port, "get", 1000000, 50)
+                rate, busy = load_busy(lambda: benchmark(port, "get", 1000000, 50))
+                results[name]["load"].append(busy)
                 after, cpu_after = counters(admin_port), cpu_seconds(server.pid)
                 results[name]["get"].append(rate)
                 results[name]["cpu"].append((cpu_after - cpu_before) / 1000000 * 1e6)
@@ -108,15 +121,16 @@ upstreams:
         direct = med(results["direct"]["get"])
         print(f"\nrounds: {args.rounds}; medians; redis-benchmark -t get -r 1000 -n 1000000 -c 50 on CPU {LOAD_CPU}, "
               f"redis-server + attache on CPU {SERVER_CPU}\n")
-        print("| target | GET/s (vs direct) | hit ratio | Redis CPU per GET (vs direct) | 50% SET mix ops/s |")
-        print("|---|---|---|---|---|")
+        print("| target | GET/s (vs direct) | hit ratio | Redis CPU per GET (vs direct) | load generator busy | 50% SET mix ops/s |")
+        print("|---|---|---|---|---|---|")
         direct_cpu = med(results["direct"]["cpu"])
         for name in targets:
             entry = results[name]
             rate, cpu = med(entry["get"]), med(entry["cpu"])
             hit = f"{med(entry['hit']):.1%}" if entry["hit"] else "-"
             mix = f"{med(entry['mixed']):.0f}" if entry["mixed"] else "-"
-            print(f"| {name} | {rate:.0f} ({rate / direct:.2f}x) | {hit} | {cpu:.2f} µs ({cpu / direct_cpu:.2f}x) | {mix} |")
+            load = f"{med(entry['load']):.0%}"
+            print(f"| {name} | {rate:.0f} ({rate / direct:.2f}x) | {hit} | {cpu:.2f} µs ({cpu / direct_cpu:.2f}x) | {load} | {mix} |")
         save_results("redis-cache", args.rounds, [
             {"case": "Redis GET, 1000 keys, 50 clients (redis-benchmark -r 1000)", "unit": "ops/s",
              "baseline": "direct", "values": {name: med(results[name]["get"]) for name in targets}},
