@@ -69,6 +69,21 @@ def connections_watcher(stop_event, most):
         stop_event.wait(0.2)
 
 
+def measured(pid, run):
+    """Runs `run()` while watching the schema's server connections: its
+    result, the proxy's CPU seconds over it (0 without a proxy) and the most
+    server connections seen."""
+    most, stop_event = [0], threading.Event()
+    watcher = threading.Thread(target=connections_watcher, args=(stop_event, most))
+    watcher.start()
+    before = cpu_seconds(pid) if pid else 0
+    result = run()
+    used = cpu_seconds(pid) - before if pid else 0
+    stop_event.set()
+    watcher.join()
+    return result, used, most[0]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--attache", required=True)
@@ -123,40 +138,27 @@ listen mariadb
         for mode in ("auto", "disable"):
             rows = []
             for name, port, pid in targets:
-                most, stop_event = [0], threading.Event()
-                watcher = threading.Thread(target=connections_watcher, args=(stop_event, most))
-                watcher.start()
-                before = cpu_seconds(pid) if pid else 0
-                code, output = sysbench(port, args.seconds, "run", "--threads=50", f"--time={args.seconds}",
-                                        "--report-interval=0", f"--db-ps-mode={mode}")
-                used = cpu_seconds(pid) - before if pid else 0
-                stop_event.set()
-                watcher.join()
+                (code, output), used, most = measured(pid, lambda: sysbench(
+                    port, args.seconds, "run", "--threads=50", f"--time={args.seconds}", "--report-interval=0",
+                    f"--db-ps-mode={mode}"))
                 match = re.search(r"queries:\s+(\d+)\s+\(([0-9.]+) per sec", output)
                 errors = re.search(r"ignored errors:\s+(\d+)", output)
                 qps = float(match.group(2)) if match and code == 0 else 0.0
                 queries = int(match.group(1)) if match else 0
                 cpu = f"{used / queries * 1e6:.1f} µs" if pid and queries else "-"
                 print(f"ps-mode {mode}, {name}: {qps:.0f} q/s", file=sys.stderr)
-                rows.append((name, qps, errors.group(1) if errors else "?", cpu, most[0], code, output))
+                rows.append((name, qps, errors.group(1) if errors else "?", cpu, most, code, output))
             table(f"sysbench oltp_point_select, 50 threads, --db-ps-mode={mode}, {args.seconds} s per run; "
                   f"sysbench on CPU {LOAD_CPU}, HAProxy and attache on CPU {SERVER_CPU}; MariaDB unpinned",
                   rows, "queries/s")
 
         rows = []
         for name, port, pid in targets:
-            most, stop_event = [0], threading.Event()
-            watcher = threading.Thread(target=connections_watcher, args=(stop_event, most))
-            watcher.start()
-            before = cpu_seconds(pid) if pid else 0
-            code, output, seconds = slap(port)
-            used = cpu_seconds(pid) - before if pid else 0
-            stop_event.set()
-            watcher.join()
+            (code, output, seconds), used, most = measured(pid, lambda: slap(port))
             rate = SLAP_QUERIES / seconds if code == 0 and seconds else 0.0
             cpu = f"{used / SLAP_QUERIES * 1e6:.1f} µs" if pid else "-"
             print(f"connection per query, {name}: {rate:.0f} q/s", file=sys.stderr)
-            rows.append((name, rate, "0" if code == 0 else "?", cpu, most[0], code, output))
+            rows.append((name, rate, "0" if code == 0 else "?", cpu, most, code, output))
         table(f"A connection per query: mariadb-slap, 50 clients, --detach=1, {SLAP_QUERIES} x `SELECT 1`; "
               f"mariadb-slap on CPU {LOAD_CPU}, HAProxy and attache on CPU {SERVER_CPU}; MariaDB unpinned",
               rows, "queries (connections)/s")

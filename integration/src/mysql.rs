@@ -100,6 +100,18 @@ impl Schema {
         admin.disconnect().await.unwrap();
         Self { name }
     }
+
+    /// Creates `attache_<label>_<pid>` and runs `sql` in it (tables, rows).
+    ///
+    /// # Panics
+    /// When MariaDB refuses.
+    pub async fn with(label: &str, sql: &str) -> Self {
+        let schema = Self::create(label).await;
+        let mut setup = connect(MARIADB.parse().unwrap(), &schema.name).await;
+        setup.query_drop(sql).await.unwrap();
+        setup.disconnect().await.unwrap();
+        schema
+    }
 }
 
 impl Drop for Schema {

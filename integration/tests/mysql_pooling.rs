@@ -87,17 +87,13 @@ fn server_code(error: &mysql_async::Error) -> Option<u16> {
 
 #[tokio::test]
 async fn twenty_clients_share_two_server_connections_through_transaction_pooling() {
-    let schema = Schema::create("mysql_pooling").await;
-    let mut setup = connect(direct(), &schema.name).await;
-    setup
-        .query_drop(
-            "CREATE TABLE counters (id INT PRIMARY KEY, total BIGINT NOT NULL);
-             INSERT INTO counters VALUES (1, 0);
-             CREATE TABLE events (id INT AUTO_INCREMENT PRIMARY KEY, client INT, n INT)",
-        )
-        .await
-        .unwrap();
-    setup.disconnect().await.unwrap();
+    let schema = Schema::with(
+        "mysql_pooling",
+        "CREATE TABLE counters (id INT PRIMARY KEY, total BIGINT NOT NULL);
+         INSERT INTO counters VALUES (1, 0);
+         CREATE TABLE events (id INT AUTO_INCREMENT PRIMARY KEY, client INT, n INT)",
+    )
+    .await;
     let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
     let front = attache.listener("db");
 
@@ -474,18 +470,9 @@ async fn the_one_liner_without_a_user_relays_each_clients_own_login() {
 
 #[tokio::test]
 async fn prepared_statements_follow_their_client_across_server_connections() {
-    let first_schema = Schema::create("mysql_prepared_a").await;
-    let second_schema = Schema::create("mysql_prepared_b").await;
-    for (schema, value) in [(&first_schema, "a"), (&second_schema, "b")] {
-        let mut setup = connect(direct(), &schema.name).await;
-        setup
-            .query_drop(format!(
-                "CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('{value}')"
-            ))
-            .await
-            .unwrap();
-        setup.disconnect().await.unwrap();
-    }
+    let table = |value| format!("CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('{value}')");
+    let first_schema = Schema::with("mysql_prepared_a", &table("a")).await;
+    let second_schema = Schema::with("mysql_prepared_b", &table("b")).await;
     let (a, b) = (&first_schema.name, &second_schema.name);
     let attache = Attache::run(&config(
         "      pool_size: 2
@@ -568,13 +555,11 @@ async fn prepared_statements_follow_their_client_across_server_connections() {
 
 #[tokio::test]
 async fn a_prepared_statement_is_read_with_its_clients_sql_mode_wherever_it_runs() {
-    let schema = Schema::create("mysql_prepared_mode").await;
-    let mut setup = connect(direct(), &schema.name).await;
-    setup
-        .query_drop("CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('column')")
-        .await
-        .unwrap();
-    setup.disconnect().await.unwrap();
+    let schema = Schema::with(
+        "mysql_prepared_mode",
+        "CREATE TABLE t (v VARCHAR(10)); INSERT INTO t VALUES ('column')",
+    )
+    .await;
     // One server connection that keeps one statement: the two clients'
     // statements push each other out.
     let attache = Attache::run(&config(
@@ -614,13 +599,11 @@ async fn a_prepared_statement_is_read_with_its_clients_sql_mode_wherever_it_runs
 
 #[tokio::test]
 async fn a_client_that_asks_for_found_rows_gets_matched_row_counts_from_a_pool_of_its_own() {
-    let schema = Schema::create("mysql_found_rows").await;
-    let mut setup = connect(direct(), &schema.name).await;
-    setup
-        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 7)")
-        .await
-        .unwrap();
-    setup.disconnect().await.unwrap();
+    let schema = Schema::with(
+        "mysql_found_rows",
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 7)",
+    )
+    .await;
     let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
     let front = attache.listener("db");
     let found_rows_options = |address| {
