@@ -391,6 +391,27 @@ impl ServerConnection {
         Ok(outcome)
     }
 
+    /// Makes `schema` the connection's default schema (a hidden
+    /// `COM_INIT_DB`, unless it is already). `Err` inside: the server's
+    /// refusal (the schema is gone, say).
+    pub(super) async fn use_schema(
+        &mut self,
+        schema: &str,
+        buffer: &mut BytesMut,
+    ) -> Result<Result<(), Vec<u8>>, ServerError> {
+        if self.schema.as_deref() == Some(schema) {
+            return Ok(Ok(()));
+        }
+        let mut request = Vec::with_capacity(1 + schema.len());
+        request.push(command::INIT_DB);
+        request.extend_from_slice(schema.as_bytes());
+        let outcome = self.hidden_command(&request, buffer).await?;
+        if outcome.is_ok() {
+            self.schema = Some(schema.to_owned());
+        }
+        Ok(outcome)
+    }
+
     /// Puts replayed variables at the values `wanted` names, with one hidden
     /// `SET SESSION` of those that differ. `Err` inside: the server's
     /// refusal.
@@ -526,14 +547,9 @@ impl ServerConnection {
             }
             self.track_state(replayed, buffer).await?;
             if let Some(schema) = schema
-                && self.schema.as_deref() != Some(schema)
+                && self.use_schema(schema, buffer).await?.is_err()
             {
-                let mut request = vec![command::INIT_DB];
-                request.extend_from_slice(schema.as_bytes());
-                if self.hidden_command(&request, buffer).await?.is_err() {
-                    return Ok(false);
-                }
-                self.schema = Some(schema.to_owned());
+                return Ok(false);
             }
             Ok(true)
         };

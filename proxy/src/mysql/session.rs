@@ -493,8 +493,8 @@ impl<'a> Session<'a> {
     }
 
     /// A client's `COM_STMT_PREPARE`: answered from the lent connection's
-    /// statement when it has prepared the same text in the same schema,
-    /// else sent on (and the reply followed, [`Self::prepared`]).
+    /// statement when it has prepared the same text the same way
+    /// ([`StatementKey`]), else sent on (and the reply followed, [`Self::prepared`]).
     async fn prepare_statement(
         &mut self,
         message: BytesMut,
@@ -586,20 +586,16 @@ impl<'a> Session<'a> {
         let variables = client.key.variables();
         let text = client.key.text().to_vec();
         let buffer = &mut self.from_server;
-        let elsewhere = schema.is_some() && server.schema != schema;
         let previous_schema = server.schema.clone();
         let previous_variables = server.variables.clone();
         let outcome = async {
             // Read as the client's prepare was: in its schema, with its
             // replayed variables.
             let mut refused = None;
-            if elsewhere && let Some(schema) = &schema {
-                let mut request = vec![command::INIT_DB];
-                request.extend_from_slice(schema.as_bytes());
-                match server.hidden_command(&request, buffer).await? {
-                    Ok(()) => server.schema = Some(schema.clone()),
-                    Err(payload) => refused = Some(payload),
-                }
+            if let Some(schema) = &schema
+                && let Err(payload) = server.use_schema(schema, buffer).await?
+            {
+                refused = Some(payload);
             }
             if refused.is_none()
                 && let Err(payload) = server.set_variables(&variables, buffer).await?
@@ -613,14 +609,8 @@ impl<'a> Session<'a> {
             // Back to the client's own (a refusal here, the schema gone,
             // say, is reported by the next command's switch).
             let _ = server.set_variables(&previous_variables, buffer).await?;
-            if server.schema != previous_schema
-                && let Some(previous) = previous_schema
-            {
-                let mut request = vec![command::INIT_DB];
-                request.extend_from_slice(previous.as_bytes());
-                if server.hidden_command(&request, buffer).await?.is_ok() {
-                    server.schema = Some(previous);
-                }
+            if let Some(previous) = &previous_schema {
+                let _ = server.use_schema(previous, buffer).await?;
             }
             let statement = match prepared {
                 Ok(statement) => statement,
@@ -905,16 +895,10 @@ impl<'a> Session<'a> {
         let Some(lease) = self.lease.as_mut() else {
             return Err(End::Failed(CloseResult::Error));
         };
-        let server = lease.connection();
-        if server.schema.as_deref() == Some(schema.as_str()) {
-            return Ok(true);
-        }
-        let mut request = vec![command::INIT_DB];
-        request.extend_from_slice(schema.as_bytes());
-        let switched = server.hidden_command(&request, &mut self.from_server).await;
-        if let Ok(Ok(())) = switched {
-            server.schema = Some(schema);
-        }
+        let switched = lease
+            .connection()
+            .use_schema(&schema, &mut self.from_server)
+            .await;
         match switched {
             Ok(Ok(())) => Ok(true),
             Ok(Err(payload)) => {
