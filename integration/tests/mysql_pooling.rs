@@ -1004,6 +1004,18 @@ async fn clients_that_lie_lose_only_their_own_connections() {
     write_command(&mut guesser, b"\x03SELECT 1").await;
     let reply = read_packet(&mut guesser).await;
     assert_eq!(&reply[3..], [1, 1], "a result set with one column");
+    // Its column, an EOF, the row, an EOF.
+    for _ in 0..4 {
+        read_packet(&mut guesser).await;
+    }
+    // A statement past what one client may hold (16 MiB of text) is
+    // refused before it reaches the server.
+    let mut huge = vec![0x16];
+    huge.extend_from_slice(b"SELECT 1 -- ");
+    huge.resize(17 << 20, b'x');
+    write_command(&mut guesser, &huge).await;
+    let reply = read_packet(&mut guesser).await;
+    assert_eq!(u16::from_le_bytes([reply[5], reply[6]]), 1461, "{reply:?}");
 
     // Meanwhile an honest client is served.
     let mut honest = connect(front, "test").await;
@@ -1036,12 +1048,20 @@ async fn raw_login(front: SocketAddr, schema: &str) -> tokio::net::TcpStream {
     stream
 }
 
-/// Sends one command (sequence id 0).
+/// Sends one command, in as many packets as it takes (16 MiB - 1 each,
+/// then a shorter one, empty if need be).
 async fn write_command(stream: &mut tokio::net::TcpStream, payload: &[u8]) {
-    let mut packet = (payload.len() as u32).to_le_bytes()[..3].to_vec();
-    packet.push(0);
-    packet.extend_from_slice(payload);
-    stream.write_all(&packet).await.unwrap();
+    const MAX: usize = 0xff_ffff;
+    let mut out = Vec::with_capacity(payload.len() + 8);
+    for (sequence, chunk) in payload.chunks(MAX).enumerate() {
+        out.extend_from_slice(&(chunk.len() as u32).to_le_bytes()[..3]);
+        out.push(sequence as u8);
+        out.extend_from_slice(chunk);
+    }
+    if payload.len().is_multiple_of(MAX) {
+        out.extend_from_slice(&[0, 0, 0, (payload.len() / MAX) as u8]);
+    }
+    stream.write_all(&out).await.unwrap();
 }
 
 /// Reads one whole packet (header included).

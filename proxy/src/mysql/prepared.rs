@@ -24,7 +24,7 @@ use super::wire;
 /// `max_prepared_stmt_count`, which the server counts for all sessions).
 pub(super) const MAX_CLIENT_STATEMENTS: usize = 16_382;
 /// The text of its statements one client may hold at once.
-pub(super) const MAX_CLIENT_TEXT: usize = 64 << 20;
+pub(super) const MAX_CLIENT_TEXT: usize = 16 << 20;
 /// `ER_UNKNOWN_STMT_HANDLER`.
 pub(super) const UNKNOWN_STATEMENT: u16 = 1243;
 /// `ER_MAX_PREPARED_STMT_COUNT_REACHED`.
