@@ -24,62 +24,77 @@ impl RedisServer {
 
     /// Plaintext Redis with extra `redis-server` arguments (`--requirepass x`).
     pub fn plain_with(extra: &[&str]) -> Self {
-        let port = servers::closed_port().port();
-        let mut arguments = vec!["--port".to_owned(), port.to_string()];
-        arguments.extend(extra.iter().map(|argument| (*argument).to_owned()));
-        Self::start(arguments, port)
+        Self::start(|port| {
+            let mut arguments = vec!["--port".to_owned(), port.to_string()];
+            arguments.extend(extra.iter().map(|argument| (*argument).to_owned()));
+            arguments
+        })
     }
 
     /// Redis with TLS only, requiring client certificates from `pki`'s CA.
     pub fn tls(pki: &Pki) -> Self {
-        let port = servers::closed_port().port();
-        let arguments = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--tls-cert-file",
-            &pki.cert("server"),
-            "--tls-key-file",
-            &pki.key("server"),
-            "--tls-ca-cert-file",
-            &pki.ca(),
-            "--tls-auth-clients",
-            "yes",
-        ];
-        Self::start(
-            arguments
-                .iter()
-                .map(|argument| (*argument).to_owned())
-                .collect(),
-            port,
-        )
+        Self::start(|port| {
+            [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &pki.cert("server"),
+                "--tls-key-file",
+                &pki.key("server"),
+                "--tls-ca-cert-file",
+                &pki.ca(),
+                "--tls-auth-clients",
+                "yes",
+            ]
+            .iter()
+            .map(|argument| (*argument).to_owned())
+            .collect()
+        })
     }
 
-    fn start(mut arguments: Vec<String>, port: u16) -> Self {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let dir = directory.path().display().to_string();
-        arguments.extend(
-            [
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &dir,
-            ]
-            .map(str::to_owned),
-        );
-        let mut server = Self {
-            child: None,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
-            arguments,
-            directory,
-        };
-        server.restart();
-        server
+    /// Starts a server on a free port (`arguments` names it in the
+    /// server's arguments); another port is tried when the server exits
+    /// before accepting (something took the port between its choice and
+    /// the server's bind).
+    fn start(arguments: impl Fn(u16) -> Vec<String>) -> Self {
+        let mut attempts = 0;
+        loop {
+            let directory = tempfile::tempdir().expect("temporary directory");
+            let dir = directory.path().display().to_string();
+            let port = servers::closed_port().port();
+            let mut arguments = arguments(port);
+            arguments.extend(
+                [
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    &dir,
+                ]
+                .map(str::to_owned),
+            );
+            let mut server = Self {
+                child: None,
+                address: SocketAddr::from(([127, 0, 0, 1], port)),
+                arguments,
+                directory,
+            };
+            match server.launch() {
+                Ok(()) => return server,
+                Err(status) => {
+                    attempts += 1;
+                    assert!(
+                        attempts < 5,
+                        "redis-server exited ({status}) before accepting, {attempts} times"
+                    );
+                }
+            }
+        }
     }
 
     /// Kills the server (its clients see their connections closed).
@@ -92,6 +107,19 @@ impl RedisServer {
 
     /// Starts the server again on the same port and waits until it accepts.
     pub fn restart(&mut self) {
+        if let Err(status) = self.launch() {
+            panic!(
+                "redis-server exited ({status}) before accepting on {}; is the port taken?",
+                self.address
+            );
+        }
+    }
+
+    /// (Re)starts the server and waits until it accepts; `Err` when it
+    /// exited first. A connection to itself (Linux may give an outgoing
+    /// connection the very port it dials, while nothing listens there)
+    /// does not count as the server accepting.
+    fn launch(&mut self) -> Result<(), std::process::ExitStatus> {
         self.stop();
         let child = Command::new("redis-server")
             .args(&self.arguments)
@@ -101,12 +129,15 @@ impl RedisServer {
             .expect("redis-server runs");
         let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.address).is_err() {
+        loop {
+            if let Ok(stream) = std::net::TcpStream::connect(self.address)
+                && stream.local_addr().ok() != stream.peer_addr().ok()
+            {
+                return Ok(());
+            }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "redis-server exited ({status}) before accepting on {}; is the port taken?",
-                    self.address
-                );
+                self.child = None;
+                return Err(status);
             }
             assert!(
                 Instant::now() < deadline,
