@@ -138,22 +138,23 @@ impl ClientStatements {
 
     /// The statement `id` names (MariaDB's `-1`: the last one prepared).
     pub(super) fn get_mut(&mut self, id: u32) -> Option<&mut ClientStatement> {
-        let id = if id == LAST_PREPARED {
-            self.last_id
-        } else {
-            id
-        };
+        let id = self.resolve(id);
         self.by_id.get_mut(&id)
     }
 
     pub(super) fn remove(&mut self, id: u32) {
-        let id = if id == LAST_PREPARED {
+        let id = self.resolve(id);
+        if let Some(removed) = self.by_id.remove(&id) {
+            self.text_bytes -= removed.key.bytes.len();
+        }
+    }
+
+    /// The id a command's `id` stands for.
+    fn resolve(&self, id: u32) -> u32 {
+        if id == LAST_PREPARED {
             self.last_id
         } else {
             id
-        };
-        if let Some(removed) = self.by_id.remove(&id) {
-            self.text_bytes -= removed.key.bytes.len();
         }
     }
 
@@ -207,9 +208,15 @@ pub(super) fn for_server(
         if let Ok(Some(layout)) = wire::execute_layout(&payload, client.parameters) {
             match layout.types {
                 Some(types) => {
-                    let types: Box<[u8]> = payload[types].into();
-                    client.types = Some(types.clone());
-                    server.types = Some(types);
+                    // Most drivers bind the same types every time: kept as
+                    // they are then, without a copy per execution.
+                    let types = &payload[types];
+                    if client.types.as_deref() != Some(types) {
+                        client.types = Some(types.into());
+                    }
+                    if server.types.as_deref() != Some(types) {
+                        server.types = Some(types.into());
+                    }
                 }
                 None if server.types != client.types && client.types.is_some() => {
                     server.types.clone_from(&client.types);

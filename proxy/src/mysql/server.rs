@@ -412,21 +412,30 @@ impl ServerConnection {
         Ok(outcome)
     }
 
-    /// Puts replayed variables at the values `wanted` names, with one hidden
-    /// `SET SESSION` of those that differ. `Err` inside: the server's
-    /// refusal.
-    pub(super) async fn set_variables(
-        &mut self,
-        wanted: &Variables,
-        buffer: &mut BytesMut,
-    ) -> Result<Result<(), Vec<u8>>, ServerError> {
-        let assignments: Vec<_> = wanted
-            .iter()
+    /// Of the `wanted` values, those that differ from this connection's
+    /// (copied only then: this runs before every lent command).
+    pub(super) fn differing<'a>(
+        &self,
+        wanted: impl IntoIterator<Item = (&'a str, &'a Option<String>)>,
+    ) -> Variables {
+        wanted
+            .into_iter()
             .filter(|(name, value)| {
                 let current = self.variables.iter().find(|(known, _)| known == name);
-                current.map(|(_, current)| current) != Some(value)
+                current.map(|(_, current)| current) != Some(*value)
             })
-            .collect();
+            .map(|(name, value)| (name.to_owned(), value.clone()))
+            .collect()
+    }
+
+    /// Sets the replayed variables `assignments` names with one hidden
+    /// `SET SESSION` (nothing is sent for none). `Err` inside: the
+    /// server's refusal.
+    pub(super) async fn set_variables(
+        &mut self,
+        assignments: Variables,
+        buffer: &mut BytesMut,
+    ) -> Result<Result<(), Vec<u8>>, ServerError> {
         if assignments.is_empty() {
             return Ok(Ok(()));
         }
@@ -442,7 +451,7 @@ impl ServerConnection {
         let outcome = self.hidden_command(request.as_bytes(), buffer).await?;
         if outcome.is_ok() {
             for (name, value) in assignments {
-                set_variable(&mut self.variables, name, value.clone());
+                set_variable(&mut self.variables, &name, value);
             }
         }
         Ok(outcome)

@@ -597,8 +597,10 @@ impl<'a> Session<'a> {
             {
                 refused = Some(payload);
             }
+            let assignments =
+                server.differing(variables.iter().map(|(name, value)| (name.as_str(), value)));
             if refused.is_none()
-                && let Err(payload) = server.set_variables(&variables, buffer).await?
+                && let Err(payload) = server.set_variables(assignments, buffer).await?
             {
                 refused = Some(payload);
             }
@@ -608,7 +610,12 @@ impl<'a> Session<'a> {
             };
             // Back to the client's own (a refusal here, the schema gone,
             // say, is reported by the next command's switch).
-            let _ = server.set_variables(&previous_variables, buffer).await?;
+            let back = server.differing(
+                previous_variables
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value)),
+            );
+            let _ = server.set_variables(back, buffer).await?;
             if let Some(previous) = &previous_schema {
                 let _ = server.use_schema(previous, buffer).await?;
             }
@@ -919,20 +926,19 @@ impl<'a> Session<'a> {
             return Err(End::Failed(CloseResult::Error));
         };
         let server = lease.connection();
-        let wanted: server::Variables = server
-            .baseline
-            .iter()
-            .map(|(name, baseline)| {
-                let value = self
-                    .who
-                    .variables
-                    .iter()
-                    .find(|(wanted, _)| wanted == name)
-                    .map_or(baseline, |(_, value)| value);
-                (name.clone(), value.clone())
-            })
-            .collect();
-        match server.set_variables(&wanted, &mut self.from_server).await {
+        let assignments = server.differing(server.baseline.iter().map(|(name, baseline)| {
+            let value = self
+                .who
+                .variables
+                .iter()
+                .find(|(wanted, _)| wanted == name)
+                .map_or(baseline, |(_, value)| value);
+            (name.as_str(), value)
+        }));
+        match server
+            .set_variables(assignments, &mut self.from_server)
+            .await
+        {
             Ok(Ok(())) => Ok(true),
             Ok(Err(payload)) => {
                 wire::write_packets(&mut self.to_client, 1, &payload);
