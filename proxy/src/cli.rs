@@ -990,7 +990,7 @@ fn fatal(format: LogFormat, error: &dyn std::fmt::Display) -> ExitCode {
     } else {
         format!("attache: {error}")
     };
-    output::Stream::Stderr.write_line(format!("{line}\n").into_bytes());
+    output::Stream::Stderr.write_line(format!("{line}\n").as_bytes());
     output::flush(Duration::from_secs(1));
     ExitCode::FAILURE
 }

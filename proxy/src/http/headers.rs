@@ -117,16 +117,18 @@ fn new_request_id() -> HeaderValue {
 /// The request's host without a port, lowercase: the URI's authority
 /// (HTTP/2, absolute-form) or else the `Host` header.
 pub(crate) fn host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
-    let authority = uri
-        .authority()
-        .map(|authority| authority.as_str().to_owned())
+    authority(uri, headers).map(str::to_owned)
+}
+
+/// [`host`], borrowed.
+pub(crate) fn authority<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority()
+        .map(http::uri::Authority::as_str)
         .or_else(|| {
             headers
                 .get(header::HOST)
                 .and_then(|value| value.to_str().ok())
-                .map(str::to_owned)
-        })?;
-    Some(authority)
+        })
 }
 
 /// `host[:port]` without the port, lowercase, without the trailing dot of

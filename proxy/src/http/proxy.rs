@@ -25,7 +25,7 @@ use crate::activity::Activity;
 use crate::resilience::limit::{ConcurrencyLimit, LimitLayer, Refusal};
 use crate::resilience::per_try_timeout::PerTryTimeout;
 use crate::resilience::retry::{RetryClass, RetryLimits, RetryPolicy};
-use crate::telemetry::access_log::{AccessLog, Entry};
+use crate::telemetry::access_log::{self, AccessLog, Entry, Outcome};
 use crate::telemetry::log_limit::limited;
 use crate::telemetry::metrics::{ListenerMetrics, Metrics, RouteMetrics, UpstreamRefusal};
 use crate::telemetry::traces::{self, RequestContext};
@@ -254,28 +254,19 @@ impl HttpProxy {
             started,
             status: StatusCode::OK,
             received: Arc::default(),
-            entry: self.access_log.enabled().then(|| Entry {
-                timestamp: AccessLog::timestamp(),
-                listener: self.listener.clone(),
-                route: route.name.to_string(),
-                request_id: String::from_utf8_lossy(request_id.as_bytes()).into_owned(),
-                client: connection.address.to_string(),
-                peer: connection.identity.clone(),
-                method: parts.method.to_string(),
-                authority: headers::host(&parts.uri, &parts.headers).unwrap_or_default(),
-                path: self.access_log.path(&parts.uri),
-                protocol: version_label(parts.version),
-                request_headers: self.access_log.headers(&parts.headers),
-                status: 0,
-                upstream: None,
-                endpoint: None,
-                error: None,
-                retries: 0,
-                bytes_received: 0,
-                bytes_sent: 0,
-                upstream_ms: None,
-                duration_ms: 0.0,
-                complete: false,
+            entry: self.access_log.enabled().then(|| {
+                self.access_log.entry(&access_log::Request {
+                    listener: &self.listener,
+                    route: &route.name,
+                    request_id: request_id.as_bytes(),
+                    client: connection.address,
+                    peer: connection.identity.as_deref(),
+                    method: parts.method.as_str(),
+                    authority: headers::authority(&parts.uri, &parts.headers).unwrap_or_default(),
+                    uri: &parts.uri,
+                    protocol: version_label(parts.version),
+                    headers: &parts.headers,
+                })
             }),
         };
         if let Some(problem) = bad_authority {
@@ -326,7 +317,7 @@ impl HttpProxy {
             client_upgrade,
         } = forwarded;
         if let Some(entry) = &mut finish.entry {
-            entry.upstream = Some(upstream.name().to_owned());
+            entry.upstream = Some(upstream.upstream.shared_name());
         }
         let upgrade = headers::strip_hop_by_hop(&mut parts.headers);
         let authority = headers::host(&parts.uri, &parts.headers);
@@ -402,7 +393,7 @@ impl HttpProxy {
         if let Some(served) = &served
             && let Some(entry) = &mut finish.entry
         {
-            entry.endpoint = Some(served.endpoint.to_string());
+            entry.endpoint = Some(served.endpoint.clone());
             entry.upstream_ms = Some(served.took.as_secs_f64() * 1000.0);
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -592,15 +583,17 @@ impl OnFinish for Finish {
             traces::end_server_span(span, self.status, error);
         }
         if let Some(mut entry) = self.entry {
-            entry.status = self.status.as_u16();
-            entry.bytes_sent = sent;
-            entry.bytes_received = self.received.received();
-            entry.duration_ms = took.as_secs_f64() * 1000.0;
-            entry.complete = complete;
             if ending == Ending::UpstreamCut && entry.error.is_none() {
                 entry.error = Some("response_truncated: the upstream ended the body early".into());
             }
-            self.proxy.access_log.write(&entry);
+            let outcome = Outcome {
+                status: self.status.as_u16(),
+                bytes_received: self.received.received(),
+                bytes_sent: sent,
+                duration_ms: took.as_secs_f64() * 1000.0,
+                complete,
+            };
+            self.proxy.access_log.write(entry, &outcome);
         }
     }
 }

@@ -2,14 +2,20 @@
 //! stderr), written when the response body has ended, with sensitive
 //! header values and query parameters redacted.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::HeaderMap;
-use serde::Serialize;
 
 use super::output::Stream;
 
 const REDACTED: &str = "[redacted]";
+
+/// A line's usual length: most lines fit without growing the buffer.
+const LINE_CAPACITY: usize = 640;
 
 /// What to redact, from `access_log` in the listener's `http` section.
 pub(crate) struct AccessLog {
@@ -20,34 +26,38 @@ pub(crate) struct AccessLog {
     redact_query: HashSet<String>,
 }
 
-/// One request's line.
-#[derive(Serialize)]
-pub(crate) struct Entry {
-    /// When the request's headers arrived, RFC 3339 in UTC.
-    pub(crate) timestamp: String,
-    pub(crate) listener: String,
-    pub(crate) route: String,
-    pub(crate) request_id: String,
-    pub(crate) client: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) peer: Option<String>,
-    pub(crate) method: String,
-    pub(crate) authority: String,
-    pub(crate) path: String,
+/// What a line says of the request, captured when its headers arrive.
+pub(crate) struct Request<'a> {
+    pub(crate) listener: &'a str,
+    pub(crate) route: &'a str,
+    pub(crate) request_id: &'a [u8],
+    pub(crate) client: SocketAddr,
+    pub(crate) peer: Option<&'a str>,
+    pub(crate) method: &'a str,
+    pub(crate) authority: &'a str,
+    pub(crate) uri: &'a http::Uri,
     pub(crate) protocol: &'static str,
-    pub(crate) request_headers: serde_json::Map<String, serde_json::Value>,
-    pub(crate) status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) upstream: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) headers: &'a HeaderMap,
+}
+
+/// One request's line: the request's half is written into the line's buffer
+/// when the request arrives (nothing of the request is kept), what the
+/// proxy learns on the way is kept here, and the response's half is written
+/// when the body ends. One buffer per request, handed whole to the writer.
+pub(crate) struct Entry {
+    line: Vec<u8>,
+    pub(crate) upstream: Option<Arc<str>>,
+    pub(crate) endpoint: Option<Arc<str>>,
     pub(crate) error: Option<String>,
     pub(crate) retries: u32,
+    pub(crate) upstream_ms: Option<f64>,
+}
+
+/// What a line says of the response, once its body has ended.
+pub(crate) struct Outcome {
+    pub(crate) status: u16,
     pub(crate) bytes_received: u64,
     pub(crate) bytes_sent: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) upstream_ms: Option<f64>,
     pub(crate) duration_ms: f64,
     pub(crate) complete: bool,
 }
@@ -69,73 +79,259 @@ impl AccessLog {
         self.enabled
     }
 
-    /// Request headers as a JSON object (those `headers` lists, or all),
-    /// redacted ones as `[redacted]`.
-    pub(crate) fn headers(
-        &self,
-        headers: &HeaderMap,
-    ) -> serde_json::Map<String, serde_json::Value> {
-        let mut logged = serde_json::Map::new();
-        for (name, value) in headers {
+    /// Starts a request's line (its timestamp is now).
+    pub(crate) fn entry(&self, request: &Request<'_>) -> Entry {
+        let mut line = Vec::with_capacity(LINE_CAPACITY);
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
+        let _ = write!(Text(&mut line), "{now}");
+        line.push(b'"');
+        field(&mut line, "listener", request.listener);
+        field(&mut line, "route", request.route);
+        field(
+            &mut line,
+            "request_id",
+            &String::from_utf8_lossy(request.request_id),
+        );
+        line.extend_from_slice(b",\"client\":\"");
+        let _ = write!(Text(&mut line), "{}", request.client);
+        line.push(b'"');
+        if let Some(peer) = request.peer {
+            field(&mut line, "peer", peer);
+        }
+        field(&mut line, "method", request.method);
+        field(&mut line, "authority", request.authority);
+        field(&mut line, "path", &self.path(request.uri));
+        field(&mut line, "protocol", request.protocol);
+        line.extend_from_slice(b",\"request_headers\":{");
+        self.write_headers(&mut line, request.headers);
+        line.push(b'}');
+        Entry {
+            line,
+            upstream: None,
+            endpoint: None,
+            error: None,
+            retries: 0,
+            upstream_ms: None,
+        }
+    }
+
+    /// Request headers (those `headers` lists, or all), repeated ones
+    /// joined with `, `, redacted ones as `[redacted]`.
+    fn write_headers(&self, line: &mut Vec<u8>, headers: &HeaderMap) {
+        let mut first = true;
+        for name in headers.keys() {
             if let Some(only) = &self.logged_headers
                 && !only.contains(name.as_str())
             {
                 continue;
             }
-            let text = if self.redact_headers.contains(name.as_str()) {
-                REDACTED.to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            match logged.get_mut(name.as_str()) {
-                Some(serde_json::Value::String(earlier)) => {
-                    earlier.push_str(", ");
-                    earlier.push_str(&text);
-                }
-                _ => {
-                    logged.insert(name.as_str().to_owned(), text.into());
-                }
+            if !first {
+                line.push(b',');
             }
+            first = false;
+            string(line, name.as_str());
+            line.push(b':');
+            if self.redact_headers.contains(name.as_str()) {
+                string(line, REDACTED);
+                continue;
+            }
+            let mut values = headers.get_all(name).iter();
+            let first_value = values
+                .next()
+                .map(|value| String::from_utf8_lossy(value.as_bytes()));
+            let mut text = first_value.unwrap_or_default();
+            for value in values {
+                let joined = text.to_mut();
+                joined.push_str(", ");
+                joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            }
+            string(line, &text);
         }
-        logged
     }
 
     /// The path and query with redacted parameters' values replaced.
-    pub(crate) fn path(&self, uri: &http::Uri) -> String {
+    fn path<'u>(&self, uri: &'u http::Uri) -> Cow<'u, str> {
         let path = uri.path();
         let Some(query) = uri.query() else {
-            return path.to_owned();
+            return Cow::Borrowed(path);
         };
-        let query: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if self.redact_query.contains(name) => format!("{name}={REDACTED}"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        format!("{path}?{}", query.join("&"))
+        let mut redacted = String::with_capacity(path.len() + 1 + query.len());
+        redacted.push_str(path);
+        redacted.push('?');
+        for (index, pair) in query.split('&').enumerate() {
+            if index > 0 {
+                redacted.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if self.redact_query.contains(name) => {
+                    redacted.push_str(name);
+                    redacted.push('=');
+                    redacted.push_str(REDACTED);
+                }
+                _ => redacted.push_str(pair),
+            }
+        }
+        Cow::Owned(redacted)
     }
 
-    /// Now, as an entry's `timestamp`.
-    pub(crate) fn timestamp() -> String {
-        humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-    }
-
-    /// Writes `entry` as one line.
-    pub(crate) fn write(&self, entry: &Entry) {
-        let Ok(mut line) = serde_json::to_vec(entry) else {
-            return;
-        };
-        line.push(b'\n');
+    /// Ends `entry`'s line with the response's half and queues it.
+    pub(crate) fn write(&self, entry: Entry, outcome: &Outcome) {
         // Queued whole, so lines never interleave and a stuck reader never
         // blocks the request.
-        Stream::Stdout.write_line(line);
+        Stream::Stdout.write_line(&entry.finished(outcome));
+    }
+}
+
+impl Entry {
+    /// The whole line, with the response's half.
+    fn finished(self, outcome: &Outcome) -> Vec<u8> {
+        let Self {
+            mut line,
+            upstream,
+            endpoint,
+            error,
+            retries,
+            upstream_ms,
+        } = self;
+        let _ = write!(Text(&mut line), ",\"status\":{}", outcome.status);
+        if let Some(upstream) = &upstream {
+            field(&mut line, "upstream", upstream);
+        }
+        if let Some(endpoint) = &endpoint {
+            field(&mut line, "endpoint", endpoint);
+        }
+        if let Some(error) = &error {
+            field(&mut line, "error", error);
+        }
+        let _ = write!(
+            Text(&mut line),
+            ",\"retries\":{},\"bytes_received\":{},\"bytes_sent\":{}",
+            retries,
+            outcome.bytes_received,
+            outcome.bytes_sent
+        );
+        if let Some(upstream_ms) = upstream_ms {
+            line.extend_from_slice(b",\"upstream_ms\":");
+            number(&mut line, upstream_ms);
+        }
+        line.extend_from_slice(b",\"duration_ms\":");
+        number(&mut line, outcome.duration_ms);
+        line.extend_from_slice(if outcome.complete {
+            b",\"complete\":true}\n"
+        } else {
+            b",\"complete\":false}\n"
+        });
+        line
+    }
+}
+
+/// `,"name":"value"` with the value escaped.
+fn field(line: &mut Vec<u8>, name: &str, value: &str) {
+    line.extend_from_slice(b",\"");
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b"\":");
+    string(line, value);
+}
+
+/// A JSON string, escaped by serde_json.
+fn string(line: &mut Vec<u8>, value: &str) {
+    let _ = serde_json::to_writer(line, value);
+}
+
+/// A JSON number (a finite float; anything else is `null`, as serde_json
+/// writes it).
+fn number(line: &mut Vec<u8>, value: f64) {
+    let _ = serde_json::to_writer(line, &value);
+}
+
+/// `fmt::Write` into a line's bytes (timestamps, addresses, integers).
+struct Text<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Text<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(log: &AccessLog, uri: &str, headers: &HeaderMap) -> serde_json::Value {
+        let uri: http::Uri = uri.parse().unwrap();
+        let mut entry = log.entry(&Request {
+            listener: "front",
+            route: "r\"1",
+            request_id: b"id-1",
+            client: "127.0.0.1:4000".parse().unwrap(),
+            peer: None,
+            method: "GET",
+            authority: "api.local",
+            uri: &uri,
+            protocol: "HTTP/1.1",
+            headers,
+        });
+        entry.upstream = Some(Arc::from("app"));
+        entry.upstream_ms = Some(0.25);
+        let outcome = Outcome {
+            status: 200,
+            bytes_received: 3,
+            bytes_sent: 4,
+            duration_ms: 1.5,
+            complete: true,
+        };
+        let line = entry.finished(&outcome);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|byte| **byte == b'\n').count(), 1);
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let log = AccessLog::new(&attache_config::AccessLog::default());
+        let mut headers = HeaderMap::new();
+        headers.insert("user-agent", "curl/8 \"quoted\"".parse().unwrap());
+        headers.append("accept", "text/html".parse().unwrap());
+        headers.append("accept", "*/*".parse().unwrap());
+        let line = line(&log, "/a/b", &headers);
+        let object = line.as_object().unwrap();
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "timestamp",
+                "listener",
+                "route",
+                "request_id",
+                "client",
+                "method",
+                "authority",
+                "path",
+                "protocol",
+                "request_headers",
+                "status",
+                "upstream",
+                "retries",
+                "bytes_received",
+                "bytes_sent",
+                "upstream_ms",
+                "duration_ms",
+                "complete"
+            ]
+        );
+        assert!(humantime::parse_rfc3339(line["timestamp"].as_str().unwrap()).is_ok());
+        assert_eq!(line["route"], "r\"1");
+        assert_eq!(line["client"], "127.0.0.1:4000");
+        assert_eq!(line["path"], "/a/b");
+        assert_eq!(line["request_headers"]["user-agent"], "curl/8 \"quoted\"");
+        assert_eq!(line["request_headers"]["accept"], "text/html, */*");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["upstream_ms"], 0.25);
+        assert_eq!(line["duration_ms"], 1.5);
+        assert_eq!(line["complete"], true);
+    }
 
     #[test]
     fn default_redaction_hides_credentials_in_headers_and_query() {
@@ -144,15 +340,17 @@ mod tests {
         headers.insert("authorization", "Bearer abc".parse().unwrap());
         headers.insert("cookie", "session=1".parse().unwrap());
         headers.insert("user-agent", "curl/8".parse().unwrap());
-        let logged = log.headers(&headers);
+        let line = line(
+            &log,
+            "/login?user=ann&password=hunter2&token=t&next=/",
+            &headers,
+        );
+        let logged = &line["request_headers"];
         assert_eq!(logged["authorization"], REDACTED);
         assert_eq!(logged["cookie"], REDACTED);
         assert_eq!(logged["user-agent"], "curl/8");
-        let uri: http::Uri = "/login?user=ann&password=hunter2&token=t&next=/"
-            .parse()
-            .unwrap();
         assert_eq!(
-            log.path(&uri),
+            line["path"],
             "/login?user=ann&password=[redacted]&token=[redacted]&next=/"
         );
     }
@@ -169,7 +367,8 @@ mod tests {
         headers.insert("cookie", "session=1".parse().unwrap());
         headers.insert("user-agent", "curl/8".parse().unwrap());
         headers.insert("accept", "*/*".parse().unwrap());
-        let logged = log.headers(&headers);
+        let line = line(&log, "/", &headers);
+        let logged = line["request_headers"].as_object().unwrap();
         let mut names: Vec<&String> = logged.keys().collect();
         names.sort();
         assert_eq!(names, ["authorization", "user-agent"]);
@@ -179,6 +378,7 @@ mod tests {
             headers: Some(Vec::new()),
             ..attache_config::AccessLog::default()
         };
-        assert!(AccessLog::new(&none).headers(&headers).is_empty());
+        let line = super::tests::line(&AccessLog::new(&none), "/", &headers);
+        assert!(line["request_headers"].as_object().unwrap().is_empty());
     }
 }

@@ -282,6 +282,11 @@ impl Upstream {
         &self.name
     }
 
+    /// The name, shared (kept per request without a copy).
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     /// Starts the health checks, then waits until every warm pool is full,
     /// or for at most the connect timeout (an upstream that is down must not
     /// hold up start-up: its pool keeps refilling in the background).
