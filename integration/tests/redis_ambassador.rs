@@ -424,6 +424,92 @@ async fn pub_sub_reaches_a_subscriber_through_the_proxy() {
     assert_eq!(message.get_payload::<String>().unwrap(), "hello");
 }
 
+/// `SET key value` in RESP.
+fn set_command(key: &str, value: &[u8]) -> Vec<u8> {
+    let mut command = format!(
+        "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n",
+        key.len(),
+        value.len()
+    )
+    .into_bytes();
+    command.extend_from_slice(value);
+    command.extend_from_slice(b"\r\n");
+    command
+}
+
+/// Writes `bytes` in pieces of the given sizes (the last piece takes the
+/// rest), each its own write, waiting for the kernel to take each.
+async fn write_in_pieces(stream: &mut tokio::net::TcpStream, bytes: &[u8], sizes: &[usize]) {
+    let mut rest = bytes;
+    for size in sizes {
+        let (piece, after) = rest.split_at((*size).min(rest.len()));
+        stream.write_all(piece).await.unwrap();
+        stream.flush().await.unwrap();
+        rest = after;
+    }
+    stream.write_all(rest).await.unwrap();
+}
+
+// attache reads a client between commands onto the stack and keeps no read
+// buffer for it; a command cut anywhere, one far larger than a read, and a
+// pipeline of many must still be read whole, shared and pinned alike.
+#[tokio::test]
+async fn commands_cut_anywhere_and_pipelines_larger_than_a_read_arrive_whole() {
+    let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();
+    let front = attache.listener("redis");
+    let mut direct = direct(shared_redis()).await;
+    let prefix = format!("attache:test:pieces:{}", std::process::id());
+    let value = random_bytes(300 * 1024 + 7, 41);
+
+    let mut stream = tokio::net::TcpStream::connect(front).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    // Shared: cut inside the header, the length, and the value.
+    let shared_key = format!("{prefix}:shared");
+    write_in_pieces(
+        &mut stream,
+        &set_command(&shared_key, &value),
+        &[1, 2, 5, 9, 17, 70_001],
+    )
+    .await;
+    let mut reply = [0; 5];
+    stream.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"+OK\r\n");
+    // Pinned (a transaction): the same cuts inside MULTI ... EXEC.
+    let pinned_key = format!("{prefix}:pinned");
+    let transaction = [
+        &b"*1\r\n$5\r\nMULTI\r\n"[..],
+        &set_command(&pinned_key, &value),
+        b"*1\r\n$4\r\nEXEC\r\n",
+    ]
+    .concat();
+    write_in_pieces(&mut stream, &transaction, &[3, 20, 1, 16_390, 2]).await;
+    let expected = b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n";
+    let mut reply = vec![0; expected.len()];
+    stream.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply, expected);
+    for key in [&shared_key, &pinned_key] {
+        let stored: Vec<u8> = direct.get(key).await.unwrap();
+        assert_eq!(sha256_hex(&stored), sha256_hex(&value), "{key}");
+    }
+
+    // A pipeline of 2,000 commands (about 90 KiB) in one write.
+    let counter = format!("{prefix}:counter");
+    let increment = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{counter}\r\n", counter.len());
+    let pipeline = increment.repeat(2000);
+    stream.write_all(pipeline.as_bytes()).await.unwrap();
+    let expected: String = (1..=2000).map(|n| format!(":{n}\r\n")).collect();
+    let mut reply = vec![0; expected.len()];
+    tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8(reply).unwrap(), expected);
+    let _: () = direct
+        .del(&[shared_key, pinned_key, counter])
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn malformed_input_closes_only_that_client() {
     let attache = Attache::run(&config(shared_redis(), "")).await.unwrap();

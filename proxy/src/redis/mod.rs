@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use attache_resp::{Limits, encode, parse_command};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -52,7 +52,7 @@ use replies::Replies;
 use shared::{Batch, SharedConnection};
 pub(crate) use target::{SentinelMaster, Target};
 
-/// Read buffer of a client connection.
+/// Room a client's read buffer gets while a command is incomplete.
 const CLIENT_BUFFER: usize = 16 * 1024;
 
 /// A shared set serves one (database, protocol version) pair.
@@ -232,7 +232,7 @@ pub(crate) async fn serve(
     proxy.redis_metrics.client(1);
     let _counted = ClientCounted(&proxy.redis_metrics);
     let mut session = Session::new(&proxy, context.client_address);
-    let mut input = BytesMut::with_capacity(CLIENT_BUFFER);
+    let mut input = BytesMut::new();
     // Re-armed from the last activity only when it fires, as in the TCP relay.
     let mut last_activity = Instant::now();
     let idle = tokio::time::sleep(proxy.idle_timeout);
@@ -251,7 +251,7 @@ pub(crate) async fn serve(
             break CloseResult::Ok;
         }
         tokio::select! {
-            read = client.read_buf(&mut input), if !session.closing => match read {
+            read = read_client(&mut client, &mut input), if !session.closing => match read {
                 Ok(0) => break CloseResult::Ok,
                 Ok(_) => last_activity = Instant::now(),
                 Err(_) => break CloseResult::Error,
@@ -281,6 +281,24 @@ pub(crate) async fn serve(
     };
     let _ = client.shutdown().await;
     proxy.metrics.closed(result);
+}
+
+/// One read from a client. With nothing buffered (a client between
+/// commands: most of its life) the bytes land on the stack and the buffer
+/// gets exactly what came, so an idle client holds no read buffer; only an
+/// incomplete command gets [`CLIENT_BUFFER`] of room to grow in.
+pub(super) async fn read_client<C: AsyncRead + Unpin>(
+    client: &mut C,
+    input: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if input.is_empty() {
+        // Lets go of the allocation the earlier commands' bytes shared.
+        *input = BytesMut::new();
+        crate::net::read_into_room(client, input).await
+    } else {
+        input.reserve(CLIENT_BUFFER);
+        client.read_buf(input).await
+    }
 }
 
 /// One client's state between its commands.

@@ -415,7 +415,7 @@ pub(super) async fn session<C: AsyncRead + AsyncWrite + Unpin>(
                     "ERR attache: no reply within the command timeout ({command_timeout:?}, or a blocking command's own plus {BLOCKING_MARGIN:?})"
                 )).await;
             }
-            read = client.read_buf(input), if !session.quitting => match read {
+            read = super::read_client(client, input), if !session.quitting => match read {
                 // Mid-transaction or subscribed: the connection's state is
                 // unknown to the client now; it is reset below.
                 Ok(0) | Err(_) => break Ended::Close,
