@@ -239,7 +239,9 @@ pub(crate) async fn serve(
     tokio::pin!(idle);
     let result = loop {
         if let Some(command) = session.take_commands(&mut input).await {
-            match session.pinned(&mut client, &mut input, command).await {
+            // Boxed: a pinned session's state is large and rare, and would
+            // otherwise be part of every client's task for its whole life.
+            match Box::pin(session.pinned(&mut client, &mut input, command)).await {
                 Some(result) => break result,
                 None => {
                     last_activity = Instant::now();
@@ -250,6 +252,7 @@ pub(crate) async fn serve(
         if session.closing && session.replies.is_empty() {
             break CloseResult::Ok;
         }
+        session.replies.release_room();
         tokio::select! {
             read = read_client(&mut client, &mut input), if !session.closing => match read {
                 Ok(0) => break CloseResult::Ok,
@@ -365,7 +368,8 @@ impl<'a> Session<'a> {
             let class = match self.decide(&command) {
                 Decision::Class(class) => class,
                 Decision::Hello(requested) => {
-                    self.switch_protocol(requested, &command, &mut batch).await;
+                    // Boxed for the same reason as a pinned session.
+                    Box::pin(self.switch_protocol(requested, &command, &mut batch)).await;
                     continue;
                 }
             };
@@ -415,7 +419,7 @@ impl<'a> Session<'a> {
                 }
                 Class::Select(requested) => {
                     flush_batch(&self.pool, self.affinity, &mut batch).await;
-                    self.select(requested).await;
+                    Box::pin(self.select(requested)).await;
                 }
                 Class::Quit => {
                     self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));

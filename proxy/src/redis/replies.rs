@@ -67,6 +67,14 @@ impl Replies {
         self.queue.is_empty()
     }
 
+    /// Lets go of the queue's room when nothing is owed: a client between
+    /// commands (most of its life) keeps none.
+    pub(super) fn release_room(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// A reply attache has already.
     pub(super) fn push_ready(&mut self, reply: Bytes) {
         self.queue.push_back(Pending::Ready(reply));
