@@ -223,15 +223,25 @@ impl RedisProxy {
 /// rest onto the client's shared connection, hand the client to a pinned
 /// session when a command needs a connection of its own, and write replies
 /// back in order.
-pub(crate) async fn serve(
-    mut client: ClientStream,
+pub(crate) fn serve(
+    client: ClientStream,
     context: ConnectionContext,
+    proxy: Arc<RedisProxy>,
+) -> impl Future<Output = ()> + Send {
+    // Only the address is needed: the rest of the context is not kept in
+    // the client's task for its whole life.
+    serve_client(client, context.client_address, proxy)
+}
+
+async fn serve_client(
+    mut client: ClientStream,
+    address: std::net::SocketAddr,
     proxy: Arc<RedisProxy>,
 ) {
     // Counted in the multiplexing ratio while connected.
     proxy.redis_metrics.client(1);
     let _counted = ClientCounted(&proxy.redis_metrics);
-    let mut session = Session::new(&proxy, context.client_address);
+    let mut session = Session::new(&proxy, address);
     let mut input = BytesMut::new();
     // Re-armed from the last activity only when it fires, as in the TCP relay.
     let mut last_activity = Instant::now();

@@ -102,8 +102,16 @@ impl SharedConnection {
     }
 
     /// Hands `batch` to the connection; `false` when its task has ended.
+    /// Waiting for room is rare, and its state (a semaphore acquisition) is
+    /// boxed so that it is not part of every client's task.
     pub(super) async fn send(&self, batch: Batch) -> bool {
-        self.sender.send(batch).await.is_ok()
+        match self.sender.try_send(batch) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                Box::pin(self.sender.send(batch)).await.is_ok()
+            }
+        }
     }
 }
 
