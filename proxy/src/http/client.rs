@@ -97,7 +97,6 @@ pub(crate) struct Endpoints {
 }
 
 impl Endpoints {
-    /// A client per endpoint of `upstream`.
     /// A client per endpoint of `upstream`, and for each endpoint named by a
     /// hostname a task that re-resolves it (inside the runtime).
     pub(crate) fn new(
