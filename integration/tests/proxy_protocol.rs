@@ -246,7 +246,7 @@ impl Peer {
                 )
             },
             |_, prefix| {
-                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"]
+                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", NGINX_FOREGROUND]
                     .map(str::to_owned)
                     .to_vec()
             },
@@ -270,7 +270,7 @@ impl Peer {
                 )
             },
             |_, prefix| {
-                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", "daemon off;"]
+                ["-e", "stderr", "-p", prefix, "-c", "nginx.conf", "-g", NGINX_FOREGROUND]
                     .map(str::to_owned)
                     .to_vec()
             },
@@ -285,6 +285,10 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// nginx in the foreground as one process: killing it stops it all (a
+/// killed master leaves its worker running, holding its port, forever).
+const NGINX_FOREGROUND: &str = "daemon off; master_process off;";
 
 /// Where Debian's libnginx-mod-stream puts the module (`.ci/run` installs it).
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
