@@ -87,6 +87,38 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
+def idle_kib_per_connection(port, pid, request, reply_end, count=500):
+    """RSS growth of `pid` per idle connection: `count` connections to
+    `port` that each sent `request` and read its reply (up to `reply_end`),
+    then stay open doing nothing; measured after a settling second, then
+    closed. One warm-up connection first, so lazily made state is not
+    counted."""
+    def exchange(sock):
+        sock.sendall(request)
+        data = b""
+        while not data.endswith(reply_end):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"port {port} closed an idle-memory connection")
+            data += chunk
+
+    with socket.create_connection(("127.0.0.1", port)) as warm:
+        exchange(warm)
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            held.append(sock)
+            exchange(sock)
+        time.sleep(1)
+        return (rss_kib(pid) - before) / count
+    finally:
+        for sock in held:
+            sock.close()
+
+
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 

@@ -3,18 +3,23 @@
 
 The app server is nginx with one worker answering /small (2 bytes) and
 /100k (100 KiB) from memory and disk. Targets, alternated within each round:
-direct (wrk to the app), attache, haproxy (mode http, one thread), nginx
-(proxy_pass, one worker, upstream keepalive). Each target runs wrk with 64
-and with 256 keep-alive connections on each path. Reported per case: requests
-per second and its ratio to direct and to the faster peer, p50/p99 latency
-from wrk's --latency, and the proxy's CPU time per request (utime+stime from
-/proc/PID/stat over the run). Access logs are off everywhere. wrk runs on
-CPU 0; the app and every proxy on CPU 1. Everything listens on 127.0.0.1
-and stops by itself.
+direct (wrk to the app); attache at its defaults (access log on, stdout to a
+file); attache-nolog (a second listener of the same process, access log
+off); haproxy (mode http, one thread, no log); nginx (proxy_pass, one
+worker, upstream keepalive, access_log off) and nginx-log (a second server
+of the same worker with `access_log FILE buffer=64k`). Each target runs wrk
+with 64 and with 256 keep-alive connections on each path. Reported per case:
+requests per second and its ratio to direct and to the faster peer (haproxy
+or nginx, logs off), p50/p99 latency from wrk's --latency, and the proxy's
+CPU time per request (utime+stime from /proc/PID/stat over the run); and,
+measured first while the proxies are fresh, the RSS each gains per idle
+keep-alive connection (500 connections that made one request each). wrk runs on CPU 0; the app and every proxy on
+CPU 1. Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile
 
-from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
+from bench_support import (LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, idle_kib_per_connection, peak_rss_mib, pinned,
+                           save_results, stop, wait_port)
 
 CASES = [("/small", 64), ("/small", 256), ("/100k", 64), ("/100k", 256)]
 CASE_NAMES = {"/small": "2 B responses", "/100k": "100 KiB responses"}
@@ -53,7 +58,8 @@ def main():
         # nginx's worker runs as an unprivileged user: it must reach the file.
         os.chmod(workdir, 0o755)
         os.chmod(os.path.join(workdir, "100k"), 0o644)
-        app_port, nginx_proxy_port, haproxy_port, attache_port, admin_port = (free_port() for _ in range(5))
+        (app_port, nginx_proxy_port, nginx_log_port, haproxy_port, attache_port, attache_nolog_port,
+         admin_port) = (free_port() for _ in range(7))
         nginx_conf = os.path.join(workdir, "nginx.conf")
         with open(nginx_conf, "w") as f:
             f.write(f"""worker_processes 1;
@@ -97,6 +103,17 @@ http {{
       proxy_set_header X-Real-IP $remote_addr;
     }}
   }}
+  server {{
+    listen 127.0.0.1:{nginx_log_port};
+    access_log {workdir}/nginx-access.log combined buffer=64k;
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+    }}
+  }}
 }}
 """)
         haproxy_conf = os.path.join(workdir, "haproxy.cfg")
@@ -124,6 +141,10 @@ listeners:
     listen: 127.0.0.1:{attache_port}
     protocol: http
     upstream: app
+  - name: nolog
+    listen: 127.0.0.1:{attache_nolog_port}
+    protocol: http
+    upstream: app
     http: {{access_log: {{enabled: false}}}}
 upstreams:
   app: {{endpoints: ["127.0.0.1:{app_port}"]}}
@@ -133,9 +154,11 @@ upstreams:
         wait_port(app_port)
         nginx_proxy = pinned(SERVER_CPU, ["nginx", "-c", proxy_conf], **quiet)
         haproxy = pinned(SERVER_CPU, ["haproxy", "-f", haproxy_conf, "-db"], **quiet)
-        attache = pinned(SERVER_CPU, [args.attache, "run", "-c", attache_conf], **quiet)
+        access_log = open(os.path.join(workdir, "attache-access.log"), "wb")
+        attache = pinned(SERVER_CPU, [args.attache, "run", "-c", attache_conf], stdout=access_log,
+                         stderr=subprocess.DEVNULL)
         procs += [nginx_proxy, haproxy, attache]
-        for port in (nginx_proxy_port, haproxy_port, attache_port):
+        for port in (nginx_proxy_port, nginx_log_port, haproxy_port, attache_port, attache_nolog_port):
             wait_port(port)
         # nginx's master process forks the worker that does the work.
         worker = int(subprocess.run(["pgrep", "-P", str(nginx_proxy.pid)], capture_output=True,
@@ -144,9 +167,15 @@ upstreams:
         targets = {
             "direct": (app_port, None),
             "attache": (attache_port, attache.pid),
+            "attache-nolog": (attache_nolog_port, attache.pid),
             "haproxy": (haproxy_port, haproxy.pid),
             "nginx": (nginx_proxy_port, worker),
+            "nginx-log": (nginx_log_port, worker),
         }
+        # First, while every proxy is fresh: after the load, a pool
+        # allocator hands idle connections memory the load already touched.
+        idle = {name: idle_kib_per_connection(port, pid, b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n", b"ok")
+                for name, (port, pid) in targets.items() if name in ("attache", "haproxy", "nginx")}
         results = {(name, case): {"rps": [], "p50": [], "p99": [], "cpu_us": []}
                    for name in targets for case in CASES}
         for round_number in range(args.rounds):
@@ -175,11 +204,15 @@ upstreams:
                 cpu = f"{med(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
                 print(f"| {case[0]} -c{case[1]} | {name} | {rps:.0f} | {rps / direct:.2f}x | {rps / peer:.2f}x "
                       f"| {med(r['p50']):.2f} | {med(r['p99']):.2f} | {cpu} |")
+        print("\n| memory per idle keep-alive connection | " + " | ".join(idle) + " |")
+        print("|---|" + "---|" * len(idle))
+        print("| KiB of RSS | " + " | ".join(f"{kib:.1f}" for kib in idle.values()) + " |")
         save_results("http", args.rounds, [
             {"case": f"HTTP/1.1, {CASE_NAMES[case[0]]}, {case[1]} connections (wrk)", "unit": "req/s", "baseline": "direct",
              "values": {name: med(results[(name, case)]["rps"]) for name in targets}}
             for case in CASES
-        ], {"peak RSS (all cases, up to 256 connections)": peak_rss_mib(attache.pid)})
+        ], {"peak RSS (all cases, up to 256 connections)": peak_rss_mib(attache.pid),
+            "per idle keep-alive connection (500 held)": idle["attache"] / 1024})
     finally:
         stop(procs)
 

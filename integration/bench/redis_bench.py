@@ -7,12 +7,15 @@ and with -P 16, against: direct (a private redis-server), attache
 upstream connection per client) and twemproxy (nutcracker, one server
 connection). While each run lasts, the server's connected_clients is
 sampled; the peak, less the sampling connection, is the number of upstream
-connections the target used. redis-benchmark runs on CPU 0; the server and
-the proxies on CPU 1. Everything listens on 127.0.0.1 and stops by itself.
+connections the target used. First, while both are fresh, the RSS attache
+and twemproxy gain per idle client (500 clients that sent one PING each). redis-benchmark runs on
+CPU 0; the server and the proxies on CPU 1. Everything listens on 127.0.0.1
+and stops by itself.
 """
 import argparse, os, socket, statistics, subprocess, sys, tempfile, threading, time
 
-from bench_support import LOAD_CPU, SERVER_CPU, free_port, peak_rss_mib, pinned, save_results, stop, wait_port
+from bench_support import (LOAD_CPU, SERVER_CPU, free_port, idle_kib_per_connection, peak_rss_mib, pinned, save_results,
+                           stop, wait_port)
 
 TESTS = ["SET", "GET", "INCR", "LPUSH"]
 
@@ -93,10 +96,16 @@ upstreams:
   servers:
     - 127.0.0.1:{server_port}:1
 """)
-        procs.append(pinned(SERVER_CPU, ["nutcracker", "-c", twem_conf, "-o", os.path.join(workdir, "twem.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        twemproxy = pinned(SERVER_CPU, ["nutcracker", "-c", twem_conf, "-o", os.path.join(workdir, "twem.log")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(twemproxy)
         for port in (resp_port, tcp_port, twem_port):
             wait_port(port)
+        # First, while both are fresh: after the load, a pool allocator
+        # hands idle clients memory the load already touched.
+        ping = b"*1\r\n$4\r\nPING\r\n"
+        idle = {name: idle_kib_per_connection(port, pid, ping, b"+PONG\r\n")
+                for name, port, pid in (("attache", resp_port, attache.pid), ("twemproxy", twem_port, twemproxy.pid))}
         targets = {"direct": server_port, "attache": resp_port, "attache-tcp": tcp_port, "twemproxy": twem_port}
         results = {}
         for round_number in range(args.rounds):
@@ -124,6 +133,9 @@ upstreams:
                     rate = med(entry["rates"][t])
                     cells.append(f"{rate:.0f} ({rate / direct[t]:.2f}x)")
                 print(f"| {pipeline} | {name} | " + " | ".join(cells) + f" | {max(entry['connections'])} |")
+        print("\n| memory per idle client | " + " | ".join(idle) + " |")
+        print("|---|" + "---|" * len(idle))
+        print("| KiB of RSS | " + " | ".join(f"{kib:.1f}" for kib in idle.values()) + " |")
         names = {"direct": "direct", "attache": "attache (protocol: redis)", "attache-tcp": "attache (protocol: tcp)",
                  "twemproxy": "twemproxy"}
         save_results("redis", args.rounds, [
@@ -131,7 +143,8 @@ upstreams:
              "unit": "ops/s", "baseline": "direct",
              "values": {names[name]: med(results[(name, pipeline)]["rates"]["GET"]) for name in targets}}
             for pipeline in (1, 16)
-        ], {"peak RSS (50 clients on each listener)": peak_rss_mib(attache.pid)})
+        ], {"peak RSS (50 clients on each listener)": peak_rss_mib(attache.pid),
+            "per idle client (500 held)": idle["attache"] / 1024})
     finally:
         stop(procs)
 
