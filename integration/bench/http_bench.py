@@ -80,6 +80,14 @@ http {{
   }}
 }}
 """)
+        # The same proxying on both servers; only the access log differs.
+        proxying = """    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP $remote_addr;
+    }"""
         proxy_conf = os.path.join(workdir, "nginx-proxy.conf")
         with open(proxy_conf, "w") as f:
             f.write(f"""worker_processes 1;
@@ -95,24 +103,12 @@ http {{
   upstream app {{ server 127.0.0.1:{app_port}; keepalive 512; }}
   server {{
     listen 127.0.0.1:{nginx_proxy_port};
-    location / {{
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Real-IP $remote_addr;
-    }}
+{proxying}
   }}
   server {{
     listen 127.0.0.1:{nginx_log_port};
     access_log {workdir}/nginx-access.log combined buffer=64k;
-    location / {{
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Real-IP $remote_addr;
-    }}
+{proxying}
   }}
 }}
 """)
