@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source integration/bench/install.sh
-install haproxy=haproxy nginx=nginx wrk=wrk
+install haproxy=haproxy nginx=nginx wrk=wrk h2load=nghttp2-client
 cargo build --release --locked -q -p attache
 exec python3 integration/bench/http_bench.py --attache target/release/attache \
   --rounds "${1:-2}" --seconds "${2:-5}"

@@ -8,7 +8,10 @@ file); attache-nolog (a second listener of the same process, access log
 off); haproxy (mode http, one thread, no log); nginx (proxy_pass, one
 worker, upstream keepalive, access_log off) and nginx-log (a second server
 of the same worker with `access_log FILE buffer=64k`). Each target runs wrk
-with 64 and with 256 keep-alive connections on each path. Reported per case:
+with 64 and with 256 keep-alive connections on each path; then an HTTP/2
+front door case: h2load -c 16 -m 10 with prior-knowledge h2c on /small to
+attache, haproxy (`proto h2`) and nginx (`listen ... http2`), each speaking
+HTTP/1.1 to the app, against the app's own h2c listener (direct-h2). Reported per case:
 requests per second and its ratio to direct and to the faster peer (haproxy
 or nginx, logs off), p50/p99 latency from wrk's --latency, and the proxy's
 CPU time per request (utime+stime from /proc/PID/stat over the run); and,
@@ -43,6 +46,25 @@ def wrk(port, path, connections, seconds):
     return rps, requests, to_ms(*p50.groups()), to_ms(*p99.groups())
 
 
+H2_CLIENTS, H2_STREAMS = 16, 10
+
+
+def h2load(port, seconds):
+    """h2load with prior-knowledge h2c on /small: (requests per second,
+    requests done). Any failed or non-2xx request fails the run."""
+    out = subprocess.run(["taskset", "-c", LOAD_CPU, "h2load", "-c", str(H2_CLIENTS), "-m", str(H2_STREAMS),
+                          "-D", str(seconds), f"http://127.0.0.1:{port}/small"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done, succeeded, failed = (int(n) for n in
+                               re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed",
+                                         out).groups())
+    statuses = re.search(r"status codes: (\d+) 2xx", out)
+    if failed or not statuses or int(statuses.group(1)) != succeeded:
+        raise RuntimeError(f"failed HTTP/2 requests on port {port}:\n{out}")
+    return rps, done
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--attache", required=True)
@@ -58,8 +80,8 @@ def main():
         # nginx's worker runs as an unprivileged user: it must reach the file.
         os.chmod(workdir, 0o755)
         os.chmod(os.path.join(workdir, "100k"), 0o644)
-        (app_port, nginx_proxy_port, nginx_log_port, haproxy_port, attache_port, attache_nolog_port,
-         admin_port) = (free_port() for _ in range(7))
+        (app_port, app_h2_port, nginx_proxy_port, nginx_log_port, nginx_h2_port, haproxy_port, haproxy_h2_port,
+         attache_port, attache_nolog_port, admin_port) = (free_port() for _ in range(10))
         nginx_conf = os.path.join(workdir, "nginx.conf")
         with open(nginx_conf, "w") as f:
             f.write(f"""worker_processes 1;
@@ -77,6 +99,10 @@ http {{
     listen 127.0.0.1:{app_port};
     location = /small {{ return 200 "ok"; }}
     location = /100k {{ root {workdir}; try_files /100k =404; }}
+  }}
+  server {{
+    listen 127.0.0.1:{app_h2_port} http2;
+    location = /small {{ return 200 "ok"; }}
   }}
 }}
 """)
@@ -106,6 +132,10 @@ http {{
 {proxying}
   }}
   server {{
+    listen 127.0.0.1:{nginx_h2_port} http2;
+{proxying}
+  }}
+  server {{
     listen 127.0.0.1:{nginx_log_port};
     access_log {workdir}/nginx-access.log combined buffer=64k;
 {proxying}
@@ -126,6 +156,9 @@ defaults
   timeout server 60s
 listen front
   bind 127.0.0.1:{haproxy_port}
+  server app 127.0.0.1:{app_port}
+listen front_h2
+  bind 127.0.0.1:{haproxy_h2_port} proto h2
   server app 127.0.0.1:{app_port}
 """)
         attache_conf = os.path.join(workdir, "attache.yaml")
@@ -154,7 +187,8 @@ upstreams:
         attache = pinned(SERVER_CPU, [args.attache, "run", "-c", attache_conf], stdout=access_log,
                          stderr=subprocess.DEVNULL)
         procs += [nginx_proxy, haproxy, attache]
-        for port in (nginx_proxy_port, nginx_log_port, haproxy_port, attache_port, attache_nolog_port):
+        for port in (nginx_proxy_port, nginx_log_port, nginx_h2_port, haproxy_port, haproxy_h2_port, attache_port,
+                     attache_nolog_port, app_h2_port):
             wait_port(port)
         # nginx's master process forks the worker that does the work.
         worker = int(subprocess.run(["pgrep", "-P", str(nginx_proxy.pid)], capture_output=True,
@@ -168,6 +202,16 @@ upstreams:
             "nginx": (nginx_proxy_port, worker),
             "nginx-log": (nginx_log_port, worker),
         }
+        # HTTP/2 front door: h2c with prior knowledge from h2load, HTTP/1.1 to
+        # the app behind (direct-h2: the app's own h2c listener).
+        h2_targets = {
+            "direct-h2": (app_h2_port, None),
+            "attache": (attache_port, attache.pid),
+            "attache-nolog": (attache_nolog_port, attache.pid),
+            "haproxy": (haproxy_h2_port, haproxy.pid),
+            "nginx": (nginx_h2_port, worker),
+        }
+        h2_results = {name: {"rps": [], "cpu_us": []} for name in h2_targets}
         # First, while every proxy is fresh: after the load, a pool
         # allocator hands idle connections memory the load already touched.
         idle = {name: idle_kib_per_connection(port, pid, b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n", b"ok")
@@ -185,6 +229,13 @@ upstreams:
                         r["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
                     print(f"round {round_number + 1} {case[0]} -c{case[1]} {name}: {rps:.0f} req/s, "
                           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", file=sys.stderr)
+            for name, (port, pid) in h2_targets.items():
+                before = cpu_seconds(pid) if pid else 0
+                rps, requests = h2load(port, args.seconds)
+                h2_results[name]["rps"].append(rps)
+                if pid:
+                    h2_results[name]["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
+                print(f"round {round_number + 1} h2c {name}: {rps:.0f} req/s", file=sys.stderr)
 
         med = lambda values: statistics.median(values) if values else float("nan")
         print(f"\nrounds: {args.rounds} x {args.seconds} s; medians; wrk on CPU {LOAD_CPU}, "
@@ -200,6 +251,15 @@ upstreams:
                 cpu = f"{med(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
                 print(f"| {case[0]} -c{case[1]} | {name} | {rps:.0f} | {rps / direct:.2f}x | {rps / peer:.2f}x "
                       f"| {med(r['p50']):.2f} | {med(r['p99']):.2f} | {cpu} |")
+        direct_h2 = med(h2_results["direct-h2"]["rps"])
+        peer_h2 = max(med(h2_results["haproxy"]["rps"]), med(h2_results["nginx"]["rps"]))
+        print(f"\n| HTTP/2 front door (h2load -c {H2_CLIENTS} -m {H2_STREAMS}, /small) | req/s | vs direct h2 "
+              "| vs faster peer | proxy CPU µs/req |")
+        print("|---|---|---|---|---|")
+        for name, r in h2_results.items():
+            rps = med(r["rps"])
+            cpu = f"{med(r['cpu_us']):.1f}" if r["cpu_us"] else "-"
+            print(f"| {name} | {rps:.0f} | {rps / direct_h2:.2f}x | {rps / peer_h2:.2f}x | {cpu} |")
         print("\n| memory per idle keep-alive connection | " + " | ".join(idle) + " |")
         print("|---|" + "---|" * len(idle))
         print("| KiB of RSS | " + " | ".join(f"{kib:.1f}" for kib in idle.values()) + " |")
@@ -207,6 +267,10 @@ upstreams:
             {"case": f"HTTP/1.1, {CASE_NAMES[case[0]]}, {case[1]} connections (wrk)", "unit": "req/s", "baseline": "direct",
              "values": {name: med(results[(name, case)]["rps"]) for name in targets}}
             for case in CASES
+        ] + [
+            {"case": f"HTTP/2 front door (h2c), 2 B responses, {H2_CLIENTS} connections x {H2_STREAMS} streams (h2load)",
+             "unit": "req/s", "baseline": "direct-h2",
+             "values": {name: med(r["rps"]) for name, r in h2_results.items()}}
         ], {"peak RSS (all cases, up to 256 connections)": peak_rss_mib(attache.pid),
             "per idle keep-alive connection (500 held)": idle["attache"] / 1024})
     finally:
