@@ -34,6 +34,10 @@ const READ_BUFFER: usize = 16 * 1024;
 /// when the connection failed.
 pub(super) type Answer = Result<Bytes, Bytes>;
 
+/// Commands a shared connection gathers from queued batches into one write
+/// (a client's own batch may be larger: it is never split).
+const COALESCED_COMMANDS: usize = 512;
+
 /// One client's commands for one shared connection, and where each reply goes.
 pub(super) struct Batch {
     commands: Vec<Bytes>,
@@ -54,6 +58,13 @@ impl Batch {
 
     pub(super) fn is_empty(&self) -> bool {
         self.commands.is_empty()
+    }
+
+    /// Takes `other`'s commands after this batch's own.
+    fn append(&mut self, other: Self) {
+        self.commands.extend(other.commands);
+        self.replies.extend(other.replies);
+        self.retryable.extend(other.retryable);
     }
 
     /// Adds one command, where its reply goes, and whether it may be retried.
@@ -174,7 +185,7 @@ async fn run(
         };
         tokio::select! {
             batch = batches.recv() => {
-                let Some(batch) = batch else { return };
+                let Some(mut batch) = batch else { return };
                 if session.target.generation() != generation {
                     // Sentinel named a new master: commands go there from now on.
                     held.extend(fail_all(&mut waiting, &RedisError::MasterChanged));
@@ -182,6 +193,12 @@ async fn run(
                     counted.set(false);
                     held.push_back(batch);
                     continue;
+                }
+                // What other clients queued meanwhile goes out in the same
+                // write: one system call for a burst, not one per client.
+                while batch.commands.len() < COALESCED_COMMANDS {
+                    let Ok(queued) = batches.try_recv() else { break };
+                    batch.append(queued);
                 }
                 if let Err(error) = write_batch(Some(open), batch, &mut waiting).await {
                     held.extend(fail_all(&mut waiting, &error));
