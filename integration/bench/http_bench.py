@@ -46,6 +46,15 @@ def wrk(port, path, connections, seconds):
     return rps, requests, to_ms(*p50.groups()), to_ms(*p99.groups())
 
 
+def with_cpu(pid, run):
+    """run()'s result (its second item is the requests done) and the
+    process's CPU time per request over it in µs, as a list: empty without
+    a process to measure (direct)."""
+    before = cpu_seconds(pid) if pid else 0
+    result = run()
+    return result, [(cpu_seconds(pid) - before) / result[1] * 1e6] if pid else []
+
+
 H2_CLIENTS, H2_STREAMS = 16, 10
 
 
@@ -221,20 +230,16 @@ upstreams:
         for round_number in range(args.rounds):
             for case in CASES:
                 for name, (port, pid) in targets.items():
-                    before = cpu_seconds(pid) if pid else 0
-                    rps, requests, p50, p99 = wrk(port, *case, args.seconds)
+                    (rps, requests, p50, p99), cpu_us = with_cpu(pid, lambda: wrk(port, *case, args.seconds))
                     r = results[(name, case)]
                     r["rps"].append(rps); r["p50"].append(p50); r["p99"].append(p99)
-                    if pid:
-                        r["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
+                    r["cpu_us"] += cpu_us
                     print(f"round {round_number + 1} {case[0]} -c{case[1]} {name}: {rps:.0f} req/s, "
                           f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", file=sys.stderr)
             for name, (port, pid) in h2_targets.items():
-                before = cpu_seconds(pid) if pid else 0
-                rps, requests = h2load(port, args.seconds)
+                (rps, requests), cpu_us = with_cpu(pid, lambda: h2load(port, args.seconds))
                 h2_results[name]["rps"].append(rps)
-                if pid:
-                    h2_results[name]["cpu_us"].append((cpu_seconds(pid) - before) / requests * 1e6)
+                h2_results[name]["cpu_us"] += cpu_us
                 print(f"round {round_number + 1} h2c {name}: {rps:.0f} req/s", file=sys.stderr)
 
         med = lambda values: statistics.median(values) if values else float("nan")

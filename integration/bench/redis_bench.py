@@ -8,9 +8,9 @@ upstream connection per client) and twemproxy (nutcracker, one server
 connection). While each run lasts, the server's connected_clients is
 sampled; the peak, less the sampling connection, is the number of upstream
 connections the target used. First, while both are fresh, the RSS attache
-and twemproxy gain per idle client (500 clients that sent one PING each). redis-benchmark runs on
-CPU 0; the server and the proxies on CPU 1. Everything listens on 127.0.0.1
-and stops by itself.
+and twemproxy gain per idle client (500 clients that sent one PING each).
+redis-benchmark runs on CPU 0; the server and the proxies on CPU 1.
+Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, socket, statistics, subprocess, sys, tempfile, threading, time
 

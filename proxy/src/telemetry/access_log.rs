@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -84,7 +84,7 @@ impl AccessLog {
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         line.extend_from_slice(b"{\"timestamp\":\"");
         let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        let _ = write!(Text(&mut line), "{now}");
+        let _ = write!(line, "{now}");
         line.push(b'"');
         field(&mut line, "listener", request.listener);
         field(&mut line, "route", request.route);
@@ -94,7 +94,7 @@ impl AccessLog {
             &String::from_utf8_lossy(request.request_id),
         );
         line.extend_from_slice(b",\"client\":\"");
-        let _ = write!(Text(&mut line), "{}", request.client);
+        let _ = write!(line, "{}", request.client);
         line.push(b'"');
         if let Some(peer) = request.peer {
             field(&mut line, "peer", peer);
@@ -194,7 +194,7 @@ impl Entry {
             retries,
             upstream_ms,
         } = self;
-        let _ = write!(Text(&mut line), ",\"status\":{}", outcome.status);
+        let _ = write!(line, ",\"status\":{}", outcome.status);
         if let Some(upstream) = &upstream {
             field(&mut line, "upstream", upstream);
         }
@@ -205,11 +205,9 @@ impl Entry {
             field(&mut line, "error", error);
         }
         let _ = write!(
-            Text(&mut line),
+            line,
             ",\"retries\":{},\"bytes_received\":{},\"bytes_sent\":{}",
-            retries,
-            outcome.bytes_received,
-            outcome.bytes_sent
+            retries, outcome.bytes_received, outcome.bytes_sent
         );
         if let Some(upstream_ms) = upstream_ms {
             line.extend_from_slice(b",\"upstream_ms\":");
@@ -243,16 +241,6 @@ fn string(line: &mut Vec<u8>, value: &str) {
 /// writes it).
 fn number(line: &mut Vec<u8>, value: f64) {
     let _ = serde_json::to_writer(line, &value);
-}
-
-/// `fmt::Write` into a line's bytes (timestamps, addresses, integers).
-struct Text<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Text<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
