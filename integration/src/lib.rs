@@ -314,14 +314,26 @@ impl Attache {
     /// # Errors
     /// When it does not appear within the start-up timeout.
     pub async fn wait_for_log_text(&self, text: &str) -> anyhow::Result<()> {
+        self.wait_for_any_log_text(&[text]).await.map(drop)
+    }
+
+    /// Waits until the log holds one of `texts`, and returns the one found
+    /// (for a line whose wording depends on the peer's version).
+    ///
+    /// # Errors
+    /// When none appears within the start-up timeout.
+    pub async fn wait_for_any_log_text<'a>(&self, texts: &[&'a str]) -> anyhow::Result<&'a str> {
         let deadline = Instant::now() + START_TIMEOUT;
-        while !self.log_text().contains(text) {
+        loop {
+            let log = self.log_text();
+            if let Some(found) = texts.iter().find(|text| log.contains(**text)) {
+                return Ok(found);
+            }
             if Instant::now() > deadline {
-                bail!("no {text:?} in the log in time; log:\n{}", self.log_text());
+                bail!("none of {texts:?} in the log in time; log:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(())
     }
 
     /// The log as text, for failure messages.

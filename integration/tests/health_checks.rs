@@ -75,9 +75,13 @@ async fn a_stopped_redis_leaves_the_rotation_and_returns_when_it_is_back() {
         attache.metric(&attempts).await.unwrap() > before,
         "back in rotation"
     );
-    let log = attache.log_text();
-    assert!(log.contains("health check: endpoint unhealthy, out of rotation"));
-    assert!(log.contains("health check: endpoint healthy"));
+    // Log lines can reach the reader after the metrics that go with them.
+    for line in [
+        "health check: endpoint unhealthy, out of rotation",
+        "health check: endpoint healthy",
+    ] {
+        attache.wait_for_log_text(line).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -119,17 +123,24 @@ async fn mariadb_and_postgres_probes_pass_against_the_real_servers_only() {
     }
     let passes = "attache_upstream_health_checks_total{upstream=\"postgres\",endpoint=\"127.0.0.1:5432\",result=\"pass\"}";
     assert!(attache.metric(passes).await.unwrap() >= 1.0);
-    let log = attache.log_text();
-    assert!(
-        log.contains("mariadb probe: no answer within 300ms"),
-        "the failing probe says why"
-    );
-    assert!(log.contains("postgres probe: unexpected answer"));
+    // Log lines can reach the reader after the metrics that go with them.
+    attache
+        .wait_for_log_text("mariadb probe: no answer within 300ms")
+        .await
+        .expect("the failing probe says why");
+    attache
+        .wait_for_log_text("postgres probe: unexpected answer")
+        .await
+        .unwrap();
     // Unknown users get an error packet or, from some servers, a switch to
     // another authentication method; either way the reason names the user.
-    let refused = log.contains("login as \\\"attache_no_such_user\\\" refused: Access denied")
-        || log.contains("asked \\\"attache_no_such_user\\\" for another authentication method");
-    assert!(refused, "{log}");
+    attache
+        .wait_for_any_log_text(&[
+            "login as \\\"attache_no_such_user\\\" refused: Access denied",
+            "asked \\\"attache_no_such_user\\\" for another authentication method",
+        ])
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

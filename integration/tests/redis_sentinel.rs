@@ -66,17 +66,22 @@ fn start_sentinels(master: SocketAddr) -> Sentinels {
     }
 }
 
+/// `INFO section` of the server at `address`, or why it failed: a Sentinel
+/// promoting a replica kills the replica's normal clients (`CLIENT KILL
+/// TYPE normal`), so a probe may lose its connection mid-way and ask again.
 async fn info(address: SocketAddr, section: &str) -> String {
-    let mut connection = redis::Client::open(format!("redis://{address}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
+    let asked = async {
+        let mut connection = redis::Client::open(format!("redis://{address}/"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async::<String>(&mut connection)
+            .await
+    };
+    asked
         .await
-        .unwrap();
-    redis::cmd("INFO")
-        .arg(section)
-        .query_async(&mut connection)
-        .await
-        .unwrap()
+        .unwrap_or_else(|error| format!("(INFO {section} failed: {error})"))
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut condition: impl AsyncFnMut() -> bool) {
