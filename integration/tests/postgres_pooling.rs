@@ -1,5 +1,5 @@
 //! The Postgres ambassador's pooling against the real Postgres, with real
-//! clients (pgbench, psql, tokio-postgres): transaction pooling under
+//! clients (pgbench, psql, tokio-postgres, sqlx, pgx): transaction pooling under
 //! load in every query mode within the pool's size, prepared statements
 //! following their client across server connections, session state that
 //! pins instead of leaking, session-mode cleaning, query timeouts and
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use attache_integration::Attache;
 use attache_integration::postgres::{
-    Database, POSTGRES, connect, connect_to, log_in, psql, wait_until_running,
+    Database, POSTGRES, connect, connect_to, log_in, pgx_client, psql, wait_until_running,
 };
 use tokio_postgres::error::SqlState;
 
@@ -265,6 +265,83 @@ async fn sqlx_pools_its_cached_statements_and_transactions_through_transaction_p
             .unwrap_or(0.0),
         0.0,
         "no invalid statement name"
+    );
+    setup
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_pooling() {
+    // pgx (Go, v4): a pool of 8 with its statement cache over attache's
+    // pool of 2, pipelined batches, binary COPY, a cache of 2 that evicts
+    // with `deallocate lrupsc_N_M` queries, the describe cache mode, and a
+    // statement prepared and deallocated by name.
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let table = format!("attache_pgx_{}", std::process::id());
+    let setup = connect(direct()).await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (worker int, n int)"
+        ))
+        .await
+        .unwrap();
+    let output = tokio::process::Command::new(pgx_client().await)
+        .arg(format!(
+            "host={} port={} user=postgres dbname=test sslmode=disable",
+            front.ip(),
+            front.port()
+        ))
+        .arg(&table)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the pgx client failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let row = setup
+        .query_one(
+            &format!("select count(*), sum(n)::bigint from {table} where worker < 8"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (8 * 20, 8 * (0..20).sum::<i64>())
+    );
+    let copied = setup
+        .query_one(
+            &format!("select count(*), sum(n)::bigint from {table} where worker = 100"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (copied.get::<_, i64>(0), copied.get::<_, i64>(1)),
+        (1000, (0..1000).sum::<i64>())
+    );
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "no invalid statement name"
+    );
+    // A cache of 2 over 4 statements in turn evicts on all but the first 2
+    // of its 40 queries, then the explicit one: every DEALLOCATE answered.
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_queries_total{listener="db",command="OTHER"}"#)
+            .await
+            .unwrap(),
+        38.0 + 1.0
     );
     setup
         .batch_execute(&format!("DROP TABLE {table}"))

@@ -7,7 +7,10 @@
 //! `SET LOCAL`, not `SET TRANSACTION`), `LISTEN`, session advisory locks,
 //! SQL `PREPARE`, `DECLARE ... WITH HOLD`, temporary tables, `LOAD`.
 //! `DISCARD ALL` and `DEALLOCATE ALL` drop the connection's prepared
-//! statements and settings, which attache must then forget too.
+//! statements and settings, which attache must then forget too. A query
+//! that is only `DEALLOCATE name` ([`deallocated`]) may name a statement
+//! the client prepared with `Parse`, which the server knows by attache's
+//! name: the session answers it itself.
 //!
 //! The reading is deliberately simple: statements split at `;`, leading
 //! comments skipped, keywords compared case-insensitively. A keyword
@@ -56,6 +59,64 @@ fn statement_effect(statement: &str) -> Option<SessionEffect> {
         }
         ["deallocate", "prepare", "all", ..] => Some(SessionEffect::Discard),
         _ => None,
+    }
+}
+
+/// The statement name of a query that is one `DEALLOCATE [PREPARE] name`
+/// and nothing more, as the server reads the name: folded to lower case
+/// unless quoted (pgx sends both forms). `DEALLOCATE ALL` is not one.
+pub(super) fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
+    let sql = std::str::from_utf8(sql).ok()?;
+    let rest = keyword(sql, "deallocate")?;
+    let rest = keyword(rest, "prepare").unwrap_or(rest);
+    let rest = skip_comments(rest);
+    let (name, rest) = match rest.strip_prefix('"') {
+        Some(quoted) => quoted_identifier(quoted)?,
+        None => {
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                .unwrap_or(rest.len());
+            let name = rest[..end].to_ascii_lowercase();
+            let starts_well = name.starts_with(|c: char| c.is_alphabetic() || c == '_');
+            if !starts_well || name == "all" {
+                return None;
+            }
+            (name, &rest[end..])
+        }
+    };
+    let rest = skip_comments(rest);
+    let rest = rest.strip_prefix(';').unwrap_or(rest);
+    skip_comments(rest).is_empty().then(|| name.into_bytes())
+}
+
+/// `text` after `word` (any case) and the comments before it, when `word`
+/// is a whole word there.
+fn keyword<'a>(text: &'a str, word: &str) -> Option<&'a str> {
+    let text = skip_comments(text);
+    let rest = text
+        .get(..word.len())
+        .filter(|head| head.eq_ignore_ascii_case(word))
+        .map(|_| &text[word.len()..])?;
+    let word_goes_on = rest.starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$');
+    (!word_goes_on).then_some(rest)
+}
+
+/// A double-quoted identifier's name (`""` is one quote) and what follows
+/// its closing quote; `text` starts after the opening quote.
+fn quoted_identifier(text: &str) -> Option<(String, &str)> {
+    let mut name = String::new();
+    let mut rest = text;
+    loop {
+        let quote = rest.find('"')?;
+        name.push_str(&rest[..quote]);
+        rest = &rest[quote + 1..];
+        match rest.strip_prefix('"') {
+            Some(after) => {
+                name.push('"');
+                rest = after;
+            }
+            None => return (!name.is_empty()).then_some((name, rest)),
+        }
     }
 }
 
@@ -133,5 +194,30 @@ mod tests {
         assert_eq!(effect(b"DISCARD ALL"), Some(SessionEffect::Discard));
         assert_eq!(effect(b"deallocate all"), Some(SessionEffect::Discard));
         assert_eq!(effect(b"DEALLOCATE q"), None);
+    }
+
+    #[test]
+    fn a_query_of_one_deallocate_names_its_statement_as_the_server_reads_it() {
+        let name = |sql: &str| deallocated(sql.as_bytes()).map(String::from_utf8);
+        assert_eq!(name("deallocate lrupsc_1_0"), Some(Ok("lrupsc_1_0".into())));
+        assert_eq!(name("DEALLOCATE PREPARE Q1;"), Some(Ok("q1".into())));
+        assert_eq!(
+            name(" /* pgx */ deallocate \"Mine\" ; "),
+            Some(Ok("Mine".into()))
+        );
+        assert_eq!(name("deallocate \"a\"\"b\""), Some(Ok("a\"b".into())));
+        for other in [
+            "deallocate all",
+            "DEALLOCATE PREPARE ALL",
+            "deallocate q; select 1",
+            "deallocate",
+            "deallocate \"\"",
+            "deallocate \"open",
+            "deallocatex q",
+            "select 'deallocate q'",
+            "deallocate 1q",
+        ] {
+            assert_eq!(name(other), None, "{other}");
+        }
     }
 }

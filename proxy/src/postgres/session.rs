@@ -79,6 +79,9 @@ enum Expect {
     },
     /// A reply attache gives itself at this point in the stream.
     Synthetic(u8),
+    /// A `DEALLOCATE` of one of the client's statements, answered by
+    /// attache: `CommandComplete` and `ReadyForQuery`.
+    Deallocated,
 }
 
 /// A client's named prepared statement.
@@ -392,7 +395,8 @@ impl Session<'_> {
     /// Answers, without a server connection, what needs none while the
     /// client holds none (transaction mode): `Parse` of a statement some
     /// server connection already accepted, `Close` of a named statement,
-    /// then the `Sync` or `Flush` after them. A client that prepares while
+    /// then the `Sync` or `Flush` after them; a `DEALLOCATE` query of a
+    /// named statement. A client that prepares while
     /// another of the same application thread holds a transaction (libpq's
     /// synchronous `PQprepare`, pgbench `-M prepared`) so never waits on it.
     fn answered_locally(&mut self, tag: u8, message: &Bytes) -> Result<bool, WireError> {
@@ -427,6 +431,9 @@ impl Session<'_> {
                 }
                 self.statements.remove(name);
                 wire::message(&mut self.to_client, b'3', &[]);
+            }
+            b'Q' if self.forgot_deallocated(message)? => {
+                deallocate_complete(&mut self.to_client, self.status);
             }
             b'S' => wire::ready_for_query(&mut self.to_client, self.status),
             b'H' => {}
@@ -485,6 +492,9 @@ impl Session<'_> {
             self.sent_since_idle = Some(Instant::now());
         }
         match tag {
+            b'Q' if rewrite && self.forgot_deallocated(&message)? => {
+                self.expect.push_back(Expect::Deallocated);
+            }
             b'Q' => {
                 let mut body = wire::body(&message);
                 let text = wire::cstr(&mut body, "Query")?;
@@ -671,6 +681,26 @@ impl Session<'_> {
         });
     }
 
+    /// Whether `query` is a `DEALLOCATE` of one of the client's named
+    /// statements (prepared on the server under attache's names, where
+    /// the client's name means nothing), which it then forgets: the
+    /// server's copy stays for whoever prepares it next, as on `Close`.
+    fn forgot_deallocated(&mut self, query: &Bytes) -> Result<bool, WireError> {
+        let mut body = wire::body(query);
+        let text = wire::cstr(&mut body, "Query")?;
+        let Some(name) = pins::deallocated(text) else {
+            return Ok(false);
+        };
+        if self.statements.remove(name.as_slice()).is_none() {
+            return Ok(false);
+        }
+        if let Some(texts) = &mut self.query_texts {
+            texts.statements.remove(&name);
+        }
+        self.pooler.metrics.query("DEALLOCATE");
+        Ok(true)
+    }
+
     /// What a statement's text does to the session: pins it (transaction
     /// mode), or drops the server's prepared statements and settings.
     fn session_effects(&mut self, text: &[u8]) {
@@ -752,8 +782,12 @@ impl Session<'_> {
 
     /// Emits the replies attache makes itself that are now due.
     fn drain_synthetic(&mut self) {
-        while let Some(Expect::Synthetic(tag)) = self.expect.front() {
-            wire::message(&mut self.to_client, *tag, &[]);
+        loop {
+            match self.expect.front() {
+                Some(Expect::Synthetic(tag)) => wire::message(&mut self.to_client, *tag, &[]),
+                Some(Expect::Deallocated) => deallocate_complete(&mut self.to_client, self.status),
+                _ => return,
+            }
             self.expect.pop_front();
         }
     }
@@ -1086,6 +1120,12 @@ fn pass_on(remaining: &mut usize, from: &mut BytesMut, to: &mut BytesMut) -> boo
 }
 
 /// The name a statement has on the server.
+/// What the server answers a `DEALLOCATE` with.
+fn deallocate_complete(to_client: &mut BytesMut, status: u8) {
+    wire::message(to_client, b'C', b"DEALLOCATE\0");
+    wire::ready_for_query(to_client, status);
+}
+
 fn server_name(id: u64) -> String {
     format!("attache_{id}")
 }
