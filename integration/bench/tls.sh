@@ -2,7 +2,8 @@
 # Side-by-side mutual-TLS benchmark: tunnels (client-side origination +
 # server-side termination, client certificates verified) built from attache,
 # stunnel and HAProxy; full-handshake rate against each front door and nginx;
-# memory per held TLS connection, attache against HAProxy.
+# memory per held TLS connection, attache against HAProxy; origination under
+# load (redis-benchmark through ambassadors to a TLS-only redis-server).
 # Installs its tools from Debian packages, builds attache in release.
 #
 #   integration/bench/tls.sh [ROUNDS]      (default 2 rounds; about 1 minute each)

@@ -10,6 +10,10 @@ iperf3 server, built from attache, stunnel or HAProxy on both sides.
   (`stream`, `ssl_verify_client on`) in front of a private redis-server.
 - memory: RSS growth of attache's and HAProxy's front door with 500 mutual-TLS
   connections held open (each did one PING through to the redis-server).
+- origination under load: redis-benchmark GET, 64 connections, plaintext to
+  an ambassador (attache, nginx `stream` with `proxy_ssl`, HAProxy `server
+  ... ssl`) that originates mutual TLS to a TLS-only redis-server; and
+  redis-benchmark --tls straight to it (direct). Throughput and p99 latency.
 Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
@@ -112,6 +116,66 @@ def front_doors(attache, stunnel, work, pki, rounds, count=500):
     return {name: statistics.median(values) for name, values in rates.items()}, memory, door_peak
 
 
+def benchmark_get(port, pki=None):
+    """redis-benchmark GET, 64 connections, 200,000 requests (with `pki`:
+    mutual TLS straight to the server): (requests/s, p99 ms)."""
+    argv = ["taskset", "-c", LOAD_CPU, "redis-benchmark", "-p", str(port), "-t", "get", "-n", "200000", "-c", "64",
+            "--csv"]
+    if pki:
+        argv += ["--tls", "--cacert", f"{pki}/ca.crt", "--cert", f"{pki}/app.crt", "--key", f"{pki}/app.key"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    row = next(line for line in out.splitlines() if line.startswith('"GET"'))
+    fields = [float(field.strip('"')) for field in row.split(",")[1:]]
+    return fields[0], fields[5]
+
+
+def origination(attache, work, pki, rounds):
+    """Ambassadors that originate mutual TLS to a TLS-only redis-server,
+    under redis-benchmark's 64 connections (alternated, `rounds` times):
+    {target: (median requests/s, median p99 ms)}."""
+    redis_port = free_port()
+    ports = {name: free_port() for name in ("attache", "nginx", "haproxy")}
+    procs = [server(["redis-server", "--port", "0", "--tls-port", str(redis_port), "--bind", "127.0.0.1",
+                     "--tls-cert-file", f"{pki}/server.crt", "--tls-key-file", f"{pki}/server.key",
+                     "--tls-ca-cert-file", f"{pki}/ca.crt", "--tls-auth-clients", "yes", "--save", "",
+                     "--appendonly", "no"])]
+    with open(f"{work}/origin.yaml", "w") as f:
+        f.write(f"log: {{level: warn}}\nadmin: {{listen: \"off\"}}\nlisteners:\n  - name: amb\n"
+                f"    listen: 127.0.0.1:{ports['attache']}\n    protocol: tcp\n    upstream: redis\n"
+                f"upstreams:\n  redis:\n    endpoints: [\"127.0.0.1:{redis_port}\"]\n"
+                f"    tls: {{ca: {pki}/ca.crt, cert: {pki}/app.crt, key: {pki}/app.key, server_name: localhost}}\n")
+    with open(f"{work}/origin-nginx.conf", "w") as f:
+        f.write(f"load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nworker_processes 1;\ndaemon off;\n"
+                f"pid {work}/origin-nginx.pid;\nerror_log {work}/origin-nginx.err;\nevents {{ worker_connections 4096; }}\n"
+                f"stream {{ server {{ listen 127.0.0.1:{ports['nginx']}; proxy_pass 127.0.0.1:{redis_port}; "
+                f"proxy_ssl on; proxy_ssl_certificate {pki}/app.crt; proxy_ssl_certificate_key {pki}/app.key; "
+                f"proxy_ssl_trusted_certificate {pki}/ca.crt; proxy_ssl_verify on; proxy_ssl_name localhost; "
+                f"proxy_ssl_session_reuse on; }} }}\n")
+    with open(f"{work}/origin-haproxy.cfg", "w") as f:
+        f.write(f"global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n"
+                f"  timeout server 1h\nlisten amb\n  bind 127.0.0.1:{ports['haproxy']}\n"
+                f"  server s1 127.0.0.1:{redis_port} ssl crt {pki}/app.pem ca-file {pki}/ca.crt verify required "
+                f"sni str(localhost)\n")
+    procs += [server([attache, "run", "-c", f"{work}/origin.yaml"]),
+              server(["nginx", "-e", f"{work}/origin-nginx.err", "-p", work, "-c", f"{work}/origin-nginx.conf"]),
+              server(["haproxy", "-f", f"{work}/origin-haproxy.cfg", "-db"])]
+    try:
+        wait_port(redis_port)
+        for port in ports.values():
+            wait_port(port)
+        runs = {name: [] for name in ("direct", *ports)}
+        for _ in range(rounds):
+            runs["direct"].append(benchmark_get(redis_port, pki))
+            for name, port in ports.items():
+                runs[name].append(benchmark_get(port))
+                print(f"origination {name}: {runs[name][-1][0]:.0f} req/s, p99 {runs[name][-1][1]} ms",
+                      file=sys.stderr)
+    finally:
+        stop(procs)
+    return {name: (statistics.median(rps for rps, _ in values), statistics.median(p99 for _, p99 in values))
+            for name, values in runs.items()}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--attache", required=True)
@@ -172,6 +236,7 @@ def main():
         stop(procs)
         procs = []
         rates, memory, door_peak = front_doors(args.attache, stunnel, work, pki, args.rounds)
+        originated = origination(args.attache, work, pki, max(args.rounds, 3))
 
         bulk = {name: statistics.median(values) for name, values in results.items()}
         best_peer_bulk = max(bulk["stunnel"], bulk["haproxy"])
@@ -184,12 +249,18 @@ def main():
             print(f"| {name} | {bulk[name]:.0f} | {bulk[name] / bulk['direct']:.2f}x | {bulk[name] / best_peer_bulk:.2f}x "
                   f"| {rates[name]:.0f} | {rates[name] / best_peer_hs:.2f}x |")
         print(f"| nginx (front door only) | - | - | - | {rates['nginx']:.0f} | {rates['nginx'] / best_peer_hs:.2f}x |")
+        print("\n| origination (redis-benchmark GET, 64 connections) | requests/s | vs direct TLS | p99 ms |")
+        print("|---|---|---|---|")
+        for name, (rps, p99) in originated.items():
+            print(f"| {name} | {rps:.0f} | {rps / originated['direct'][0]:.2f}x | {p99:.2f} |")
         print()
         for name, per_connection in memory.items():
             print(f"{name}: {per_connection:.0f} bytes of RSS per held mutual-TLS connection")
         save_results("tls", args.rounds, [
             {"case": "mTLS tunnel bulk transfer (iperf3; direct is plaintext)", "unit": "MiB/s", "baseline": "direct",
              "values": bulk},
+            {"case": "mTLS origination, redis-benchmark GET, 64 connections (direct: redis-benchmark --tls)",
+             "unit": "req/s", "baseline": "direct", "values": {name: rps for name, (rps, _) in originated.items()}},
         ], {"peak RSS, tunnel end (bulk)": tunnel_peak, "peak RSS, front door (handshakes, 500 held)": door_peak,
             "KiB per held mTLS connection": memory["attache"] / 1024})
     finally:
