@@ -1,8 +1,8 @@
 //! The Postgres ambassador's pooling against the real Postgres, with real
-//! clients (pgbench, psql, tokio-postgres, sqlx, pgx): transaction pooling under
-//! load in every query mode within the pool's size, prepared statements
-//! following their client across server connections, session state that
-//! pins instead of leaking, session-mode cleaning, query timeouts and
+//! clients (pgbench, psql, tokio-postgres, sqlx, pgx, psycopg): transaction
+//! pooling under load in every query mode within the pool's size, prepared
+//! statements following their client across server connections, session state
+//! that pins instead of leaking, session-mode cleaning, query timeouts and
 //! cancels that reach only their own query, a server connection lost
 //! mid-transaction, idle-in-transaction clients, and COPY streaming.
 
@@ -347,6 +347,75 @@ async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
+}
+
+/// Six psycopg 3 connections (autocommit) that prepare every statement
+/// (`prepare_threshold=0`) and keep two each (`prepared_max`, so they keep
+/// closing them), with transaction blocks and pipeline mode.
+const PSYCOPG_CLIENTS: &str = r#"
+import sys, threading, psycopg
+
+def work(number, errors):
+    try:
+        with psycopg.connect(sys.argv[1], autocommit=True, prepare_threshold=0) as conn:
+            conn.prepared_max = 2
+            for round in range(10):
+                for statement in range(4):
+                    sql = f"select %s::int * 10 + {statement}"
+                    got = conn.execute(sql, (round,)).fetchone()[0]
+                    assert got == round * 10 + statement, (got, round, statement)
+                with conn.transaction():
+                    assert conn.execute("select %s::int", (number,)).fetchone()[0] == number
+            with conn.pipeline():
+                cursors = [conn.execute("select %s::int + 1", (i,)) for i in range(5)]
+            assert [cursor.fetchone()[0] for cursor in cursors] == [1, 2, 3, 4, 5]
+    except Exception as error:
+        errors.append(repr(error))
+
+errors = []
+threads = [threading.Thread(target=work, args=(number, errors)) for number in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+"#;
+
+#[tokio::test]
+async fn psycopg_prepares_closes_and_pipelines_through_transaction_pooling() {
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", PSYCOPG_CLIENTS])
+        .arg(format!(
+            "host={} port={} user=postgres dbname=test sslmode=disable gssencmode=disable",
+            front.ip(),
+            front.port()
+        ))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "psycopg failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Per client: 40 statements, 10 in transactions, 5 in the pipeline.
+    for (command, count) in [("SELECT", 6.0 * 55.0), ("BEGIN", 60.0), ("COMMIT", 60.0)] {
+        let sample =
+            format!(r#"attache_postgres_queries_total{{listener="db",command="{command}"}}"#);
+        assert_eq!(attache.metric(&sample).await.unwrap(), count, "{command}");
+    }
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "no invalid statement name"
+    );
 }
 
 #[tokio::test]
