@@ -768,3 +768,39 @@ pub async fn curl(arguments: &[&str]) -> CurlResponse {
         version: version.trim().to_owned(),
     }
 }
+
+/// The Go application in `integration/clients/<name>` (a real driver
+/// exercising a pooling listener: pgx, go-sql-driver/mysql), built with Go
+/// and the driver from Debian's packages in GOPATH mode, so nothing is
+/// fetched; binary and build cache go under the target directory.
+///
+/// # Panics
+/// When Go or the driver's package is missing, or the build fails.
+pub async fn go_client(name: &str) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name);
+    // Test executables live in target/<profile>/deps.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .expect("test executable is in target/<profile>/deps");
+    let binary = profile_dir.join(format!("{name}-client"));
+    let output = tokio::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(&source)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", profile_dir.join("go-cache"))
+        .output()
+        .await
+        .expect("go (Debian's golang-go) runs");
+    assert!(
+        output.status.success(),
+        "go build of integration/clients/{name}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    binary
+}

@@ -2,7 +2,6 @@
 //! database of a test's own, and waiting for a query to be running.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::START_TIMEOUT;
@@ -392,38 +391,4 @@ fn append(path: &std::path::Path, text: &str) {
     use std::io::Write as _;
     let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
-}
-
-/// The pgx (Go) application in `integration/clients/pgx`, built with Go
-/// and pgx v4 from Debian's packages (`golang-go`,
-/// `golang-github-jackc-pgx-v4-dev`) in GOPATH mode, so nothing is
-/// fetched; binary and build cache go under the target directory.
-///
-/// # Panics
-/// When Go is missing or the build fails.
-pub async fn pgx_client() -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/pgx");
-    // Test executables live in target/<profile>/deps.
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-        .expect("test executable is in target/<profile>/deps");
-    let binary = profile_dir.join("pgx-client");
-    let output = tokio::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&binary)
-        .arg(".")
-        .current_dir(&source)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", "/usr/share/gocode")
-        .env("GOCACHE", profile_dir.join("go-cache"))
-        .output()
-        .await
-        .expect("go (Debian's golang-go) runs");
-    assert!(
-        output.status.success(),
-        "go build of the pgx client:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    binary
 }

@@ -1,9 +1,9 @@
 //! The MySQL ambassador against the real MariaDB, with real clients
-//! (mysql_async, the mariadb CLI): many clients' transactions over a
-//! small pool, session state that pins instead of leaking, schemas that
-//! follow their client, query timeouts that interrupt only their own
-//! query, logins checked against `users`, the relayed login of the
-//! one-liner, large results streamed whole, and clients that lie.
+//! (mysql_async, the mariadb CLI, Go's go-sql-driver/mysql): many clients'
+//! transactions over a small pool, session state that pins instead of
+//! leaking, schemas that follow their client, query timeouts that interrupt
+//! only their own query, logins checked against `users`, the relayed login of
+//! the one-liner, large results streamed whole, and clients that lie.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -161,6 +161,48 @@ async fn twenty_clients_share_two_server_connections_through_transaction_pooling
             .await
             .unwrap(),
         500.0
+    );
+    assert_never_pinned(&attache).await;
+}
+
+#[tokio::test]
+async fn go_sql_driver_prepares_and_commits_through_two_server_connections() {
+    // database/sql with go-sql-driver/mysql: a pool of 8 over attache's 2,
+    // binary-protocol prepared statements (one kept per worker, one made,
+    // executed and closed per parameterized query) and transactions.
+    let schema = Schema::with("mysql_go", "CREATE TABLE events (worker INT, n INT)").await;
+    let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
+    let front = attache.listener("db");
+    let (stop, watcher) = watch_server_connections(attache.pid());
+    let output = tokio::process::Command::new(attache_integration::go_client("go-mysql").await)
+        .arg(format!("root@tcp({front})/{}", schema.name))
+        .arg("events")
+        .output()
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    let most = watcher.await.unwrap();
+    assert!(
+        output.status.success(),
+        "the Go client failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // 8 workers, 20 rounds, one row each: n = 0..20 per worker.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("{} {}", 8 * 20, 8 * (0..20).sum::<i32>())
+    );
+    assert!(
+        most <= 2,
+        "at most pool_size server connections, saw {most}"
+    );
+    assert_eq!(
+        attache
+            .metric("attache_mysql_queries_total{listener=\"db\",command=\"COMMIT\"}")
+            .await
+            .unwrap(),
+        160.0
     );
     assert_never_pinned(&attache).await;
 }

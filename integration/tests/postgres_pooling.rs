@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use attache_integration::Attache;
 use attache_integration::postgres::{
-    Database, POSTGRES, connect, connect_to, log_in, pgx_client, psql, wait_until_running,
+    Database, POSTGRES, connect, connect_to, log_in, psql, wait_until_running,
 };
 use tokio_postgres::error::SqlState;
 
@@ -288,7 +288,7 @@ async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_
         ))
         .await
         .unwrap();
-    let output = tokio::process::Command::new(pgx_client().await)
+    let output = tokio::process::Command::new(attache_integration::go_client("pgx").await)
         .arg(format!(
             "host={} port={} user=postgres dbname=test sslmode=disable",
             front.ip(),
