@@ -349,6 +349,62 @@ async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_
         .unwrap();
 }
 
+/// The name tokio-postgres gave `statement` on the wire (`s<N>`), which it
+/// shows only in its `Debug` output.
+fn statement_name(statement: &tokio_postgres::Statement) -> String {
+    let shown = format!("{statement:?}");
+    let name = shown
+        .split_once("name: \"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(name, _)| name.to_owned());
+    name.unwrap_or_else(|| panic!("no name in {shown}"))
+}
+
+#[tokio::test]
+async fn deallocate_of_a_prepared_statement_is_answered_in_and_out_of_transactions() {
+    // The server knows the client's statements by attache's names, so a
+    // DEALLOCATE of the client's name is attache's to answer; afterwards the
+    // statement is gone for that client, as it would be on a server.
+    let attache = Attache::run(&config("      pool_size: 1\n")).await.unwrap();
+    let client = connect(attache.listener("db")).await;
+    let first = client.prepare("select $1::int + 1").await.unwrap();
+    let second = client.prepare("select $1::int + 2").await.unwrap();
+    let third = client.prepare("select $1::int + 3").await.unwrap();
+    client
+        .simple_query(&format!("DEALLOCATE {}", statement_name(&first)))
+        .await
+        .unwrap();
+    client.batch_execute("BEGIN").await.unwrap();
+    client
+        .simple_query(&format!(
+            "deallocate prepare \"{}\";",
+            statement_name(&second)
+        ))
+        .await
+        .unwrap();
+    let row = client.query_one(&third, &[&39_i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42, "the transaction goes on");
+    client.batch_execute("COMMIT").await.unwrap();
+    for gone in [&first, &second] {
+        let error = client.query_one(gone, &[&1_i32]).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            Some(&SqlState::INVALID_SQL_STATEMENT_NAME),
+            "{error}"
+        );
+    }
+    let row = client.query_one(&third, &[&40_i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 43);
+    assert_eq!(
+        attache
+            .metric(r#"attache_postgres_queries_total{listener="db",command="OTHER"}"#)
+            .await
+            .unwrap(),
+        2.0,
+        "two DEALLOCATEs"
+    );
+}
+
 /// Six psycopg 3 connections (autocommit) that prepare every statement
 /// (`prepare_threshold=0`) and keep two each (`prepared_max`, so they keep
 /// closing them), with transaction blocks and pipeline mode.
