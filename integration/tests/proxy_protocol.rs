@@ -402,6 +402,44 @@ async fn nginx_behind_attache_learns_the_client_from_both_versions() {
     }
 }
 
+#[tokio::test]
+async fn the_header_attache_sends_names_the_address_the_client_reached() {
+    // A listener on one address names that address; a wildcard listener
+    // names the address each client connected to.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = app.local_addr().unwrap();
+    let config = format!(
+        "listeners:
+  - {{ name: one, listen: \"127.0.0.1:0\", protocol: tcp, upstream: app }}
+  - {{ name: any, listen: \"0.0.0.0:0\", protocol: tcp, upstream: app, unsafe_plaintext: true }}
+upstreams:
+  app: {{ endpoints: [\"{upstream}\"], proxy_protocol: v1 }}
+"
+    );
+    let attache = Attache::run(&config).await.unwrap();
+    let one = attache.listener("one");
+    let any_port = attache.listener("any").port();
+    for reached in [one, SocketAddr::from(([127, 0, 0, 3], any_port))] {
+        let client = TcpStream::connect(reached).await.unwrap();
+        let (mut accepted, _) = app.accept().await.unwrap();
+        let mut header = Vec::new();
+        while !header.ends_with(b"\r\n") {
+            let mut byte = [0_u8];
+            accepted.read_exact(&mut byte).await.unwrap();
+            header.push(byte[0]);
+        }
+        let client_port = client.local_addr().unwrap().port();
+        assert_eq!(
+            String::from_utf8(header).unwrap(),
+            format!(
+                "PROXY TCP4 127.0.0.1 {} {client_port} {}\r\n",
+                reached.ip(),
+                reached.port()
+            )
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn v2_carries_the_verified_client_identity_before_the_tls_clients_bytes() {
     let pki = attache_integration::pki::Pki::new();

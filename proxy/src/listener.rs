@@ -370,11 +370,15 @@ impl Listener {
         let accepted_at = std::time::SystemTime::now();
         let closing = self.closing.subscribe();
         let listener = self.settings.clone();
+        // A listener bound to one address is that address on every
+        // connection; only a wildcard one has to ask each socket
+        // (`getsockname`, a system call per connection).
+        let bound = Some(self.local_address).filter(|address| !address.ip().is_unspecified());
         tokio::spawn(async move {
             let handler = &settings.handler;
             let metrics = handler.metrics();
             let name = handler.listener_name();
-            let local = stream.local_addr().unwrap_or(peer);
+            let local = bound.unwrap_or_else(|| stream.local_addr().unwrap_or(peer));
             let addresses = match &settings.proxy_protocol {
                 None => Some((peer, local)),
                 Some(proxy_protocol) => {
