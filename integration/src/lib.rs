@@ -769,6 +769,20 @@ pub async fn curl(arguments: &[&str]) -> CurlResponse {
     }
 }
 
+/// Fails the test, with what `what` printed, unless it exited with success.
+///
+/// # Panics
+/// When `output` is a failure's.
+pub fn assert_succeeded(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The Go application in `integration/clients/<name>` (a real driver
 /// exercising a pooling listener: pgx, go-sql-driver/mysql), built with Go
 /// and the driver from Debian's packages in GOPATH mode, so nothing is

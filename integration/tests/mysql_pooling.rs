@@ -182,12 +182,7 @@ async fn go_sql_driver_prepares_and_commits_through_two_server_connections() {
         .unwrap();
     stop.send(()).unwrap();
     let most = watcher.await.unwrap();
-    assert!(
-        output.status.success(),
-        "the Go client failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    attache_integration::assert_succeeded(&output, "the Go client");
     // 8 workers, 20 rounds, one row each: n = 0..20 per worker.
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),

@@ -26,6 +26,44 @@ fn direct() -> SocketAddr {
     POSTGRES.parse().unwrap()
 }
 
+/// No client of listener `db` was told a statement name does not exist
+/// (SQLSTATE class 26).
+async fn assert_no_invalid_statement_name(attache: &Attache) {
+    let sample = r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#;
+    assert_eq!(
+        attache.metric(sample).await.unwrap_or(0.0),
+        0.0,
+        "no invalid statement name"
+    );
+}
+
+/// The rows of `table` matching `condition`, and their `n` summed.
+async fn count_and_sum(setup: &tokio_postgres::Client, table: &str, condition: &str) -> (i64, i64) {
+    let row = setup
+        .query_one(
+            &format!("select count(*), coalesce(sum(n), 0)::bigint from {table} where {condition}"),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// A table of the test's own, `attache_<label>_<pid>` with `columns`, made
+/// afresh through a direct connection, which comes back for checks and the
+/// final `DROP`.
+async fn fresh_table(label: &str, columns: &str) -> (tokio_postgres::Client, String) {
+    let table = format!("attache_{label}_{}", std::process::id());
+    let setup = connect(direct()).await;
+    setup
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns})"
+        ))
+        .await
+        .unwrap();
+    (setup, table)
+}
+
 /// A protocol 3.0 startup message for user `postgres`, database `test`.
 fn startup_packet() -> Vec<u8> {
     let mut startup = vec![0, 0, 0, 0, 0, 3, 0, 0];
@@ -179,14 +217,7 @@ async fn prepared_statements_follow_their_client_across_server_connections() {
             .unwrap(),
         600.0
     );
-    assert_eq!(
-        attache
-            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
-            .await
-            .unwrap(),
-        0.0,
-        "no invalid statement name"
-    );
+    assert_no_invalid_statement_name(&attache).await;
 }
 
 #[tokio::test]
@@ -200,14 +231,7 @@ async fn sqlx_pools_its_cached_statements_and_transactions_through_transaction_p
     .await
     .unwrap();
     let front = attache.listener("db");
-    let table = format!("attache_sqlx_{}", std::process::id());
-    let setup = connect(direct()).await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (worker int, n int)"
-        ))
-        .await
-        .unwrap();
+    let (setup, table) = fresh_table("sqlx", "worker int, n int").await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect(&format!(
@@ -258,14 +282,7 @@ async fn sqlx_pools_its_cached_statements_and_transactions_through_transaction_p
             .unwrap();
     assert_eq!((rows, total), (200, 8 * (0..25).sum::<i64>()));
     pool.close().await;
-    assert_eq!(
-        attache
-            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
-            .await
-            .unwrap_or(0.0),
-        0.0,
-        "no invalid statement name"
-    );
+    assert_no_invalid_statement_name(&attache).await;
     setup
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
@@ -280,14 +297,7 @@ async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_
     // statement prepared and deallocated by name.
     let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
     let front = attache.listener("db");
-    let table = format!("attache_pgx_{}", std::process::id());
-    let setup = connect(direct()).await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (worker int, n int)"
-        ))
-        .await
-        .unwrap();
+    let (setup, table) = fresh_table("pgx", "worker int, n int").await;
     let output = tokio::process::Command::new(attache_integration::go_client("pgx").await)
         .arg(format!(
             "host={} port={} user=postgres dbname=test sslmode=disable",
@@ -298,42 +308,16 @@ async fn pgx_pools_batches_copies_and_evicts_its_statements_through_transaction_
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "the pgx client failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let row = setup
-        .query_one(
-            &format!("select count(*), sum(n)::bigint from {table} where worker < 8"),
-            &[],
-        )
-        .await
-        .unwrap();
+    attache_integration::assert_succeeded(&output, "the pgx client");
     assert_eq!(
-        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        count_and_sum(&setup, &table, "worker < 8").await,
         (8 * 20, 8 * (0..20).sum::<i64>())
     );
-    let copied = setup
-        .query_one(
-            &format!("select count(*), sum(n)::bigint from {table} where worker = 100"),
-            &[],
-        )
-        .await
-        .unwrap();
     assert_eq!(
-        (copied.get::<_, i64>(0), copied.get::<_, i64>(1)),
+        count_and_sum(&setup, &table, "worker = 100").await,
         (1000, (0..1000).sum::<i64>())
     );
-    assert_eq!(
-        attache
-            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
-            .await
-            .unwrap_or(0.0),
-        0.0,
-        "no invalid statement name"
-    );
+    assert_no_invalid_statement_name(&attache).await;
     // A cache of 2 over 4 statements in turn evicts on all but the first 2
     // of its 40 queries, then the explicit one: every DEALLOCATE answered.
     assert_eq!(
@@ -452,26 +436,14 @@ async fn psycopg_prepares_closes_and_pipelines_through_transaction_pooling() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "psycopg failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    attache_integration::assert_succeeded(&output, "psycopg");
     // Per client: 40 statements, 10 in transactions, 5 in the pipeline.
     for (command, count) in [("SELECT", 6.0 * 55.0), ("BEGIN", 60.0), ("COMMIT", 60.0)] {
         let sample =
             format!(r#"attache_postgres_queries_total{{listener="db",command="{command}"}}"#);
         assert_eq!(attache.metric(&sample).await.unwrap(), count, "{command}");
     }
-    assert_eq!(
-        attache
-            .metric(r#"attache_postgres_errors_total{listener="db",sqlstate_class="26"}"#)
-            .await
-            .unwrap_or(0.0),
-        0.0,
-        "no invalid statement name"
-    );
+    assert_no_invalid_statement_name(&attache).await;
 }
 
 #[tokio::test]
@@ -746,14 +718,7 @@ async fn copy_streams_both_ways_byte_for_byte() {
     use sha2::Digest as _;
     let attache = Attache::run(&config("      pool_size: 2\n")).await.unwrap();
     let front = attache.listener("db");
-    let table = format!("attache_copy_{}", std::process::id());
-    let setup = connect(direct()).await;
-    setup
-        .batch_execute(&format!(
-            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (line text)"
-        ))
-        .await
-        .unwrap();
+    let (setup, table) = fresh_table("copy", "line text").await;
 
     // In: 64 MiB of lines in large chunks, through attache.
     let client = connect(front).await;
