@@ -686,6 +686,10 @@ impl Session<'_> {
     /// the client's name means nothing), which it then forgets: the
     /// server's copy stays for whoever prepares it next, as on `Close`.
     fn forgot_deallocated(&mut self, query: &Bytes) -> Result<bool, WireError> {
+        if self.statements.is_empty() {
+            // Nothing to forget: most queries never reach the parsing.
+            return Ok(false);
+        }
         let mut body = wire::body(query);
         let text = wire::cstr(&mut body, "Query")?;
         let Some(name) = pins::deallocated(text) else {
