@@ -396,9 +396,9 @@ impl Session<'_> {
     /// client holds none (transaction mode): `Parse` of a statement some
     /// server connection already accepted, `Close` of a named statement,
     /// then the `Sync` or `Flush` after them; a `DEALLOCATE` query of a
-    /// named statement. A client that prepares while
-    /// another of the same application thread holds a transaction (libpq's
-    /// synchronous `PQprepare`, pgbench `-M prepared`) so never waits on it.
+    /// named statement. A client that prepares while another of the same
+    /// application thread holds a transaction (libpq's synchronous
+    /// `PQprepare`, pgbench `-M prepared`) so never waits on it.
     fn answered_locally(&mut self, tag: u8, message: &Bytes) -> Result<bool, WireError> {
         if self.lease.is_some() || self.pooler.mode != PoolMode::Transaction {
             return Ok(false);
@@ -1123,13 +1123,13 @@ fn pass_on(remaining: &mut usize, from: &mut BytesMut, to: &mut BytesMut) -> boo
     length > 0
 }
 
-/// The name a statement has on the server.
 /// What the server answers a `DEALLOCATE` with.
 fn deallocate_complete(to_client: &mut BytesMut, status: u8) {
     wire::message(to_client, b'C', b"DEALLOCATE\0");
     wire::ready_for_query(to_client, status);
 }
 
+/// The name a statement has on the server.
 fn server_name(id: u64) -> String {
     format!("attache_{id}")
 }
