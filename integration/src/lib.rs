@@ -46,11 +46,7 @@ pub fn binary() -> &'static Path {
         if let Some(path) = std::env::var_os("ATTACHE_BIN") {
             return PathBuf::from(path);
         }
-        // Test executables live in target/<profile>/deps.
-        let profile_dir = std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-            .expect("test executable is in target/<profile>/deps");
+        let profile_dir = profile_dir();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "attache", "--bin", "attache"]);
@@ -769,6 +765,15 @@ pub async fn curl(arguments: &[&str]) -> CurlResponse {
     }
 }
 
+/// The target directory of the running test's profile (test executables
+/// live in `target/<profile>/deps`).
+fn profile_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
+        .expect("test executable is in target/<profile>/deps")
+}
+
 /// Fails the test, with what `what` printed, unless it exited with success.
 ///
 /// # Panics
@@ -794,11 +799,7 @@ pub async fn go_client(name: &str) -> PathBuf {
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("clients")
         .join(name);
-    // Test executables live in target/<profile>/deps.
-    let profile_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent()?.parent().map(Path::to_path_buf))
-        .expect("test executable is in target/<profile>/deps");
+    let profile_dir = profile_dir();
     let binary = profile_dir.join(format!("{name}-client"));
     let output = tokio::process::Command::new("go")
         .args(["build", "-o"])
