@@ -131,6 +131,17 @@ def peak_rss_mib(pid):
     raise RuntimeError("no VmHWM")
 
 
+def redis_benchmark_rows(out):
+    """redis-benchmark's --csv output as {test: [rps, avg, min, p50, p95,
+    p99, max]} (latencies in ms)."""
+    rows = {}
+    for line in out.splitlines():
+        fields = [field.strip('"') for field in line.split(",")]
+        if len(fields) > 1 and fields[0] != "test":
+            rows[fields[0]] = [float(field) for field in fields[1:]]
+    return rows
+
+
 def save_results(scenario, rounds, cases, memory):
     """Writes results/<scenario>.json, which chart.py draws and the sizing
     in docs/operations.md quotes.

@@ -14,8 +14,8 @@ Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, socket, statistics, subprocess, sys, tempfile, threading, time
 
-from bench_support import (LOAD_CPU, SERVER_CPU, free_port, idle_kib_per_connection, peak_rss_mib, pinned, save_results,
-                           stop, wait_port)
+from bench_support import (LOAD_CPU, SERVER_CPU, free_port, idle_kib_per_connection, peak_rss_mib, pinned,
+                           redis_benchmark_rows, save_results, stop, wait_port)
 
 TESTS = ["SET", "GET", "INCR", "LPUSH"]
 
@@ -53,11 +53,7 @@ def run(port, pipeline, server_port):
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     done.set()
     sampler.join()
-    rates = {}
-    for line in out.splitlines():
-        fields = [field.strip('"') for field in line.split(",")]
-        if fields and fields[0] in TESTS:
-            rates[fields[0]] = float(fields[1])
+    rates = {test: row[0] for test, row in redis_benchmark_rows(out).items() if test in TESTS}
     return rates, peak[0]
 
 

@@ -15,7 +15,8 @@ attache on CPU 1. Everything listens on 127.0.0.1 and stops by itself.
 """
 import argparse, os, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 
-from bench_support import LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, pinned, save_results, stop, wait_port
+from bench_support import (LOAD_CPU, SERVER_CPU, cpu_seconds, free_port, pinned, redis_benchmark_rows, save_results,
+                           stop, wait_port)
 
 
 
@@ -23,11 +24,10 @@ def benchmark(port, test, requests, clients):
     argv = ["taskset", "-c", LOAD_CPU, "redis-benchmark", "-p", str(port), "-t", test, "-r", "1000",
             "-n", str(requests), "-c", str(clients), "-d", "3", "--csv"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-        fields = [field.strip('"') for field in line.split(",")]
-        if fields and fields[0] == test.upper():
-            return float(fields[1])
-    raise RuntimeError(f"no {test} rate in {out!r}")
+    row = redis_benchmark_rows(out).get(test.upper())
+    if row is None:
+        raise RuntimeError(f"no {test} rate in {out!r}")
+    return row[0]
 
 
 def load_busy(run):

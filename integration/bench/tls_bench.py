@@ -18,8 +18,8 @@ Load generators run on CPU 0; proxies and the iperf3 server on CPU 1.
 """
 import argparse, json, os, re, shutil, socket, statistics, subprocess, sys, tempfile, time
 
-from bench_support import (LOAD_CPU, SERVER_CPU, free_port, make_pki, peak_rss_mib, pinned, save_results, stop,
-                           wait_port)
+from bench_support import (LOAD_CPU, SERVER_CPU, free_port, make_pki, peak_rss_mib, pinned, redis_benchmark_rows,
+                           save_results, stop, wait_port)
 
 
 
@@ -124,9 +124,8 @@ def benchmark_get(port, pki=None):
     if pki:
         argv += ["--tls", "--cacert", f"{pki}/ca.crt", "--cert", f"{pki}/app.crt", "--key", f"{pki}/app.key"]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    row = next(line for line in out.splitlines() if line.startswith('"GET"'))
-    fields = [float(field.strip('"')) for field in row.split(",")[1:]]
-    return fields[0], fields[5]
+    row = redis_benchmark_rows(out)["GET"]
+    return row[0], row[5]
 
 
 def origination(attache, work, pki, rounds):

@@ -310,20 +310,20 @@ impl Attache {
     /// # Errors
     /// When it does not appear within the start-up timeout.
     pub async fn wait_for_log_text(&self, text: &str) -> anyhow::Result<()> {
-        self.wait_for_any_log_text(&[text]).await.map(drop)
+        self.wait_for_any_log_text(&[text]).await
     }
 
-    /// Waits until the log holds one of `texts`, and returns the one found
-    /// (for a line whose wording depends on the peer's version).
+    /// Waits until the log holds one of `texts` (for a line whose wording
+    /// depends on the peer's version).
     ///
     /// # Errors
     /// When none appears within the start-up timeout.
-    pub async fn wait_for_any_log_text<'a>(&self, texts: &[&'a str]) -> anyhow::Result<&'a str> {
+    pub async fn wait_for_any_log_text(&self, texts: &[&str]) -> anyhow::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let log = self.log_text();
-            if let Some(found) = texts.iter().find(|text| log.contains(**text)) {
-                return Ok(found);
+            if texts.iter().any(|text| log.contains(text)) {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!("none of {texts:?} in the log in time; log:\n{log}");

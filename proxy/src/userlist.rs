@@ -42,8 +42,9 @@ fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, String)> {
     Ok(users)
 }
 
-/// A leading `"..."` field (`""` inside it is one `"`) and what follows it.
-fn quoted(text: &str) -> Option<(String, &str)> {
+/// A leading `"..."` field (`""` inside it is one `"`) and what follows it:
+/// PgBouncer's userlist quoting, which is also SQL's for identifiers.
+pub(crate) fn quoted(text: &str) -> Option<(String, &str)> {
     let mut rest = text.strip_prefix('"')?;
     let mut field = String::new();
     loop {

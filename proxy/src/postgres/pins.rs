@@ -70,19 +70,16 @@ pub(super) fn deallocated(sql: &[u8]) -> Option<Vec<u8>> {
     let rest = keyword(sql, "deallocate")?;
     let rest = keyword(rest, "prepare").unwrap_or(rest);
     let rest = skip_comments(rest);
-    let (name, rest) = match rest.strip_prefix('"') {
-        Some(quoted) => quoted_identifier(quoted)?,
-        None => {
-            let end = rest
-                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
-                .unwrap_or(rest.len());
-            let name = rest[..end].to_ascii_lowercase();
-            let starts_well = name.starts_with(|c: char| c.is_alphabetic() || c == '_');
-            if !starts_well || name == "all" {
-                return None;
-            }
-            (name, &rest[end..])
+    let (name, rest) = if rest.starts_with('"') {
+        crate::userlist::quoted(rest).filter(|(name, _)| !name.is_empty())?
+    } else {
+        let end = rest.find(|c: char| !word_char(c)).unwrap_or(rest.len());
+        let name = rest[..end].to_ascii_lowercase();
+        let starts_well = name.starts_with(|c: char| c.is_alphabetic() || c == '_');
+        if !starts_well || name == "all" {
+            return None;
         }
+        (name, &rest[end..])
     };
     let rest = skip_comments(rest);
     let rest = rest.strip_prefix(';').unwrap_or(rest);
@@ -97,27 +94,12 @@ fn keyword<'a>(text: &'a str, word: &str) -> Option<&'a str> {
         .get(..word.len())
         .filter(|head| head.eq_ignore_ascii_case(word))
         .map(|_| &text[word.len()..])?;
-    let word_goes_on = rest.starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '$');
-    (!word_goes_on).then_some(rest)
+    (!rest.starts_with(word_char)).then_some(rest)
 }
 
-/// A double-quoted identifier's name (`""` is one quote) and what follows
-/// its closing quote; `text` starts after the opening quote.
-fn quoted_identifier(text: &str) -> Option<(String, &str)> {
-    let mut name = String::new();
-    let mut rest = text;
-    loop {
-        let quote = rest.find('"')?;
-        name.push_str(&rest[..quote]);
-        rest = &rest[quote + 1..];
-        match rest.strip_prefix('"') {
-            Some(after) => {
-                name.push('"');
-                rest = after;
-            }
-            None => return (!name.is_empty()).then_some((name, rest)),
-        }
-    }
+/// Whether `c` can go on a word (keyword or unquoted name).
+fn word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
 }
 
 /// `statement` without the whitespace and comments before its first word.
