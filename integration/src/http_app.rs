@@ -1,7 +1,9 @@
 //! A small HTTP application server (hyper, HTTP/1.1 and h2c) that tests put
 //! behind attache. Each one knows its name (sent back in `x-served-by`),
 //! counts the requests it gets, and answers by path:
-//! - `/echo...`: JSON with the method, path, headers, body length and SHA-256
+//! - `/echo...`: JSON with the method, path, headers, body length and SHA-256,
+//!   and the address the request's connection came from (`peer`)
+//! - `/close`: 200 with `Connection: close`, then the connection closes
 //! - `/status/N`: status N
 //! - `/script...`: the next status from [`HttpApp::script`], then 200
 //! - `/hang...`: never answers
@@ -64,12 +66,12 @@ impl HttpApp {
         });
         let served = state.clone();
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, peer)) = listener.accept().await {
                 let state = served.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&state, request).await) }
+                        async move { Ok::<_, Infallible>(answer(&state, peer, request).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
@@ -110,7 +112,7 @@ fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
 }
 
-async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body> {
+async fn answer(state: &State, peer: SocketAddr, mut request: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = request.uri().path().to_owned();
     let fail_with = state.fail_with.load(Ordering::SeqCst);
@@ -123,7 +125,13 @@ async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body>
             StatusCode::from_u16(fail_with).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         response
     } else if path.starts_with("/echo") {
-        echo(request).await
+        echo(peer, request).await
+    } else if path == "/close" {
+        let mut response = Response::new(full("closing\n"));
+        response
+            .headers_mut()
+            .insert("connection", "close".parse().expect("header"));
+        response
     } else if let Some(code) = path.strip_prefix("/status/") {
         let status = code
             .parse()
@@ -157,7 +165,7 @@ async fn answer(state: &State, mut request: Request<Incoming>) -> Response<Body>
     response
 }
 
-async fn echo(request: Request<Incoming>) -> Response<Body> {
+async fn echo(peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -181,6 +189,7 @@ async fn echo(request: Request<Incoming>) -> Response<Body> {
         "headers": headers,
         "body_len": body.len(),
         "body_sha256": crate::servers::sha256_hex(&body),
+        "peer": peer.to_string(),
     });
     let mut response = Response::new(full(answer.to_string()));
     response

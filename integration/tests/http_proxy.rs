@@ -468,3 +468,60 @@ async fn websocket_messages_echo_through_the_proxy() {
     }
     socket.close(None).await.unwrap();
 }
+
+/// GETs `path` on an open HTTP/1.1 connection; the status and body.
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    front: SocketAddr,
+    path: &str,
+) -> (u16, String) {
+    use http_body_util::BodyExt as _;
+    sender.ready().await.unwrap();
+    let request = http::Request::get(path)
+        .header("host", front.to_string())
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn a_keep_alive_clients_requests_reuse_one_upstream_connection_until_the_app_closes_it() {
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    let front = attache.listener("front");
+    let stream = TcpStream::connect(front).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = get_on(&mut sender, front, "/echo").await;
+        assert_eq!(status, 200);
+        let echo: Value = serde_json::from_str(&body).unwrap();
+        peers.push(echo["peer"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        peers.iter().all(|peer| *peer == peers[0]),
+        "one upstream connection: {peers:?}"
+    );
+    // The app closes that connection after answering: the next request
+    // goes out on a new one, and the client never sees the difference.
+    assert_eq!(get_on(&mut sender, front, "/close").await.0, 200);
+    let (status, body) = get_on(&mut sender, front, "/echo").await;
+    assert_eq!(status, 200);
+    let echo: Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(echo["peer"].as_str().unwrap(), peers[0]);
+    let connects = attache
+        .metric(&format!(
+            "attache_upstream_connect_attempts_total{{upstream=\"app\",endpoint=\"{}\"}}",
+            app.address
+        ))
+        .await
+        .unwrap();
+    assert_eq!(connects, 2.0);
+}

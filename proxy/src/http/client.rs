@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::{BoxError, Layer as _, ServiceExt as _};
 
 use super::body::RequestBody;
+use super::held::{self, HeldConnection, Home, IdleConnections};
 use crate::net::UpstreamStream;
 use crate::resilience::per_try_timeout::{PerTryTimeout, PerTryTimeoutLayer};
 use crate::telemetry::traces::{self, RequestContext};
@@ -80,7 +81,29 @@ pub(crate) struct ServedBy {
     pub(crate) took: Duration,
 }
 
-type EndpointClient = Client<EndpointConnector, RequestBody>;
+type PooledClient = Client<EndpointConnector, RequestBody>;
+
+/// One endpoint's connections, replaced whole when its name resolves to
+/// other addresses: hyper-util's pool (HTTP/2, upgrades, HTTP/2 clients)
+/// and the idle HTTP/1 connections no client holds.
+pub(crate) struct EndpointClient {
+    pooled: PooledClient,
+    idle: IdleConnections,
+}
+
+impl Home for EndpointClient {
+    fn idle(&self) -> &IdleConnections {
+        &self.idle
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        POOL_IDLE_TIMEOUT
+    }
+
+    fn max_idle(&self) -> usize {
+        POOL_MAX_IDLE_PER_ENDPOINT
+    }
+}
 
 /// The innermost service: one try on one endpoint.
 #[derive(Clone)]
@@ -91,8 +114,9 @@ pub(crate) struct Endpoints {
     names: Arc<[Arc<str>]>,
     /// Bounds each try (`http.per_try_timeout`), below the breaker.
     per_try: PerTryTimeoutLayer,
+    version: HttpVersion,
     tracer: Option<Tracer>,
-    /// Stops re-resolving once every copy is dropped.
+    /// Stops re-resolving and reaping once every copy is dropped.
     _resolving: Arc<DropGuard>,
 }
 
@@ -115,6 +139,11 @@ impl Endpoints {
                 tokio::spawn(resolving.clone().run_until_cancelled_owned(follow));
             }
         }
+        tokio::spawn(
+            resolving
+                .clone()
+                .run_until_cancelled_owned(reap_idle(clients.clone())),
+        );
         let names = (0..upstream.endpoint_count())
             .map(|index| Arc::from(upstream.endpoint(index).address.to_string()))
             .collect();
@@ -123,6 +152,7 @@ impl Endpoints {
             clients,
             names,
             per_try: PerTryTimeoutLayer::new(None),
+            version,
             tracer,
             _resolving: Arc::new(resolving.drop_guard()),
         }
@@ -184,9 +214,25 @@ impl Endpoints {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(state);
         let started = Instant::now();
-        // One try: the endpoint's pooled client under the per-try timeout.
+        // One try under the per-try timeout: a plain HTTP/1 request from
+        // an HTTP/1 client on the connection that client holds, anything
+        // else on the endpoint's pooled client.
         let client = self.clients[index].load_full();
-        let result = self.per_try.layer(&*client).oneshot(request).await;
+        let held = match self.version {
+            HttpVersion::Http1 if !request.headers().contains_key(http::header::UPGRADE) => {
+                request.extensions().get::<Arc<HeldConnection>>().cloned()
+            }
+            _ => None,
+        };
+        let result = match held {
+            Some(held) => {
+                let home: Arc<dyn Home> = client;
+                let send =
+                    tower::service_fn(|request| held::send(state, home.clone(), &held, request));
+                self.per_try.layer(send).oneshot(request).await
+            }
+            None => self.per_try.layer(&client.pooled).oneshot(request).await,
+        };
         let took = started.elapsed();
         if let Some(span) = &span {
             let outcome = match &result {
@@ -232,7 +278,18 @@ impl Endpoints {
     }
 }
 
-/// A pooled client for one endpoint.
+/// Closes idle HTTP/1 connections no client has taken for the idle timeout.
+async fn reap_idle(clients: Arc<[ArcSwap<EndpointClient>]>) {
+    let mut every = tokio::time::interval(POOL_IDLE_TIMEOUT / 2);
+    loop {
+        every.tick().await;
+        for client in clients.iter() {
+            client.load().idle.reap(POOL_IDLE_TIMEOUT);
+        }
+    }
+}
+
+/// The connections of one endpoint.
 fn client(endpoint: Arc<EndpointState>, version: HttpVersion) -> EndpointClient {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
@@ -243,7 +300,10 @@ fn client(endpoint: Arc<EndpointState>, version: HttpVersion) -> EndpointClient 
         // The Host header is the client's; never rewritten.
         .set_host(false)
         .http2_only(version == HttpVersion::Http2);
-    builder.build(EndpointConnector { endpoint })
+    EndpointClient {
+        pooled: builder.build(EndpointConnector { endpoint }),
+        idle: IdleConnections::default(),
+    }
 }
 
 /// How often an endpoint's hostname is resolved again.

@@ -18,10 +18,12 @@
 //! - `headers`: hop-by-hop, `X-Forwarded-*`, request ids.
 //! - `body`: replayable request bodies and observed response bodies.
 //! - `client`: pooled hyper clients per endpoint and the per-try service.
+//! - `held`: the idle HTTP/1 upstream connections and the one a request holds.
 
 mod body;
 mod client;
 mod headers;
+mod held;
 mod proxy;
 mod routing;
 
@@ -49,6 +51,8 @@ pub(crate) struct ClientConnection {
     /// The verified client certificate's primary name: its first URI SAN
     /// (SPIFFE ID), else its first DNS SAN, else its common name.
     identity: Option<String>,
+    /// The HTTP/1 upstream connection carrying this client's response.
+    held: Arc<held::HeldConnection>,
 }
 
 /// Serves one accepted connection (TLS, when the listener has it, is
@@ -85,6 +89,7 @@ pub(crate) async fn serve(
         tls: matches!(stream, ClientStream::Tls(_)),
         activity: activity.clone(),
         identity,
+        held: Arc::default(),
     });
     let service = {
         let proxy = proxy.clone();

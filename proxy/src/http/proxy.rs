@@ -20,6 +20,7 @@ use super::ClientConnection;
 use super::body::{BodyProgress, Ending, OnFinish, RequestBody, ResponseBody};
 use super::client::{ClientBodyFailed, Endpoints, NoEndpoint, ServedBy, Tried};
 use super::headers;
+use super::held::HeldConnection;
 use super::routing::{self, Matcher};
 use crate::activity::Activity;
 use crate::resilience::limit::{ConcurrencyLimit, LimitLayer, Refusal};
@@ -254,6 +255,7 @@ impl HttpProxy {
             started,
             status: StatusCode::OK,
             received: Arc::default(),
+            held: None,
             entry: self.access_log.enabled().then(|| {
                 self.access_log.entry(&access_log::Request {
                     listener: &self.listener,
@@ -357,6 +359,9 @@ impl HttpProxy {
             );
         };
         parts.uri = uri;
+        // An HTTP/1 client's requests come one after another: the next one
+        // can take the upstream connection this one used.
+        let sequential = parts.version < http::Version::HTTP_2;
         parts.version = http::Version::HTTP_11;
         let body = match self.request_body(body, finish.received.clone()).await {
             Ok(body) => body,
@@ -371,6 +376,10 @@ impl HttpProxy {
         let tried = Tried::default();
         let mut outbound = Request::from_parts(parts, body);
         outbound.extensions_mut().insert(tried.clone());
+        if sequential {
+            outbound.extensions_mut().insert(connection.held.clone());
+            finish.held = Some(connection.held.clone());
+        }
         if let Some(span) = &finish.span {
             outbound
                 .extensions_mut()
@@ -545,6 +554,9 @@ struct Finish {
     started: Instant,
     status: StatusCode,
     received: Arc<BodyProgress>,
+    /// The HTTP/1 upstream connection carrying the response, given back
+    /// when the response ends.
+    held: Option<Arc<HeldConnection>>,
     entry: Option<Entry>,
 }
 
@@ -571,6 +583,9 @@ impl Finish {
 
 impl OnFinish for Finish {
     fn finish(self: Box<Self>, sent: u64, ending: Ending) {
+        if let Some(held) = &self.held {
+            held.release();
+        }
         let took = self.started.elapsed();
         let trace_id = self.span.as_ref().and_then(traces::sampled_trace_id);
         self.metrics.answered(self.status, took, trace_id);
@@ -656,6 +671,7 @@ fn is_connect_failure(error: &BoxError) -> bool {
     error
         .downcast_ref::<hyper_util::client::legacy::Error>()
         .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        || error.is::<ConnectError>()
 }
 
 /// The connector's error behind a failed try, when connecting failed.
