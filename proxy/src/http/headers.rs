@@ -13,40 +13,62 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The headers that never cross a proxy, whatever `Connection` says.
+const HOP_BY_HOP_COUNT: usize = 7;
+const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHORIZATION,
+];
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 /// Returns the `Upgrade` value when the message asks for a protocol
 /// upgrade (WebSocket), so the caller can carry it across.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // Runs twice per request: a walk over the message's few names finds
+    // which of them are there, rather than a hashed removal of each.
+    let mut present = [false; HOP_BY_HOP_COUNT];
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        match HOP_BY_HOP.iter().position(|hop| hop == name) {
+            Some(index) => present[index] = true,
+            None => has_upgrade |= name == header::UPGRADE,
+        }
+    }
     let mut upgrade_requested = false;
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| {
-            let token = token.trim();
+    let mut named = Vec::new();
+    if present[0] {
+        let tokens = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(str::trim);
+        for token in tokens {
             if token.eq_ignore_ascii_case("upgrade") {
                 upgrade_requested = true;
+            } else if !token.eq_ignore_ascii_case("keep-alive")
+                && let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes())
+            {
+                named.push(name);
             }
-            HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()).ok()
-        })
-        .collect();
-    let upgrade = headers
-        .remove(header::UPGRADE)
+        }
+    }
+    let upgrade = has_upgrade
+        .then(|| headers.remove(header::UPGRADE))
+        .flatten()
         .filter(|_| upgrade_requested);
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::TE,
-        header::TRAILER,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
     upgrade
 }
@@ -282,6 +304,39 @@ mod tests {
         assert_eq!(strip_hop_by_hop(&mut headers), None);
         let left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_without_a_connection_header_and_the_rest_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert(header::HOST, HeaderValue::from_static("app"));
+        headers.append("x-kept", HeaderValue::from_static("1"));
+        headers.append("x-kept", HeaderValue::from_static("2"));
+        assert_eq!(strip_hop_by_hop(&mut headers), None);
+        let left: Vec<_> = headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                ("host", "app".parse().unwrap()),
+                ("x-kept", "1".parse().unwrap()),
+                ("x-kept", "2".parse().unwrap())
+            ]
+        );
+        let untouched = headers.clone();
+        assert_eq!(strip_hop_by_hop(&mut headers), None);
+        assert_eq!(headers, untouched);
     }
 
     #[test]

@@ -262,6 +262,7 @@ impl HttpProxy {
                     route: &route.name,
                     request_id: request_id.as_bytes(),
                     client: connection.address,
+                    client_ip: connection.ip.to_str().unwrap_or_default(),
                     peer: connection.identity.as_deref(),
                     method: parts.method.as_str(),
                     authority: headers::authority(&parts.uri, &parts.headers).unwrap_or_default(),

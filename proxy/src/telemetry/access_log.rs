@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -32,6 +31,8 @@ pub(crate) struct Request<'a> {
     pub(crate) route: &'a str,
     pub(crate) request_id: &'a [u8],
     pub(crate) client: SocketAddr,
+    /// The client's IP as text, made once per connection.
+    pub(crate) client_ip: &'a str,
     pub(crate) peer: Option<&'a str>,
     pub(crate) method: &'a str,
     pub(crate) authority: &'a str,
@@ -83,18 +84,21 @@ impl AccessLog {
     pub(crate) fn entry(&self, request: &Request<'_>) -> Entry {
         let mut line = Vec::with_capacity(LINE_CAPACITY);
         line.extend_from_slice(b"{\"timestamp\":\"");
-        let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
-        let _ = write!(line, "{now}");
+        timestamp(&mut line, std::time::SystemTime::now());
         line.push(b'"');
         field(&mut line, "listener", request.listener);
         field(&mut line, "route", request.route);
-        field(
-            &mut line,
-            "request_id",
-            &String::from_utf8_lossy(request.request_id),
-        );
+        field(&mut line, "request_id", &text(request.request_id));
         line.extend_from_slice(b",\"client\":\"");
-        let _ = write!(line, "{}", request.client);
+        if request.client.is_ipv6() {
+            line.push(b'[');
+            line.extend_from_slice(request.client_ip.as_bytes());
+            line.push(b']');
+        } else {
+            line.extend_from_slice(request.client_ip.as_bytes());
+        }
+        line.push(b':');
+        integer(&mut line, request.client.port());
         line.push(b'"');
         if let Some(peer) = request.peer {
             field(&mut line, "peer", peer);
@@ -137,16 +141,16 @@ impl AccessLog {
                 continue;
             }
             let mut values = headers.get_all(name).iter();
-            let first_value = values
+            let mut joined = values
                 .next()
-                .map(|value| String::from_utf8_lossy(value.as_bytes()));
-            let mut text = first_value.unwrap_or_default();
+                .map(|value| text(value.as_bytes()))
+                .unwrap_or_default();
             for value in values {
-                let joined = text.to_mut();
+                let joined = joined.to_mut();
                 joined.push_str(", ");
-                joined.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                joined.push_str(&text(value.as_bytes()));
             }
-            string(line, &text);
+            string(line, &joined);
         }
     }
 
@@ -194,7 +198,8 @@ impl Entry {
             retries,
             upstream_ms,
         } = self;
-        let _ = write!(line, ",\"status\":{}", outcome.status);
+        line.extend_from_slice(b",\"status\":");
+        integer(&mut line, outcome.status);
         if let Some(upstream) = &upstream {
             field(&mut line, "upstream", upstream);
         }
@@ -204,11 +209,12 @@ impl Entry {
         if let Some(error) = &error {
             field(&mut line, "error", error);
         }
-        let _ = write!(
-            line,
-            ",\"retries\":{},\"bytes_received\":{},\"bytes_sent\":{}",
-            retries, outcome.bytes_received, outcome.bytes_sent
-        );
+        line.extend_from_slice(b",\"retries\":");
+        integer(&mut line, retries);
+        line.extend_from_slice(b",\"bytes_received\":");
+        integer(&mut line, outcome.bytes_received);
+        line.extend_from_slice(b",\"bytes_sent\":");
+        integer(&mut line, outcome.bytes_sent);
         if let Some(upstream_ms) = upstream_ms {
             line.extend_from_slice(b",\"upstream_ms\":");
             number(&mut line, upstream_ms);
@@ -230,6 +236,48 @@ fn field(line: &mut Vec<u8>, name: &str, value: &str) {
     line.extend_from_slice(name.as_bytes());
     line.extend_from_slice(b"\":");
     string(line, value);
+}
+
+/// Header bytes as text: borrowed when they are UTF-8 (nearly always),
+/// else with invalid bytes replaced.
+fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
+}
+
+/// An integer in decimal.
+fn integer(line: &mut Vec<u8>, value: impl itoa::Integer) {
+    line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+thread_local! {
+    /// The second a line was last stamped in, and its RFC 3339 text up to
+    /// the fraction (`2026-12-03T17:20:11`): formatted once per second.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// `now` in RFC 3339 with microseconds, UTC (`2026-12-03T17:20:11.123456Z`).
+fn timestamp(line: &mut Vec<u8>, now: std::time::SystemTime) {
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let second = since_epoch.as_secs();
+    let (cached, mut prefix) = LAST_SECOND.get();
+    if cached != second {
+        let whole = std::time::UNIX_EPOCH + std::time::Duration::from_secs(second);
+        let formatted = humantime::format_rfc3339_seconds(whole).to_string();
+        prefix.copy_from_slice(&formatted.as_bytes()[..19]);
+        LAST_SECOND.set((second, prefix));
+    }
+    line.extend_from_slice(&prefix);
+    line.push(b'.');
+    // Six digits with leading zeros: the digits of 1,000,000 + micros but the first.
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(since_epoch.subsec_micros() + 1_000_000);
+    line.extend_from_slice(&micros.as_bytes()[1..]);
+    line.push(b'Z');
 }
 
 /// A JSON string, escaped by serde_json.
@@ -254,6 +302,7 @@ mod tests {
             route: "r\"1",
             request_id: b"id-1",
             client: "127.0.0.1:4000".parse().unwrap(),
+            client_ip: "127.0.0.1",
             peer: None,
             method: "GET",
             authority: "api.local",
@@ -319,6 +368,49 @@ mod tests {
         assert_eq!(line["upstream_ms"], 0.25);
         assert_eq!(line["duration_ms"], 1.5);
         assert_eq!(line["complete"], true);
+    }
+
+    #[test]
+    fn timestamps_read_as_humantime_writes_them() {
+        let base = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_313_611);
+        for offset in [0, 7, 999_999, 1_000_000, 61_000_042, 86_400_000_001] {
+            let now = base + std::time::Duration::from_micros(offset);
+            let mut line = Vec::new();
+            timestamp(&mut line, now);
+            assert_eq!(
+                String::from_utf8(line).unwrap(),
+                humantime::format_rfc3339_micros(now).to_string()
+            );
+        }
+    }
+
+    #[test]
+    fn an_ipv6_client_is_written_in_brackets() {
+        let log = AccessLog::new(&attache_config::AccessLog::default());
+        let uri: http::Uri = "/".parse().unwrap();
+        let entry = log.entry(&Request {
+            listener: "front",
+            route: "r",
+            request_id: b"id",
+            client: "[::1]:4000".parse().unwrap(),
+            client_ip: "::1",
+            peer: None,
+            method: "GET",
+            authority: "a",
+            uri: &uri,
+            protocol: "HTTP/1.1",
+            headers: &HeaderMap::new(),
+        });
+        let outcome = Outcome {
+            status: 204,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_ms: 0.5,
+            complete: true,
+        };
+        let line: serde_json::Value = serde_json::from_slice(&entry.finished(&outcome)).unwrap();
+        assert_eq!(line["client"], "[::1]:4000");
+        assert_eq!(line["status"], 204);
     }
 
     #[test]
