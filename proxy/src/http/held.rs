@@ -196,15 +196,15 @@ pub(crate) async fn send(
     let mut sender = match reused {
         Some(mut sender) => match sender.ready().await {
             Ok(()) => sender,
-            Err(_) => connect(endpoint).await?,
+            Err(_) => Box::pin(connect(endpoint)).await?,
         },
-        None => connect(endpoint).await?,
+        None => Box::pin(connect(endpoint)).await?,
     };
     let response = match sender.try_send_request(request).await {
         Ok(response) => response,
         Err(mut error) => match error.take_message() {
             Some(unsent) => {
-                sender = connect(endpoint).await?;
+                sender = Box::pin(connect(endpoint)).await?;
                 sender.send_request(unsent).await?
             }
             None => return Err(error.into_error().into()),
@@ -215,7 +215,10 @@ pub(crate) async fn send(
 }
 
 /// A new HTTP/1 connection through the upstream room (TLS origination and
-/// connect metrics included), driven by a task of its own.
+/// connect metrics included), driven by a task of its own. Callers box
+/// this future: it is large (resolution, connect, TLS handshake) and rare,
+/// and inline it would grow every request's future, which is moved
+/// whole into its box on each request.
 async fn connect(endpoint: &EndpointState) -> Result<SendRequest<RequestBody>, BoxError> {
     let connected = endpoint.establish(Some(&endpoint.metrics), None).await?;
     let (sender, connection) = http1::Builder::new()
