@@ -12,7 +12,8 @@
 //! - `/upload`: reads the body as it streams and answers its length and SHA-256
 //! - `/ws`: a WebSocket that echoes every message
 //!
-//! [`HttpApp::fail_with`] and [`HttpApp::hang`] make every path fail or hang.
+//! [`HttpApp::fail_with`] and [`HttpApp::hang`] make every path fail or hang;
+//! [`HttpApp::gate`] holds requests until a number of them have arrived.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -47,6 +48,8 @@ struct State {
     fail_with: AtomicU16,
     /// Every request hangs.
     hang: AtomicBool,
+    /// The barrier the next requests wait at, and how many are still to take it.
+    gate: Mutex<Option<(Arc<tokio::sync::Barrier>, usize)>>,
 }
 
 impl HttpApp {
@@ -63,6 +66,7 @@ impl HttpApp {
             script: Mutex::new(VecDeque::new()),
             fail_with: AtomicU16::new(0),
             hang: AtomicBool::new(false),
+            gate: Mutex::new(None),
         });
         let served = state.clone();
         tokio::spawn(async move {
@@ -99,6 +103,16 @@ impl HttpApp {
         self.state.hang.store(hang, Ordering::SeqCst);
     }
 
+    /// The next `count` requests (any path) are answered only once all
+    /// `count` have arrived: requests that must be in flight together.
+    ///
+    /// # Panics
+    /// When the lock is poisoned.
+    pub fn gate(&self, count: usize) {
+        *self.state.gate.lock().unwrap() =
+            Some((Arc::new(tokio::sync::Barrier::new(count)), count));
+    }
+
     /// Statuses that the next `/script` requests get, in order.
     ///
     /// # Panics
@@ -114,6 +128,20 @@ fn full(bytes: impl Into<Bytes>) -> Body {
 
 async fn answer(state: &State, peer: SocketAddr, mut request: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
+    let gate = {
+        let mut gate = state.gate.lock().unwrap();
+        let barrier = gate.as_ref().map(|(barrier, _)| barrier.clone());
+        if let Some((_, remaining)) = gate.as_mut() {
+            *remaining -= 1;
+            if *remaining == 0 {
+                *gate = None;
+            }
+        }
+        barrier
+    };
+    if let Some(barrier) = gate {
+        barrier.wait().await;
+    }
     let path = request.uri().path().to_owned();
     let fail_with = state.fail_with.load(Ordering::SeqCst);
     let mut response = if state.hang.load(Ordering::SeqCst) || path.starts_with("/hang") {

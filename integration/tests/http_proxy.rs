@@ -525,3 +525,50 @@ async fn a_keep_alive_clients_requests_reuse_one_upstream_connection_until_the_a
         .unwrap();
     assert_eq!(connects, 2.0);
 }
+
+#[tokio::test]
+async fn an_http2_clients_concurrent_requests_each_get_an_http1_connection_of_their_own() {
+    use http_body_util::BodyExt as _;
+    let app = HttpApp::start("app").await;
+    let attache = Attache::run(&front_door(app.address, "")).await.unwrap();
+    let front = attache.listener("front");
+    let stream = TcpStream::connect(front).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // Eight requests at once, each answered after the app has seen all
+    // eight: they cannot share an upstream HTTP/1 connection.
+    app.gate(8);
+    let requests = (0..8).map(|index| {
+        let mut sender = sender.clone();
+        async move {
+            let request = http::Request::get(format!("http://{front}/echo/{index}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let echo: Value = serde_json::from_slice(&body).unwrap();
+            (
+                status,
+                echo["uri"].as_str().unwrap().to_owned(),
+                echo["peer"].as_str().unwrap().to_owned(),
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let mut peers: Vec<&str> = answers.iter().map(|(_, _, peer)| peer.as_str()).collect();
+    peers.sort_unstable();
+    peers.dedup();
+    assert_eq!(peers.len(), 8, "{answers:?}");
+    for (index, (status, uri, _)) in answers.iter().enumerate() {
+        assert_eq!(
+            (*status, uri.as_str()),
+            (200, format!("/echo/{index}").as_str())
+        );
+    }
+}

@@ -84,8 +84,8 @@ pub(crate) struct ServedBy {
 type PooledClient = Client<EndpointConnector, RequestBody>;
 
 /// One endpoint's connections, replaced whole when its name resolves to
-/// other addresses: hyper-util's pool (HTTP/2, upgrades, HTTP/2 clients)
-/// and the idle HTTP/1 connections no client holds.
+/// other addresses: hyper-util's pool (HTTP/2 upstreams, upgrades) and
+/// the idle HTTP/1 connections no request holds.
 pub(crate) struct EndpointClient {
     pooled: PooledClient,
     idle: IdleConnections,
@@ -214,9 +214,9 @@ impl Endpoints {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _in_flight = InFlight(state);
         let started = Instant::now();
-        // One try under the per-try timeout: a plain HTTP/1 request from
-        // an HTTP/1 client on the connection that client holds, anything
-        // else on the endpoint's pooled client.
+        // One try under the per-try timeout: a plain HTTP/1 request on the
+        // connection its slot holds (or an idle or new one), an HTTP/2
+        // upstream's or an upgrade on the endpoint's pooled client.
         let client = self.clients[index].load_full();
         let held = match self.version {
             HttpVersion::Http1 if !request.headers().contains_key(http::header::UPGRADE) => {

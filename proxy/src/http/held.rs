@@ -1,14 +1,17 @@
-//! HTTP/1 upstream connections for HTTP/1 clients, pooled per endpoint in
-//! a plain idle list: a request takes the most recently used idle
-//! connection (or makes one), its client connection holds it while the
-//! response body streams, and the end of the body puts it back. An idle
-//! keep-alive client holds no upstream connection.
+//! HTTP/1 upstream connections, pooled per endpoint in a plain idle list:
+//! a request takes the most recently used idle connection (or makes one),
+//! holds it while the response body streams, and the end of the body puts
+//! it back. An HTTP/1 client's requests share one slot, held by its
+//! connection (when a connection is not ready again by the end of the
+//! body, the client's next request waits for it); an HTTP/2 client's
+//! requests each have their own. An idle keep-alive client holds no
+//! upstream connection.
 //!
-//! This replaces hyper-util's pool for plain HTTP/1 requests from HTTP/1
-//! clients, and with it, per request, the pool's hashed lookup, the lazy
-//! connect raced against the checkout, and the task hyper-util spawns to
-//! put each connection back once its response body has ended. HTTP/2
-//! (either side) and upgrades still go through hyper-util's pool.
+//! This replaces hyper-util's pool for plain HTTP/1 requests, and with it,
+//! per request, the pool's hashed lookup, the lazy connect raced against
+//! the checkout, and the task hyper-util spawns to put each connection
+//! back once its response body has ended. HTTP/2 upstreams and upgrades
+//! still go through hyper-util's pool.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,8 +96,8 @@ pub(crate) trait Home: Send + Sync + 'static {
     fn max_idle(&self) -> usize;
 }
 
-/// The upstream connection a client connection's request is using (a
-/// request extension, shared by the request's tries).
+/// The upstream connection a request is using (a request extension,
+/// shared by the request's tries; an HTTP/1 client's requests share one).
 #[derive(Default)]
 pub(crate) struct HeldConnection(Mutex<Option<Held>>);
 

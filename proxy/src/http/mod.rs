@@ -51,7 +51,7 @@ pub(crate) struct ClientConnection {
     /// The verified client certificate's primary name: its first URI SAN
     /// (SPIFFE ID), else its first DNS SAN, else its common name.
     identity: Option<String>,
-    /// The HTTP/1 upstream connection carrying this client's response.
+    /// The upstream connection carrying this HTTP/1 client's response.
     held: Arc<held::HeldConnection>,
 }
 

@@ -360,9 +360,14 @@ impl HttpProxy {
             );
         };
         parts.uri = uri;
-        // An HTTP/1 client's requests come one after another: the next one
-        // can take the upstream connection this one used.
-        let sequential = parts.version < http::Version::HTTP_2;
+        // An HTTP/1 client's requests come one after another and share
+        // the connection's slot; an HTTP/2 client's run side by side, each
+        // with a slot of its own.
+        let held = if parts.version < http::Version::HTTP_2 {
+            connection.held.clone()
+        } else {
+            Arc::default()
+        };
         parts.version = http::Version::HTTP_11;
         let body = match self.request_body(body, finish.received.clone()).await {
             Ok(body) => body,
@@ -377,10 +382,8 @@ impl HttpProxy {
         let tried = Tried::default();
         let mut outbound = Request::from_parts(parts, body);
         outbound.extensions_mut().insert(tried.clone());
-        if sequential {
-            outbound.extensions_mut().insert(connection.held.clone());
-            finish.held = Some(connection.held.clone());
-        }
+        outbound.extensions_mut().insert(held.clone());
+        finish.held = Some(held);
         if let Some(span) = &finish.span {
             outbound
                 .extensions_mut()
