@@ -128,9 +128,7 @@ impl HeldConnection {
             previous.release();
         }
     }
-}
 
-impl HeldConnection {
     /// Puts the held connection back in its endpoint's idle list now that
     /// the response it carried has ended, so that an idle keep-alive client
     /// holds no upstream connection. One not yet ready for another request
