@@ -292,8 +292,10 @@ async fn serve_client(
             }
         }
     };
-    let _ = client.shutdown().await;
+    // Counted before the client can see the close, so that whoever sees it
+    // also finds it counted.
     proxy.metrics.closed(result);
+    let _ = client.shutdown().await;
 }
 
 /// One read from a client. With nothing buffered (a client between
