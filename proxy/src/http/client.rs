@@ -24,7 +24,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::{BoxError, Layer as _, ServiceExt as _};
 
 use super::body::RequestBody;
-use super::held::{self, HeldConnection, Home, IdleConnections};
+use super::held::{self, HeldConnection, IdleConnections};
 use crate::net::UpstreamStream;
 use crate::resilience::per_try_timeout::{PerTryTimeout, PerTryTimeoutLayer};
 use crate::telemetry::traces::{self, RequestContext};
@@ -35,9 +35,9 @@ use opentelemetry_sdk::trace::Tracer;
 /// Idle keep-alive connections are closed after this (below the 60 s or
 /// more most servers keep them, so attache closes first and never sends a
 /// request on a connection the server is closing).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle keep-alive connections kept per endpoint.
-const POOL_MAX_IDLE_PER_ENDPOINT: usize = 256;
+pub(super) const POOL_MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Every endpoint was ejected or unhealthy; no try was made.
 #[derive(Debug, thiserror::Error)]
@@ -88,21 +88,7 @@ type PooledClient = Client<EndpointConnector, RequestBody>;
 /// the idle HTTP/1 connections no request holds.
 pub(crate) struct EndpointClient {
     pooled: PooledClient,
-    idle: IdleConnections,
-}
-
-impl Home for EndpointClient {
-    fn idle(&self) -> &IdleConnections {
-        &self.idle
-    }
-
-    fn idle_timeout(&self) -> Duration {
-        POOL_IDLE_TIMEOUT
-    }
-
-    fn max_idle(&self) -> usize {
-        POOL_MAX_IDLE_PER_ENDPOINT
-    }
+    pub(super) idle: IdleConnections,
 }
 
 /// The innermost service: one try on one endpoint.
@@ -226,9 +212,8 @@ impl Endpoints {
         };
         let result = match held {
             Some(held) => {
-                let home: Arc<dyn Home> = client;
                 let send =
-                    tower::service_fn(|request| held::send(state, home.clone(), &held, request));
+                    tower::service_fn(|request| held::send(state, client.clone(), &held, request));
                 self.per_try.layer(send).oneshot(request).await
             }
             None => self.per_try.layer(&client.pooled).oneshot(request).await,

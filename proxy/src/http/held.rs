@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tower::BoxError;
 
 use super::body::RequestBody;
+use super::client::{EndpointClient, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_ENDPOINT};
 use crate::upstream::EndpointState;
 
 /// Idle connections of one endpoint that no client holds, oldest first.
@@ -87,31 +88,25 @@ fn drop_stale(idle: &mut Vec<Idle>, idle_timeout: Duration) {
     idle.drain(..stale);
 }
 
-/// Where a connection goes back to: its endpoint's idle list as it was
-/// when the connection was made (a re-resolved endpoint gets a new list,
-/// and connections to the old addresses are not handed out again).
-pub(crate) trait Home: Send + Sync + 'static {
-    fn idle(&self) -> &IdleConnections;
-    fn idle_timeout(&self) -> Duration;
-    fn max_idle(&self) -> usize;
-}
-
 /// The upstream connection a request is using (a request extension,
 /// shared by the request's tries; an HTTP/1 client's requests share one).
 #[derive(Default)]
 pub(crate) struct HeldConnection(Mutex<Option<Held>>);
 
 struct Held {
-    home: Arc<dyn Home>,
+    /// Where the connection goes back to: its endpoint's connections as
+    /// they were when it was made (a re-resolved endpoint gets new ones,
+    /// and connections to the old addresses are not handed out again).
+    home: Arc<EndpointClient>,
     sender: SendRequest<RequestBody>,
 }
 
 impl HeldConnection {
     /// The held connection when it belongs to `home`; one held for another
     /// endpoint goes back to that endpoint's idle list.
-    fn take_for(&self, home: &Arc<dyn Home>) -> Option<SendRequest<RequestBody>> {
+    fn take_for(&self, home: &Arc<EndpointClient>) -> Option<SendRequest<RequestBody>> {
         let held = self.0.lock().ok()?.take()?;
-        if std::ptr::addr_eq(Arc::as_ptr(&held.home), Arc::as_ptr(home)) {
+        if Arc::ptr_eq(&held.home, home) {
             Some(held.sender)
         } else {
             held.release();
@@ -119,7 +114,7 @@ impl HeldConnection {
         }
     }
 
-    fn hold(&self, home: Arc<dyn Home>, sender: SendRequest<RequestBody>) {
+    fn hold(&self, home: Arc<EndpointClient>, sender: SendRequest<RequestBody>) {
         let previous = match self.0.lock() {
             Ok(mut held) => held.replace(Held { home, sender }),
             Err(_) => None,
@@ -165,15 +160,15 @@ impl Held {
     fn release(self) {
         let Held { home, mut sender } = self;
         if sender.is_ready() {
-            home.idle()
-                .put(sender, home.idle_timeout(), home.max_idle());
+            home.idle
+                .put(sender, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_ENDPOINT);
         } else if !sender.is_closed()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
                 if sender.ready().await.is_ok() {
-                    home.idle()
-                        .put(sender, home.idle_timeout(), home.max_idle());
+                    home.idle
+                        .put(sender, POOL_IDLE_TIMEOUT, POOL_MAX_IDLE_PER_ENDPOINT);
                 }
             });
         }
@@ -186,14 +181,14 @@ impl Held {
 /// request went out is replaced by a new one, once.
 pub(crate) async fn send(
     endpoint: &EndpointState,
-    home: Arc<dyn Home>,
+    home: Arc<EndpointClient>,
     held: &HeldConnection,
     mut request: Request<RequestBody>,
 ) -> Result<Response<Incoming>, BoxError> {
     origin_form(request.uri_mut());
     let reused = held
         .take_for(&home)
-        .or_else(|| home.idle().take(home.idle_timeout()));
+        .or_else(|| home.idle.take(POOL_IDLE_TIMEOUT));
     let mut sender = match reused {
         Some(mut sender) => match sender.ready().await {
             Ok(()) => sender,
