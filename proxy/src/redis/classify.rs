@@ -5,7 +5,7 @@
 
 use attache_resp::Command;
 
-use super::commands::{self, Carried};
+use super::commands::{self, Carried, Spec};
 
 /// The fate of one command.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,18 +35,11 @@ pub(super) enum Class {
     Unsubscribed,
 }
 
-/// Whether `command` only reads (and so may be retried once).
-pub(super) fn is_read_only(command: &Command) -> bool {
-    commands::spec(command).read_only
-}
-
 /// What the client's connection does with `command`: its row in the
-/// command table, and for `SELECT`, `CLIENT` and the `BLOCK` option its
-/// arguments.
-pub(super) fn classify(command: &Command) -> Class {
-    let mut buffer = [0; 32];
-    let name = command.upper_name(&mut buffer);
-    let spec = commands::spec_of(name);
+/// command table (`spec`), and for `SELECT`, `CLIENT` and the `BLOCK`
+/// option its arguments.
+pub(super) fn classify(command: &Command, spec: &Spec) -> Class {
+    let name = spec.name;
     match spec.carried {
         Carried::Shared => Class::Shared,
         Carried::Pinned => Class::Pinned,
@@ -111,6 +104,10 @@ mod tests {
     use super::*;
     use crate::redis::test_command as command;
 
+    fn classify(command: &Command) -> Class {
+        super::classify(command, commands::spec(command))
+    }
+
     #[test]
     fn commands_are_classified_case_insensitively() {
         assert_eq!(classify(&command(&["get", "k"])), Class::Shared);
@@ -172,7 +169,5 @@ mod tests {
         ));
         assert!(matches!(classify(&command(&["reset"])), Class::Refused(_)));
         assert_eq!(classify(&command(&["hello", "3"])), Class::Hello);
-        assert!(is_read_only(&command(&["get", "k"])));
-        assert!(!is_read_only(&command(&["incr", "k"])));
     }
 }

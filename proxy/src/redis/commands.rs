@@ -296,15 +296,64 @@ const UNKNOWN: Spec = shared("");
 
 /// The row for `name` (uppercase).
 pub(super) fn spec_of(name: &str) -> &'static Spec {
-    TABLE
-        .binary_search_by(|spec| spec.name.cmp(name))
-        .map_or(&UNKNOWN, |index| &TABLE[index])
+    row_of(name).spec
 }
 
 /// The row for `command`.
 pub(super) fn spec(command: &Command) -> &'static Spec {
     spec_of(command.upper_name(&mut [0; 32]))
 }
+
+/// A command's row and its place in the metric's label set, found once
+/// per command: everything the hot path asks of the table.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Row {
+    pub(super) spec: &'static Spec,
+    /// Index into [`counted`], or its length for `other`.
+    pub(super) label: usize,
+}
+
+/// The row for `command`.
+pub(super) fn row(command: &Command) -> Row {
+    row_of(command.upper_name(&mut [0; 32]))
+}
+
+fn row_of(name: &str) -> Row {
+    match TABLE.binary_search_by(|spec| spec.name.cmp(name)) {
+        Ok(index) => Row {
+            spec: &TABLE[index],
+            label: LABELS[index],
+        },
+        Err(_) => Row {
+            spec: &UNKNOWN,
+            label: LABELS[TABLE.len()],
+        },
+    }
+}
+
+/// Per row, its index among the counted rows, or the number of counted
+/// rows (`other`) when it is not counted; one more entry, `other`, for
+/// commands not in the table.
+const LABELS: [usize; TABLE.len() + 1] = {
+    let mut labels = [0; TABLE.len() + 1];
+    let mut counted = 0;
+    let mut index = 0;
+    while index < TABLE.len() {
+        if TABLE[index].counted {
+            labels[index] = counted;
+            counted += 1;
+        }
+        index += 1;
+    }
+    let mut index = 0;
+    while index <= TABLE.len() {
+        if index == TABLE.len() || !TABLE[index].counted {
+            labels[index] = counted;
+        }
+        index += 1;
+    }
+    labels
+};
 
 /// Whether `command` blocks its connection until its reply.
 pub(super) fn is_blocking(command: &Command) -> bool {
@@ -364,5 +413,18 @@ mod tests {
         assert!(!spec.read_only && !spec.counted);
         assert!(spec_of("GET").read_only);
         assert!(!spec_of("INCR").read_only);
+    }
+
+    #[test]
+    fn a_rows_label_is_its_place_among_the_counted_commands() {
+        let other = counted().len();
+        for spec in TABLE.iter() {
+            let label = row_of(spec.name).label;
+            match counted().binary_search(&spec.name) {
+                Ok(index) => assert_eq!(label, index, "{}", spec.name),
+                Err(_) => assert_eq!(label, other, "{}", spec.name),
+            }
+        }
+        assert_eq!(row_of("NOSUCHCOMMAND").label, other);
     }
 }

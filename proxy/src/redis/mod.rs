@@ -360,6 +360,8 @@ impl<'a> Session<'a> {
     async fn take_commands(&mut self, input: &mut BytesMut) -> Option<attache_resp::Command> {
         let mut batch = Batch::new();
         let mut pin = None;
+        // Commands read together are sent together: one clock reading.
+        let read_at = Instant::now();
         while !self.closing {
             let command = match parse_command(input, &self.proxy.limits) {
                 Ok(Some(command)) => command,
@@ -377,7 +379,8 @@ impl<'a> Session<'a> {
                     break;
                 }
             };
-            let class = match self.decide(&command) {
+            let row = commands::row(&command);
+            let class = match self.decide(&command, row.spec) {
                 Decision::Class(class) => class,
                 Decision::Hello(requested) => {
                     // Boxed for the same reason as a pinned session.
@@ -396,7 +399,7 @@ impl<'a> Session<'a> {
                 Class::Shared | Class::Pinned => None,
             };
             if let Some(result) = local {
-                self.proxy.redis_metrics.command(command.name(), result);
+                self.proxy.redis_metrics.command_labelled(row.label, result);
             }
             match class {
                 Class::Shared => {
@@ -405,10 +408,11 @@ impl<'a> Session<'a> {
                         Some(cache) => {
                             match cache.consult(&command, self.database, self.protocol) {
                                 Consulted::Hit(reply) => {
-                                    self.proxy
-                                        .redis_metrics
-                                        .command(command.name(), RedisResult::Ok);
-                                    self.replies.push_hit(reply, command.name(), self.database);
+                                    self.replies.push_hit(
+                                        reply,
+                                        (command.name(), row.label),
+                                        self.database,
+                                    );
                                     continue;
                                 }
                                 Consulted::Forward(after) => after,
@@ -416,11 +420,14 @@ impl<'a> Session<'a> {
                         }
                     };
                     let (sender, receiver) = oneshot::channel();
-                    let name = command.args[0].clone();
-                    let retryable = classify::is_read_only(&command);
-                    batch.push(command.raw, sender, retryable);
-                    self.replies
-                        .push_waiting(receiver, name, self.database, after);
+                    self.replies.push_waiting(
+                        receiver,
+                        (command.name(), row.label),
+                        read_at,
+                        self.database,
+                        after,
+                    );
+                    batch.push(command.raw, sender, row.spec.read_only);
                 }
                 Class::Pinned => {
                     pin = Some(command);
@@ -453,9 +460,9 @@ impl<'a> Session<'a> {
     /// What `command` gets, given this client's login: `AUTH` checked
     /// against attache's password (or pinned, without one), `HELLO` a
     /// protocol switch, anything but `QUIT` refused before a login.
-    fn decide(&mut self, command: &attache_resp::Command) -> Decision {
+    fn decide(&mut self, command: &attache_resp::Command, spec: &commands::Spec) -> Decision {
         let proxy = self.proxy;
-        let class = classify::classify(command);
+        let class = classify::classify(command, spec);
         Decision::Class(match class {
             // No password of attache's: the client logs in to Redis as a
             // user of its own, on a connection of its own.
@@ -510,8 +517,13 @@ impl<'a> Session<'a> {
             sender,
             true,
         );
-        self.replies
-            .push_waiting(receiver, command.args[0].clone(), self.database, None);
+        self.replies.push_waiting(
+            receiver,
+            (command.name(), commands::row(command).label),
+            Instant::now(),
+            self.database,
+            None,
+        );
     }
 
     /// `SELECT requested`: on success the client's shared set is that

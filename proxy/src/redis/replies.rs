@@ -24,19 +24,22 @@ enum Pending {
     /// Forwarded on a shared connection.
     Waiting {
         receiver: oneshot::Receiver<Answer>,
-        name: Bytes,
+        /// Its label in the command count.
+        label: usize,
         sent: Instant,
-        span: Option<Span>,
-        /// What the cache does with the reply.
-        after: Option<AfterReply>,
+        /// Boxed: large, and only there with span export on; every
+        /// command's entry is moved into the queue and out of it.
+        span: Option<Box<Span>>,
+        /// What the cache does with the reply (boxed, as the span).
+        after: Option<Box<AfterReply>>,
     },
     /// Its answer came while the queue waited for it.
     Answered {
         answer: Result<Answer, oneshot::error::RecvError>,
-        name: Bytes,
+        label: usize,
         sent: Instant,
-        span: Option<Span>,
-        after: Option<AfterReply>,
+        span: Option<Box<Span>>,
+        after: Option<Box<AfterReply>>,
     },
 }
 
@@ -80,12 +83,14 @@ impl Replies {
         self.queue.push_back(Pending::Ready(reply));
     }
 
-    /// A command forwarded as `name` on `database`, its reply to come
-    /// through `receiver`, then handed to the cache's `after`.
+    /// A command `name` (counted under `label`) forwarded at `sent` on
+    /// `database`, its reply to come through `receiver`, then handed to
+    /// the cache's `after`.
     pub(super) fn push_waiting(
         &mut self,
         receiver: oneshot::Receiver<Answer>,
-        name: Bytes,
+        (name, label): (&[u8], usize),
+        sent: Instant,
         database: u32,
         after: Option<AfterReply>,
     ) {
@@ -94,20 +99,23 @@ impl Replies {
                 .as_ref()
                 .filter(|after| after.is_fill())
                 .map(|_| false);
-            traces::start_redis_span(tracer, listener, &name, database, cache_hit)
+            Box::new(traces::start_redis_span(
+                tracer, listener, name, database, cache_hit,
+            ))
         });
         self.queue.push_back(Pending::Waiting {
             receiver,
-            name,
-            sent: Instant::now(),
+            label,
+            sent,
             span,
-            after,
+            after: after.map(Box::new),
         });
     }
 
     /// A read answered from the cache (counted and traced as a command
     /// that took no time).
-    pub(super) fn push_hit(&mut self, reply: Bytes, name: &[u8], database: u32) {
+    pub(super) fn push_hit(&mut self, reply: Bytes, (name, label): (&[u8], usize), database: u32) {
+        self.metrics.command_labelled(label, RedisResult::Ok);
         self.metrics.duration.observe(0.0);
         if let Some((tracer, listener)) = &self.tracing {
             let span = traces::start_redis_span(tracer, listener, name, database, Some(true));
@@ -125,7 +133,7 @@ impl Replies {
         let head = self.queue.front_mut()?;
         if let Pending::Waiting {
             receiver,
-            name,
+            label,
             sent,
             span,
             after,
@@ -139,34 +147,38 @@ impl Replies {
             if let Some(answer) = answer {
                 *head = Pending::Answered {
                     answer,
-                    name: std::mem::take(name),
+                    label: *label,
                     sent: *sent,
                     span: span.take(),
                     after: after.take(),
                 };
             }
         }
+        // One clock reading for the whole batch: its replies all leave now.
+        let now = Instant::now();
         let mut batch = BytesMut::new();
         while let Some(pending) = self.queue.front_mut() {
             let reply = match pending {
                 Pending::Ready(reply) => reply.clone(),
                 Pending::Answered {
                     answer,
-                    name,
+                    label,
                     sent,
                     span,
                     after,
                 } => {
                     let (reply, result) = classify(answer.clone().map_err(|_| ()));
                     answered(after.take(), &reply, result);
-                    self.metrics.command(name, result);
-                    self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    self.metrics.command_labelled(*label, result);
+                    self.metrics
+                        .duration
+                        .observe(now.saturating_duration_since(*sent).as_secs_f64());
                     end_span(span.take(), result);
                     reply
                 }
                 Pending::Waiting {
                     receiver,
-                    name,
+                    label,
                     sent,
                     span,
                     after,
@@ -175,7 +187,7 @@ impl Replies {
                         Ok(answer) => classify(Ok(answer)),
                         Err(oneshot::error::TryRecvError::Closed) => classify(Err(())),
                         Err(oneshot::error::TryRecvError::Empty)
-                            if sent.elapsed() >= self.timeout =>
+                            if now.saturating_duration_since(*sent) >= self.timeout =>
                         {
                             // Dropping the receiver makes the shared
                             // connection discard the late reply in order.
@@ -190,8 +202,10 @@ impl Replies {
                         Err(oneshot::error::TryRecvError::Empty) => break,
                     };
                     answered(after.take(), &reply, result);
-                    self.metrics.command(name, result);
-                    self.metrics.duration.observe(sent.elapsed().as_secs_f64());
+                    self.metrics.command_labelled(*label, result);
+                    self.metrics
+                        .duration
+                        .observe(now.saturating_duration_since(*sent).as_secs_f64());
                     end_span(span.take(), result);
                     reply
                 }
@@ -205,7 +219,7 @@ impl Replies {
 
 /// Hands Redis' reply to the cache before it goes to the client (a write's
 /// keys are dropped then); a failed command's is just dropped.
-fn answered(after: Option<AfterReply>, reply: &Bytes, result: RedisResult) {
+fn answered(after: Option<Box<AfterReply>>, reply: &Bytes, result: RedisResult) {
     if let Some(after) = after {
         if result == RedisResult::Failed {
             drop(after);
@@ -215,14 +229,14 @@ fn answered(after: Option<AfterReply>, reply: &Bytes, result: RedisResult) {
     }
 }
 
-fn end_span(span: Option<Span>, result: RedisResult) {
+fn end_span(span: Option<Box<Span>>, result: RedisResult) {
     if let Some(span) = span {
         let error = match result {
             RedisResult::Ok => None,
             RedisResult::Error => Some("redis_error"),
             RedisResult::Failed => Some("attache_failure"),
         };
-        traces::end_redis_span(span, error);
+        traces::end_redis_span(*span, error);
     }
 }
 
@@ -243,5 +257,17 @@ fn classify(answer: Result<Answer, ()>) -> (Bytes, RedisResult) {
             encode::error("ERR attache: the upstream connection closed"),
             RedisResult::Failed,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_reply_is_small_enough_to_move_per_command() {
+        // Every command's entry is moved into the queue and out of it; a
+        // span and the cache's follow-up live behind pointers.
+        assert!(std::mem::size_of::<Pending>() <= 96);
     }
 }

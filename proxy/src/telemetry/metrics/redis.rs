@@ -196,6 +196,14 @@ impl RedisMetrics {
             .unwrap_or(self.counted.len());
         self.commands[index][result as usize].inc();
     }
+
+    /// Counts one command by its label's index in the counted set this
+    /// listener was made with (its length: `other`), as the command table
+    /// found it: no name lookup per command.
+    pub(crate) fn command_labelled(&self, label: usize, result: RedisResult) {
+        let other = self.commands.len() - 1;
+        self.commands[label.min(other)][result as usize].inc();
+    }
 }
 
 #[cfg(test)]
@@ -209,5 +217,9 @@ mod tests {
         metrics.command(b"NOSUCHCOMMAND", RedisResult::Failed);
         assert_eq!(metrics.commands[0][0].get(), 1);
         assert_eq!(metrics.commands[2][2].get(), 1);
+        metrics.command_labelled(1, RedisResult::Ok);
+        metrics.command_labelled(7, RedisResult::Ok);
+        assert_eq!(metrics.commands[1][0].get(), 1);
+        assert_eq!(metrics.commands[2][0].get(), 1);
     }
 }
