@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# User-space instructions attache's Redis ambassador spends per command,
+# counted by valgrind's callgrind: deterministic to a fraction of a
+# percent from run to run, where commands per second move by 20% on a
+# shared machine, so a change to the command path can be compared build
+# against build.
+#
+#   integration/bench/redis_instructions.sh [COMMANDS] [BINARY...]
+#
+# Default: 100000 commands, the release build made here. For each binary,
+# without pipelining and with pipelines of 16: redis-benchmark -t get -n
+# COMMANDS -c 50 through attache (`protocol: redis`, its defaults) to a
+# private redis-server, and attache's instructions less those of a start
+# and stop without commands, per command. The kernel's share (most of the
+# CPU per command without pipelining) is not counted.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+source integration/bench/install.sh
+install valgrind=valgrind redis-server=redis-server redis-benchmark=redis-tools redis-cli=redis-tools
+commands=${1:-100000}
+shift || true
+binaries=("$@")
+if [ ${#binaries[@]} -eq 0 ]; then
+  cargo build --release --locked -q -p attache
+  binaries=(target/release/attache)
+fi
+
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+server_port=$(free_port)
+redis-server --port "$server_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null; rm -rf "$work"' EXIT
+until redis-cli -p "$server_port" ping >/dev/null 2>&1; do sleep 0.1; done
+
+# Instructions attache executes for `count` GETs ($1 binary, $2 pipeline depth).
+instructions() {
+  local binary=$1 pipeline=$2 count=$3 port admin
+  port=$(free_port)
+  admin=$(free_port)
+  cat > "$work/attache.yaml" <<CONF
+log: {level: warn}
+admin: {listen: 127.0.0.1:$admin}
+listeners:
+  - {name: redis, listen: 127.0.0.1:$port, protocol: redis, upstream: redis}
+upstreams:
+  redis: {endpoints: ["127.0.0.1:$server_port"]}
+CONF
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+    "$binary" run -c "$work/attache.yaml" >/dev/null 2>"$work/valgrind.log" &
+  local pid=$!
+  until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.2; done
+  if [ "$count" -gt 0 ]; then
+    redis-benchmark -p "$port" -t get -n "$count" -c 50 -P "$pipeline" -q >/dev/null
+  fi
+  kill -TERM $pid
+  wait $pid
+  awk '/Collected/ {print $NF}' "$work/valgrind.log"
+}
+
+printf '| binary | pipeline | instructions per command |\n|---|---|---|\n'
+for binary in "${binaries[@]}"; do
+  for pipeline in 1 16; do
+    idle=$(instructions "$binary" "$pipeline" 0)
+    loaded=$(instructions "$binary" "$pipeline" "$commands")
+    echo "| $binary | $pipeline | $(( (loaded - idle) / commands )) |"
+  done
+done
