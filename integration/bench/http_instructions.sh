@@ -15,17 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source integration/bench/install.sh
+source integration/bench/instructions.sh
 install valgrind=valgrind nginx=nginx h2load=nghttp2-client curl=curl
 requests=${1:-10000}
 shift || true
-binaries=("$@")
-if [ ${#binaries[@]} -eq 0 ]; then
-  cargo build --release --locked -q -p attache
-  binaries=(target/release/attache)
-fi
+binaries_to_measure "$@"
 
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 app_port=$(free_port)
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/nginx-error.log warn;
@@ -54,17 +50,13 @@ listeners:
 upstreams:
   app: {endpoints: ["127.0.0.1:$app_port"]}
 CONF
-  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-    "$binary" run -c "$work/attache.yaml" >"$work/access.log" 2>"$work/valgrind.log" &
-  local pid=$!
-  until curl -fsS -o /dev/null "http://127.0.0.1:$port/small" 2>/dev/null; do sleep 0.2; done
+  local load=""
   if [ "$count" -gt 0 ]; then
-    h2load --h1 -n "$count" -c 64 "http://127.0.0.1:$port/small" | grep -q "$count succeeded" \
-      || { echo "h2load: not every request succeeded" >&2; exit 1; }
+    load="h2load --h1 -n $count -c 64 http://127.0.0.1:$port/small | grep -q '$count succeeded' \
+      || { echo 'h2load: not every request succeeded' >&2; exit 1; }"
   fi
-  kill -TERM $pid
-  wait $pid
-  awk '/Collected/ {print $NF}' "$work/valgrind.log"
+  counted_instructions "$binary" "$work/attache.yaml" \
+    "curl -fsS -o /dev/null http://127.0.0.1:$port/small" "$load"
 }
 
 printf '| binary | access log | instructions per request |\n|---|---|---|\n'

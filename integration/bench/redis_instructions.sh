@@ -17,17 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 source integration/bench/install.sh
+source integration/bench/instructions.sh
 install valgrind=valgrind redis-server=redis-server redis-benchmark=redis-tools redis-cli=redis-tools
 commands=${1:-100000}
 shift || true
-binaries=("$@")
-if [ ${#binaries[@]} -eq 0 ]; then
-  cargo build --release --locked -q -p attache
-  binaries=(target/release/attache)
-fi
+binaries_to_measure "$@"
 
 work=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 server_port=$(free_port)
 redis-server --port "$server_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" >/dev/null &
 server_pid=$!
@@ -47,16 +43,11 @@ listeners:
 upstreams:
   redis: {endpoints: ["127.0.0.1:$server_port"]}
 CONF
-  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-    "$binary" run -c "$work/attache.yaml" >/dev/null 2>"$work/valgrind.log" &
-  local pid=$!
-  until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.2; done
+  local load=""
   if [ "$count" -gt 0 ]; then
-    redis-benchmark -p "$port" -t get -n "$count" -c 50 -P "$pipeline" -q >/dev/null
+    load="redis-benchmark -p $port -t get -n $count -c 50 -P $pipeline -q >/dev/null"
   fi
-  kill -TERM $pid
-  wait $pid
-  awk '/Collected/ {print $NF}' "$work/valgrind.log"
+  counted_instructions "$binary" "$work/attache.yaml" "redis-cli -p $port ping" "$load"
 }
 
 printf '| binary | pipeline | instructions per command |\n|---|---|---|\n'

@@ -1,0 +1,38 @@
+# Sourced by the *_instructions.sh benchmarks: what counting attache's
+# user-space instructions with callgrind takes, once.
+#
+#   binaries_to_measure "$@"   the binaries named (else a release build made
+#                              here) into `binaries`
+#   free_port                  a free loopback port
+#   counted_instructions BINARY CONFIG READY [LOAD]
+#                              instructions BINARY executes from start to
+#                              stop under callgrind with CONFIG, once the
+#                              shell command READY succeeds and LOAD ran
+#
+# The caller sets `work` (a scratch directory) first.
+
+binaries_to_measure() {
+  binaries=("$@")
+  if [ ${#binaries[@]} -eq 0 ]; then
+    cargo build --release --locked -q -p attache
+    binaries=(target/release/attache)
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+counted_instructions() {
+  local binary=$1 config=$2 ready=$3 load=${4:-} pid
+  valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
+    "$binary" run -c "$config" >"$work/attache.out" 2>"$work/valgrind.log" &
+  pid=$!
+  until eval "$ready" >/dev/null 2>&1; do sleep 0.2; done
+  if [ -n "$load" ]; then
+    eval "$load"
+  fi
+  kill -TERM $pid
+  wait $pid
+  awk '/Collected/ {print $NF}' "$work/valgrind.log"
+}
