@@ -360,8 +360,9 @@ impl<'a> Session<'a> {
     async fn take_commands(&mut self, input: &mut BytesMut) -> Option<attache_resp::Command> {
         let mut batch = Batch::new();
         let mut pin = None;
-        // Commands read together are sent together: one clock reading.
-        let read_at = Instant::now();
+        // Commands read together are sent together: one clock reading,
+        // taken again after anything that waits.
+        let mut read_at = Instant::now();
         while !self.closing {
             let command = match parse_command(input, &self.proxy.limits) {
                 Ok(Some(command)) => command,
@@ -385,6 +386,7 @@ impl<'a> Session<'a> {
                 Decision::Hello(requested) => {
                     // Boxed for the same reason as a pinned session.
                     Box::pin(self.switch_protocol(requested, &command, &mut batch)).await;
+                    read_at = Instant::now();
                     continue;
                 }
             };
@@ -439,6 +441,7 @@ impl<'a> Session<'a> {
                 Class::Select(requested) => {
                     flush_batch(&self.pool, self.affinity, &mut batch).await;
                     Box::pin(self.select(requested)).await;
+                    read_at = Instant::now();
                 }
                 Class::Quit => {
                     self.replies.push_ready(Bytes::from_static(b"+OK\r\n"));
