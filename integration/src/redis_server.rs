@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 use crate::pki::Pki;
 use crate::servers;
 
+/// The server's log, in its directory.
+const LOG_FILE: &str = "redis.log";
+/// What the server logs once it listens on every port it was given.
+const READY: &str = "Ready to accept connections";
+
 pub struct RedisServer {
     child: Option<Child>,
     pub address: SocketAddr,
@@ -61,29 +66,7 @@ impl RedisServer {
     fn start(arguments: impl Fn(u16) -> Vec<String>) -> Self {
         let mut attempts = 0;
         loop {
-            let directory = tempfile::tempdir().expect("temporary directory");
-            let dir = directory.path().display().to_string();
-            let port = servers::closed_port().port();
-            let mut arguments = arguments(port);
-            arguments.extend(
-                [
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    &dir,
-                ]
-                .map(str::to_owned),
-            );
-            let mut server = Self {
-                child: None,
-                address: SocketAddr::from(([127, 0, 0, 1], port)),
-                arguments,
-                directory,
-            };
+            let mut server = Self::on(servers::closed_port().port(), &arguments);
             match server.launch() {
                 Ok(()) => return server,
                 Err(status) => {
@@ -94,6 +77,34 @@ impl RedisServer {
                     );
                 }
             }
+        }
+    }
+
+    /// A server for `port`, not started yet.
+    fn on(port: u16, arguments: impl Fn(u16) -> Vec<String>) -> Self {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let dir = directory.path().display().to_string();
+        let mut arguments = arguments(port);
+        arguments.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir,
+                "--logfile",
+                LOG_FILE,
+            ]
+            .map(str::to_owned),
+        );
+        Self {
+            child: None,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            arguments,
+            directory,
         }
     }
 
@@ -116,11 +127,15 @@ impl RedisServer {
     }
 
     /// (Re)starts the server and waits until it accepts; `Err` when it
-    /// exited first. A connection to itself (Linux may give an outgoing
-    /// connection the very port it dials, while nothing listens there)
-    /// does not count as the server accepting.
+    /// exited first. The server's own log says when it listens: a port
+    /// that accepts is not enough, because when the server cannot bind,
+    /// whoever took the port in the meantime (another test's server
+    /// bound to port 0, even an outgoing connection to itself) accepts
+    /// in its place.
     fn launch(&mut self) -> Result<(), std::process::ExitStatus> {
         self.stop();
+        let log = self.directory.path().join(LOG_FILE);
+        let logged_before = std::fs::metadata(&log).map_or(0, |metadata| metadata.len());
         let child = Command::new("redis-server")
             .args(&self.arguments)
             .current_dir(self.directory.path())
@@ -130,9 +145,13 @@ impl RedisServer {
         let child = self.child.insert(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(stream) = std::net::TcpStream::connect(self.address)
-                && stream.local_addr().ok() != stream.peer_addr().ok()
-            {
+            let ready = std::fs::read(&log).is_ok_and(|text| {
+                let logged = text.get(logged_before as usize..).unwrap_or_default();
+                logged
+                    .windows(READY.len())
+                    .any(|window| window == READY.as_bytes())
+            });
+            if ready {
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -152,5 +171,21 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_listener_took_is_not_mistaken_for_the_server() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let port = taken.local_addr().expect("bound address").port();
+        let mut server = RedisServer::on(port, |port| vec!["--port".to_owned(), port.to_string()]);
+        assert!(
+            server.launch().is_err(),
+            "redis-server could not bind {port}, yet was taken as started"
+        );
     }
 }
