@@ -148,14 +148,15 @@ def save_results(scenario, rounds, cases, memory):
 
     cases:  [{"case": label, "unit": "MiB/s", "baseline": target,
               "values": {target: median}}], higher is better in each;
-    memory: {what: MiB} measured from attache's VmHWM / VmRSS."""
+    memory: {what: MiB} measured from attache's VmHWM / VmRSS, kept to three
+            significant digits (a few KiB per connection is 0.00x MiB)."""
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{scenario}.json")
     rounded = [dict(case, values={name: round(value, 1) for name, value in case["values"].items()})
                for case in cases]
     with open(path, "w") as f:
         json.dump({"scenario": scenario, "rounds": rounds, "date": time.strftime("%Y-%m-%d"),
-                   "cases": rounded, "attache_memory_mib": {k: round(v, 1) for k, v in memory.items()}},
+                   "cases": rounded, "attache_memory_mib": {k: float(f"{v:.3g}") for k, v in memory.items()}},
                   f, indent=2)
         f.write("\n")
     print(f"\nresults written to {os.path.relpath(path)}")
