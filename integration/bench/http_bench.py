@@ -16,8 +16,12 @@ requests per second and its ratio to direct and to the faster peer (haproxy
 or nginx, logs off), p50/p99 latency from wrk's --latency, and the proxy's
 CPU time per request (utime+stime from /proc/PID/stat over the run); and,
 measured first while the proxies are fresh, the RSS each gains per idle
-keep-alive connection (500 connections that made one request each). wrk runs on CPU 0; the app and every proxy on
-CPU 1. Everything listens on 127.0.0.1 and stops by itself.
+keep-alive connection (500 connections that made one request each). With
+--floor, the hyper floor (integration/bench/hyper_floor: hyper's server and
+client connections and nothing else) is one more target, hyper-floor, in
+every case but the idle memory (it keeps an upstream connection per client).
+wrk runs on CPU 0; the app and every proxy on CPU 1. Everything listens on
+127.0.0.1 and stops by itself.
 """
 import argparse, os, re, statistics, subprocess, sys, tempfile
 
@@ -83,6 +87,7 @@ def main():
     parser.add_argument("--attache", required=True)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--floor", help="the hyper-floor binary, measured as one more target")
     args = parser.parse_args()
 
     procs = []
@@ -94,7 +99,7 @@ def main():
         os.chmod(workdir, 0o755)
         os.chmod(os.path.join(workdir, "100k"), 0o644)
         (app_port, app_h2_port, nginx_proxy_port, nginx_log_port, nginx_h2_port, haproxy_port, haproxy_h2_port,
-         attache_port, attache_nolog_port, admin_port) = (free_port() for _ in range(10))
+         attache_port, attache_nolog_port, admin_port, floor_port) = (free_port() for _ in range(11))
         nginx_conf = os.path.join(workdir, "nginx.conf")
         with open(nginx_conf, "w") as f:
             f.write(f"""worker_processes 1;
@@ -174,7 +179,11 @@ listen front_h2
   bind 127.0.0.1:{haproxy_h2_port} proto h2
   server app 127.0.0.1:{app_port}
 """)
-        attache_conf = os.path.join(workdir, "attache.yaml")
+        # attache's config has a directory to itself: attache watches it,
+        # and every file opened or written there (the app's 100 KiB file,
+        # the logs) would wake its watcher.
+        os.mkdir(os.path.join(workdir, "attache"))
+        attache_conf = os.path.join(workdir, "attache", "attache.yaml")
         with open(attache_conf, "w") as f:
             f.write(f"""log: {{level: warn}}
 admin: {{listen: 127.0.0.1:{admin_port}}}
@@ -203,6 +212,11 @@ upstreams:
         for port in (nginx_proxy_port, nginx_log_port, nginx_h2_port, haproxy_port, haproxy_h2_port, attache_port,
                      attache_nolog_port, app_h2_port):
             wait_port(port)
+        floor = None
+        if args.floor:
+            floor = pinned(SERVER_CPU, [args.floor, f"127.0.0.1:{floor_port}", f"127.0.0.1:{app_port}"], **quiet)
+            procs.append(floor)
+            wait_port(floor_port)
         # nginx's master process forks the worker that does the work.
         worker = int(subprocess.run(["pgrep", "-P", str(nginx_proxy.pid)], capture_output=True,
                                     text=True, check=True).stdout.split()[0])
@@ -215,6 +229,8 @@ upstreams:
             "nginx": (nginx_proxy_port, worker),
             "nginx-log": (nginx_log_port, worker),
         }
+        if floor:
+            targets["hyper-floor"] = (floor_port, floor.pid)
         # HTTP/2 front door: h2c with prior knowledge from h2load, HTTP/1.1 to
         # the app behind (direct-h2: the app's own h2c listener).
         h2_targets = {
@@ -224,6 +240,8 @@ upstreams:
             "haproxy": (haproxy_h2_port, haproxy.pid),
             "nginx": (nginx_h2_port, worker),
         }
+        if floor:
+            h2_targets["hyper-floor"] = (floor_port, floor.pid)
         h2_results = {name: {"rps": [], "cpu_us": []} for name in h2_targets}
         # First, while every proxy is fresh: after the load, a pool
         # allocator hands idle connections memory the load already touched.

@@ -10,7 +10,9 @@
 # with the access log on (the default) and off: h2load --h1 -n REQUESTS
 # -c 64 on a 2-byte response from an nginx app, and attache's instructions
 # less those of a start and stop without requests, per request. The
-# kernel's share (about half of the CPU per request) is not counted.
+# kernel's share (about half of the CPU per request) is not counted. Last,
+# the same count for the hyper floor (integration/bench/hyper_floor):
+# hyper's server and client connections and nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -20,6 +22,8 @@ install valgrind=valgrind nginx=nginx h2load=nghttp2-client curl=curl
 requests=${1:-10000}
 shift || true
 binaries_to_measure "$@"
+cargo build --release --locked -q -p attache-hyper-floor
+floor=target/release/hyper-floor
 
 work=$(mktemp -d)
 app_port=$(free_port)
@@ -32,6 +36,15 @@ CONF
 nginx -c "$work/nginx.conf" &
 nginx_pid=$!
 trap 'kill $nginx_pid 2>/dev/null; rm -rf "$work"' EXIT
+
+# The shell command that runs `count` requests through `port` (none for 0).
+load_of() {
+  local port=$1 count=$2
+  if [ "$count" -gt 0 ]; then
+    echo "h2load --h1 -n $count -c 64 http://127.0.0.1:$port/small | grep -q '$count succeeded' \
+      || { echo 'h2load: not every request succeeded' >&2; exit 1; }"
+  fi
+}
 
 # Instructions attache executes serving `count` requests ($1 binary, $2 access log on/off).
 instructions() {
@@ -50,13 +63,16 @@ listeners:
 upstreams:
   app: {endpoints: ["127.0.0.1:$app_port"]}
 CONF
-  local load=""
-  if [ "$count" -gt 0 ]; then
-    load="h2load --h1 -n $count -c 64 http://127.0.0.1:$port/small | grep -q '$count succeeded' \
-      || { echo 'h2load: not every request succeeded' >&2; exit 1; }"
-  fi
-  counted_instructions "$binary" "$work/attache.yaml" \
-    "curl -fsS -o /dev/null http://127.0.0.1:$port/small" "$load"
+  counted_instructions "curl -fsS -o /dev/null http://127.0.0.1:$port/small" "$(load_of "$port" "$count")" \
+    "$binary" run -c "$work/attache.yaml"
+}
+
+# The same for the hyper floor (integration/bench/hyper_floor).
+floor_instructions() {
+  local count=$1 port
+  port=$(free_port)
+  counted_instructions "curl -fsS -o /dev/null http://127.0.0.1:$port/small" "$(load_of "$port" "$count")" \
+    "$floor" "127.0.0.1:$port" "127.0.0.1:$app_port"
 }
 
 printf '| binary | access log | instructions per request |\n|---|---|---|\n'
@@ -67,3 +83,6 @@ for binary in "${binaries[@]}"; do
     echo "| $binary | $([ "$log" = true ] && echo on || echo off) | $(( (loaded - idle) / requests )) |"
   done
 done
+idle=$(floor_instructions 0)
+loaded=$(floor_instructions "$requests")
+echo "| hyper floor ($floor) | none | $(( (loaded - idle) / requests )) |"

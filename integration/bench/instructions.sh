@@ -4,10 +4,11 @@
 #   binaries_to_measure "$@"   the binaries named (else a release build made
 #                              here) into `binaries`
 #   free_port                  a free loopback port
-#   counted_instructions BINARY CONFIG READY [LOAD]
-#                              instructions BINARY executes from start to
-#                              stop under callgrind with CONFIG, once the
-#                              shell command READY succeeds and LOAD ran
+#   counted_instructions READY LOAD COMMAND...
+#                              instructions COMMAND executes from start to
+#                              stop (SIGTERM) under callgrind, once the
+#                              shell command READY succeeds and LOAD (may
+#                              be empty) ran
 #
 # The caller sets `work` (a scratch directory) first.
 
@@ -24,9 +25,10 @@ free_port() {
 }
 
 counted_instructions() {
-  local binary=$1 config=$2 ready=$3 load=${4:-} pid
+  local ready=$1 load=$2 pid
+  shift 2
   valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" \
-    "$binary" run -c "$config" >"$work/attache.out" 2>"$work/valgrind.log" &
+    "$@" >"$work/attache.out" 2>"$work/valgrind.log" &
   pid=$!
   until eval "$ready" >/dev/null 2>&1; do sleep 0.2; done
   if [ -n "$load" ]; then

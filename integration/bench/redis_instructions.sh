@@ -47,7 +47,7 @@ CONF
   if [ "$count" -gt 0 ]; then
     load="redis-benchmark -p $port -t get -n $count -c 50 -P $pipeline -q >/dev/null"
   fi
-  counted_instructions "$binary" "$work/attache.yaml" "redis-cli -p $port ping" "$load"
+  counted_instructions "redis-cli -p $port ping" "$load" "$binary" run -c "$work/attache.yaml"
 }
 
 printf '| binary | pipeline | instructions per command |\n|---|---|---|\n'
