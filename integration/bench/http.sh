@@ -3,9 +3,10 @@
 # through attache, HAProxy (mode http) and nginx (proxy_pass with upstream
 # keepalive), alternated and repeated, reported as ratios to direct; and
 # the hyper floor (integration/bench/hyper_floor), what hyper alone costs.
-# Installs its tools from Debian packages, builds attache in release.
+# Installs its tools from Debian packages, builds attache and hyper-floor
+# in release.
 #
-#   integration/bench/http.sh [ROUNDS] [SECONDS]   (default 2 rounds of 5 s runs; about 4 minutes)
+#   integration/bench/http.sh [ROUNDS] [SECONDS]   (default 2 rounds of 5 s runs; about 6 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
