@@ -48,21 +48,10 @@ load_of() {
 
 # Instructions attache executes serving `count` requests ($1 binary, $2 access log on/off).
 instructions() {
-  local binary=$1 log=$2 count=$3 port admin
+  local binary=$1 log=$2 count=$3 port
   port=$(free_port)
-  admin=$(free_port)
-  cat > "$work/attache.yaml" <<CONF
-log: {level: warn}
-admin: {listen: 127.0.0.1:$admin}
-listeners:
-  - name: front
-    listen: 127.0.0.1:$port
-    protocol: http
-    upstream: app
-    http: {access_log: {enabled: $log}}
-upstreams:
-  app: {endpoints: ["127.0.0.1:$app_port"]}
-CONF
+  write_config "{name: front, listen: 127.0.0.1:$port, protocol: http, upstream: app, http: {access_log: {enabled: $log}}}" \
+    "app: {endpoints: [\"127.0.0.1:$app_port\"]}"
   counted_instructions "curl -fsS -o /dev/null http://127.0.0.1:$port/small" "$(load_of "$port" "$count")" \
     "$binary" run -c "$work/attache.yaml"
 }

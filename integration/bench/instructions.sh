@@ -4,6 +4,10 @@
 #   binaries_to_measure "$@"   the binaries named (else a release build made
 #                              here) into `binaries`
 #   free_port                  a free loopback port
+#   write_config LISTENER UPSTREAM
+#                              $work/attache.yaml: warnings only, an admin
+#                              port of its own, the one listener and the
+#                              one upstream given (YAML list item, map entry)
 #   counted_instructions READY LOAD COMMAND...
 #                              instructions COMMAND executes from start to
 #                              stop (SIGTERM) under callgrind, once the
@@ -22,6 +26,17 @@ binaries_to_measure() {
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+write_config() {
+  cat > "$work/attache.yaml" <<CONF
+log: {level: warn}
+admin: {listen: 127.0.0.1:$(free_port)}
+listeners:
+  - $1
+upstreams:
+  $2
+CONF
 }
 
 counted_instructions() {

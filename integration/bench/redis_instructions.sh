@@ -32,17 +32,10 @@ until redis-cli -p "$server_port" ping >/dev/null 2>&1; do sleep 0.1; done
 
 # Instructions attache executes for `count` GETs ($1 binary, $2 pipeline depth).
 instructions() {
-  local binary=$1 pipeline=$2 count=$3 port admin
+  local binary=$1 pipeline=$2 count=$3 port
   port=$(free_port)
-  admin=$(free_port)
-  cat > "$work/attache.yaml" <<CONF
-log: {level: warn}
-admin: {listen: 127.0.0.1:$admin}
-listeners:
-  - {name: redis, listen: 127.0.0.1:$port, protocol: redis, upstream: redis}
-upstreams:
-  redis: {endpoints: ["127.0.0.1:$server_port"]}
-CONF
+  write_config "{name: redis, listen: 127.0.0.1:$port, protocol: redis, upstream: redis}" \
+    "redis: {endpoints: [\"127.0.0.1:$server_port\"]}"
   local load=""
   if [ "$count" -gt 0 ]; then
     load="redis-benchmark -p $port -t get -n $count -c 50 -P $pipeline -q >/dev/null"

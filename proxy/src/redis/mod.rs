@@ -408,7 +408,7 @@ impl<'a> Session<'a> {
                     let after = match &self.proxy.cache {
                         None => None,
                         Some(cache) => {
-                            match cache.consult(&command, self.database, self.protocol) {
+                            match cache.consult(&command, row.spec, self.database, self.protocol) {
                                 Consulted::Hit(reply) => {
                                     self.replies.push_hit(
                                         reply,

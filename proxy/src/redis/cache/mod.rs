@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::commands;
+use super::commands::Spec;
 use super::handshake::Credentials;
 use super::target::Target;
 use crate::telemetry::metrics::{CacheDisabled, CacheInvalidation, CacheMetrics};
@@ -123,9 +123,16 @@ impl Cache {
         }
     }
 
-    /// What to do with `command` from a client on `space`: answer it from
-    /// the cache, or forward it with what to do once Redis answers.
-    pub(super) fn consult(&self, command: &Command, database: u32, protocol: u8) -> Consulted {
+    /// What to do with `command` (its row in the command table: `spec`)
+    /// from a client on `space`: answer it from the cache, or forward it
+    /// with what to do once Redis answers.
+    pub(super) fn consult(
+        &self,
+        command: &Command,
+        spec: &Spec,
+        database: u32,
+        protocol: u8,
+    ) -> Consulted {
         let store = &self.store;
         let space = (database, protocol);
         if let Some(read) = store.commands.read(command, &store.patterns) {
@@ -140,7 +147,7 @@ impl Cache {
                 Read::PerKey { keys } => self.consult_per_key(space, keys),
             };
         }
-        if commands::spec(command).read_only {
+        if spec.read_only {
             return Consulted::Forward(None);
         }
         let written: Vec<Bytes> = command.args[1..]
